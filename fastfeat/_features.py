@@ -1,0 +1,327 @@
+"""Public featurization: `featurize` (one-shot, batched) and `Featurizer` (MD).
+
+All checking and device dispatch happen here; kernels live in _kernels/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _device
+from ._neighbors import build_cpu
+from ._spec import FeatureSpec
+from ._validation import (
+    check_cell,
+    check_device,
+    check_dtype,
+    check_pbc,
+    check_positions,
+    species_index,
+    species_lookup,
+)
+
+__all__ = ["Features", "featurize", "Featurizer", "KernelParams", "kernel_params"]
+
+
+@dataclass(frozen=True)
+class KernelParams:
+    """A FeatureSpec compiled into the flat arrays the kernels take."""
+
+    cutoff: float
+    acut: float
+    rad_eta_q: np.ndarray
+    rad_rs_q: np.ndarray
+    cov_eta_q: np.ndarray
+    cov_rs_q: np.ndarray
+    eta_u: np.ndarray  # distinct angular etas
+    zeta_v: np.ndarray  # distinct (zeta, lambda) combinations
+    lam_v: np.ndarray
+    zint_v: np.ndarray  # zeta as an int when integral, else 0
+    ang_u_q: np.ndarray
+    ang_v_q: np.ndarray
+    ang_pref_q: np.ndarray  # 2^(1 - zeta)
+    pair_ab: np.ndarray
+    n_radial_total: int
+
+    def args(self):
+        return (
+            self.cutoff, self.acut, self.rad_eta_q, self.rad_rs_q, self.cov_eta_q, self.cov_rs_q,
+            self.eta_u, self.zeta_v, self.lam_v, self.zint_v, self.ang_u_q, self.ang_v_q, self.ang_pref_q,
+            self.pair_ab, self.n_radial_total,
+        )
+
+
+def kernel_params(spec: FeatureSpec) -> KernelParams:
+    rad = np.array(spec.radial, dtype=np.float64).reshape(-1, 2)
+    cov = np.array(spec.covariant, dtype=np.float64).reshape(-1, 2)
+    ang = np.array(spec.angular, dtype=np.float64).reshape(-1, 3)
+    eta_u = np.unique(ang[:, 0]) if len(ang) else np.zeros(0)
+    combos = sorted({(z, l) for _, z, l in spec.angular})
+    zeta_v = np.array([c[0] for c in combos], dtype=np.float64)
+    lam_v = np.array([c[1] for c in combos], dtype=np.float64)
+    zint_v = np.array([int(z) if float(z).is_integer() and z <= 64 else 0 for z in zeta_v], dtype=np.int64)
+    ang_u = np.array([int(np.searchsorted(eta_u, e)) for e, _, _ in spec.angular], dtype=np.int64)
+    ang_v = np.array([combos.index((z, l)) for _, z, l in spec.angular], dtype=np.int64)
+    pref = np.array([2.0 ** (1.0 - z) for _, z, _ in spec.angular], dtype=np.float64)
+    return KernelParams(
+        spec.cutoff, spec.angular_cutoff, rad[:, 0].copy(), rad[:, 1].copy(), cov[:, 0].copy(), cov[:, 1].copy(),
+        eta_u, zeta_v, lam_v, zint_v, ang_u, ang_v, pref, spec.pair_index(), spec.n_radial,
+    )
+
+
+@dataclass
+class Features:
+    """Features of one structure or a batch of structures (atoms concatenated).
+
+    Attributes
+    ----------
+    invariant : (N, n_invariant) float array
+        G2 and G4 columns, layout of :attr:`FeatureSpec.invariant_labels`.
+    covariant : (N, n_covariant, 3) float array, Å-direction vectors
+        V vectors, layout of :attr:`FeatureSpec.covariant_labels`; they rotate
+        with the structure.
+    species : (N,) int32
+        Index of each atom's element in ``spec.species``.
+    offsets : (n_structures + 1,) int64
+        Atoms of structure s are ``offsets[s]:offsets[s + 1]``.
+    """
+
+    invariant: object
+    covariant: object
+    species: object
+    offsets: np.ndarray
+
+    def __len__(self):
+        return int(self.offsets[-1])
+
+    def structure(self, s):
+        """Features of structure `s` of a batch (views)."""
+        a, b = int(self.offsets[s]), int(self.offsets[s + 1])
+        return Features(self.invariant[a:b], self.covariant[a:b], self.species[a:b], np.array([0, b - a]))
+
+
+def _overlap_error(overlap_n, offset=0):
+    i = int(np.flatnonzero(overlap_n >= 0)[0])
+    j = int(overlap_n[i])
+    raise ValueError(
+        f"atoms {i - offset} and {j - offset} are at the same position (closer than 1e-6 Å); "
+        "overlapping atoms have no defined features"
+    )
+
+
+def _structure_arrays(atoms=None, positions=None, numbers=None, cell=None, pbc=None):
+    """(positions, numbers, cell, pbc) from an ase.Atoms-like object or arrays."""
+    if atoms is not None:
+        if positions is not None or numbers is not None:
+            raise TypeError("pass either `atoms` or `positions`/`numbers`, not both")
+        try:
+            return atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc
+        except AttributeError:
+            raise TypeError(
+                f"`atoms` must be an ase.Atoms (or have positions, numbers, cell, pbc), got {type(atoms).__name__}"
+            ) from None
+    if positions is None:
+        raise TypeError("featurize needs `atoms` or `positions=` and `numbers=`")
+    if numbers is None:
+        raise TypeError("`numbers` is required with `positions` (atomic numbers, shape (N,))")
+    return positions, numbers, cell, pbc
+
+
+class _SpecCache:
+    def __init__(self, spec):
+        if not isinstance(spec, FeatureSpec):
+            raise TypeError(f"`spec` must be a fastfeat.FeatureSpec, got {type(spec).__name__}")
+        self.spec = spec
+        self.params = kernel_params(spec)
+        self.table = species_lookup(spec.numbers)
+
+
+def _prepare(spec_cache, positions, numbers, cell, pbc, dtype):
+    pbc = check_pbc(pbc)
+    positions = check_positions(positions, dtype=dtype)
+    cell = check_cell(cell, pbc)
+    species = species_index(numbers, spec_cache.table, positions.shape[0], spec_cache.spec.species)
+    return positions, species, cell, pbc
+
+
+def _run_cpu_kernel(params, pos, species, start, j_p, shiftvec, g, v):
+    from ._kernels.features_cpu import features as kernel
+
+    overlap = np.empty(pos.shape[0], np.int64)
+    kernel(pos, species, start, j_p, shiftvec, *params.args(), g, v, overlap)
+    return overlap
+
+
+def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, positions=None, numbers=None,
+              cell=None, pbc=None):
+    """Invariant and covariant features of one structure or a list of structures.
+
+    Parameters
+    ----------
+    atoms : ase.Atoms or list of ase.Atoms, optional
+        The structure(s). Alternatively pass `positions`, `numbers`, `cell`
+        and `pbc` for one structure.
+    spec : FeatureSpec
+        Which features.
+    device : {"cpu", "cuda"}
+        Where to compute. With device="cuda", NumPy inputs are copied to the
+        GPU and the outputs are CuPy arrays; CUDA `positions` (CuPy or any
+        ``__cuda_array_interface__`` array) stay on the device throughout.
+    dtype : float32 or float64
+        Precision of the computation and the outputs.
+    positions : (N, 3) float array, Å
+    numbers : (N,) int array of atomic numbers
+    cell : (3, 3) array, Å (rows are cell vectors)
+    pbc : bool or (3,) bool
+
+    Returns
+    -------
+    Features
+        ``invariant`` (N, n_invariant), ``covariant`` (N, n_covariant, 3),
+        ``species`` (N,), ``offsets`` (n_structures + 1,). For a list of
+        structures the atoms are concatenated in order.
+    """
+    if spec is None:
+        raise TypeError("featurize needs a `spec` (fastfeat.FeatureSpec)")
+    cache = _SpecCache(spec)
+    dev = check_device(device)
+    dtype = check_dtype(dtype)
+    if isinstance(atoms, (list, tuple)):
+        structures = [_structure_arrays(a) for a in atoms]
+    else:
+        structures = [_structure_arrays(atoms, positions, numbers, cell, pbc)]
+    if dev == "cuda" or any(_device.is_device_array(s[0]) for s in structures):
+        if dev != "cuda":
+            raise TypeError("`positions` is a CUDA array but device='cpu'; pass NumPy arrays or device='cuda'")
+        _device.require_cuda()
+        from ._features_cuda import featurize_cuda
+
+        return featurize_cuda(cache, structures, dtype)
+    prepared = []
+    for k, (p, z, c, b) in enumerate(structures):
+        try:
+            prepared.append(_prepare(cache, p, z, c, b, dtype))
+        except (ValueError, TypeError) as exc:
+            if len(structures) > 1:
+                raise type(exc)(f"structure {k}: {exc}") from None
+            raise
+    return _featurize_prepared_cpu(cache, prepared, dtype)
+
+
+def _featurize_prepared_cpu(cache, prepared, dtype):
+    spec, params = cache.spec, cache.params
+    sizes = [p[0].shape[0] for p in prepared]
+    offsets = np.zeros(len(prepared) + 1, np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    n_total = int(offsets[-1])
+    pos_all = np.empty((n_total, 3), dtype)
+    species_all = np.empty(n_total, np.int32)
+    starts, js, svs = [np.zeros(1, np.int64)], [], []
+    pair_offset = 0
+    for (pos, species, cell, pbc), a in zip(prepared, offsets[:-1]):
+        nl = build_cpu(pos, cell, pbc, spec.cutoff)
+        n = pos.shape[0]
+        pos_all[a:a + n] = pos
+        species_all[a:a + n] = species
+        counts = np.bincount(nl.i, minlength=n)
+        starts.append(pair_offset + np.cumsum(counts))
+        pair_offset += len(nl.i)
+        js.append(nl.j + a)
+        svs.append((nl.shifts @ cell).astype(dtype))
+    start = np.concatenate(starts).astype(np.int64)
+    j_p = np.concatenate(js).astype(np.int32) if js else np.zeros(0, np.int32)
+    shiftvec = np.concatenate(svs) if svs else np.zeros((0, 3), dtype)
+    g = np.empty((n_total, spec.n_invariant), dtype)
+    v = np.empty((n_total, spec.n_covariant, 3), dtype)
+    if n_total:
+        overlap = _run_cpu_kernel(params, pos_all, species_all, start, j_p, shiftvec, g, v)
+        if (overlap >= 0).any():
+            bad = int(np.flatnonzero(overlap >= 0)[0])
+            s = int(np.searchsorted(offsets, bad, side="right") - 1)
+            where = f"structure {s}: " if len(prepared) > 1 else ""
+            try:
+                _overlap_error(overlap[offsets[s]:offsets[s + 1]] - (overlap[offsets[s]:offsets[s + 1]] >= 0) * offsets[s])
+            except ValueError as exc:
+                raise ValueError(where + str(exc)) from None
+    return Features(g, v, species_all, offsets)
+
+
+class Featurizer:
+    """Repeated featurization of one evolving structure (MD), low overhead.
+
+    The neighbour list is built with ``cutoff + skin`` and reused until an
+    atom has moved more than ``skin / 2`` since the last build, or the cell,
+    periodicity or atom count changes. Output buffers are reused: the arrays
+    returned by a call are overwritten by the next call (copy them to keep).
+
+    Parameters
+    ----------
+    spec : FeatureSpec
+    device : {"cpu", "cuda"}
+    dtype : float32 or float64
+    skin : float, Å, >= 0
+
+    Call
+    ----
+    ``g_nf, v_nfc = featurizer(positions, numbers, cell, pbc)``
+    """
+
+    def __init__(self, spec, device="cpu", dtype=np.float32, skin=1.0):
+        self._cache = _SpecCache(spec)
+        self.spec = spec
+        self.device = check_device(device)
+        self.dtype = check_dtype(dtype)
+        if isinstance(skin, bool) or not isinstance(skin, (int, float, np.floating, np.integer)) or not np.isfinite(skin) or skin < 0:
+            raise ValueError(f"`skin` must be a finite number >= 0 (Å), got {skin!r}")
+        self.skin = float(skin)
+        self.n_rebuilds = 0
+        self._key = None
+        if self.device == "cuda":
+            _device.require_cuda()
+            from ._features_cuda import CudaFeaturizerState
+
+            self._cuda = CudaFeaturizerState(self._cache, self.dtype, self.skin)
+
+    def _needs_rebuild(self, pos, species, cell, pbc):
+        if self._key is None:
+            return True
+        n, cell0, pbc0, species0 = self._key
+        if n != pos.shape[0] or not np.array_equal(cell0, cell) or not np.array_equal(pbc0, pbc):
+            return True
+        if not np.array_equal(species0, species):
+            return True
+        if self.skin == 0.0:
+            return True
+        disp = pos - self._pos_ref
+        return float(np.max(np.einsum("ij,ij->i", disp, disp), initial=0.0)) > (0.5 * self.skin) ** 2
+
+    def __call__(self, positions, numbers, cell=None, pbc=None):
+        if self.device == "cuda":
+            return self._cuda(positions, numbers, cell, pbc, self)
+        pos, species, cell, pbc = _prepare(self._cache, positions, numbers, cell, pbc, self.dtype)
+        n = pos.shape[0]
+        spec = self.spec
+        if self._needs_rebuild(pos, species, cell, pbc):
+            nl = build_cpu(pos, cell, pbc, spec.cutoff + self.skin)
+            counts = np.bincount(nl.i, minlength=n)
+            self._start = np.zeros(n + 1, np.int64)
+            np.cumsum(counts, out=self._start[1:])
+            self._j = nl.j
+            self._shiftvec = (nl.shifts @ cell).astype(self.dtype)
+            self._pos_ref = pos.copy()
+            self._key = (n, cell.copy(), pbc.copy(), species.copy())
+            self._g = np.empty((n, spec.n_invariant), self.dtype)
+            self._v = np.empty((n, spec.n_covariant, 3), self.dtype)
+            self._overlap = np.empty(n, np.int64)
+            self.n_rebuilds += 1
+        if n == 0:
+            return self._g, self._v
+        from ._kernels.features_cpu import features as kernel
+
+        kernel(pos, species, self._start, self._j, self._shiftvec, *self._cache.params.args(),
+               self._g, self._v, self._overlap)
+        if self._overlap.max() >= 0:
+            _overlap_error(self._overlap)
+        return self._g, self._v

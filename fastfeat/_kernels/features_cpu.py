@@ -1,0 +1,126 @@
+"""Invariant (G2, G4) and covariant (V) features, Numba CPU kernel.
+
+One pass per centre atom (parallel over atoms) over its CSR neighbour
+segment; G4 over unordered pairs of neighbours inside the angular cutoff.
+The kernel recomputes r_ij = pos[j] - pos[i] + shiftvec from current
+positions, so a neighbour list built with a skin can be reused (pairs beyond
+the cutoff are skipped). Outputs are zeroed here. No checks.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["features"]
+
+
+@njit(inline="always")
+def _ipow(x, n):
+    r = 1.0
+    for _ in range(n):
+        r *= x
+    return r
+
+
+@njit(parallel=True, cache=True, fastmath=False)
+def features(
+    pos_nc, species_n, start_n, j_p, shiftvec_pc,
+    cutoff, acut,
+    rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+    eta_u, zeta_v, lam_v, zint_v, ang_u_q, ang_v_q, ang_pref_q,
+    pair_ab, n_radial_total,
+    g_nf, v_nfc, overlap_n,
+):
+    n = pos_nc.shape[0]
+    n_rad = rad_eta_q.shape[0]
+    n_cov = cov_eta_q.shape[0]
+    n_ang = ang_u_q.shape[0]
+    n_u = eta_u.shape[0]
+    n_v = zeta_v.shape[0]
+    pi_rc = math.pi / cutoff
+    pi_ra = math.pi / acut
+    for i in prange(n):
+        for f in range(g_nf.shape[1]):
+            g_nf[i, f] = 0.0
+        for f in range(v_nfc.shape[1]):
+            v_nfc[i, f, 0] = 0.0
+            v_nfc[i, f, 1] = 0.0
+            v_nfc[i, f, 2] = 0.0
+        overlap_n[i] = -1
+        p0 = start_n[i]
+        p1 = start_n[i + 1]
+        deg = p1 - p0
+        # angular neighbour scratch
+        ax = np.empty(deg)
+        ay = np.empty(deg)
+        az = np.empty(deg)
+        ad = np.empty(deg)
+        asp = np.empty(deg, np.int64)
+        ae = np.empty((deg, n_u))
+        m = 0
+        xi = pos_nc[i, 0]
+        yi = pos_nc[i, 1]
+        zi = pos_nc[i, 2]
+        for p in range(p0, p1):
+            j = j_p[p]
+            dx = pos_nc[j, 0] - xi + shiftvec_pc[p, 0]
+            dy = pos_nc[j, 1] - yi + shiftvec_pc[p, 1]
+            dz = pos_nc[j, 2] - zi + shiftvec_pc[p, 2]
+            d = math.sqrt(dx * dx + dy * dy + dz * dz)
+            if d >= cutoff:
+                continue
+            if d < 1e-6:
+                overlap_n[i] = j
+                continue
+            a = species_n[j]
+            fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
+            base = a * n_rad
+            for q in range(n_rad):
+                t = d - rad_rs_q[q]
+                g_nf[i, base + q] += math.exp(-rad_eta_q[q] * t * t) * fc
+            base = a * n_cov
+            inv_d = 1.0 / d
+            for q in range(n_cov):
+                t = d - cov_rs_q[q]
+                w = math.exp(-cov_eta_q[q] * t * t) * fc * inv_d
+                v_nfc[i, base + q, 0] += w * dx
+                v_nfc[i, base + q, 1] += w * dy
+                v_nfc[i, base + q, 2] += w * dz
+            if n_ang > 0 and d < acut:
+                fca = 0.5 * (math.cos(pi_ra * d) + 1.0)
+                ax[m] = dx
+                ay[m] = dy
+                az[m] = dz
+                ad[m] = d
+                asp[m] = a
+                for u in range(n_u):
+                    ae[m, u] = math.exp(-eta_u[u] * d * d) * fca
+                m += 1
+        if n_ang == 0 or m < 2:
+            continue
+        pu = np.empty(n_u)
+        tv = np.empty(n_v)
+        for k1 in range(m):
+            for k2 in range(k1 + 1, m):
+                ex = ax[k2] - ax[k1]
+                ey = ay[k2] - ay[k1]
+                ez = az[k2] - az[k1]
+                djk = math.sqrt(ex * ex + ey * ey + ez * ez)
+                if djk >= acut:
+                    continue
+                fcjk = 0.5 * (math.cos(pi_ra * djk) + 1.0)
+                cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) / (ad[k1] * ad[k2])
+                for u in range(n_u):
+                    pu[u] = ae[k1, u] * ae[k2, u] * math.exp(-eta_u[u] * djk * djk) * fcjk
+                for v in range(n_v):
+                    b = 1.0 + lam_v[v] * cos_t
+                    if b < 0.0:
+                        b = 0.0
+                    if zint_v[v] > 0:
+                        tv[v] = _ipow(b, zint_v[v])
+                    else:
+                        tv[v] = b ** zeta_v[v]
+                col = n_radial_total + pair_ab[asp[k1], asp[k2]] * n_ang
+                for q in range(n_ang):
+                    g_nf[i, col + q] += ang_pref_q[q] * tv[ang_v_q[q]] * pu[ang_u_q[q]]

@@ -1,0 +1,161 @@
+"""Cell-list neighbour search, Numba CPU kernels (parallel over atoms).
+
+Kernels take arrays and scalars, write into preallocated outputs and check
+nothing; fastfeat._neighbors validates and dispatches.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["assign_bins", "count_pairs", "fill_pairs", "cell_starts"]
+
+
+@njit(cache=True)
+def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, nbins_c, posw_nc, wrap_nc, bin3_nc, bin_n):
+    """Wrap periodic coordinates into the cell and give every atom its bin."""
+    n = pos_nc.shape[0]
+    for i in range(n):
+        s0 = pos_nc[i, 0] * inv_box_cc[0, 0] + pos_nc[i, 1] * inv_box_cc[1, 0] + pos_nc[i, 2] * inv_box_cc[2, 0]
+        s1 = pos_nc[i, 0] * inv_box_cc[0, 1] + pos_nc[i, 1] * inv_box_cc[1, 1] + pos_nc[i, 2] * inv_box_cc[2, 1]
+        s2 = pos_nc[i, 0] * inv_box_cc[0, 2] + pos_nc[i, 1] * inv_box_cc[1, 2] + pos_nc[i, 2] * inv_box_cc[2, 2]
+        s = (s0, s1, s2)
+        for c in range(3):
+            x = s[c]
+            w = 0
+            if periodic_c[c]:
+                w = int(np.floor(x))
+                x -= w
+            else:
+                x = (x - smin_c[c]) / extent_c[c]
+            b = int(x * nbins_c[c])
+            if b < 0:
+                b = 0
+            elif b >= nbins_c[c]:
+                b = nbins_c[c] - 1
+            bin3_nc[i, c] = b
+            wrap_nc[i, c] = w
+        bin_n[i] = (bin3_nc[i, 0] * nbins_c[1] + bin3_nc[i, 1]) * nbins_c[2] + bin3_nc[i, 2]
+        for c in range(3):
+            posw_nc[i, c] = (
+                pos_nc[i, c]
+                - wrap_nc[i, 0] * cell_cc[0, c]
+                - wrap_nc[i, 1] * cell_cc[1, c]
+                - wrap_nc[i, 2] * cell_cc[2, c]
+            )
+
+
+@njit(cache=True)
+def cell_starts(bin_n, n_cells, start_b, order_n):
+    """Counting sort of atoms by bin: atoms of bin b are order_n[start_b[b]:start_b[b+1]]."""
+    n = bin_n.shape[0]
+    for b in range(n_cells + 1):
+        start_b[b] = 0
+    for i in range(n):
+        start_b[bin_n[i] + 1] += 1
+    for b in range(n_cells):
+        start_b[b + 1] += start_b[b]
+    fill = start_b[:-1].copy()
+    for i in range(n):
+        b = bin_n[i]
+        order_n[fill[b]] = i
+        fill[b] += 1
+
+
+@njit(inline="always")
+def _wrap_index(b, n, periodic):
+    if periodic:
+        t = b // n
+        return b - t * n, t, True
+    if b < 0 or b >= n:
+        return 0, 0, False
+    return b, 0, True
+
+
+@njit(parallel=True, cache=True)
+def count_pairs(posw_nc, cell_cc, periodic_c, nbins_c, search_c, bin3_nc, start_b, order_n, cutoff, count_n):
+    """Number of neighbours (all images) of every atom within `cutoff`."""
+    n = posw_nc.shape[0]
+    rc2 = cutoff * cutoff
+    for i in prange(n):
+        cnt = 0
+        xi, yi, zi = posw_nc[i, 0], posw_nc[i, 1], posw_nc[i, 2]
+        for d0 in range(-search_c[0], search_c[0] + 1):
+            b0, t0, ok0 = _wrap_index(bin3_nc[i, 0] + d0, nbins_c[0], periodic_c[0])
+            if not ok0:
+                continue
+            for d1 in range(-search_c[1], search_c[1] + 1):
+                b1, t1, ok1 = _wrap_index(bin3_nc[i, 1] + d1, nbins_c[1], periodic_c[1])
+                if not ok1:
+                    continue
+                for d2 in range(-search_c[2], search_c[2] + 1):
+                    b2, t2, ok2 = _wrap_index(bin3_nc[i, 2] + d2, nbins_c[2], periodic_c[2])
+                    if not ok2:
+                        continue
+                    sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
+                    sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
+                    sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
+                    same_image = t0 == 0 and t1 == 0 and t2 == 0
+                    b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
+                    for q in range(start_b[b], start_b[b + 1]):
+                        j = order_n[q]
+                        if same_image and j == i:
+                            continue
+                        dx = posw_nc[j, 0] + sx - xi
+                        dy = posw_nc[j, 1] + sy - yi
+                        dz = posw_nc[j, 2] + sz - zi
+                        if dx * dx + dy * dy + dz * dz < rc2:
+                            cnt += 1
+        count_n[i] = cnt
+
+
+@njit(parallel=True, cache=True)
+def fill_pairs(
+    posw_nc, cell_cc, wrap_nc, periodic_c, nbins_c, search_c, bin3_nc, start_b, order_n, cutoff,
+    offset_n, i_p, j_p, shift_pc, r_pc, d_p,
+):
+    """Write pairs of atom i at offset_n[i]:offset_n[i+1] (same order as count_pairs).
+
+    Shifts refer to the *unwrapped* input positions:
+    r_ij = pos[j] - pos[i] + shift @ cell.
+    """
+    n = posw_nc.shape[0]
+    rc2 = cutoff * cutoff
+    for i in prange(n):
+        p = offset_n[i]
+        xi, yi, zi = posw_nc[i, 0], posw_nc[i, 1], posw_nc[i, 2]
+        for d0 in range(-search_c[0], search_c[0] + 1):
+            b0, t0, ok0 = _wrap_index(bin3_nc[i, 0] + d0, nbins_c[0], periodic_c[0])
+            if not ok0:
+                continue
+            for d1 in range(-search_c[1], search_c[1] + 1):
+                b1, t1, ok1 = _wrap_index(bin3_nc[i, 1] + d1, nbins_c[1], periodic_c[1])
+                if not ok1:
+                    continue
+                for d2 in range(-search_c[2], search_c[2] + 1):
+                    b2, t2, ok2 = _wrap_index(bin3_nc[i, 2] + d2, nbins_c[2], periodic_c[2])
+                    if not ok2:
+                        continue
+                    sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
+                    sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
+                    sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
+                    same_image = t0 == 0 and t1 == 0 and t2 == 0
+                    b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
+                    for q in range(start_b[b], start_b[b + 1]):
+                        j = order_n[q]
+                        if same_image and j == i:
+                            continue
+                        dx = posw_nc[j, 0] + sx - xi
+                        dy = posw_nc[j, 1] + sy - yi
+                        dz = posw_nc[j, 2] + sz - zi
+                        r2 = dx * dx + dy * dy + dz * dz
+                        if r2 < rc2:
+                            i_p[p] = i
+                            j_p[p] = j
+                            shift_pc[p, 0] = t0 - wrap_nc[j, 0] + wrap_nc[i, 0]
+                            shift_pc[p, 1] = t1 - wrap_nc[j, 1] + wrap_nc[i, 1]
+                            shift_pc[p, 2] = t2 - wrap_nc[j, 2] + wrap_nc[i, 2]
+                            r_pc[p, 0] = dx
+                            r_pc[p, 1] = dy
+                            r_pc[p, 2] = dz
+                            d_p[p] = np.sqrt(r2)
+                            p += 1

@@ -1,0 +1,140 @@
+"""Public neighbour list: validation, device dispatch, memory checks."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _device
+from ._box import bin_grid
+from ._validation import check_cell, check_cutoff, check_pbc, check_positions, check_device
+
+__all__ = ["NeighborList", "neighbor_list"]
+
+
+class NeighborList(NamedTuple):
+    """Full neighbour list (both i→j and j→i, every periodic image).
+
+    Attributes
+    ----------
+    i, j : (P,) int32
+        Centre and neighbour atom indices. Pairs of one centre are contiguous,
+        centres in increasing order.
+    shifts : (P, 3) int32
+        Integer cell shifts S with r_ij = r_j - r_i + S @ cell.
+    vectors : (P, 3) float
+        r_ij in Å (dtype of the positions).
+    distances : (P,) float
+        |r_ij| in Å.
+    """
+
+    i: object
+    j: object
+    shifts: object
+    vectors: object
+    distances: object
+
+
+def _estimate_pair_bytes(n_pairs, itemsize):
+    # i, j (int32) + shifts (3 int32) + vectors (3 float) + distance (float)
+    return n_pairs * (4 * 5 + itemsize * 4)
+
+
+def _check_memory(n_bytes, what):
+    avail = _device.available_host_memory()
+    if avail is not None and n_bytes > avail:
+        raise MemoryError(
+            f"{what} needs {n_bytes / 2**30:.2f} GiB, more than the {avail / 2**30:.2f} GiB of memory available; "
+            "reduce the number of atoms or the cutoff"
+        )
+
+
+def build_cpu(positions, cell, pbc, cutoff):
+    """Neighbour list on the CPU for validated inputs (no checks)."""
+    from ._kernels import neighbors_cpu as k
+
+    n = positions.shape[0]
+    dtype = positions.dtype
+    if n == 0:
+        return NeighborList(
+            np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3), np.int32),
+            np.zeros((0, 3), dtype), np.zeros(0, dtype),
+        )
+    pos64 = positions.astype(np.float64, copy=False)
+    grid = bin_grid(cell, pbc, cutoff, n, positions=pos64)
+    posw = np.empty((n, 3), np.float64)
+    wrap = np.empty((n, 3), np.int64)
+    bin3 = np.empty((n, 3), np.int64)
+    bins = np.empty(n, np.int64)
+    k.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.smin, grid.extent, grid.nbins, posw, wrap, bin3, bins)
+    start = np.empty(grid.n_cells + 1, np.int64)
+    order = np.empty(n, np.int64)
+    k.cell_starts(bins, grid.n_cells, start, order)
+    count = np.empty(n, np.int64)
+    k.count_pairs(posw, cell, grid.periodic, grid.nbins, grid.search, bin3, start, order, cutoff, count)
+    offset = np.zeros(n + 1, np.int64)
+    np.cumsum(count, out=offset[1:])
+    n_pairs = int(offset[-1])
+    _check_memory(_estimate_pair_bytes(n_pairs, 8), f"the neighbour list ({n_pairs} pairs)")
+    i_p = np.empty(n_pairs, np.int32)
+    j_p = np.empty(n_pairs, np.int32)
+    shift = np.empty((n_pairs, 3), np.int32)
+    r = np.empty((n_pairs, 3), np.float64)
+    d = np.empty(n_pairs, np.float64)
+    k.fill_pairs(posw, cell, wrap, grid.periodic, grid.nbins, grid.search, bin3, start, order, cutoff,
+                 offset, i_p, j_p, shift, r, d)
+    if dtype != np.float64:
+        r = r.astype(dtype)
+        d = d.astype(dtype)
+    return NeighborList(i_p, j_p, shift, r, d)
+
+
+def sort_pairs(nl):
+    """Deterministic order: by i, then j, then shift."""
+    order = np.lexsort((nl.shifts[:, 2], nl.shifts[:, 1], nl.shifts[:, 0], nl.j, nl.i))
+    return NeighborList(*(np.ascontiguousarray(a[order]) for a in nl))
+
+
+def neighbor_list(positions, cell=None, pbc=False, cutoff=None, *, sorted=False, device=None):
+    """Full neighbour list with a linear-scaling cell list.
+
+    Parameters
+    ----------
+    positions : (N, 3) float32 or float64 array, Å
+        NumPy array (CPU) or a CUDA array (CuPy or any ``__cuda_array_interface__``
+        object; the result then lives on the device).
+    cell : (3, 3) array, Å, optional
+        Cell vectors as rows. Vectors along non-periodic axes are ignored.
+    pbc : bool or (3,) bool
+        Periodicity per axis.
+    cutoff : float, Å
+        Pairs with r_ij < cutoff are returned, for every periodic image, so
+        cutoffs larger than the cell are handled (up to
+        ``fastfeat._box.MAX_SEARCH_CELLS`` images per atom).
+    sorted : bool
+        Sort pairs by (i, j, shift) for a deterministic, comparable order.
+        (Without it the order is still deterministic, by centre atom.)
+    device : {"cpu", "cuda"}, optional
+        Defaults to where `positions` lives.
+
+    Returns
+    -------
+    NeighborList
+        ``i, j, shifts, vectors, distances`` (see :class:`NeighborList`).
+    """
+    cutoff = check_cutoff(cutoff)
+    pbc = check_pbc(pbc)
+    on_device = _device.is_device_array(positions)
+    dev = check_device(device) if device is not None else ("cuda" if on_device else "cpu")
+    if dev == "cuda":
+        _device.require_cuda()
+        from ._neighbors_cuda import neighbor_list_cuda
+
+        return neighbor_list_cuda(positions, cell, pbc, cutoff, sorted=sorted)
+    if on_device:
+        raise TypeError("`positions` is a CUDA array but device='cpu'; pass a NumPy array or device='cuda'")
+    positions = check_positions(positions)
+    cell = check_cell(cell, pbc)
+    nl = build_cpu(positions, cell, pbc, cutoff)
+    return sort_pairs(nl) if sorted else nl

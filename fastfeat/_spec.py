@@ -1,0 +1,255 @@
+"""FeatureSpec: the complete, serialisable description of a feature set."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._elements import atomic_number
+
+__all__ = ["FeatureSpec", "SPEC_FORMAT_VERSION"]
+
+#: Version of the JSON layout written by :meth:`FeatureSpec.to_json`. A file
+#: with a larger number was written by a newer fastfeat and is refused.
+SPEC_FORMAT_VERSION = 1
+
+
+def _as_param_list(value, width, name):
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"`{name}` must be a sequence of {width}-tuples of numbers, got {value!r}") from None
+    if arr.size == 0:
+        return ()
+    if arr.ndim != 2 or arr.shape[1] != width:
+        raise ValueError(f"`{name}` must be a sequence of {width}-tuples, got an array of shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"`{name}` must contain only finite numbers, got {value!r}")
+    return tuple(tuple(float(x) for x in row) for row in arr)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Invariant (G2, G4) and covariant (V) feature definitions.
+
+    Parameters
+    ----------
+    species : sequence of str
+        Chemical symbols, in the order used for feature blocks and for the
+        species index of every atom (``species.index(symbol)``).
+    cutoff : float
+        Radial cutoff r_c in Å (G2 and V), > 0.
+    angular_cutoff : float
+        Cutoff in Å of every fc term of G4, 0 < angular_cutoff <= cutoff.
+    radial : sequence of (eta, r_s)
+        G2 parameters; eta in 1/Å², r_s in Å.
+    angular : sequence of (eta, zeta, lambda)
+        G4 parameters; eta in 1/Å², zeta >= 1, lambda = ±1.
+    covariant : sequence of (eta, r_s)
+        Parameters of the covariant vectors V.
+
+    Notes
+    -----
+    Column layout of the invariant matrix: for each species ``a`` in order,
+    ``len(radial)`` G2 columns; then for each unordered species pair
+    ``(a, b)`` with ``a <= b`` (in species order), ``len(angular)`` G4 columns.
+    Covariant layout: for each species ``a``, ``len(covariant)`` vectors.
+    """
+
+    species: tuple
+    cutoff: float
+    angular_cutoff: float
+    radial: tuple = ()
+    angular: tuple = ()
+    covariant: tuple = ()
+    _frozen_hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        species = self.species
+        if isinstance(species, str) or not hasattr(species, "__iter__"):
+            raise TypeError(f"`species` must be a sequence of chemical symbols, got {species!r}")
+        species = tuple(species)
+        if len(species) == 0:
+            raise ValueError("`species` must name at least one element, got an empty sequence")
+        for s in species:
+            if not isinstance(s, str):
+                raise TypeError(f"`species` must contain chemical symbols (str), got {s!r}")
+            atomic_number(s, argname="species")
+        if len(set(species)) != len(species):
+            raise ValueError(f"`species` must not repeat an element, got {species}")
+        for name in ("cutoff", "angular_cutoff"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+                raise TypeError(f"`{name}` must be a number, got {type(v).__name__}")
+            if not math.isfinite(float(v)) or float(v) <= 0:
+                raise ValueError(f"`{name}` must be a finite number > 0, got {v}")
+        cutoff, acut = float(self.cutoff), float(self.angular_cutoff)
+        if acut > cutoff:
+            raise ValueError(f"`angular_cutoff` must be <= `cutoff` ({cutoff}), got {acut}")
+        radial = _as_param_list(self.radial, 2, "radial")
+        angular = _as_param_list(self.angular, 3, "angular")
+        covariant = _as_param_list(self.covariant, 2, "covariant")
+        for eta, rs in radial + covariant:
+            if eta < 0:
+                raise ValueError(f"radial/covariant `eta` must be >= 0, got {eta}")
+        for eta, zeta, lam in angular:
+            if eta < 0:
+                raise ValueError(f"angular `eta` must be >= 0, got {eta}")
+            if zeta < 1:
+                raise ValueError(f"angular `zeta` must be >= 1, got {zeta}")
+            if lam not in (1.0, -1.0):
+                raise ValueError(f"angular `lambda` must be +1 or -1, got {lam}")
+        if not radial and not angular:
+            raise ValueError("a FeatureSpec needs at least one invariant feature (`radial` or `angular`)")
+        if not covariant:
+            raise ValueError("a FeatureSpec needs at least one covariant feature (`covariant`)")
+        object.__setattr__(self, "species", species)
+        object.__setattr__(self, "cutoff", cutoff)
+        object.__setattr__(self, "angular_cutoff", acut)
+        object.__setattr__(self, "radial", radial)
+        object.__setattr__(self, "angular", angular)
+        object.__setattr__(self, "covariant", covariant)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_species(self) -> int:
+        return len(self.species)
+
+    @property
+    def n_pairs(self) -> int:
+        s = self.n_species
+        return s * (s + 1) // 2
+
+    @property
+    def n_radial(self) -> int:
+        return self.n_species * len(self.radial)
+
+    @property
+    def n_angular(self) -> int:
+        return self.n_pairs * len(self.angular)
+
+    @property
+    def n_invariant(self) -> int:
+        return self.n_radial + self.n_angular
+
+    @property
+    def n_covariant(self) -> int:
+        return self.n_species * len(self.covariant)
+
+    @property
+    def numbers(self) -> tuple:
+        """Atomic numbers of :attr:`species`, same order."""
+        return tuple(atomic_number(s) for s in self.species)
+
+    def pair_index(self) -> np.ndarray:
+        """(S, S) int64 matrix: column block of the unordered species pair (a, b)."""
+        s = self.n_species
+        out = np.zeros((s, s), dtype=np.int64)
+        p = 0
+        for a in range(s):
+            for b in range(a, s):
+                out[a, b] = out[b, a] = p
+                p += 1
+        return out
+
+    # ----------------------------------------------------------------- labels
+    @property
+    def invariant_labels(self) -> list:
+        labels = []
+        for a in self.species:
+            labels += [f"G2[{a}; eta={e:g}, rs={r:g}]" for e, r in self.radial]
+        for ia, a in enumerate(self.species):
+            for b in self.species[ia:]:
+                labels += [f"G4[{a},{b}; eta={e:g}, zeta={z:g}, lambda={l:+g}]" for e, z, l in self.angular]
+        return labels
+
+    @property
+    def covariant_labels(self) -> list:
+        labels = []
+        for a in self.species:
+            labels += [f"V[{a}; eta={e:g}, rs={r:g}]" for e, r in self.covariant]
+        return labels
+
+    # ------------------------------------------------------------------- JSON
+    def to_dict(self) -> dict:
+        return {
+            "format_version": SPEC_FORMAT_VERSION,
+            "species": list(self.species),
+            "cutoff": self.cutoff,
+            "angular_cutoff": self.angular_cutoff,
+            "radial": [list(p) for p in self.radial],
+            "angular": [list(p) for p in self.angular],
+            "covariant": [list(p) for p in self.covariant],
+        }
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (exact round trip with :meth:`from_json`)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSpec":
+        if not isinstance(data, dict):
+            raise TypeError(f"FeatureSpec data must be a dict, got {type(data).__name__}")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise ValueError(f"FeatureSpec JSON needs an integer `format_version`, got {version!r}")
+        if version > SPEC_FORMAT_VERSION:
+            raise ValueError(
+                f"FeatureSpec `format_version` {version} is newer than this fastfeat understands "
+                f"(<= {SPEC_FORMAT_VERSION}); upgrade fastfeat to read it"
+            )
+        keys = {"species", "cutoff", "angular_cutoff", "radial", "angular", "covariant"}
+        unknown = set(data) - keys - {"format_version"}
+        if unknown:
+            raise ValueError(f"FeatureSpec JSON has unknown keys {sorted(unknown)}; valid keys: {sorted(keys)}")
+        missing = keys - set(data)
+        if missing:
+            raise ValueError(f"FeatureSpec JSON is missing keys {sorted(missing)}")
+        return cls(**{k: data[k] for k in keys})
+
+    @classmethod
+    def from_json(cls, text: str) -> "FeatureSpec":
+        """Parse a FeatureSpec written by :meth:`to_json`."""
+        if not isinstance(text, (str, bytes)):
+            raise TypeError(f"`text` must be a JSON string, got {type(text).__name__}")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"`text` is not valid FeatureSpec JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    # ---------------------------------------------------------------- presets
+    @classmethod
+    def default(cls, species, preset: str = "default") -> "FeatureSpec":
+        """A documented, sensible feature set for ``species``.
+
+        ``preset="default"`` (cutoff 5.2 Å, angular cutoff 3.5 Å):
+        12 G2 per species, Gaussian shells r_s = 0.8 … 4.8 Å with
+        eta = 1/(2 Δr_s²); 16 G4 per species pair, eta ∈ {0.02, 0.08} Å⁻²,
+        zeta ∈ {1, 2, 4, 8}, lambda = ±1; 8 V per species, r_s = 0.8 … 4.6 Å.
+
+        ``preset="ani1x"``: the ANI-1x-sized benchmark set (cutoff 5.2 Å,
+        angular 3.5 Å): 16 G2 per species (r_s = 0.9 … 4.93 Å, eta = 16),
+        32 G4 per species pair (eta ∈ {0.01, 0.04, 0.1, 0.4} × zeta ∈
+        {1, 2, 4, 8} × lambda = ±1) and 16 V per species. For H C N O this is
+        384 invariants, exactly as many as ANI-1x's AEV.
+        """
+        if preset == "default":
+            rs = np.linspace(0.8, 4.8, 12)
+            eta = 1.0 / (2.0 * (rs[1] - rs[0]) ** 2)
+            radial = [(eta, r) for r in rs]
+            angular = [(e, z, l) for e in (0.02, 0.08) for z in (1.0, 2.0, 4.0, 8.0) for l in (1.0, -1.0)]
+            rc = np.linspace(0.8, 4.6, 8)
+            etac = 1.0 / (2.0 * (rc[1] - rc[0]) ** 2)
+            covariant = [(etac, r) for r in rc]
+            return cls(species, 5.2, 3.5, radial, angular, covariant)
+        if preset == "ani1x":
+            rs = 0.9 + 0.26875 * np.arange(16)
+            radial = [(16.0, r) for r in rs]
+            angular = [(e, z, l) for e in (0.01, 0.04, 0.1, 0.4) for z in (1.0, 2.0, 4.0, 8.0) for l in (1.0, -1.0)]
+            covariant = [(4.0, r) for r in 0.9 + 0.26875 * np.arange(16)]
+            return cls(species, 5.2, 3.5, radial, angular, covariant)
+        raise ValueError(f"`preset` must be 'default' or 'ani1x', got {preset!r}")

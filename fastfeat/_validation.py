@@ -1,0 +1,184 @@
+"""All argument checking of the public API, in one place.
+
+Kernels check nothing; every public function calls these first. Messages name
+the argument, the expectation and what was received.
+"""
+
+from __future__ import annotations
+
+import numbers as _numbers
+
+import numpy as np
+
+from ._elements import SYMBOLS
+
+__all__ = [
+    "check_positions",
+    "check_cell",
+    "check_pbc",
+    "check_cutoff",
+    "check_dtype",
+    "check_device",
+    "species_index",
+    "MAX_ATOMS",
+]
+
+#: Structures larger than this are refused before anything is allocated.
+MAX_ATOMS = 500_000_000
+
+
+def _shape(x):
+    return tuple(getattr(x, "shape", np.shape(x)))
+
+
+def check_dtype(dtype):
+    """Normalise a requested float dtype (float32 or float64)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"`dtype` must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"`dtype` must be float32 or float64, got {dt}")
+    return dt
+
+
+def check_device(device):
+    if not isinstance(device, str):
+        raise TypeError(f"`device` must be 'cpu' or 'cuda', got {type(device).__name__}")
+    dev = device.lower()
+    if dev.startswith("cuda:"):
+        dev = "cuda"
+    if dev not in ("cpu", "cuda"):
+        raise ValueError(f"`device` must be 'cpu' or 'cuda', got {device!r}")
+    return dev
+
+
+def check_positions(positions, dtype=None, name="positions"):
+    """Return a C-contiguous (N, 3) float array of finite positions (Å).
+
+    Integer, boolean, complex and object arrays are refused (TypeError): a
+    silent cast of integer coordinates hides unit or indexing mistakes.
+    Fortran-ordered or strided arrays are copied to C order.
+    """
+    if positions is None:
+        raise TypeError(f"`{name}` is required, got None")
+    if not isinstance(positions, np.ndarray):
+        try:
+            positions = np.asarray(positions)
+        except (TypeError, ValueError):
+            raise TypeError(f"`{name}` must be an array of shape (N, 3), got {type(positions).__name__}") from None
+    if positions.dtype.kind != "f":
+        raise TypeError(f"`{name}` must be a floating-point array (float32 or float64), got dtype {positions.dtype}")
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise ValueError(f"`{name}` must have shape (N, 3), got {positions.shape}")
+    if positions.shape[0] > MAX_ATOMS:
+        raise MemoryError(
+            f"`{name}` has {positions.shape[0]} atoms, more than fastfeat handles in one call ({MAX_ATOMS}); "
+            "split the structure"
+        )
+    out_dtype = positions.dtype if dtype is None else dtype
+    if out_dtype not in (np.float32, np.float64):
+        out_dtype = np.float64
+    positions = np.ascontiguousarray(positions, dtype=out_dtype)
+    if positions.size and not np.isfinite(positions).all():
+        bad = int(np.argwhere(~np.isfinite(positions))[0, 0])
+        raise ValueError(f"`{name}` must be finite, got {positions[bad].tolist()} (NaN or inf) for atom {bad}")
+    return positions
+
+
+def check_pbc(pbc):
+    """Return a (3,) bool array from a bool or a sequence of 3 bools."""
+    if pbc is None:
+        return np.zeros(3, dtype=bool)
+    if isinstance(pbc, (bool, np.bool_)):
+        return np.full(3, bool(pbc))
+    arr = np.asarray(pbc)
+    if arr.shape != (3,):
+        raise ValueError(f"`pbc` must be a bool or a sequence of 3 bools, got shape {arr.shape}")
+    if arr.dtype != bool:
+        if arr.dtype.kind in "iu" and np.isin(arr, (0, 1)).all():
+            arr = arr.astype(bool)
+        else:
+            raise TypeError(f"`pbc` must contain booleans, got dtype {arr.dtype}")
+    return arr.astype(bool)
+
+
+def check_cell(cell, pbc):
+    """Return a (3, 3) float64 cell (rows are cell vectors, Å).
+
+    A cell with a periodic axis must be non-singular; the vectors along
+    non-periodic axes are ignored (they may be zero). Left-handed cells are
+    valid.
+    """
+    if cell is None:
+        cell = np.zeros((3, 3))
+    try:
+        cell = np.asarray(cell)
+    except (TypeError, ValueError):
+        raise TypeError(f"`cell` must be a (3, 3) array, got {type(cell).__name__}") from None
+    if cell.dtype.kind not in "fiu":
+        raise TypeError(f"`cell` must be a numeric array, got dtype {cell.dtype}")
+    if cell.shape == (3,):
+        raise ValueError(f"`cell` must have shape (3, 3), got {cell.shape} (use np.diag(lengths) for an orthorhombic cell)")
+    if cell.shape != (3, 3):
+        raise ValueError(f"`cell` must have shape (3, 3), got {cell.shape}")
+    cell = np.array(cell, dtype=np.float64, order="C")
+    if not np.isfinite(cell).all():
+        raise ValueError(f"`cell` must be finite, got {cell.tolist()}")
+    if pbc.any():
+        lengths = np.linalg.norm(cell, axis=1)
+        for ax in np.flatnonzero(pbc):
+            if lengths[ax] < 1e-8:
+                raise ValueError(f"`cell` vector {ax} has zero length but axis {ax} is periodic; got cell {cell.tolist()}")
+        # volume spanned by the periodic vectors must be non-zero
+        per = cell[pbc]
+        gram = per @ per.T
+        scale = np.prod(lengths[pbc] ** 2)
+        if abs(np.linalg.det(gram)) <= 1e-12 * scale:
+            raise ValueError(
+                f"`cell` is singular (zero volume along its periodic axes {np.flatnonzero(pbc).tolist()}), "
+                f"got {cell.tolist()}"
+            )
+    return cell
+
+
+def check_cutoff(cutoff, name="cutoff"):
+    if isinstance(cutoff, (bool, np.bool_)) or not isinstance(cutoff, (_numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"`{name}` must be a number, got {type(cutoff).__name__}")
+    c = float(cutoff)
+    if not np.isfinite(c) or c <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {cutoff}")
+    return c
+
+
+# lookup: atomic number -> species index (built per spec and cached by the caller)
+def species_lookup(spec_numbers):
+    table = np.full(len(SYMBOLS) + 1, -1, dtype=np.int64)
+    for k, z in enumerate(spec_numbers):
+        table[z] = k
+    return table
+
+
+def species_index(numbers, table, n_atoms, species_names):
+    """Map atomic numbers (N,) to species indices; ValueError naming symbol and atom."""
+    if numbers is None:
+        raise TypeError("`numbers` is required, got None")
+    numbers = np.asarray(numbers)
+    if numbers.dtype.kind not in "iu":
+        raise TypeError(f"`numbers` must be an integer array of atomic numbers, got dtype {numbers.dtype}")
+    if numbers.shape != (n_atoms,):
+        raise ValueError(f"`numbers` must have shape ({n_atoms},) to match `positions`, got {numbers.shape}")
+    if n_atoms == 0:
+        return np.zeros(0, dtype=np.int32)
+    if numbers.min() < 0 or numbers.max() >= len(table):
+        bad = int(np.flatnonzero((numbers < 0) | (numbers >= len(table)))[0])
+        raise ValueError(f"`numbers` holds {int(numbers[bad])} at atom {bad}, which is not an atomic number")
+    idx = table[numbers]
+    if (idx < 0).any():
+        bad = int(np.flatnonzero(idx < 0)[0])
+        z = int(numbers[bad])
+        sym = SYMBOLS[z] if 0 < z < len(SYMBOLS) else str(z)
+        raise ValueError(
+            f"atom {bad} is {sym} (Z={z}), which is not in the spec's species {list(species_names)}"
+        )
+    return idx.astype(np.int32)
