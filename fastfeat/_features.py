@@ -31,11 +31,10 @@ class KernelParams:
 
     cutoff: float
     acut: float
-    rad_eta_q: np.ndarray
-    rad_rs_q: np.ndarray
-    cov_eta_q: np.ndarray
-    cov_rs_q: np.ndarray
+    radial_ladders: tuple  # (n_q, eta_l, rs0_l, delta_l, cnt_l, start_l, q_k, c_l)
+    covariant_ladders: tuple
     eta_u: np.ndarray  # distinct angular etas
+    epow_u: np.ndarray  # eta_u / eta_u[0] when a small integer, else 0
     zeta_v: np.ndarray  # distinct (zeta, lambda) combinations
     lam_v: np.ndarray
     zint_v: np.ndarray  # zeta as an int when integral, else 0
@@ -47,17 +46,57 @@ class KernelParams:
 
     def args(self):
         return (
-            self.cutoff, self.acut, self.rad_eta_q, self.rad_rs_q, self.cov_eta_q, self.cov_rs_q,
-            self.eta_u, self.zeta_v, self.lam_v, self.zint_v, self.ang_u_q, self.ang_v_q, self.ang_pref_q,
+            self.cutoff, self.acut, *self.radial_ladders, *self.covariant_ladders,
+            self.eta_u, self.epow_u, self.zeta_v, self.lam_v, self.zint_v, self.ang_u_q, self.ang_v_q, self.ang_pref_q,
             self.pair_ab, self.n_radial_total,
         )
 
 
+def gaussian_ladders(params):
+    """Group (eta, r_s) parameters into ladders: equal eta, equally spaced r_s.
+
+    Returns ``(n_q, eta_l, rs0_l, delta_l, cnt_l, start_l, q_k, c_l)``: ladder
+    ``l`` covers parameters ``q_k[start_l[l] : start_l[l] + cnt_l[l]]`` with
+    r_s = rs0_l + k * delta_l; c_l = exp(-2 eta delta^2).
+    """
+    ladders = []
+    by_eta = {}
+    for q, (eta, rs) in enumerate(params):
+        by_eta.setdefault(eta, []).append((rs, q))
+    for eta, items in by_eta.items():
+        items.sort()
+        run = [items[0]]
+        for rs, q in items[1:]:
+            if len(run) == 1:
+                ok = rs > run[0][0]
+            else:
+                step = run[1][0] - run[0][0]
+                ok = abs((rs - run[-1][0]) - step) <= 1e-9 * max(1.0, abs(step))
+            if ok:
+                run.append((rs, q))
+            else:
+                ladders.append((eta, run))
+                run = [(rs, q)]
+        ladders.append((eta, run))
+    eta_l = np.array([e for e, _ in ladders], dtype=np.float64)
+    rs0_l = np.array([r[0][0] for _, r in ladders], dtype=np.float64)
+    delta_l = np.array([(r[1][0] - r[0][0]) if len(r) > 1 else 1.0 for _, r in ladders], dtype=np.float64)
+    cnt_l = np.array([len(r) for _, r in ladders], dtype=np.int64)
+    start_l = np.concatenate([[0], np.cumsum(cnt_l)[:-1]]).astype(np.int64) if ladders else np.zeros(0, np.int64)
+    q_k = np.array([q for _, r in ladders for _, q in r], dtype=np.int64)
+    c_l = np.exp(-2.0 * eta_l * delta_l**2)
+    return (len(params), eta_l, rs0_l, delta_l, cnt_l, start_l, q_k, c_l)
+
+
 def kernel_params(spec: FeatureSpec) -> KernelParams:
-    rad = np.array(spec.radial, dtype=np.float64).reshape(-1, 2)
-    cov = np.array(spec.covariant, dtype=np.float64).reshape(-1, 2)
     ang = np.array(spec.angular, dtype=np.float64).reshape(-1, 3)
-    eta_u = np.unique(ang[:, 0]) if len(ang) else np.zeros(0)
+    eta_u = np.unique(ang[:, 0]) if len(ang) else np.zeros(1)
+    epow_u = np.zeros(len(eta_u), dtype=np.int64)
+    if eta_u[0] > 0:
+        for u, e in enumerate(eta_u):
+            k = e / eta_u[0]
+            if round(k) <= 64 and abs(k - round(k)) <= 1e-9 * k:
+                epow_u[u] = int(round(k))
     combos = sorted({(z, l) for _, z, l in spec.angular})
     zeta_v = np.array([c[0] for c in combos], dtype=np.float64)
     lam_v = np.array([c[1] for c in combos], dtype=np.float64)
@@ -66,8 +105,8 @@ def kernel_params(spec: FeatureSpec) -> KernelParams:
     ang_v = np.array([combos.index((z, l)) for _, z, l in spec.angular], dtype=np.int64)
     pref = np.array([2.0 ** (1.0 - z) for _, z, _ in spec.angular], dtype=np.float64)
     return KernelParams(
-        spec.cutoff, spec.angular_cutoff, rad[:, 0].copy(), rad[:, 1].copy(), cov[:, 0].copy(), cov[:, 1].copy(),
-        eta_u, zeta_v, lam_v, zint_v, ang_u, ang_v, pref, spec.pair_index(), spec.n_radial,
+        spec.cutoff, spec.angular_cutoff, gaussian_ladders(spec.radial), gaussian_ladders(spec.covariant),
+        eta_u, epow_u, zeta_v, lam_v, zint_v, ang_u, ang_v, pref, spec.pair_index(), spec.n_radial,
     )
 
 

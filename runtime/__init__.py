@@ -1,0 +1,22 @@
+"""fastfeat.runtime: run direct-force models (onnxruntime, CPU or CUDA), ASE calculator, fast MD.
+
+Never imports torch.
+"""
+
+from ._onnx_meta import ModelInfo, ModelLoadError
+from .calculator import Calculator
+from .md import MDInstabilityError, MDResult, MolecularDynamics, run_md
+from .model import ForceEvaluator, ForceModel, pretrained_names
+
+__all__ = [
+    "ForceModel",
+    "ForceEvaluator",
+    "Calculator",
+    "ModelInfo",
+    "ModelLoadError",
+    "MolecularDynamics",
+    "MDResult",
+    "MDInstabilityError",
+    "run_md",
+    "pretrained_names",
+]

@@ -17,24 +17,79 @@ __all__ = ["features"]
 
 @njit(inline="always")
 def _ipow(x, n):
+    """x**n for an integer n >= 1 by repeated squaring."""
     r = 1.0
-    for _ in range(n):
-        r *= x
+    while n > 0:
+        if n & 1:
+            r *= x
+        x *= x
+        n >>= 1
     return r
+
+
+@njit(inline="always")
+def _gaussian_ladders(d, lad_eta, lad_rs0, lad_delta, lad_cnt, lad_start, lad_q, lad_c, out_q):
+    """out_q[q] = exp(-eta_q (d - rs_q)^2) for every parameter q.
+
+    Parameters sharing eta with equally spaced r_s form a ladder: the term
+    nearest to d is one exp, its neighbours follow by multiplying with ratios
+    that only shrink (no overflow), so a ladder of any length costs 3 exps.
+    """
+    for l in range(lad_eta.shape[0]):
+        eta = lad_eta[l]
+        cnt = lad_cnt[l]
+        s0 = lad_start[l]
+        delta = lad_delta[l]
+        t = d - lad_rs0[l]
+        if cnt == 1:
+            out_q[lad_q[s0]] = math.exp(-eta * t * t)
+            continue
+        qs = int(math.floor(t / delta + 0.5))
+        if qs < 0:
+            qs = 0
+        elif qs > cnt - 1:
+            qs = cnt - 1
+        u = t - qs * delta
+        val = math.exp(-eta * u * u)
+        out_q[lad_q[s0 + qs]] = val
+        c = lad_c[l]
+        r = math.exp(2.0 * eta * delta * u - eta * delta * delta)
+        v = val
+        for q in range(qs + 1, cnt):
+            v *= r
+            r *= c
+            out_q[lad_q[s0 + q]] = v
+        r = math.exp(-2.0 * eta * delta * u - eta * delta * delta)
+        v = val
+        for q in range(qs - 1, -1, -1):
+            v *= r
+            r *= c
+            out_q[lad_q[s0 + q]] = v
+
+
+@njit(inline="always")
+def _exp_table(r2, eta_u, epow_u, out_u):
+    """out_u[u] = exp(-eta_u r2); integer multiples of eta_u[0] by powers."""
+    base = math.exp(-eta_u[0] * r2)
+    for u in range(eta_u.shape[0]):
+        k = epow_u[u]
+        if k > 0:
+            out_u[u] = _ipow(base, k)
+        else:
+            out_u[u] = math.exp(-eta_u[u] * r2)
 
 
 @njit(parallel=True, cache=True, fastmath=False)
 def features(
     pos_nc, species_n, start_n, j_p, shiftvec_pc,
     cutoff, acut,
-    rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-    eta_u, zeta_v, lam_v, zint_v, ang_u_q, ang_v_q, ang_pref_q,
+    n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
+    n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
+    eta_u, epow_u, zeta_v, lam_v, zint_v, ang_u_q, ang_v_q, ang_pref_q,
     pair_ab, n_radial_total,
     g_nf, v_nfc, overlap_n,
 ):
     n = pos_nc.shape[0]
-    n_rad = rad_eta_q.shape[0]
-    n_cov = cov_eta_q.shape[0]
     n_ang = ang_u_q.shape[0]
     n_u = eta_u.shape[0]
     n_v = zeta_v.shape[0]
@@ -58,6 +113,8 @@ def features(
         ad = np.empty(deg)
         asp = np.empty(deg, np.int64)
         ae = np.empty((deg, n_u))
+        rad_q = np.empty(n_rad)
+        cov_q = np.empty(n_cov)
         m = 0
         xi = pos_nc[i, 0]
         yi = pos_nc[i, 1]
@@ -75,15 +132,15 @@ def features(
                 continue
             a = species_n[j]
             fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
+            _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
             base = a * n_rad
             for q in range(n_rad):
-                t = d - rad_rs_q[q]
-                g_nf[i, base + q] += math.exp(-rad_eta_q[q] * t * t) * fc
+                g_nf[i, base + q] += rad_q[q] * fc
+            _gaussian_ladders(d, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cov_q)
             base = a * n_cov
-            inv_d = 1.0 / d
+            fcd = fc / d
             for q in range(n_cov):
-                t = d - cov_rs_q[q]
-                w = math.exp(-cov_eta_q[q] * t * t) * fc * inv_d
+                w = cov_q[q] * fcd
                 v_nfc[i, base + q, 0] += w * dx
                 v_nfc[i, base + q, 1] += w * dy
                 v_nfc[i, base + q, 2] += w * dz
@@ -94,8 +151,9 @@ def features(
                 az[m] = dz
                 ad[m] = d
                 asp[m] = a
+                _exp_table(d * d, eta_u, epow_u, ae[m])
                 for u in range(n_u):
-                    ae[m, u] = math.exp(-eta_u[u] * d * d) * fca
+                    ae[m, u] *= fca
                 m += 1
         if n_ang == 0 or m < 2:
             continue
@@ -111,8 +169,9 @@ def features(
                     continue
                 fcjk = 0.5 * (math.cos(pi_ra * djk) + 1.0)
                 cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) / (ad[k1] * ad[k2])
+                _exp_table(djk * djk, eta_u, epow_u, pu)
                 for u in range(n_u):
-                    pu[u] = ae[k1, u] * ae[k2, u] * math.exp(-eta_u[u] * djk * djk) * fcjk
+                    pu[u] *= ae[k1, u] * ae[k2, u] * fcjk
                 for v in range(n_v):
                     b = 1.0 + lam_v[v] * cos_t
                     if b < 0.0:

@@ -1,0 +1,99 @@
+"""``fastfeat featurize STRUCTURES (--spec spec.json | --model MODEL) --out features.npz``.
+
+Writes the invariant and covariant features of every frame of a structure
+file (anything ASE reads) to an ``.npz``, so that external codes can run an
+exported model with onnxruntime alone (see ``examples/external_onnx.py``).
+
+The ``.npz`` holds:
+
+``invariant``  (N, n_invariant) float32/float64
+``covariant``  (N, n_covariant, 3) float32/float64
+``species``    (N,) int64, index into the spec's species (the model's ``species`` input)
+``offsets``    (n_structures + 1,) int64, atoms of structure s are offsets[s]:offsets[s+1]
+``numbers``    (N,) int64 atomic numbers
+``spec``       0-d str array, the FeatureSpec JSON
+
+No torch import here: ``--model`` reads the spec from the model's metadata
+with onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+__all__ = ["main", "spec_from_model", "write_features"]
+
+
+def _models_dir() -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "models")
+
+
+def spec_from_model(model):
+    """FeatureSpec stored in an exported model (path or bundled name)."""
+    import onnxruntime as ort
+
+    from ._spec import FeatureSpec
+
+    path = os.fspath(model)
+    if not os.path.exists(path):
+        bundled = os.path.join(_models_dir(), f"{path}.onnx")
+        if not os.path.exists(bundled):
+            raise ValueError(f"`--model` must be an .onnx file or a bundled model name, got {path!r}")
+        path = bundled
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    if "fastfeat.spec" not in meta:
+        raise ValueError(f"`--model` {path!r} has no `fastfeat.spec` metadata; it was not exported by fastfeat")
+    return FeatureSpec.from_json(meta["fastfeat.spec"])
+
+
+def write_features(frames, spec, out, dtype=np.float32):
+    """Featurize ``frames`` (list of ase.Atoms) and write the npz described above."""
+    from ._features import featurize
+
+    if len(frames) == 0:
+        raise ValueError("`STRUCTURES` holds no structures")
+    f = featurize(list(frames), spec, device="cpu", dtype=dtype)
+    numbers = np.concatenate([np.asarray(a.numbers, dtype=np.int64) for a in frames])
+    np.savez(out, invariant=np.asarray(f.invariant), covariant=np.asarray(f.covariant),
+             species=np.asarray(f.species, dtype=np.int64), offsets=np.asarray(f.offsets, dtype=np.int64),
+             numbers=numbers, spec=np.array(spec.to_json()))
+    return f
+
+
+def main(argv) -> int:
+    p = argparse.ArgumentParser(prog="fastfeat featurize",
+                                description="Write invariant/covariant features of structures to an .npz.")
+    p.add_argument("structures", metavar="STRUCTURES", help="structure file (any format ASE reads; all frames)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--spec", help="FeatureSpec JSON file")
+    g.add_argument("--model", help="exported .onnx model (or bundled name): use its FeatureSpec")
+    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    args = p.parse_args(argv)
+    try:
+        from ._spec import FeatureSpec
+
+        if args.spec:
+            if not os.path.exists(args.spec):
+                raise FileNotFoundError(f"`--spec` file {args.spec!r} does not exist")
+            with open(args.spec, encoding="utf-8") as fh:
+                spec = FeatureSpec.from_json(fh.read())
+        else:
+            spec = spec_from_model(args.model)
+        if not os.path.exists(args.structures):
+            raise FileNotFoundError(f"`STRUCTURES` file {args.structures!r} does not exist")
+        import ase.io
+
+        frames = ase.io.read(args.structures, index=":")
+        f = write_features(frames, spec, args.out, dtype=np.dtype(args.dtype))
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"fastfeat featurize: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(f.offsets) - 1} structures, {len(f)} atoms, "
+          f"{spec.n_invariant} invariant + {spec.n_covariant} covariant features")
+    return 0

@@ -1,0 +1,619 @@
+"""Molecular dynamics with direct forces: velocity Verlet (NVE) and Langevin (BAOAB).
+
+Units: positions Å, velocities Å/fs, masses amu, forces eV/Å, time fs,
+temperature K. The step loop touches only preallocated arrays (NumPy on the
+CPU, CuPy when the force function lives on a GPU); no ASE object is made
+inside it.
+
+Python API::
+
+    from fastfeat.runtime import run_md
+    result = run_md("peo", atoms, steps=5000, dt=0.5, temperature=300,
+                    out="traj.extxyz", every=100, log="md.log")
+
+or, with any force function ``f(positions (N,3) Å) -> forces (N,3) eV/Å``::
+
+    md = MolecularDynamics(f, positions, masses, dt=1.0, temperature=300)
+    result = md.run(1000)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import units
+
+__all__ = [
+    "MolecularDynamics",
+    "MDResult",
+    "MDInstabilityError",
+    "run_md",
+    "maxwell_boltzmann",
+    "kinetic_energy",
+    "temperature",
+    "ExtxyzWriter",
+    "check_writable",
+]
+
+#: eV/(Å·amu) -> Å/fs²
+ACCEL = units.fs ** 2
+#: Boltzmann constant, eV/K
+KB = units.kB
+ENSEMBLES = ("langevin", "nve")
+
+
+# --------------------------------------------------------------------- helpers
+def kinetic_energy(velocities, masses) -> float:
+    """Kinetic energy (eV) of velocities (N, 3) Å/fs and masses (N,) amu."""
+    v = np.asarray(velocities)
+    return 0.5 * float(np.dot(masses, np.einsum("ij,ij->i", v, v))) / ACCEL
+
+
+def temperature(velocities, masses, dof=None) -> float:
+    """Instantaneous temperature (K); ``dof`` defaults to 3N."""
+    n = len(masses)
+    dof = 3 * n if dof is None else dof
+    return 2.0 * kinetic_energy(velocities, masses) / (max(dof, 1) * KB)
+
+
+def maxwell_boltzmann(masses, temperature_K, rng, dof=None, rescale=True) -> np.ndarray:
+    """Velocities (N, 3) Å/fs drawn from the Maxwell-Boltzmann distribution.
+
+    The centre-of-mass velocity is removed; with ``rescale`` the velocities
+    are scaled so that the instantaneous temperature (``dof`` degrees of
+    freedom, default 3N - 3) equals ``temperature_K`` exactly.
+    """
+    m = np.asarray(masses, dtype=np.float64)
+    n = len(m)
+    if temperature_K <= 0 or n == 0:
+        return np.zeros((n, 3))
+    sigma = np.sqrt(KB * temperature_K / m) * units.fs  # Å/fs
+    v = rng.standard_normal((n, 3)) * sigma[:, None]
+    if n > 1:
+        v -= (m @ v) / m.sum()
+    if rescale:
+        dof = max(3 * n - 3, 1) if dof is None else dof
+        t_now = temperature(v, m, dof)
+        if t_now > 0:
+            v *= math.sqrt(temperature_K / t_now)
+    return v
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+class MDInstabilityError(RuntimeError):
+    """MD stopped because forces became non-finite or exceeded the limit.
+
+    Attributes
+    ----------
+    step : int
+        The step whose forces were bad.
+    reason : str
+    result : MDResult
+        State and log up to the last good step (``result.steps_done == step - 1``),
+        whose frame was written to the trajectory.
+    """
+
+    def __init__(self, message, step, reason, result):
+        super().__init__(message)
+        self.step = step
+        self.reason = reason
+        self.result = result
+
+
+@dataclass
+class MDResult:
+    """Outcome of :meth:`MolecularDynamics.run`.
+
+    Attributes
+    ----------
+    steps_done : int
+        Steps completed in total (the engine's step counter).
+    steps_run : int
+        Steps completed by this ``run`` call.
+    n_atoms : int
+    dt : float
+        Time step (fs).
+    ensemble : str
+    wall_s : float
+        Wall time of the step loop (the first force call, which may compile
+        kernels, is not included).
+    positions, velocities, forces : (N, 3) float64 ndarray
+        Final state (Å, Å/fs, eV/Å); the last good one if the run stopped.
+    log : dict of (L,) ndarray
+        Every ``every`` steps: ``step``, ``time_fs``, ``temperature_K``,
+        ``kinetic_eV``, ``max_force`` (eV/Å) and, in NVE, ``conserved_eV``:
+        kinetic energy minus the work done by the forces along the path
+        (trapezoidal rule); constant for conservative forces.
+    stopped_at : int or None
+        Step with bad forces, if the run stopped early.
+    stop_reason : str or None
+    n_rebuilds : int or None
+        Neighbour-list builds (when the force function reports them).
+    """
+
+    steps_done: int
+    steps_run: int
+    n_atoms: int
+    dt: float
+    ensemble: str
+    wall_s: float
+    positions: np.ndarray
+    velocities: np.ndarray
+    forces: np.ndarray
+    log: dict = field(default_factory=dict)
+    stopped_at: int | None = None
+    stop_reason: str | None = None
+    n_rebuilds: int | None = None
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps_run / self.wall_s if self.wall_s > 0 else float("nan")
+
+    @property
+    def atom_steps_per_s(self) -> float:
+        return self.n_atoms * self.steps_per_s
+
+    @property
+    def ns_per_day(self) -> float:
+        return self.steps_per_s * self.dt * 1e-6 * 86400.0
+
+
+# ------------------------------------------------------------------ extxyz out
+class ExtxyzWriter:
+    """Fast extended-XYZ writer (readable by ``ase.io.read``).
+
+    Each frame holds species, positions (Å), momenta (ASE units, so
+    ``atoms.get_velocities()`` works after reading), forces (eV/Å) and the
+    info keys ``step``, ``time_fs``, ``temperature_K``.
+
+    The file is opened (and created) at construction, so a path that cannot
+    be written fails before any MD step.
+    """
+
+    def __init__(self, path, symbols, masses, cell, pbc):
+        self.path = os.fspath(path)
+        self._fh = _open_for_writing(self.path, "trajectory `out`")
+        self._symbols = np.asarray(symbols, dtype=object)
+        self._p_scale = np.asarray(masses, dtype=np.float64)[:, None] / units.fs
+        cell = np.asarray(cell, dtype=np.float64)
+        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        lattice = ""
+        if np.any(cell != 0):
+            lattice = 'Lattice="' + " ".join(f"{x:.10g}" for x in cell.ravel()) + '" '
+        self._head = (
+            f"{len(self._symbols)}\n{lattice}Properties=species:S:1:pos:R:3:momenta:R:3:forces:R:3 "
+            + 'pbc="' + " ".join("T" if p else "F" for p in pbc) + '"'
+        )
+        line = "%-2s" + " %17.10f" * 3 + " %16.9e" * 3 + " %16.9e" * 3
+        self._body = "\n".join([line] * len(self._symbols))
+        self._rows = np.empty((len(self._symbols), 10), dtype=object)
+        self._rows[:, 0] = self._symbols
+
+    def write(self, step, time_fs, temperature_K, positions, velocities, forces):
+        rows = self._rows
+        rows[:, 1:4] = positions
+        rows[:, 4:7] = velocities * self._p_scale
+        rows[:, 7:10] = forces
+        head = f"{self._head} step={step} time_fs={time_fs:.6g} temperature_K={temperature_K:.6g}\n"
+        self._fh.write(head + (self._body % tuple(rows.ravel())) + "\n")
+
+    def flush(self):
+        self._fh.flush()
+
+    def close(self):
+        if not self._fh.closed:
+            self._fh.close()
+
+
+def check_writable(path, what="output"):
+    """Create (truncate) ``path`` now; OSError naming ``what`` if it cannot be written."""
+    if path is not None:
+        _open_for_writing(os.fspath(path), what).close()
+
+
+def _open_for_writing(path, what):
+    """Open a text file for writing; OSError naming the argument and the cause."""
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        parent = os.path.dirname(os.path.abspath(path))
+        hint = ""
+        if not os.path.isdir(parent):
+            hint = f" (directory {parent!r} does not exist)"
+        elif not os.access(parent, os.W_OK):
+            hint = f" (directory {parent!r} is not writable)"
+        raise OSError(exc.errno, f"cannot write {what} {path!r}: {exc.strerror}{hint}; nothing was run") from None
+
+
+# ----------------------------------------------------------------- the engine
+class MolecularDynamics:
+    """Velocity Verlet (``"nve"``) or Langevin BAOAB (``"langevin"``) dynamics.
+
+    Parameters
+    ----------
+    force_fn : callable
+        ``force_fn(positions) -> forces``: (N, 3) float64 Å in, (N, 3) eV/Å
+        out. May return an internal buffer (it is copied). If it has an
+        ``xp`` attribute (``cupy``), positions and velocities live on that
+        device for the whole run; if it has ``n_rebuilds`` it is reported.
+    positions : (N, 3) array
+        Initial positions, Å.
+    masses : (N,) array
+        Masses, amu (> 0).
+    dt : float
+        Time step, fs (> 0).
+    temperature : float
+        Target temperature (Langevin) and initial Maxwell-Boltzmann temperature, K (>= 0).
+    ensemble : {"langevin", "nve"}
+    friction : float
+        Langevin friction γ, 1/fs (> 0 for Langevin).
+    seed : int
+        Seeds the initial velocities and the Langevin noise.
+    velocities : (N, 3) array, optional
+        Initial velocities in Å/fs; default Maxwell-Boltzmann at ``temperature``
+        (centre-of-mass motion removed, rescaled to exactly ``temperature``).
+    remove_net_force : bool
+        Subtract the mean force from every atom each step, so the total force
+        is zero and momentum is conserved (direct forces do not guarantee it).
+    max_force : float
+        Largest force component (eV/Å) accepted; beyond it, or on NaN/inf,
+        the run stops cleanly (see :class:`MDInstabilityError`).
+    symbols, cell, pbc
+        Only used to write trajectories (extxyz).
+    """
+
+    def __init__(self, force_fn, positions, masses, *, dt=1.0, temperature=300.0, ensemble="langevin",
+                 friction=0.01, seed=0, velocities=None, remove_net_force=False, max_force=1000.0,
+                 symbols=None, cell=None, pbc=False):
+        if not callable(force_fn):
+            raise TypeError(f"`force_fn` must be callable, got {type(force_fn).__name__}")
+        positions = np.array(_host(positions), dtype=np.float64)
+        if positions.ndim != 2 or positions.shape[1] != 3:
+            raise ValueError(f"`positions` must have shape (N, 3), got {positions.shape}")
+        n = positions.shape[0]
+        masses = np.array(masses, dtype=np.float64)
+        if masses.shape != (n,):
+            raise ValueError(f"`masses` must have shape ({n},) to match `positions`, got {masses.shape}")
+        if n and not (masses > 0).all():
+            raise ValueError(f"`masses` must be > 0 amu, got {masses.min()} for atom {int(np.argmin(masses))}")
+        _check_positive("dt", dt)
+        _check_number("temperature", temperature, minimum=0.0)
+        if ensemble not in ENSEMBLES:
+            raise ValueError(f"`ensemble` must be one of {list(ENSEMBLES)}, got {ensemble!r}")
+        if ensemble == "langevin":
+            _check_positive("friction", friction)
+        _check_positive("max_force", max_force)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
+
+        self.force_fn = force_fn
+        self.xp = xp = getattr(force_fn, "xp", np)
+        self.n_atoms = n
+        self.dt = float(dt)
+        self.temperature = float(temperature)
+        self.ensemble = ensemble
+        self.friction = float(friction)
+        self.remove_net_force = bool(remove_net_force)
+        self.max_force = float(max_force)
+        self.masses = masses
+        self.symbols = list(symbols) if symbols is not None else ["X"] * n
+        self.cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
+        self.pbc = pbc
+        # momentum is conserved (3 dof fewer) only in NVE with zero total force
+        self.dof = max(3 * n - 3, 1) if (ensemble == "nve" and remove_net_force) else max(3 * n, 1)
+        rng = np.random.default_rng(seed)
+        if velocities is None:
+            v = maxwell_boltzmann(masses, self.temperature, rng, dof=self.dof)
+        else:
+            v = np.array(_host(velocities), dtype=np.float64)
+            if v.shape != (n, 3):
+                raise ValueError(f"`velocities` must have shape ({n}, 3), got {v.shape}")
+            if not np.isfinite(v).all():
+                raise ValueError("`velocities` must be finite")
+        if xp is np:
+            self._noise_rng = rng
+        else:
+            self._noise_rng = xp.random.RandomState(int(rng.integers(2 ** 31)))
+        self.x = xp.asarray(positions)
+        self.v = xp.asarray(v)
+        self.f = None  # forces at self.x, computed at the first run
+        self.step = 0
+        self.work = 0.0  # work done by the forces since step 0 (eV), tracked in NVE
+
+    # ---------------------------------------------------------------- helpers
+    def _forces_into(self, out):
+        """Evaluate forces at self.x into out; return max |component| (NaN if non-finite)."""
+        f = self.force_fn(self.x)
+        out[...] = f
+        if self.remove_net_force:
+            out -= out.mean(axis=0)
+        return float(max(out.max(), -out.min())) if self.n_atoms else 0.0
+
+    def current_temperature(self) -> float:
+        return temperature(_host(self.v), self.masses, self.dof)
+
+    # -------------------------------------------------------------------- run
+    def run(self, steps, *, trajectory=None, log=None, every=100, progress=False) -> MDResult:
+        """Advance ``steps`` steps.
+
+        Parameters
+        ----------
+        steps : int
+            Number of steps (>= 0).
+        trajectory : str or os.PathLike, optional
+            extxyz file, (re)written by this call: the current frame, then one
+            every ``every`` steps (and the last good frame if the run stops).
+        log : str or os.PathLike, optional
+            Text log, one line every ``every`` steps.
+        every : int
+            Trajectory/log/record interval (steps, >= 1).
+        progress : bool or file object
+            Print a progress line (steps, temperature, atom-steps/s, ns/day) to
+            stderr (``True``) or the given stream.
+
+        Returns
+        -------
+        MDResult
+
+        Raises
+        ------
+        OSError
+            ``trajectory`` or ``log`` cannot be written (before any step).
+        MDInstabilityError
+            Forces became NaN/inf or exceeded ``max_force``; the trajectory
+            and log hold everything up to the last good step.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+            raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
+        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
+            raise ValueError(f"`every` must be an int >= 1, got {every!r}")
+        writer = logfh = None
+        try:
+            if trajectory is not None:
+                writer = ExtxyzWriter(trajectory, self.symbols, self.masses, self.cell, self.pbc)
+            if log is not None:
+                logfh = _open_for_writing(os.fspath(log), "log")
+            stream = sys.stderr if progress is True else (progress or None)
+            return self._run(int(steps), int(every), writer, logfh, stream)
+        finally:
+            if writer is not None:
+                writer.close()
+            if logfh is not None and not logfh.closed:
+                logfh.close()
+
+    def _run(self, steps, every, writer, logfh, stream):
+        xp = self.xp
+        n = self.n_atoms
+        nve = self.ensemble == "nve"
+        records = {k: [] for k in ("step", "time_fs", "temperature_K", "kinetic_eV", "max_force")}
+        if nve:
+            records["conserved_eV"] = []
+        if logfh is not None:
+            cols = "step time_fs temperature_K kinetic_eV max_force_eV/A" + (" conserved_eV" if nve else "")
+            logfh.write(f"# fastfeat md: {n} atoms, dt={self.dt} fs, ensemble={self.ensemble}, "
+                        f"T={self.temperature} K\n# {cols}\n")
+
+        f = xp.empty((n, 3))
+        f_new = xp.empty((n, 3))
+        if self.f is None:
+            fmax = self._forces_into(f)
+            if not fmax <= self.max_force:
+                raise MDInstabilityError(
+                    f"the initial forces are {'not finite' if math.isnan(fmax) else f'too large ({fmax:.4g} eV/Å > max_force={self.max_force:g})'}"
+                    f"; the structure or the model is unsuitable (step {self.step})",
+                    self.step, "initial forces", self._result(0, 0.0, records, f, None, None))
+        else:
+            f[...] = self.f
+        fmax = float(max(f.max(), -f.min())) if n else 0.0
+
+        def record(step, x, v, f_arr, fmax_val):
+            vh = _host(v)
+            ke = kinetic_energy(vh, self.masses)
+            t = 2.0 * ke / (self.dof * KB)
+            time_fs = step * self.dt
+            row = [step, time_fs, t, ke, fmax_val]
+            for key, val in zip(records, row):
+                records[key].append(val)
+            if nve:
+                records["conserved_eV"].append(ke - self.work)
+            if logfh is not None:
+                extra = f" {ke - self.work:.8f}" if nve else ""
+                logfh.write(f"{step} {time_fs:.4f} {t:.3f} {ke:.8f} {fmax_val:.5g}{extra}\n")
+            if writer is not None:
+                writer.write(step, time_fs, t, _host(x), vh, _host(f_arr))
+
+        record(self.step, self.x, self.v, f, fmax)
+
+        dt = self.dt
+        half_dt = 0.5 * dt
+        kick = xp.asarray(0.5 * dt * ACCEL / self.masses)[:, None]
+        c1 = math.exp(-self.friction * dt)
+        noise_scale = xp.asarray(math.sqrt(1.0 - c1 * c1) * np.sqrt(KB * self.temperature / self.masses) * units.fs)[:, None]
+        x, v = self.x, self.v
+        x_prev = xp.empty_like(x)
+        v_prev = xp.empty_like(v)
+        tmp = xp.empty_like(x)
+        noise = xp.empty_like(x)
+        rng = self._noise_rng
+        force_fn = self.force_fn
+        remove_net = self.remove_net_force
+        max_force = self.max_force
+        on_host = xp is np
+        start_step = self.step
+        stop = None
+        t0 = time.perf_counter()
+        t_last = t0
+        for k in range(1, steps + 1):
+            x_prev[...] = x
+            v_prev[...] = v
+            xp.multiply(f, kick, out=tmp)
+            v += tmp
+            if nve:
+                xp.multiply(v, dt, out=tmp)
+                x += tmp
+            else:
+                xp.multiply(v, half_dt, out=tmp)
+                x += tmp
+                if on_host:
+                    rng.standard_normal(out=noise)
+                else:
+                    noise[...] = rng.standard_normal((n, 3))
+                v *= c1
+                noise *= noise_scale
+                v += noise
+                xp.multiply(v, half_dt, out=tmp)
+                x += tmp
+            try:
+                f_new[...] = force_fn(x)
+            except Exception as exc:  # any failure of the force call stops the run cleanly
+                stop = (k, f"the force evaluation failed ({type(exc).__name__}: {exc})")
+                break
+            if remove_net:
+                f_new -= f_new.mean(axis=0)
+            fmax = float(max(f_new.max(), -f_new.min())) if n else 0.0
+            if not fmax <= max_force:
+                what = "NaN or inf" if math.isnan(fmax) else f"{fmax:.4g} eV/Å > max_force={max_force:g}"
+                stop = (k, f"the forces became unphysical ({what})")
+                break
+            if nve:
+                xp.subtract(x, x_prev, out=tmp)
+                self.work += 0.5 * float(xp.vdot(f, tmp) + xp.vdot(f_new, tmp))
+            f, f_new = f_new, f
+            xp.multiply(f, kick, out=tmp)
+            v += tmp
+            if k % every == 0:
+                self.step = start_step + k
+                record(self.step, x, v, f, fmax)
+            if stream is not None and (k & 63) == 0:
+                now = time.perf_counter()
+                if now - t_last > 1.0:
+                    t_last = now
+                    self._progress(stream, k, steps, now - t0)
+        wall = time.perf_counter() - t0
+        if stop is None:
+            self.step = start_step + steps
+            if steps % every != 0:
+                record(self.step, x, v, f, fmax)
+            self.f = f.copy()
+            if stream is not None:
+                self._progress(stream, steps, steps, wall, final=True)
+            return self._result(steps, wall, records, f, None, None)
+
+        # clean stop: restore and save the last good state (step k - 1)
+        k, reason = stop
+        x[...] = x_prev
+        v[...] = v_prev
+        self.step = start_step + k - 1
+        self.f = f.copy()
+        if (k - 1) % every != 0:
+            record(self.step, x, v, f, float(max(f.max(), -f.min())) if n else 0.0)
+        bad_step = start_step + k
+        if logfh is not None:
+            logfh.write(f"# stopped at step {bad_step}: {reason}; last good step {self.step}\n")
+        if stream is not None:
+            self._progress(stream, k - 1, steps, wall, final=True)
+        result = self._result(k - 1, wall, records, f, bad_step, reason)
+        where = f"; the last good frame (step {self.step}) is in {writer.path!r}" if writer is not None else ""
+        raise MDInstabilityError(f"MD stopped at step {bad_step}: {reason}{where}", bad_step, reason, result)
+
+    def _progress(self, stream, k, steps, elapsed, final=False):
+        rate = k / elapsed if elapsed > 0 else 0.0
+        t = self.current_temperature()
+        ns_day = rate * self.dt * 1e-6 * 86400.0
+        line = (f"step {self.step if final else k:>8d}/{steps}  T {t:8.1f} K  {rate * self.n_atoms:11.4g} atom-steps/s  "
+                f"{rate:9.1f} steps/s  {ns_day:8.3f} ns/day")
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
+        stream.flush()
+
+    def _result(self, steps_run, wall, records, f, stopped_at, reason):
+        nrb = getattr(self.force_fn, "n_rebuilds", None)
+        return MDResult(
+            steps_done=self.step,
+            steps_run=steps_run,
+            n_atoms=self.n_atoms,
+            dt=self.dt,
+            ensemble=self.ensemble,
+            wall_s=wall,
+            positions=_host(self.x).copy(),
+            velocities=_host(self.v).copy(),
+            forces=_host(f).copy(),
+            log={k: np.asarray(v) for k, v in records.items()},
+            stopped_at=stopped_at,
+            stop_reason=reason,
+            n_rebuilds=int(nrb) if nrb is not None else None,
+        )
+
+
+def _check_number(name, value, minimum=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__}")
+    if not math.isfinite(float(value)) or (minimum is not None and value < minimum):
+        raise ValueError(f"`{name}` must be a finite number >= {minimum}, got {value}")
+
+
+def _check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be a number, got {type(value).__name__}")
+    if not math.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value}")
+
+
+# ------------------------------------------------------------ convenience API
+def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin", friction=0.01, seed=0,
+           out=None, every=100, log=None, remove_net_force=False, max_force=1000.0, progress=False,
+           velocities=None, device="cpu") -> MDResult:
+    """Run MD of ``atoms`` with a fastfeat model.
+
+    Parameters
+    ----------
+    model : ForceModel, str or os.PathLike, or callable
+        A loaded model, a model file, a bundled model's name, or a force
+        function ``f(positions) -> forces``.
+    atoms : ase.Atoms
+        Initial structure (positions Å, masses amu, cell, pbc). Not modified.
+    steps, dt, temperature, ensemble, friction, seed, remove_net_force, max_force
+        See :class:`MolecularDynamics`.
+    out, log, every, progress
+        See :meth:`MolecularDynamics.run`. Output files are opened before the
+        model is loaded or any force is computed.
+    velocities : "atoms" or (N, 3) array, optional
+        "atoms" uses ``atoms.get_velocities()`` (converted to Å/fs); default
+        Maxwell-Boltzmann at ``temperature``.
+    device : {"cpu", "cuda"}
+        Used when ``model`` is a path or a name.
+
+    Returns
+    -------
+    MDResult
+    """
+    from .model import resolve_model
+
+    if atoms.constraints:
+        raise ValueError(f"`atoms` has constraints {atoms.constraints}; fastfeat md does not apply constraints")
+    # fail on unwritable outputs before any expensive work
+    check_writable(out, "trajectory `out`")
+    check_writable(log, "`log`")
+    if callable(model):
+        force_fn = model
+    else:
+        model = resolve_model(model, device=device)
+        force_fn = model.evaluator(atoms.numbers, atoms.cell.array, atoms.pbc)
+    if isinstance(velocities, str):
+        if velocities != "atoms":
+            raise ValueError(f"`velocities` must be 'atoms', an (N, 3) array or None, got {velocities!r}")
+        velocities = atoms.get_velocities() * units.fs
+    md = MolecularDynamics(
+        force_fn, atoms.positions, atoms.get_masses(), dt=dt, temperature=temperature, ensemble=ensemble,
+        friction=friction, seed=seed, velocities=velocities, remove_net_force=remove_net_force,
+        max_force=max_force, symbols=atoms.get_chemical_symbols(), cell=atoms.cell.array, pbc=atoms.pbc,
+    )
+    return md.run(steps, trajectory=out, log=log, every=every, progress=progress)

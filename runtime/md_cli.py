@@ -1,0 +1,76 @@
+"""``fastfeat md MODEL STRUCTURE --steps N --dt FS --temperature K ...``"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fastfeat md",
+        description="Molecular dynamics with a fastfeat direct-force model (Langevin BAOAB or NVE velocity Verlet).",
+    )
+    p.add_argument("model", help="model file (.onnx) or bundled model name (peo, li4p2o7, li4p2o7-water)")
+    p.add_argument("structure", help="structure file read by ase.io, or a bundled data set NAME[:SPLIT]")
+    p.add_argument("--frame", type=int, default=0, help="frame of STRUCTURE to start from (default 0)")
+    p.add_argument("--steps", type=int, required=True, help="number of MD steps")
+    p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
+    p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
+    p.add_argument("--ensemble", choices=("langevin", "nve"), default="langevin")
+    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initial velocities and noise (default 0)")
+    p.add_argument("--out", default=None, help="trajectory file (extxyz)")
+    p.add_argument("--every", type=int, default=100, help="write trajectory/log every k steps (default 100)")
+    p.add_argument("--log", default=None, help="text log file")
+    p.add_argument("--remove-net-force", action="store_true", help="make the total force zero every step")
+    p.add_argument("--max-force", type=float, default=1000.0,
+                   help="stop when a force component exceeds this (eV/Å, default 1000) or is NaN")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin in Å (default 1.0)")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from ._structures import load_structure
+    from .md import MDInstabilityError, check_writable, run_md
+    from .model import ModelLoadError, resolve_model
+
+    try:
+        # open outputs first: a bad path fails before the model is loaded or anything runs
+        check_writable(args.out, "trajectory --out")
+        check_writable(args.log, "--log")
+        atoms = load_structure(args.structure, args.frame)
+        model = resolve_model(args.model, device=args.device, intra_op_threads=args.threads, skin=args.skin)
+        if not args.quiet:
+            print(f"fastfeat md: {model!r}", file=sys.stderr)
+            print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}), {args.steps} steps of {args.dt} fs, "
+                  f"{args.ensemble} at {args.temperature} K", file=sys.stderr)
+        result = run_md(
+            model, atoms, args.steps, dt=args.dt, temperature=args.temperature, ensemble=args.ensemble,
+            friction=args.friction, seed=args.seed, out=args.out, every=args.every, log=args.log,
+            remove_net_force=args.remove_net_force, max_force=args.max_force, progress=not args.quiet,
+        )
+    except MDInstabilityError as exc:
+        print(f"fastfeat md: {exc}", file=sys.stderr)
+        return 3
+    except (OSError, ValueError, TypeError, RuntimeError, ModelLoadError) as exc:
+        print(f"fastfeat md: error: {exc}", file=sys.stderr)
+        return 2
+    log = result.log
+    print(
+        f"done: {result.steps_run} steps in {result.wall_s:.2f} s: {result.steps_per_s:.1f} steps/s, "
+        f"{result.atom_steps_per_s:.4g} atom-steps/s, {result.ns_per_day:.3f} ns/day; "
+        f"mean T {log['temperature_K'].mean():.1f} K; neighbour-list builds {result.n_rebuilds}"
+        + (f"; trajectory {args.out}" if args.out else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

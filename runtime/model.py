@@ -1,0 +1,432 @@
+"""ForceModel: a fastfeat ONNX model run by onnxruntime, on CPU or CUDA.
+
+Loading validates the file (see :mod:`fastfeat.runtime._onnx_meta`); nothing
+in a model file is executed as code: onnxruntime parses the graph and no
+custom-op library is ever registered.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+import fastfeat
+from fastfeat._validation import check_device, species_index, species_lookup
+
+from ._onnx_meta import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    ModelInfo,
+    ModelLoadError,
+    check_signature,
+    describe_unparsable,
+    read_model_info,
+)
+
+__all__ = ["ForceModel", "ForceEvaluator", "ModelLoadError", "pretrained_names", "resolve_model"]
+
+#: folder of the bundled models (fastfeat/data/models/<name>.onnx)
+MODELS_DIR = Path(fastfeat.__file__).resolve().parent / "data" / "models"
+
+
+def pretrained_names() -> list:
+    """Names of the bundled models present in this installation."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in MODELS_DIR.glob("*.onnx"))
+
+
+def resolve_model(model, device="cpu", **kwargs):
+    """A ForceModel from a ForceModel, a file path or a bundled model's name."""
+    if isinstance(model, ForceModel):
+        return model
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"`model` must be a ForceModel, a path or a bundled model name, got {type(model).__name__}")
+    text = os.fspath(model)
+    if os.path.exists(text) or text.endswith(".onnx") or os.sep in text:
+        return ForceModel.load(text, device=device, **kwargs)
+    return ForceModel.pretrained(text, device=device, **kwargs)
+
+
+def _cupy():
+    try:
+        import cupy
+    except Exception as exc:  # not installed, or no CUDA runtime
+        raise RuntimeError(
+            f"device='cuda' needs CuPy, which cannot be imported ({exc}); install fastfeat[gpu]"
+        ) from None
+    return cupy
+
+
+def _check_cuda_runtime():
+    """RuntimeError unless onnxruntime's CUDA EP, CuPy and a GPU are all usable."""
+    providers = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        raise RuntimeError(
+            f"device='cuda' was requested but onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+            f"(available: {providers}); install onnxruntime-gpu (fastfeat[gpu]) instead of onnxruntime"
+        )
+    from fastfeat._device import require_cuda
+
+    require_cuda()
+    cp = _cupy()
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:
+        raise RuntimeError(f"device='cuda' was requested but CuPy finds no usable GPU ({exc})") from None
+    if n < 1:
+        raise RuntimeError("device='cuda' was requested but CuPy finds no GPU")
+    return cp
+
+
+class ForceModel:
+    """A direct-force model: features from fastfeat, forces from onnxruntime.
+
+    Use :meth:`load` or :meth:`pretrained`; do not call the constructor.
+
+    Attributes
+    ----------
+    spec : fastfeat.FeatureSpec
+        Features the model consumes.
+    info : ModelInfo
+        The model's metadata (head, units, training data hash, validation metrics ...).
+    device : str
+        "cpu" or "cuda".
+    dtype : numpy.dtype
+        Precision of features and forces inside the model (float32 or float64).
+    path : str
+        File the model was read from.
+
+    Notes
+    -----
+    Thread safety: one ForceModel may be used from several threads. The
+    onnxruntime session is shared (its ``run`` is thread-safe); every thread
+    gets its own featurizer, buffers and IOBinding.
+    """
+
+    def __init__(self, session, info: ModelInfo, path: str, device: str, skin: float):
+        self._session = session
+        self.info = info
+        self.spec = info.spec
+        self.dtype = info.dtype
+        self.path = path
+        self.device = device
+        self.skin = float(skin)
+        self._lookup = species_lookup(self.spec.numbers)
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path, device="cpu", *, intra_op_threads=None, skin=1.0) -> "ForceModel":
+        """Read and validate a fastfeat ONNX model.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            ``.onnx`` file written by ``fastfeat.train.export`` (model format <= 1).
+        device : {"cpu", "cuda"}
+            Where features and inference run.
+        intra_op_threads : int, optional
+            onnxruntime intra-op threads (default: onnxruntime's choice).
+        skin : float
+            Verlet skin (Å) of the featurizer's neighbour list.
+
+        Raises
+        ------
+        FileNotFoundError
+            No file at ``path``.
+        ModelLoadError (a ValueError)
+            Truncated or non-ONNX file, missing or newer metadata, a FeatureSpec
+            this fastfeat does not understand, or inputs/outputs that do not
+            match the contract.
+        RuntimeError
+            ``device="cuda"`` without a usable GPU, CuPy or CUDA execution provider.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"`path` must be a file path, got {type(path).__name__}")
+        path = os.fspath(path)
+        dev = check_device(device)
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"model file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise ModelLoadError(f"model path {path!r} is a directory, expected an .onnx file")
+        if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 0):
+            raise ValueError(f"`intra_op_threads` must be an int >= 0 (0: onnxruntime's default), got {intra_op_threads!r}")
+        if not (isinstance(skin, (int, float)) and skin >= 0):
+            raise ValueError(f"`skin` must be a number >= 0 (Å), got {skin!r}")
+        if dev == "cuda":
+            _check_cuda_runtime()
+            providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+        else:
+            providers = ["CPUExecutionProvider"]
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.inter_op_num_threads = 1
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        opts.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(path, sess_options=opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(describe_unparsable(path, exc)) from None
+        if dev == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(
+                f"device='cuda' was requested but onnxruntime could not start its CUDA execution provider "
+                f"for {path!r} (session providers: {session.get_providers()}); check the CUDA/cuDNN libraries"
+            )
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        info = read_model_info(meta, path)
+        check_signature(session, info, path)
+        return cls(session, info, path, dev, skin)
+
+    @classmethod
+    def pretrained(cls, name, device="cpu", **kwargs) -> "ForceModel":
+        """Load a bundled model by name ("peo", "li4p2o7", "li4p2o7-water")."""
+        if not isinstance(name, str):
+            raise TypeError(f"`name` must be a bundled model name (str), got {type(name).__name__}")
+        available = pretrained_names()
+        if name not in available:
+            where = f"in {MODELS_DIR}" if available else f"({MODELS_DIR} holds no .onnx file)"
+            raise ValueError(f"no bundled model named {name!r}; available: {available} {where}")
+        return cls.load(MODELS_DIR / f"{name}.onnx", device=device, **kwargs)
+
+    def __repr__(self):
+        return (f"ForceModel({self.path!r}, device={self.device!r}, species={list(self.spec.species)}, "
+                f"head={self.info.head!r}, dtype={self.dtype.name})")
+
+    # ------------------------------------------------------------------- API
+    @property
+    def providers(self) -> list:
+        return self._session.get_providers()
+
+    def species_index(self, numbers) -> np.ndarray:
+        """(N,) int64 species indices of atomic numbers; ValueError naming an unknown symbol."""
+        numbers = np.asarray(numbers)
+        return species_index(numbers, self._lookup, numbers.shape[0] if numbers.ndim == 1 else -1,
+                             self.spec.species).astype(np.int64)
+
+    def evaluator(self, numbers, cell, pbc) -> "ForceEvaluator":
+        """A low-overhead force function for one fixed system (MD).
+
+        See :class:`ForceEvaluator`.
+        """
+        return ForceEvaluator(self, numbers, cell, pbc)
+
+    def forces(self, atoms) -> np.ndarray:
+        """Forces on the atoms of one structure.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+
+        Returns
+        -------
+        (N, 3) float64 ndarray
+            Forces in eV/Å (the model's target unit), a new array.
+        """
+        numbers, cell, pbc = atoms.numbers, atoms.cell.array, atoms.pbc
+        ev = getattr(self._local, "evaluator", None)
+        if ev is None or not ev.same_system(numbers, cell, pbc):
+            ev = self.evaluator(numbers, cell, pbc)
+            self._local.evaluator = ev
+        if self.device == "cuda":
+            return ev(ev.xp.asarray(atoms.positions, dtype=np.float64)).get()
+        return ev(atoms.positions).copy()
+
+    def forces_batch(self, atoms_list) -> list:
+        """Forces of several structures in one onnxruntime call.
+
+        Parameters
+        ----------
+        atoms_list : sequence of ase.Atoms
+
+        Returns
+        -------
+        list of (N_i, 3) float64 ndarray
+            eV/Å, one per structure.
+        """
+        atoms_list = list(atoms_list)
+        if not atoms_list:
+            return []
+        for k, atoms in enumerate(atoms_list):
+            try:
+                self.species_index(atoms.numbers)
+            except ValueError as exc:
+                raise ValueError(f"structure {k} of `atoms_list`: {exc}") from None
+        feats = fastfeat.featurize(atoms_list, self.spec, device=self.device, dtype=self.dtype)
+        species = self.species_index(np.concatenate([a.numbers for a in atoms_list]))
+        f_nc = self.forces_from_features(feats.invariant, feats.covariant, species)
+        offsets = np.asarray(feats.offsets)
+        return [f_nc[offsets[k]:offsets[k + 1]] for k in range(len(atoms_list))]
+
+    def forces_from_features(self, invariant, covariant, species) -> np.ndarray:
+        """Run the network on precomputed features.
+
+        Parameters
+        ----------
+        invariant : (N, n_invariant) array
+        covariant : (N, n_covariant, 3) array
+        species : (N,) int array
+            Index into ``spec.species``.
+
+        Returns
+        -------
+        (N, 3) float64 ndarray
+            Forces (eV/Å), on the host.
+        """
+        n = len(species)
+        if n == 0:
+            return np.zeros((0, 3))
+        if self.device == "cuda":
+            cp = _cupy()
+            g = cp.ascontiguousarray(cp.asarray(invariant, dtype=self.dtype))
+            v = cp.ascontiguousarray(cp.asarray(covariant, dtype=self.dtype))
+            s = cp.ascontiguousarray(cp.asarray(species, dtype=cp.int64))
+            f = cp.empty((n, 3), dtype=self.dtype)
+            io = self._session.io_binding()
+            _bind(io, "cuda", g, v, s, f)
+            cp.cuda.Device().synchronize()
+            self._session.run_with_iobinding(io)
+            return cp.asnumpy(f).astype(np.float64)
+        feeds = {
+            "invariant": np.ascontiguousarray(invariant, dtype=self.dtype),
+            "covariant": np.ascontiguousarray(covariant, dtype=self.dtype),
+            "species": np.ascontiguousarray(species, dtype=np.int64),
+        }
+        return self._session.run([OUTPUT_NAME], feeds)[0].astype(np.float64)
+
+
+def _ptr(arr):
+    return arr.data.ptr if hasattr(arr.data, "ptr") else arr.ctypes.data
+
+
+def _bind(io, where, g, v, s, f):
+    """Bind contiguous feature/species/force buffers (numpy or CuPy) by pointer."""
+    for name, arr in zip(INPUT_NAMES, (g, v, s)):
+        io.bind_input(name, where, 0, arr.dtype.type, tuple(arr.shape), _ptr(arr))
+    io.bind_output(OUTPUT_NAME, where, 0, f.dtype.type, tuple(f.shape), _ptr(f))
+
+
+class ForceEvaluator:
+    """Forces of one fixed system (composition, cell, pbc) for changing positions.
+
+    Made by :meth:`ForceModel.evaluator`. Holds a ``fastfeat.Featurizer``
+    (neighbour list reused within the model's skin, rebuilt automatically),
+    preallocated buffers and an onnxruntime IOBinding bound to them, so a
+    call costs the features, the network and little else. Not thread-safe:
+    use one evaluator per thread.
+
+    Parameters
+    ----------
+    model : ForceModel
+    numbers : (N,) int array
+        Atomic numbers.
+    cell : (3, 3) array
+        Cell vectors as rows (Å).
+    pbc : bool or (3,) bool array
+
+    Attributes
+    ----------
+    xp : module
+        ``numpy`` (device "cpu") or ``cupy`` (device "cuda"): the array module
+        of positions passed in and forces returned.
+    n_atoms : int
+    """
+
+    def __init__(self, model: ForceModel, numbers, cell, pbc):
+        self.model = model
+        self.numbers = np.array(numbers, dtype=np.int64)
+        self.n_atoms = len(self.numbers)
+        species = model.species_index(self.numbers)
+        self.cell = np.array(cell, dtype=np.float64)
+        self.pbc = np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+        self.device = model.device
+        dtype = model.dtype
+        self._session = model._session
+        self._fz = fastfeat.Featurizer(model.spec, device=self.device, dtype=dtype, skin=model.skin)
+        self._io = self._session.io_binding()
+        self._g = self._v = None
+        n = self.n_atoms
+        if self.device == "cuda":
+            cp = _cupy()
+            self.xp = cp
+            self._where = "cuda"
+            self._sync = cp.cuda.Device().synchronize
+            self._species = cp.asarray(species)
+            self._f32 = cp.empty((n, 3), dtype=dtype)
+            self._out = cp.empty((n, 3), dtype=np.float64)
+            self._numbers_arg = self.numbers
+        else:
+            self.xp = np
+            self._where = "cpu"
+            self._sync = None
+            self._species = species
+            self._f32 = np.empty((n, 3), dtype=dtype)
+            self._out = np.empty((n, 3), dtype=np.float64)
+            self._numbers_arg = self.numbers
+        io = self._io
+        if n:
+            io.bind_input("species", self._where, 0, np.int64, (n,), _ptr(self._species))
+            io.bind_output(OUTPUT_NAME, self._where, 0, dtype.type, (n, 3), _ptr(self._f32))
+        self._same_dtype = dtype == np.float64
+
+    @property
+    def n_rebuilds(self) -> int:
+        """Neighbour-list builds of the featurizer so far."""
+        return int(self._fz.n_rebuilds)
+
+    def same_system(self, numbers, cell, pbc) -> bool:
+        """True when (numbers, cell, pbc) are this evaluator's."""
+        return (
+            len(numbers) == self.n_atoms
+            and np.array_equal(numbers, self.numbers)
+            and np.array_equal(cell, self.cell)
+            and np.array_equal(np.broadcast_to(pbc, (3,)), self.pbc)
+        )
+
+    def __call__(self, positions):
+        """Forces at ``positions``.
+
+        Parameters
+        ----------
+        positions : (N, 3) float64 array (numpy, or CuPy on device "cuda")
+            Cartesian positions in Å (need not be wrapped into the cell).
+
+        Returns
+        -------
+        (N, 3) float64 array
+            Forces in eV/Å. An internal buffer, overwritten by the next call:
+            copy it to keep it.
+        """
+        if self.n_atoms == 0:
+            return self._out
+        g, v = self._fz(positions, self._numbers_arg, self.cell, self.pbc)
+        if g is not self._g or v is not self._v:
+            self._rebind(g, v)
+        if self._sync is not None:
+            self._sync()  # features come from other CUDA streams than onnxruntime's
+        self._session.run_with_iobinding(self._io)
+        if self._same_dtype:
+            return self._f32
+        self._out[...] = self._f32
+        return self._out
+
+    def _rebind(self, g, v):
+        xp = self.xp
+        g = xp.ascontiguousarray(g, dtype=self.model.dtype)
+        v = xp.ascontiguousarray(v, dtype=self.model.dtype)
+        n = self.n_atoms
+        spec = self.model.spec
+        if g.shape != (n, spec.n_invariant) or v.shape != (n, spec.n_covariant, 3):
+            raise RuntimeError(
+                f"featurizer returned invariant {g.shape} and covariant {v.shape}, expected "
+                f"({n}, {spec.n_invariant}) and ({n}, {spec.n_covariant}, 3)"
+            )
+        self._io.bind_input("invariant", self._where, 0, g.dtype.type, g.shape, _ptr(g))
+        self._io.bind_input("covariant", self._where, 0, v.dtype.type, v.shape, _ptr(v))
+        self._g, self._v = g, v

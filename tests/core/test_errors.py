@@ -1,0 +1,122 @@
+"""Every bad input to the featurizer raises a clear error (type + message)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+import fastfeat
+
+SPEC = fastfeat.FeatureSpec.default(("H", "O"))
+POS = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]])
+Z = np.array([8, 1, 1])
+CELL = np.eye(3) * 6.0
+
+
+def feat(**kw):
+    args = dict(positions=POS, numbers=Z, cell=CELL, pbc=True, spec=SPEC)
+    args.update(kw)
+    return fastfeat.featurize(**args)
+
+
+@pytest.mark.parametrize(
+    "kw,exc,match",
+    [
+        (dict(positions=POS * np.nan), ValueError, "`positions` must be finite"),
+        (dict(positions=np.where(POS == 0.96, np.inf, POS)), ValueError, "`positions` must be finite.*atom 1"),
+        (dict(positions=POS[:, :2]), ValueError, r"`positions` must have shape \(N, 3\), got \(3, 2\)"),
+        (dict(positions=POS.ravel()), ValueError, r"`positions` must have shape \(N, 3\), got \(9,\)"),
+        (dict(positions=POS.astype(int)), TypeError, "`positions` must be a floating-point array"),
+        (dict(positions=POS.astype(complex)), TypeError, "`positions` must be a floating-point array"),
+        (dict(positions="abc"), TypeError, "`positions` must be a floating-point array"),
+        (dict(cell=np.ones(3)), ValueError, r"`cell` must have shape \(3, 3\), got \(3,\)"),
+        (dict(cell=CELL * np.nan), ValueError, "`cell` must be finite"),
+        (dict(cell=np.zeros((3, 3))), ValueError, "`cell` vector 0 has zero length but axis 0 is periodic"),
+        (dict(cell=np.array([[1.0, 0, 0], [2.0, 0, 0], [0, 0, 1.0]])), ValueError, "`cell` is singular"),
+        (dict(pbc=[True, False]), ValueError, "`pbc` must be a bool or a sequence of 3 bools"),
+        (dict(pbc=["yes", "no", "x"]), TypeError, "`pbc` must contain booleans"),
+        (dict(numbers=np.array([8, 1, 6])), ValueError, r"atom 2 is C \(Z=6\), which is not in the spec's species"),
+        (dict(numbers=np.array([8, 1])), ValueError, r"`numbers` must have shape \(3,\)"),
+        (dict(numbers=np.array([8.0, 1.0, 1.0])), TypeError, "`numbers` must be an integer array"),
+        (dict(numbers=np.array([8, 1, 500])), ValueError, "not an atomic number"),
+        (dict(positions=np.array([[0.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]])), ValueError,
+         "atoms 1 and 2 are at the same position"),
+        (dict(device="tpu"), ValueError, "`device` must be 'cpu' or 'cuda', got 'tpu'"),
+        (dict(device=0), TypeError, "`device` must be 'cpu' or 'cuda'"),
+        (dict(dtype=np.int32), TypeError, "`dtype` must be float32 or float64"),
+        (dict(spec="spec"), TypeError, "`spec` must be a fastfeat.FeatureSpec"),
+    ],
+)
+def test_featurize_bad_input(kw, exc, match):
+    with pytest.raises(exc, match=match):
+        feat(**kw)
+
+
+def test_left_handed_cell_is_valid():
+    left = CELL.copy()
+    left[0] *= -1
+    a = feat(cell=left, dtype=np.float64)
+    b = feat(dtype=np.float64)
+    np.testing.assert_allclose(a.invariant, b.invariant, rtol=1e-12)
+
+
+def test_zero_vector_on_non_periodic_axis_is_fine():
+    cell = np.diag([6.0, 6.0, 0.0])
+    f = feat(cell=cell, pbc=[True, True, False])
+    assert f.invariant.shape == (3, SPEC.n_invariant)
+
+
+def test_single_atom_and_batch_errors_name_the_structure():
+    f = fastfeat.featurize(Atoms("O", positions=[[0, 0, 0]]), SPEC)
+    assert np.all(f.invariant == 0)
+    frames = [Atoms("OH2", positions=POS), Atoms("OHC", positions=POS)]
+    with pytest.raises(ValueError, match="structure 1: atom 2 is C"):
+        fastfeat.featurize(frames, SPEC)
+
+
+def test_overlap_in_batch_names_structure_and_local_indices():
+    frames = [Atoms("OH2", positions=POS), Atoms("OH2", positions=[[0, 0, 0], [1, 0, 0], [1, 0, 0]])]
+    with pytest.raises(ValueError, match="structure 1: atoms 1 and 2 are at the same position"):
+        fastfeat.featurize(frames, SPEC)
+
+
+@pytest.mark.parametrize(
+    "args,exc,match",
+    [
+        ((POS, CELL, True, 0.0), ValueError, "`cutoff` must be a finite number > 0, got 0.0"),
+        ((POS, CELL, True, -2.0), ValueError, "`cutoff` must be a finite number > 0"),
+        ((POS, CELL, True, None), TypeError, "`cutoff` must be a number"),
+        ((POS, CELL, True, float("inf")), ValueError, "`cutoff` must be a finite number"),
+        ((POS[:, :2], CELL, True, 3.0), ValueError, r"`positions` must have shape \(N, 3\)"),
+        ((POS, np.eye(2), True, 3.0), ValueError, r"`cell` must have shape \(3, 3\), got \(2, 2\)"),
+    ],
+)
+def test_neighbor_list_bad_input(args, exc, match):
+    with pytest.raises(exc, match=match):
+        fastfeat.neighbor_list(*args)
+
+
+def test_featurizer_bad_skin():
+    with pytest.raises(ValueError, match="`skin` must be a finite number >= 0"):
+        fastfeat.Featurizer(SPEC, skin=-1.0)
+
+
+def test_cuda_without_gpu_is_a_clear_error_without_hanging():
+    code = (
+        "import numpy as np, fastfeat\n"
+        "spec = fastfeat.FeatureSpec.default(('H',))\n"
+        "try:\n"
+        "    fastfeat.featurize(positions=np.zeros((1, 3)), numbers=[1], spec=spec, device='cuda')\n"
+        "except RuntimeError as e:\n"
+        "    print('ERR', e)\n"
+        "else:\n"
+        "    print('OK')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "NUMBA_ENABLE_CUDASIM": "0"})
+    text = out.stdout
+    if text.startswith("OK"):
+        pytest.skip("a CUDA GPU is present")
+    assert "device='cuda' was requested but CUDA is not usable" in text, out.stdout + out.stderr

@@ -1,0 +1,190 @@
+"""Features vs the NumPy reference and DScribe; symmetry; batching; Featurizer reuse."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+import fastfeat
+from tests.core.conftest import random_rotation, random_structure
+from tests.reference.features_ref import features_ref
+
+SPEC_IRREGULAR = fastfeat.FeatureSpec(
+    ("H", "O", "C"), 4.5, 3.2,
+    radial=[(0.5, 1.0), (1.0, 2.0), (0.5, 2.0), (0.5, 3.0), (0.5, 0.2), (3.0, 1.0)],
+    angular=[(0.1, 1, 1), (0.05, 2, -1), (0.02, 1.5, 1), (0.3, 4, 1), (0.4, 8, -1)],
+    covariant=[(0.3, 1.0), (1.0, 2.5), (0.3, 2.0)],
+)
+SPECS = {
+    "irregular": SPEC_IRREGULAR,
+    "default": fastfeat.FeatureSpec.default(("H", "O", "C")),
+    "ani1x": fastfeat.FeatureSpec.default(("H", "O", "C"), preset="ani1x"),
+}
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equal_numpy_reference(name, seed):
+    spec = SPECS[name]
+    rng = np.random.default_rng(seed)
+    pos, Z, cell = random_structure(rng, 14, species=(1, 8, 6), scale=5.0)
+    pbc = rng.random(3) < 0.7
+    G, V = features_ref(pos, Z, cell, pbc, spec)
+    f = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=pbc, spec=spec, dtype=np.float64)
+    np.testing.assert_allclose(f.invariant, G, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(f.covariant, V, rtol=1e-10, atol=1e-12)
+    f32 = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=pbc, spec=spec, dtype=np.float32)
+    assert f32.invariant.dtype == np.float32 and f32.covariant.dtype == np.float32
+    np.testing.assert_allclose(f32.invariant, G, rtol=2e-5, atol=2e-5 * np.abs(G).max())
+    np.testing.assert_allclose(f32.covariant, V, rtol=2e-5, atol=2e-5 * np.abs(V).max())
+
+
+@pytest.mark.parametrize("periodic", [True, False])
+def test_equal_dscribe_acsf(periodic):
+    dscribe = pytest.importorskip("dscribe.descriptors")
+    spec = fastfeat.FeatureSpec(
+        ("O", "H", "C"), 4.5, 4.5,  # DScribe has one cutoff: angular = radial
+        radial=[(0.5, 1.0), (1.0, 2.0), (0.3, 3.0)],
+        angular=[(0.1, 1, 1), (0.05, 2, -1), (0.02, 4, 1), (0.01, 1.5, -1)],
+        covariant=[(0.3, 1.0)],
+    )
+    rng = np.random.default_rng(11)
+    pos, Z, cell = random_structure(rng, 18, species=(1, 8, 6), scale=6.0)
+    atoms = Atoms(numbers=Z, positions=pos, cell=cell, pbc=periodic)
+    acsf = dscribe.ACSF(species=list(spec.species), r_cut=spec.cutoff,
+                        g2_params=[list(p) for p in spec.radial], g4_params=[list(p) for p in spec.angular],
+                        periodic=periodic)
+    D = acsf.create(atoms)
+    f = fastfeat.featurize(atoms, spec, dtype=np.float64)
+    # DScribe layout: species sorted by Z, each [G1, G2...]; then G4 blocks of pairs (a, b), a <= b by Z,
+    # ordered by b then a: (H,H), (H,C), (C,C), (H,O), (C,O), (O,O)
+    order = sorted(spec.species, key=lambda s: spec.numbers[spec.species.index(s)])
+    nR, nA = len(spec.radial), len(spec.angular)
+    col = 0
+    for s in order:
+        a = spec.species.index(s)
+        col += 1  # G1
+        np.testing.assert_allclose(f.invariant[:, a * nR:(a + 1) * nR], D[:, col:col + nR], rtol=1e-6, atol=1e-10,
+                                   err_msg=f"G2 block of {s}")
+        col += nR
+    pair = spec.pair_index()
+    for ib, t in enumerate(order):
+        for s in order[:ib + 1]:
+            p = pair[spec.species.index(s), spec.species.index(t)]
+            ours = f.invariant[:, spec.n_radial + p * nA: spec.n_radial + (p + 1) * nA]
+            np.testing.assert_allclose(ours, D[:, col:col + nA], rtol=1e-6, atol=1e-10, err_msg=f"G4 block {s},{t}")
+            col += nA
+    assert col == D.shape[1]
+
+
+def _check_rotation(spec, seed, dtype, rtol):
+    rng = np.random.default_rng(seed)
+    pos, Z, cell = random_structure(rng, 16, species=(1, 8, 6), scale=5.5)
+    R = random_rotation(rng)
+    t = rng.normal(size=3) * 3
+    f0 = fastfeat.featurize(positions=pos.astype(dtype), numbers=Z, cell=cell, pbc=True, spec=spec, dtype=dtype)
+    f1 = fastfeat.featurize(positions=(pos @ R.T + t).astype(dtype), numbers=Z, cell=cell @ R.T, pbc=True,
+                            spec=spec, dtype=dtype)
+    msg = f"rotation R={R.tolist()}, translation t={t.tolist()}, seed={seed}"
+    scale_g = np.abs(f0.invariant).max()
+    scale_v = np.abs(f0.covariant).max()
+    np.testing.assert_allclose(f1.invariant, f0.invariant, rtol=rtol, atol=rtol * scale_g, err_msg=msg)
+    np.testing.assert_allclose(f1.covariant, f0.covariant @ R.T.astype(dtype), rtol=rtol, atol=rtol * scale_v,
+                               err_msg=msg)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rotation_translation_float64(seed):
+    _check_rotation(SPECS["default"], seed, np.float64, 1e-10)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_rotation_translation_float32(seed):
+    _check_rotation(SPECS["default"], seed, np.float32, 5e-5)
+
+
+def test_permutation_and_rewrapping():
+    rng = np.random.default_rng(5)
+    spec = SPECS["irregular"]
+    pos, Z, cell = random_structure(rng, 16, species=(1, 8, 6), scale=5.5)
+    perm = rng.permutation(len(pos))
+    f0 = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    f1 = fastfeat.featurize(positions=pos[perm], numbers=Z[perm], cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    np.testing.assert_allclose(f1.invariant, f0.invariant[perm], rtol=1e-12, atol=1e-13, err_msg=f"perm={perm}")
+    np.testing.assert_allclose(f1.covariant, f0.covariant[perm], rtol=1e-12, atol=1e-13, err_msg=f"perm={perm}")
+    shifts = rng.integers(-2, 3, size=(len(pos), 3))
+    f2 = fastfeat.featurize(positions=pos + shifts @ cell, numbers=Z, cell=cell, pbc=True, spec=spec,
+                            dtype=np.float64)
+    np.testing.assert_allclose(f2.invariant, f0.invariant, rtol=1e-10, atol=1e-12, err_msg=f"shifts={shifts}")
+    np.testing.assert_allclose(f2.covariant, f0.covariant, rtol=1e-10, atol=1e-12, err_msg=f"shifts={shifts}")
+
+
+def test_symmetric_site_has_zero_covariant():
+    # centre of a perfect octahedron: every V vector cancels
+    spec = SPECS["default"]
+    pos = np.array([[0, 0, 0], [1.5, 0, 0], [-1.5, 0, 0], [0, 1.5, 0], [0, -1.5, 0], [0, 0, 1.5], [0, 0, -1.5]])
+    f = fastfeat.featurize(positions=pos, numbers=[8, 1, 1, 1, 1, 1, 1], pbc=False, spec=spec, dtype=np.float64)
+    assert np.abs(f.covariant[0]).max() < 1e-12
+    assert np.abs(f.covariant[1]).max() > 1e-3
+
+
+def test_batched_equals_individual():
+    rng = np.random.default_rng(9)
+    spec = SPECS["default"]
+    frames = []
+    for k in range(4):
+        pos, Z, cell = random_structure(rng, int(rng.integers(3, 14)), species=(1, 8, 6), scale=5.0)
+        frames.append(Atoms(numbers=Z, positions=pos, cell=cell, pbc=k % 2 == 0))
+    frames.append(Atoms())  # empty structure inside a batch
+    batch = fastfeat.featurize(frames, spec, dtype=np.float64)
+    assert batch.offsets.tolist() == np.concatenate([[0], np.cumsum([len(a) for a in frames])]).tolist()
+    for s, atoms in enumerate(frames):
+        single = fastfeat.featurize(atoms, spec, dtype=np.float64)
+        part = batch.structure(s)
+        np.testing.assert_allclose(part.invariant, single.invariant, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(part.covariant, single.covariant, rtol=1e-12, atol=1e-14)
+        assert (part.species == single.species).all()
+
+
+def test_empty_structure_returns_empty_arrays():
+    spec = SPECS["default"]
+    f = fastfeat.featurize(Atoms(), spec)
+    assert f.invariant.shape == (0, spec.n_invariant) and f.covariant.shape == (0, spec.n_covariant, 3)
+    assert f.offsets.tolist() == [0, 0]
+
+
+def test_featurizer_skin_reuse_matches_fresh():
+    rng = np.random.default_rng(4)
+    spec = SPECS["irregular"]
+    pos, Z, cell = random_structure(rng, 20, species=(1, 8, 6), scale=5.5)
+    fz = fastfeat.Featurizer(spec, dtype=np.float64, skin=1.0)
+    p = pos.copy()
+    for step in range(12):
+        g, v = fz(p, Z, cell, True)
+        ref = fastfeat.featurize(positions=p, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+        np.testing.assert_allclose(g, ref.invariant, rtol=1e-12, atol=1e-13, err_msg=f"step {step}")
+        np.testing.assert_allclose(v, ref.covariant, rtol=1e-12, atol=1e-13, err_msg=f"step {step}")
+        p = p + rng.normal(size=p.shape) * 0.08
+    assert 1 <= fz.n_rebuilds < 12, fz.n_rebuilds
+
+
+def test_fortran_and_strided_inputs_give_same_result():
+    rng = np.random.default_rng(3)
+    spec = SPECS["default"]
+    pos, Z, cell = random_structure(rng, 10, species=(1, 8, 6))
+    ref = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    f = fastfeat.featurize(positions=np.asfortranarray(pos), numbers=Z, cell=np.asfortranarray(cell), pbc=True,
+                           spec=spec, dtype=np.float64)
+    np.testing.assert_array_equal(f.invariant, ref.invariant)
+    wide = np.zeros((10, 6))
+    wide[:, ::2] = pos
+    f = fastfeat.featurize(positions=wide[:, ::2], numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    np.testing.assert_array_equal(f.invariant, ref.invariant)
+
+
+def test_deterministic_bitwise():
+    rng = np.random.default_rng(8)
+    spec = SPECS["ani1x"]
+    pos, Z, cell = random_structure(rng, 30, species=(1, 8, 6), scale=7)
+    a = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec)
+    b = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec)
+    assert np.array_equal(a.invariant, b.invariant) and np.array_equal(a.covariant, b.covariant)

@@ -1,0 +1,141 @@
+"""Neighbour list vs the NumPy reference, ASE and vesin; structural properties."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.neighborlist import neighbor_list as ase_neighbor_list
+
+import fastfeat
+from tests.core.conftest import heights, random_cell
+from tests.reference.neighbors_ref import neighbor_list_ref, pair_set
+
+CASES = [(seed, frac) for seed in range(12) for frac in (0.3, 0.9, 1.7, 3.0)]
+
+
+def _case(seed, frac):
+    rng = np.random.default_rng(seed)
+    cell = random_cell(rng, scale=rng.uniform(3, 8))
+    pbc = rng.random(3) < 0.6
+    n = int(rng.integers(1, 25))
+    pos = rng.random((n, 3)) @ cell + rng.normal(size=(n, 3)) * 0.7  # some atoms outside the cell
+    cutoff = frac * heights(cell).min()
+    return pos, cell, pbc, cutoff
+
+
+@pytest.mark.parametrize("seed,frac", CASES)
+def test_pairs_equal_reference_and_ase(seed, frac):
+    pos, cell, pbc, cutoff = _case(seed, frac)
+    nl = fastfeat.neighbor_list(pos, cell, pbc, cutoff)
+    ours = pair_set(nl.i, nl.j, nl.shifts)
+    assert len(ours) == len(nl.i), "duplicate pairs"
+    i, j, S, _ = neighbor_list_ref(pos, cell, pbc, cutoff)
+    assert ours == pair_set(i, j, S), f"cell={cell.tolist()} pbc={pbc} cutoff={cutoff}"
+    atoms = Atoms("H%d" % len(pos), positions=pos, cell=cell, pbc=pbc)
+    ai, aj, aS = ase_neighbor_list("ijS", atoms, cutoff)
+    assert ours == pair_set(ai, aj, aS), f"ASE disagrees: cell={cell.tolist()} pbc={pbc} cutoff={cutoff}"
+
+
+@pytest.mark.parametrize("seed,frac", CASES[::3])
+def test_pairs_equal_vesin(seed, frac):
+    vesin = pytest.importorskip("vesin")
+    pos, cell, pbc, cutoff = _case(seed, frac)
+    if not (pbc.all() or not pbc.any()):
+        atoms = Atoms("H%d" % len(pos), positions=pos, cell=cell, pbc=pbc)
+        vi, vj, vS = vesin.ase_neighbor_list("ijS", atoms, cutoff)
+    else:
+        calc = vesin.NeighborList(cutoff=cutoff, full_list=True)
+        vi, vj, vS, _ = calc.compute(points=pos, box=cell if pbc.all() else np.zeros((3, 3)),
+                                     periodic=bool(pbc.all()), quantities="ijSD")
+    nl = fastfeat.neighbor_list(pos, cell, pbc, cutoff)
+    assert pair_set(nl.i, nl.j, nl.shifts) == pair_set(vi, vj, vS), f"cell={cell.tolist()} pbc={pbc} rc={cutoff}"
+
+
+def test_vectors_distances_and_order():
+    pos, cell, pbc, cutoff = _case(3, 1.2)
+    for dtype in (np.float64, np.float32):
+        nl = fastfeat.neighbor_list(pos.astype(dtype), cell, pbc, cutoff)
+        expected = pos[nl.j] - pos[nl.i] + nl.shifts @ cell
+        tol = 1e-10 if dtype == np.float64 else 1e-4
+        np.testing.assert_allclose(nl.vectors, expected, atol=tol)
+        np.testing.assert_allclose(nl.distances, np.linalg.norm(expected, axis=1), atol=tol)
+        assert nl.vectors.dtype == dtype and nl.distances.dtype == dtype
+        assert np.all(np.diff(nl.i) >= 0), "pairs of one centre must be contiguous, centres increasing"
+    s = fastfeat.neighbor_list(pos, cell, pbc, cutoff, sorted=True)
+    keys = np.stack([s.i, s.j, *s.shifts.T], axis=1)
+    assert (np.lexsort(keys.T[::-1]) == np.arange(len(keys))).all()
+
+
+def test_full_list_is_symmetric():
+    pos, cell, pbc, cutoff = _case(5, 1.1)
+    nl = fastfeat.neighbor_list(pos, cell, pbc, cutoff)
+    fwd = pair_set(nl.i, nl.j, nl.shifts)
+    back = pair_set(nl.j, nl.i, -nl.shifts)
+    assert fwd == back
+
+
+def test_cutoff_larger_than_cell_counts_self_images():
+    # one atom in a 2 Å cubic cell, cutoff 4.5 Å: images at distances 2, 2√2, 2√3, 4, ...
+    nl = fastfeat.neighbor_list(np.zeros((1, 3)), np.eye(3) * 2.0, True, 4.5)
+    S = nl.shifts
+    d = np.linalg.norm(S * 2.0, axis=1)
+    assert (nl.i == 0).all() and (nl.j == 0).all()
+    grid = np.array(np.meshgrid(*[np.arange(-3, 4)] * 3)).reshape(3, -1).T
+    expected = int(np.sum((np.linalg.norm(grid * 2.0, axis=1) < 4.5) & (np.abs(grid).sum(1) > 0)))
+    assert len(S) == expected and d.max() < 4.5
+
+
+def test_rewrapping_does_not_change_pairs():
+    rng = np.random.default_rng(7)
+    cell = random_cell(rng)
+    pos = rng.random((20, 3)) @ cell
+    shifted = pos + rng.integers(-3, 4, size=(20, 1)) * cell[0] + rng.integers(-3, 4, size=(20, 1)) * cell[2]
+    a = fastfeat.neighbor_list(pos, cell, True, 4.0)
+    b = fastfeat.neighbor_list(shifted, cell, True, 4.0)
+    key = lambda nl: sorted(zip(nl.i.tolist(), nl.j.tolist(), np.round(nl.distances, 9).tolist()))
+    assert key(a) == key(b)
+
+
+def test_huge_sparse_box_is_small_and_fast():
+    import time
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    pos = rng.random((10, 3)) * 1e6
+    fastfeat.neighbor_list(pos, np.eye(3) * 1e6, True, 5.0)  # JIT warm-up
+    tracemalloc.start()
+    t = time.perf_counter()
+    nl = fastfeat.neighbor_list(pos, np.eye(3) * 1e6, True, 5.0)
+    elapsed = time.perf_counter() - t
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(nl.i) == 0
+    assert peak < 1_000_000, f"peak {peak} bytes for 10 atoms"
+    assert elapsed < 1.0
+
+
+def test_tiny_periodic_box_with_large_cutoff_is_bounded_or_refused():
+    # 1 Å box, 6 Å cutoff: 13^3 images per atom -> computed exactly
+    nl = fastfeat.neighbor_list(np.zeros((1, 3)), np.eye(3), True, 6.0)
+    grid = np.array(np.meshgrid(*[np.arange(-6, 7)] * 3)).reshape(3, -1).T
+    expected = int(np.sum((np.linalg.norm(grid, axis=1) < 6.0) & (np.abs(grid).sum(1) > 0)))
+    assert len(nl.i) == expected
+    with pytest.raises(ValueError, match="too large for this periodic cell"):
+        fastfeat.neighbor_list(np.zeros((1, 3)), np.eye(3) * 0.01, True, 6.0)
+
+
+def test_empty_and_single_atom():
+    nl = fastfeat.neighbor_list(np.zeros((0, 3)), np.eye(3) * 5, True, 3.0)
+    assert len(nl.i) == 0 and nl.vectors.shape == (0, 3)
+    nl = fastfeat.neighbor_list(np.zeros((1, 3)), np.eye(3) * 5, False, 3.0)
+    assert len(nl.i) == 0
+
+
+def test_linear_pair_count_on_large_box():
+    rng = np.random.default_rng(1)
+    n = 20000
+    L = (n / 0.1) ** (1 / 3)
+    pos = rng.random((n, 3)) * L
+    nl = fastfeat.neighbor_list(pos, np.eye(3) * L, True, 3.0)
+    # mean coordination for an ideal gas of density 0.1/Å^3 within 3 Å
+    expected = 0.1 * 4 / 3 * np.pi * 27
+    assert abs(len(nl.i) / n - expected) < 0.05 * expected

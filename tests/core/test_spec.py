@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+import fastfeat
+from fastfeat import FeatureSpec
+
+
+def test_sizes_and_labels():
+    spec = FeatureSpec.default(("H", "C", "N", "O"), preset="ani1x")
+    assert spec.n_invariant == 384 and spec.n_covariant == 64
+    assert len(spec.invariant_labels) == spec.n_invariant == len(set(spec.invariant_labels))
+    assert len(spec.covariant_labels) == spec.n_covariant == len(set(spec.covariant_labels))
+    assert spec.invariant_labels[0].startswith("G2[H;")
+    assert spec.invariant_labels[spec.n_radial].startswith("G4[H,H;")
+    assert spec.invariant_labels[-1].startswith("G4[O,O;")
+    d = FeatureSpec.default(("H", "O"))
+    assert d.n_invariant == 2 * 12 + 3 * 16 and d.n_covariant == 16
+
+
+def test_json_round_trip():
+    spec = FeatureSpec(("O", "H"), 5.0, 3.0, [(0.5, 1.0)], [(0.1, 2.0, -1.0)], [(0.2, 1.5), (0.3, 2.5)])
+    again = FeatureSpec.from_json(spec.to_json())
+    assert again == spec and again.to_json() == spec.to_json()
+
+
+def test_newer_format_refused():
+    import json
+
+    data = json.loads(FeatureSpec.default(("H",)).to_json())
+    data["format_version"] = fastfeat.SPEC_FORMAT_VERSION + 1
+    with pytest.raises(ValueError, match="newer than this fastfeat"):
+        FeatureSpec.from_json(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(cutoff=0.0), ValueError, "`cutoff` must be a finite number > 0"),
+        (dict(cutoff=-1.0), ValueError, "`cutoff` must be a finite number > 0"),
+        (dict(cutoff=float("nan")), ValueError, "`cutoff`"),
+        (dict(angular_cutoff=6.0), ValueError, "`angular_cutoff` must be <= `cutoff`"),
+        (dict(species=("H", "Xx")), ValueError, "'Xx', which is not a chemical symbol"),
+        (dict(species=("H", "H")), ValueError, "must not repeat"),
+        (dict(species="HO"), TypeError, "sequence of chemical symbols"),
+        (dict(species=()), ValueError, "at least one element"),
+        (dict(radial=[(1.0, 2.0, 3.0)]), ValueError, "`radial` must be a sequence of 2-tuples"),
+        (dict(angular=[(0.1, 0.5, 1.0)]), ValueError, "`zeta` must be >= 1"),
+        (dict(angular=[(0.1, 1.0, 0.5)]), ValueError, "`lambda` must be \\+1 or -1"),
+        (dict(covariant=[]), ValueError, "at least one covariant"),
+        (dict(radial=[(-1.0, 1.0)]), ValueError, "`eta` must be >= 0"),
+    ],
+)
+def test_bad_spec(kwargs, exc, match):
+    base = dict(species=("H", "O"), cutoff=5.0, angular_cutoff=3.5, radial=[(0.5, 1.0)],
+                angular=[(0.1, 1.0, 1.0)], covariant=[(0.5, 1.0)])
+    base.update(kwargs)
+    with pytest.raises(exc, match=match):
+        FeatureSpec(**base)

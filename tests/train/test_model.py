@@ -1,0 +1,134 @@
+"""StaggeredNetwork: head arithmetic, per-element dispatch, symmetry (PyTorch side)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastfeat.train.model import StaggeredNetwork, basis_force, projection_force, solve3_adjugate
+
+from ._helpers import random_features, random_model, random_rotation, small_spec
+
+
+def test_solve3_adjugate_matches_linalg_solve():
+    rng = np.random.default_rng(1)
+    a = torch.tensor(rng.normal(size=(50, 3, 3)) + 3 * np.eye(3), dtype=torch.float64)
+    b = torch.tensor(rng.normal(size=(50, 3)), dtype=torch.float64)
+    x = solve3_adjugate(a, b)
+    ref = torch.linalg.solve(a, b)
+    np.testing.assert_allclose(x.numpy(), ref.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_projection_head_recovers_consistent_force():
+    # p_k = F . V_k exactly -> the least-squares solve returns F (up to the tiny regulariser)
+    rng = np.random.default_rng(2)
+    v = torch.tensor(rng.normal(size=(40, 6, 3)), dtype=torch.float64)
+    f = torch.tensor(rng.normal(size=(40, 3)), dtype=torch.float64)
+    p = torch.einsum("nkc,nc->nk", v, f)
+    out = projection_force(p, v, eps_rel=1e-12, eps_abs=1e-12)
+    np.testing.assert_allclose(out.numpy(), f.numpy(), rtol=1e-8, atol=1e-9)
+
+
+def test_projection_head_regulariser_is_relative_to_trace():
+    # scaling V by s and p by s (F fixed) leaves the force unchanged: eps is unit-aware
+    rng = np.random.default_rng(3)
+    v = torch.tensor(rng.normal(size=(10, 4, 3)), dtype=torch.float64)
+    p = torch.tensor(rng.normal(size=(10, 4)), dtype=torch.float64)
+    f1 = projection_force(p, v, eps_rel=0.1, eps_abs=1e-30)
+    f2 = projection_force(p * 1e3, v * 1e3, eps_rel=0.1, eps_abs=1e-30)
+    np.testing.assert_allclose(f1.numpy(), f2.numpy(), rtol=1e-10)
+
+
+def test_symmetric_site_gives_zero_force_and_rank_deficient_site_stays_on_axis():
+    v = torch.zeros(2, 4, 3, dtype=torch.float64)
+    v[1, :, 2] = torch.tensor([1.0, -0.5, 0.3, 2.0])  # all V along z: only F_z is determined
+    p = torch.ones(2, 4, dtype=torch.float64)
+    f = projection_force(p, v)
+    assert torch.all(torch.isfinite(f))
+    assert torch.all(f[0] == 0)
+    assert f[1, 0] == 0 and f[1, 1] == 0 and f[1, 2] != 0
+
+
+def test_basis_head_is_linear_combination():
+    rng = np.random.default_rng(4)
+    v = torch.tensor(rng.normal(size=(7, 5, 3)))
+    c = torch.tensor(rng.normal(size=(7, 5)))
+    np.testing.assert_allclose(basis_force(c, v).numpy(), np.einsum("nk,nkc->nc", c.numpy(), v.numpy()), rtol=1e-12)
+
+
+@pytest.mark.parametrize("head", ["projection", "basis"])
+def test_each_atom_uses_only_its_own_element_network(head):
+    spec = small_spec(("H", "O", "Li"))
+    model = random_model(spec, head=head, dtype=torch.float64)
+    fs = random_features(spec, 5, np.random.default_rng(5))
+    args = (torch.tensor(fs.invariant, dtype=torch.float64), torch.tensor(fs.covariant, dtype=torch.float64),
+            torch.tensor(fs.species))
+    with torch.no_grad():
+        f0 = model(*args)
+        for prm in model.nets[1].parameters():
+            prm.add_(0.5)
+        f1 = model(*args)
+    changed = (f0 - f1).abs().sum(dim=1) > 0
+    assert torch.equal(changed, torch.tensor(fs.species == 1)), "only species-1 atoms may change"
+
+
+def test_each_element_network_runs_only_on_its_atoms():
+    spec = small_spec(("H", "O"))
+    model = random_model(spec, dtype=torch.float64)
+    seen = {}
+    for e, net in enumerate(model.nets):
+        net[0].register_forward_hook(lambda mod, inp, out, e=e: seen.__setitem__(e, inp[0].shape[0]))
+    sp = torch.tensor([0, 1, 1, 0, 1])
+    with torch.no_grad():
+        model(torch.rand(5, spec.n_invariant, dtype=torch.float64),
+              torch.rand(5, spec.n_covariant, 3, dtype=torch.float64), sp)
+    assert seen == {0: 2, 1: 3}
+
+
+@pytest.mark.parametrize("head", ["projection", "basis"])
+def test_rotation_covariance_torch(head):
+    spec = small_spec()
+    model = random_model(spec, head=head, dtype=torch.float64)
+    fs = random_features(spec, 4, np.random.default_rng(6))
+    rng = np.random.default_rng(7)
+    g = torch.tensor(fs.invariant, dtype=torch.float64)
+    v = torch.tensor(fs.covariant, dtype=torch.float64)
+    s = torch.tensor(fs.species)
+    with torch.no_grad():
+        f = model(g, v, s).numpy()
+        for _ in range(5):
+            rot = random_rotation(rng)
+            fr = model(g, v @ torch.tensor(rot.T), s).numpy()
+            np.testing.assert_allclose(fr, f @ rot.T, rtol=1e-9, atol=1e-11, err_msg=f"rotation {rot.tolist()}")
+
+
+def test_statistics_standardise_per_element():
+    spec = small_spec()
+    model = StaggeredNetwork(spec, hidden=(8,)).double()
+    fs = random_features(spec, 30, np.random.default_rng(8))
+    fs.invariant[fs.species == 1] *= 10.0
+    model.set_statistics(fs.invariant, fs.covariant, fs.species, fs.target)
+    for e in range(2):
+        ge = fs.invariant[fs.species == e]
+        x = (ge - model.feature_mean[e].numpy()) / model.feature_std[e].numpy()
+        np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-5)
+        np.testing.assert_allclose(x.std(axis=0), 1, atol=1e-4)
+    proj = np.einsum("nkc,nc->nk", fs.covariant[fs.species == 0], fs.target[fs.species == 0])
+    np.testing.assert_allclose(model.output_scale[0].numpy(), np.sqrt((proj**2).mean(axis=0)), rtol=1e-5)
+
+
+def test_constructor_rejects_bad_arguments():
+    spec = small_spec()
+    with pytest.raises(ValueError, match="`head`"):
+        StaggeredNetwork(spec, head="energy")
+    with pytest.raises(ValueError, match="`activation`"):
+        StaggeredNetwork(spec, activation="relu6")
+    with pytest.raises(ValueError, match="`hidden`"):
+        StaggeredNetwork(spec, hidden=())
+
+
+def test_hyperparameters_round_trip():
+    spec = small_spec()
+    model = StaggeredNetwork(spec, hidden=(8, 4), head="basis", activation="tanh")
+    clone = StaggeredNetwork.from_hyperparameters(model.hyperparameters())
+    assert clone.hyperparameters() == model.hyperparameters()
+    assert clone.spec == spec

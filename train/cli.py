@@ -1,0 +1,222 @@
+"""``fastfeat train`` and ``fastfeat evaluate``.
+
+``fastfeat train --data NAME|FILE [--config c.toml] [--head projection|basis] [--epochs N]
+[--target KEY] --out model.onnx`` trains a staggered network on a bundled data
+set (its train/val splits; test figures are reported too) or on a structure
+file (a seeded validation hold-out), then exports it to ONNX. The same command
+runs distributed under ``torchrun --nproc_per_node N``.
+
+``fastfeat evaluate MODEL DATA [--split test] [--json] [--plot parity.png]``
+prints force MAE/RMSE (overall and per element), relative RMSE and cosine
+similarity of an exported model (file or bundled name) on a data set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["train_main", "evaluate_main", "run_training"]
+
+
+def _train_parser():
+    p = argparse.ArgumentParser(prog="fastfeat train", description="Train a direct-force staggered network and export it to ONNX.")
+    p.add_argument("--data", required=True, help="bundled dataset name (peo, li4p2o7, li4p2o7-water) or a structure file")
+    p.add_argument("--out", required=True, help="output .onnx path")
+    p.add_argument("--config", help="TOML config file (keys: see README)")
+    p.add_argument("--head", choices=["projection", "basis"])
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--target", help="per-atom (N, 3) quantity to learn (default: forces)")
+    p.add_argument("--spec", help="FeatureSpec JSON file (default: FeatureSpec.default(species of the data))")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--time-limit", type=float, dest="time_limit", help="seconds of training at most")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="training precision")
+    p.add_argument("--export-dtype", choices=["float32", "float64"], dest="export_dtype")
+    p.add_argument("--cache-dir", dest="cache_dir", help="feature cache folder")
+    p.add_argument("--checkpoint", help="checkpoint file (default: OUT.ckpt)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--history", help="write the per-epoch history as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    return p
+
+
+def _spec_for(cfg, spec_path, frames_lists):
+    import fastfeat
+
+    from .data import species_of
+
+    if spec_path:
+        if not os.path.exists(spec_path):
+            raise FileNotFoundError(f"`--spec` file {spec_path!r} does not exist")
+        with open(spec_path, encoding="utf-8") as fh:
+            return fastfeat.FeatureSpec.from_json(fh.read())
+    species = species_of(frames_lists)
+    if cfg.spec:
+        d = dict(cfg.spec)
+        d.setdefault("species", list(species))
+        return fastfeat.FeatureSpec(**d)
+    return fastfeat.FeatureSpec.default(species, preset=cfg.spec_preset)
+
+
+def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=False, log=None, quiet=False):
+    """Everything ``fastfeat train`` does; returns a dict summary (main rank) .
+
+    Raises ValueError/TypeError/FileNotFoundError with a clear message on bad input.
+    """
+    import torch
+
+    from .data import cached_features, check_species, data_hash, frame_targets, load_frames, split_frames
+    from .evaluate import OnnxForceModel, force_metrics
+    from .export import export_onnx
+    from .trainer import Distributed, predict, train_model
+
+    if log is None:
+        def log(msg):
+            print(msg, file=sys.stderr, flush=True)
+    dctx = Distributed()
+    say = log if dctx.is_main else (lambda msg: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    data = os.fspath(data)
+    splits = {}
+    if os.path.exists(data):
+        frames, label = load_frames(data, target=cfg.target)
+        targets = frame_targets(frames, cfg.target, label)
+        i_tr, i_va = split_frames(len(frames), cfg.val_fraction, cfg.seed)
+        splits["train"] = ([frames[i] for i in i_tr], [targets[i] for i in i_tr], f"{label}[train]")
+        splits["val"] = ([frames[i] for i in i_va], [targets[i] for i in i_va], f"{label}[val]")
+    else:
+        for split in ("train", "val", "test"):
+            try:
+                frames, label = load_frames(data, split, target=cfg.target)
+            except (KeyError, FileNotFoundError) as exc:
+                if split == "test":
+                    continue
+                raise ValueError(f"`--data` {data!r} is neither a file nor a bundled dataset: {exc}") from None
+            splits[split] = (frames, frame_targets(frames, cfg.target, label), label)
+    spec = _spec_for(cfg, spec_path, [v[0] for v in splits.values()])
+    for frames, _, label in splits.values():
+        check_species(frames, spec, label)
+    sha = data_hash(splits["train"][0] + splits["val"][0], splits["train"][1] + splits["val"][1])
+    feats = {}
+    for rank_turn in (True, False):  # main rank fills the cache first, the others read it
+        if dctx.is_main == rank_turn:
+            for name, (frames, targets, label) in splits.items():
+                feats[name] = cached_features(frames, targets, spec, dtype=cfg.dtype, target=cfg.target,
+                                              cache_dir=cfg.cache_dir, log=say)
+        dctx.barrier()
+    say(f"features ready in {time.perf_counter() - t0:.1f} s: n_invariant={spec.n_invariant}, "
+        f"n_covariant={spec.n_covariant}, species={list(spec.species)}")
+    checkpoint = checkpoint or f"{os.fspath(out)}.ckpt"
+    res = train_model(feats["train"], feats["val"], spec, cfg, checkpoint=checkpoint, resume=resume,
+                      data_sha=sha, log=(lambda m: None) if quiet else log, dist_ctx=dctx)
+    summary = {"best_epoch": res.best_epoch + 1, "epochs_run": len(res.history), "stopped": res.stopped}
+    metrics = {}
+    for name in ("val", "test"):
+        if name in feats:
+            fs = feats[name]
+            metrics[name] = force_metrics(predict(res.model, fs), fs.target, fs.species, spec.species, fs.offsets)
+    summary["metrics"] = metrics
+    if dctx.is_main:
+        unit = cfg.target_unit or ("eV/Å" if cfg.target == "forces" else "")
+        validation = {k: {q: v[q] for q in ("mae", "rmse", "rel_rmse", "cosine", "n_atoms")} for k, v in metrics.items()}
+        validation["best_epoch"] = res.best_epoch + 1
+        export_onnx(res.model, out, target=cfg.target, units={"length": "Å", "force": unit}, data_hash=sha,
+                    validation=validation, dtype=cfg.export_dtype)
+        # the exported graph must reproduce the PyTorch model
+        fs = feats["val"]
+        onnx_f = OnnxForceModel(out)(fs.invariant, fs.covariant, fs.species)
+        torch_f = predict(res.model, fs)
+        dev = float(np.abs(onnx_f - torch_f).max() / max(np.abs(torch_f).max(), 1e-30))
+        summary["onnx_max_rel_deviation"] = dev
+        for name, m in metrics.items():
+            say(f"{name}: MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  rel RMSE {m['rel_rmse']:.4f}  "
+                f"cosine {m['cosine']:.4f}  ({unit})")
+        say(f"wrote {out} ({os.path.getsize(out) / 1024:.0f} kB; ONNX vs PyTorch max rel deviation {dev:.1e}); "
+            f"total {time.perf_counter() - t0:.0f} s")
+    summary["history"] = res.history
+    return summary
+
+
+def train_main(argv) -> int:
+    """``fastfeat train`` entry point."""
+    from .config import load_config
+
+    args = _train_parser().parse_args(argv)
+    try:
+        overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "batch_size", "lr", "seed", "threads",
+                                                   "time_limit", "dtype", "export_dtype", "cache_dir")}
+        cfg = load_config(args.config, **overrides)
+        summary = run_training(args.data, args.out, cfg, spec_path=args.spec, checkpoint=args.checkpoint,
+                               resume=args.resume, quiet=args.quiet)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"fastfeat train: error: {exc}", file=sys.stderr)
+        return 2
+    if args.history and int(os.environ.get("RANK", "0")) == 0:
+        with open(args.history, "w", encoding="utf-8") as fh:
+            json.dump(summary, fh, indent=1)
+    return 0
+
+
+def _evaluate_parser():
+    p = argparse.ArgumentParser(prog="fastfeat evaluate", description="Force errors of an exported model on a data set.")
+    p.add_argument("model", metavar="MODEL", help=".onnx file or bundled model name")
+    p.add_argument("data", metavar="DATA", help="bundled dataset name or structure file")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="split of a bundled dataset (default: test); a file is used whole")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--plot", help="write a parity plot (PNG) here")
+    p.add_argument("--target", help="per-atom quantity to compare with (default: the model's target)")
+    return p
+
+
+def evaluate(model, data, split="test", target=None):
+    """Metrics dict + arrays (pred, ref, species) of ``model`` on ``data``."""
+    from .data import check_species, frame_targets, featurize_frames, load_frames
+    from .evaluate import OnnxForceModel, force_metrics, resolve_model
+
+    m = OnnxForceModel(resolve_model(model))
+    target = target or m.target
+    frames, label = load_frames(data, split, target=target)
+    targets = frame_targets(frames, target, label)
+    check_species(frames, m.spec, label)
+    fs = featurize_frames(frames, targets, m.spec, dtype=m.dtype)
+    pred = m(fs.invariant, fs.covariant, fs.species)
+    metrics = force_metrics(pred, fs.target, fs.species, m.spec.species, fs.offsets)
+    metrics["model"] = os.fspath(model)
+    metrics["data"] = label
+    metrics["head"] = m.metadata.get("fastfeat.head")
+    return metrics, (pred, fs.target, fs.species, m)
+
+
+def evaluate_main(argv) -> int:
+    """``fastfeat evaluate`` entry point."""
+    from .evaluate import format_metrics, parity_plot
+
+    args = _evaluate_parser().parse_args(argv)
+    try:
+        metrics, (pred, ref, species, m) = evaluate(args.model, args.data, args.split, args.target)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"fastfeat evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    unit = m.units.get("force", "eV/Å")
+    if args.plot:
+        parity_plot(pred, ref, species, m.spec.species, args.plot, title=f"{metrics['model']} on {metrics['data']}",
+                    unit=unit)
+    if args.json:
+        print(json.dumps(metrics, indent=1))
+    else:
+        print(f"{metrics['model']} ({metrics['head']} head) on {metrics['data']}: {metrics['n_structures']} structures")
+        print(format_metrics(metrics, unit))
+        if args.plot:
+            print(f"parity plot: {args.plot}")
+    return 0

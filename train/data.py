@@ -1,0 +1,266 @@
+"""Training data: frames -> checked targets -> features (computed once, cached).
+
+Features always come from :func:`fastfeat.featurize` (never re-implemented in
+torch). They are cached on disk as ``.npz`` keyed by a hash of the data, the
+spec JSON, the dtype and the target key, so a second run (or another rank of
+a distributed run) reads them back instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+import fastfeat
+
+__all__ = [
+    "FeatureSet",
+    "load_frames",
+    "split_frames",
+    "frame_targets",
+    "data_hash",
+    "species_of",
+    "check_species",
+    "featurize_frames",
+    "cached_features",
+    "default_cache_dir",
+]
+
+
+@dataclass
+class FeatureSet:
+    """Features and targets of a list of structures, atoms concatenated.
+
+    Attributes
+    ----------
+    invariant : ndarray, shape (N, n_invariant)
+    covariant : ndarray, shape (N, n_covariant, 3)
+    species : ndarray, shape (N,), int64
+        Index into the spec's species.
+    offsets : ndarray, shape (n_structures + 1,), int64
+        Atom offsets of each structure.
+    target : ndarray, shape (N, 3)
+        Reference forces (eV/Å) or the learned covariant target.
+    """
+
+    invariant: np.ndarray
+    covariant: np.ndarray
+    species: np.ndarray
+    offsets: np.ndarray
+    target: np.ndarray
+
+    @property
+    def n_structures(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_atoms(self) -> int:
+        return int(self.offsets[-1])
+
+    def subset(self, structures) -> "FeatureSet":
+        """The structures with the given indices, in that order."""
+        structures = np.asarray(structures, dtype=np.int64)
+        counts = self.offsets[structures + 1] - self.offsets[structures]
+        rows = atom_rows(self.offsets, structures)
+        return FeatureSet(self.invariant[rows], self.covariant[rows], self.species[rows],
+                          np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), self.target[rows])
+
+    def save(self, path):
+        tmp = f"{os.fspath(path)}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, invariant=self.invariant, covariant=self.covariant, species=self.species,
+                 offsets=self.offsets, target=self.target)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path) -> "FeatureSet":
+        with np.load(path) as z:
+            return cls(z["invariant"], z["covariant"], z["species"], z["offsets"], z["target"])
+
+
+def atom_rows(offsets, structures) -> np.ndarray:
+    """Concatenated atom indices of ``structures`` (int64)."""
+    parts = [np.arange(offsets[s], offsets[s + 1], dtype=np.int64) for s in structures]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+# ----------------------------------------------------------------- frames
+def _is_file(data) -> bool:
+    return os.path.exists(os.fspath(data))
+
+
+def load_frames(data, split="train", *, target="forces"):
+    """Frames of a bundled dataset split (``data`` a name) or of a file (all frames).
+
+    Parameters
+    ----------
+    data : str or path
+        A bundled dataset's name (``fastfeat.train.datasets.load``) or a
+        structure file readable by ASE (extxyz, …).
+    split : {"train", "val", "test"}
+        Used for bundled datasets only.
+    target : str
+        "forces" or a per-atom array key; used to pick the reader.
+
+    Returns
+    -------
+    frames : list of ase.Atoms
+    label : str
+        A short description for messages ("peo[train]" or the file name).
+    """
+    data = os.fspath(data)
+    if _is_file(data):
+        if target == "forces":
+            try:
+                from . import datasets
+                read = getattr(datasets, "read", None)
+            except ImportError:  # pragma: no cover - datasets is part of the package
+                read = None
+            if read is not None:
+                frames = read(data)
+            else:
+                import ase.io
+                frames = ase.io.read(data, index=":")
+        else:
+            import ase.io
+            frames = ase.io.read(data, index=":")
+        return list(frames), os.path.basename(data)
+    from . import datasets
+
+    if not hasattr(datasets, "load"):
+        raise ValueError(f"`data` {data!r} is not an existing file and bundled datasets are not available")
+    frames = datasets.load(data, split=split)
+    return list(frames), f"{data}[{split}]"
+
+
+def split_frames(n_frames: int, val_fraction: float, seed: int):
+    """Deterministic (train, val) index arrays of a single file's frames."""
+    if n_frames < 2:
+        raise ValueError(f"a data file needs at least 2 frames to hold out a validation set, got {n_frames}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_frames)
+    n_val = min(max(1, int(round(val_fraction * n_frames))), n_frames - 1)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def frame_targets(frames, target="forces", label="data"):
+    """Per-atom (N_s, 3) float64 targets of every frame, checked.
+
+    Raises
+    ------
+    ValueError
+        Empty data; a frame without the target (named by index); a target of
+        the wrong shape; NaN/inf in a target (the frame and atom are named).
+    """
+    if len(frames) == 0:
+        raise ValueError(f"{label}: the dataset is empty (no structures)")
+    out = []
+    for k, atoms in enumerate(frames):
+        t = _one_target(atoms, target, k, label)
+        if t.shape != (len(atoms), 3):
+            raise ValueError(f"{label}: frame {k} has `{target}` of shape {t.shape}, expected ({len(atoms)}, 3)")
+        bad = ~np.isfinite(t)
+        if bad.any():
+            atom = int(np.argwhere(bad)[0, 0])
+            raise ValueError(f"{label}: frame {k} has non-finite `{target}` (NaN or inf) at atom {atom}: "
+                             f"{t[atom].tolist()}")
+        out.append(t)
+    return out
+
+
+def _one_target(atoms, target, k, label):
+    if target == "forces":
+        calc = getattr(atoms, "calc", None)
+        results = getattr(calc, "results", None) or {}
+        if "forces" in results:
+            return np.asarray(results["forces"], dtype=np.float64)
+        if "forces" in atoms.arrays:
+            return np.asarray(atoms.arrays["forces"], dtype=np.float64)
+        raise ValueError(f"{label}: frame {k} has no forces (neither a calculator result nor an array "
+                         f"`forces`); training needs reference forces on every frame")
+    if target in atoms.arrays:
+        return np.asarray(atoms.arrays[target], dtype=np.float64)
+    calc = getattr(atoms, "calc", None)
+    results = getattr(calc, "results", None) or {}
+    if target in results:
+        return np.asarray(results[target], dtype=np.float64)
+    keys = sorted(k2 for k2 in atoms.arrays if k2 not in ("numbers", "positions"))
+    raise ValueError(f"{label}: frame {k} has no per-atom array `{target}` (target); per-atom arrays present: {keys}")
+
+
+def species_of(frames_lists) -> tuple:
+    """Chemical symbols present in any of the frame lists, sorted by atomic number."""
+    from fastfeat._elements import SYMBOLS
+
+    zs = set()
+    for frames in frames_lists:
+        for atoms in frames:
+            zs.update(int(z) for z in np.unique(atoms.numbers))
+    return tuple(SYMBOLS[z] for z in sorted(zs))
+
+
+def check_species(frames, spec, label="data"):
+    """ValueError naming frame, atom and element when an element is not in ``spec``."""
+    allowed = set(spec.numbers)
+    for k, atoms in enumerate(frames):
+        bad = [i for i, z in enumerate(atoms.numbers) if int(z) not in allowed]
+        if bad:
+            i = bad[0]
+            raise ValueError(f"{label}: frame {k}, atom {i} is {atoms.get_chemical_symbols()[i]}, which is not "
+                             f"in the spec's species {list(spec.species)}")
+
+
+def data_hash(frames, targets) -> str:
+    """sha256 of numbers, positions, cell, pbc and targets of every frame."""
+    h = hashlib.sha256()
+    for atoms, t in zip(frames, targets):
+        h.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(atoms.positions, dtype=np.float64).tobytes())
+        h.update(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes())
+        h.update(np.ascontiguousarray(atoms.pbc, dtype=bool).tobytes())
+        h.update(np.ascontiguousarray(t, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------- features
+def featurize_frames(frames, targets, spec, dtype=np.float32) -> FeatureSet:
+    """Features of ``frames`` with :func:`fastfeat.featurize` plus their targets."""
+    f = fastfeat.featurize(list(frames), spec, device="cpu", dtype=dtype)
+    offsets = np.asarray(f.offsets, dtype=np.int64)
+    target = np.concatenate(targets).astype(dtype) if targets else np.zeros((0, 3), dtype)
+    return FeatureSet(np.asarray(f.invariant), np.asarray(f.covariant), np.asarray(f.species, dtype=np.int64),
+                      offsets, target)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("FASTFEAT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastfeat")
+
+
+def cached_features(frames, targets, spec, *, dtype="float32", target="forces", cache_dir="", data_sha=None,
+                    log=None) -> FeatureSet:
+    """:func:`featurize_frames`, read from / written to an npz cache.
+
+    The cache file is ``<cache_dir>/features/<sha256(data hash, spec JSON, dtype, target)>.npz``.
+    """
+    data_sha = data_sha or data_hash(frames, targets)
+    key = hashlib.sha256(json.dumps([data_sha, spec.to_json(), str(dtype), target]).encode()).hexdigest()
+    folder = os.path.join(cache_dir or default_cache_dir(), "features")
+    path = os.path.join(folder, key[:32] + ".npz")
+    if os.path.exists(path):
+        try:
+            fs = FeatureSet.load(path)
+            if fs.invariant.shape[1] == spec.n_invariant and fs.n_structures == len(frames):
+                if log:
+                    log(f"features: cache hit {path}")
+                return fs
+        except (OSError, ValueError, KeyError):
+            pass
+    fs = featurize_frames(frames, targets, spec, dtype=np.dtype(dtype))
+    os.makedirs(folder, exist_ok=True)
+    fs.save(path)
+    if log:
+        log(f"features: computed {fs.n_atoms} atoms / {fs.n_structures} structures -> {path}")
+    return fs

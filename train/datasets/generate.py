@@ -1,0 +1,323 @@
+"""Reference-data generator: build -> relax -> Langevin MD with GFN1-xTB (tblite) -> extxyz frames.
+
+Each trajectory ``k`` of a system is independent (its own structure seed, temperature and
+thermostat seed) and runs in its own worker process with ``OMP_NUM_THREADS=1``. Frames are appended
+to ``<out>.parts/t<k>.extxyz`` as they are made (flushed per frame), with energy (eV), forces (eV/Å),
+momenta (so an interrupted trajectory continues from its last frame) and metadata in ``atoms.info``:
+``system``, ``method`` ("GFN1-xTB"), ``temperature`` (K), ``seed``, ``step`` (MD step, 1 fs each),
+``trajectory`` (k). When the run ends (all trajectories complete, or the wall-clock limit is hit),
+the parts are merged, ordered by trajectory and step, into ``<out>`` (lzma-compressed when the name
+ends in ``.xz``). A later run with the same arguments resumes: complete trajectories are skipped,
+partial ones continue from their last frame; when the parts folder is absent the trajectories are
+recovered from ``<out>`` itself.
+
+Runnable without installing the package::
+
+    python3 train/datasets/generate.py peo --frames 450 --trajectories 5 --out peo.extxyz.xz
+
+or, installed, ``fastfeat data generate peo ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import lzma
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # run as a script: the sibling modules are top-level imports
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import builders  # type: ignore[no-redef]
+else:
+    from . import builders
+
+__all__ = ["METHOD", "TrajectoryPlan", "generate", "main", "plan_trajectories", "run_trajectory"]
+
+METHOD = "GFN1-xTB"
+log = logging.getLogger("fastfeat.data")
+
+
+class TrajectoryPlan:
+    """Parameters of one independent trajectory.
+
+    Attributes
+    ----------
+    system : str
+    index : int
+        Trajectory id (``atoms.info["trajectory"]``).
+    temperature : float
+        Langevin temperature, K.
+    seed : int
+        Seeds the builder, the initial velocities and the thermostat noise.
+    n_frames : int
+        Frames wanted from this trajectory.
+    stride : int
+        MD steps (fs) between frames.
+    path : pathlib.Path
+        Part file the frames are appended to.
+    """
+
+    def __init__(self, system, index, temperature, seed, n_frames, stride, path, relax_steps=30, friction=0.01):
+        self.system = system
+        self.index = int(index)
+        self.temperature = float(temperature)
+        self.seed = int(seed)
+        self.n_frames = int(n_frames)
+        self.stride = int(stride)
+        self.path = Path(path)
+        self.relax_steps = int(relax_steps)
+        self.friction = float(friction)
+
+    def __repr__(self):
+        return (f"TrajectoryPlan({self.system!r}, index={self.index}, T={self.temperature:g} K, "
+                f"seed={self.seed}, n_frames={self.n_frames}, stride={self.stride})")
+
+
+def plan_trajectories(system, n_frames, temperatures, n_trajectories, stride, parts_dir, seed=0, relax_steps=30):
+    """Split ``n_frames`` over ``n_trajectories`` trajectories cycling through ``temperatures``."""
+    if system not in builders.BUILDERS:
+        raise ValueError(f"`system` must be one of {sorted(builders.BUILDERS)}, got {system!r}")
+    if n_trajectories < 1 or n_frames < 1 or stride < 1:
+        raise ValueError(f"`n_frames`, `n_trajectories` and `stride` must be >= 1, got {n_frames}, "
+                         f"{n_trajectories}, {stride}")
+    per = math.ceil(n_frames / n_trajectories)
+    return [
+        TrajectoryPlan(system, k, temperatures[k % len(temperatures)], 1000 * int(seed) + k, per, stride,
+                       Path(parts_dir) / f"t{k:02d}.extxyz", relax_steps)
+        for k in range(n_trajectories)
+    ]
+
+
+def _open_text(path, mode="rt"):
+    path = str(path)
+    return lzma.open(path, mode) if path.endswith(".xz") else open(path, mode)
+
+
+def _read_frames(path):
+    from ase.io import read
+
+    with _open_text(path) as fh:
+        try:
+            return read(fh, index=":", format="extxyz")
+        except StopIteration:
+            return []
+
+
+def _calculator():
+    from tblite.ase import TBLite
+
+    return TBLite(method=METHOD, verbosity=0)
+
+
+def _frame(atoms, energy, forces_nc, plan, step):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frame = atoms.copy()
+    frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=np.array(forces_nc))
+    frame.info.update(system=plan.system, method=METHOD, temperature=plan.temperature, seed=plan.seed,
+                      step=int(step), trajectory=plan.index)
+    return frame
+
+
+def _append(path, frame):
+    from ase.io import write
+
+    with open(path, "a") as fh:
+        write(fh, frame, format="extxyz")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=None) -> int:
+    """Run (or continue) one trajectory; returns the number of frames stored in its part file.
+
+    SCF failures (any exception from tblite) are logged; the MD restarts from the last good state
+    with fresh thermostat noise and a fresh calculator. Stops at ``deadline`` (``time.time()``).
+    """
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.optimize import FIRE
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    done = _read_frames(plan.path) if plan.path.exists() else []
+    if len(done) >= plan.n_frames:
+        return len(done)
+    rng = np.random.default_rng([plan.seed, len(done)])
+    if done:
+        atoms = done[-1].copy()  # positions and momenta of the last stored frame
+        atoms.calc = None
+        step = int(done[-1].info["step"])
+    else:
+        atoms = builders.build(plan.system, np.random.default_rng(plan.seed))
+        atoms.calc = _calculator()
+        try:
+            FIRE(atoms, logfile=None).run(fmax=0.1, steps=plan.relax_steps)
+        except Exception as exc:  # noqa: BLE001 -- tblite raises plain exceptions on SCF failure
+            log.warning("%s t%02d: relaxation failed (%s); starting MD from the last geometry",
+                        plan.system, plan.index, exc)
+        MaxwellBoltzmannDistribution(atoms, temperature_K=plan.temperature, rng=rng)
+        Stationary(atoms)
+        step = 0
+    n_stored = len(done)
+    failures = 0
+    while n_stored < plan.n_frames and time.time() < deadline:
+        good_pos, good_mom, good_step = atoms.get_positions(), atoms.get_momenta(), step
+        atoms.calc = _calculator()
+        dyn = Langevin(atoms, timestep=1.0 * units.fs, temperature_K=plan.temperature,
+                       friction=plan.friction / units.fs, rng=rng, fixcm=False)
+        try:
+            while n_stored < plan.n_frames and time.time() < deadline:
+                dyn.run(plan.stride)
+                step += plan.stride
+                energy = atoms.get_potential_energy()
+                forces_nc = atoms.get_forces()
+                if not (np.isfinite(energy) and np.all(np.isfinite(forces_nc))):
+                    raise RuntimeError("non-finite energy or forces")
+                _append(plan.path, _frame(atoms, energy, forces_nc, plan, step))
+                n_stored += 1
+                failures = 0
+                good_pos, good_mom, good_step = atoms.get_positions(), atoms.get_momenta(), step
+                if progress is not None:
+                    progress.put((plan.system, plan.index, n_stored))
+        except Exception as exc:  # noqa: BLE001
+            failures += 1
+            log.warning("%s t%02d step %d: %s failed (%s); restarting from the last good state (%d)",
+                        plan.system, plan.index, step, METHOD, exc, failures)
+            if failures > 5:
+                log.error("%s t%02d: giving up after %d failures in a row", plan.system, plan.index, failures)
+                break
+            atoms.set_positions(good_pos)
+            atoms.set_momenta(good_mom)
+            step = good_step
+            rng = np.random.default_rng([plan.seed, n_stored, failures, 7])
+    return n_stored
+
+
+def _worker(args):
+    plan, deadline, queue = args
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        return plan.index, run_trajectory(plan, deadline, queue), None
+    except Exception as exc:  # noqa: BLE001 -- report, never kill the pool
+        return plan.index, -1, repr(exc)
+
+
+def _init_worker():
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+def _recover_parts(out: Path, parts_dir: Path):
+    """Split an existing merged output into per-trajectory part files (resume without parts)."""
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    if any(parts_dir.glob("t*.extxyz")) or not out.exists():
+        return
+    from ase.io import write
+
+    frames = _read_frames(out)
+    by_traj: dict[int, list] = {}
+    for atoms in frames:
+        by_traj.setdefault(int(atoms.info["trajectory"]), []).append(atoms)
+    for k, traj in by_traj.items():
+        with open(parts_dir / f"t{k:02d}.extxyz", "w") as fh:
+            write(fh, traj, format="extxyz")
+    log.info("recovered %d frames of %d trajectories from %s", len(frames), len(by_traj), out)
+
+
+def merge_parts(parts_dir: Path, out: Path) -> int:
+    """Merge the part files into ``out`` (ordered by trajectory, then step); returns frame count."""
+    from ase.io import write
+
+    frames = []
+    for part in sorted(parts_dir.glob("t*.extxyz")):
+        frames.extend(_read_frames(part))
+    frames.sort(key=lambda a: (int(a.info["trajectory"]), int(a.info["step"])))
+    tmp = out.with_name(".tmp-" + out.name)  # same suffix, so the same compression
+    with _open_text(tmp, "wt") as fh:
+        write(fh, frames, format="extxyz")
+    os.replace(tmp, out)
+    return len(frames)
+
+
+def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_trajectories=5, stride=3,
+             workers=None, seed=0, time_limit=None, relax_steps=30, parts_dir=None, stream=sys.stderr):
+    """Generate (or resume) a reference data set; see the module docstring. Returns frames written."""
+    import multiprocessing as mp
+
+    out = Path(out)
+    parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".parts")
+    _recover_parts(out, parts_dir)
+    plans = plan_trajectories(system, n_frames, list(temperatures), n_trajectories, stride, parts_dir, seed,
+                              relax_steps)
+    workers = workers or os.cpu_count() or 1
+    start = time.time()
+    deadline = start + time_limit if time_limit else math.inf
+    counts = {p.index: (len(_read_frames(p.path)) if p.path.exists() else 0) for p in plans}
+    todo = [p for p in plans if counts[p.index] < p.n_frames]
+    print(f"[{system}] {sum(counts.values())}/{sum(p.n_frames for p in plans)} frames present; "
+          f"{len(todo)} of {len(plans)} trajectories to run on {min(workers, max(len(todo), 1))} workers",
+          file=stream, flush=True)
+    if todo:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        ctx = mp.get_context("spawn")
+        manager = ctx.Manager()
+        queue = manager.Queue()
+        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
+            result = pool.map_async(_worker, [(p, deadline, queue) for p in todo], chunksize=1)
+            last = 0.0
+            total = sum(p.n_frames for p in plans)
+            while not result.ready():
+                while not queue.empty():
+                    _system, k, n = queue.get()
+                    counts[k] = n
+                if time.time() - last > 20.0:
+                    last = time.time()
+                    print(f"[{system}] {sum(counts.values())}/{total} frames, {time.time() - start:.0f} s, "
+                          + " ".join(f"t{k}:{n}" for k, n in sorted(counts.items())), file=stream, flush=True)
+                result.wait(1.0)
+            for k, n, err in result.get():
+                if err:
+                    print(f"[{system}] trajectory {k} failed: {err}", file=stream, flush=True)
+        manager.shutdown()
+    n = merge_parts(parts_dir, out)
+    complete = sum(1 for p in plans if p.path.exists() and len(_read_frames(p.path)) >= p.n_frames)
+    print(f"[{system}] wrote {n} frames to {out} ({complete}/{len(plans)} trajectories complete, "
+          f"{time.time() - start:.0f} s)", file=stream, flush=True)
+    return n
+
+
+def build_parser(prog="fastfeat data generate"):
+    p = argparse.ArgumentParser(prog=prog, description="Generate GFN1-xTB (tblite) reference frames by Langevin MD.")
+    p.add_argument("name", choices=sorted(builders.BUILDERS), help="system to build")
+    p.add_argument("--frames", type=int, default=450, help="total frames wanted (split over trajectories)")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 600.0, 1000.0],
+                   help="Langevin temperatures in K, cycled over the trajectories")
+    p.add_argument("--trajectories", type=int, default=5, help="independent trajectories")
+    p.add_argument("--stride", type=int, default=3, help="MD steps (1 fs) between frames")
+    p.add_argument("--out", required=True, help="output extxyz file (.xz: lzma-compressed)")
+    p.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPU count)")
+    p.add_argument("--seed", type=int, default=0, help="base seed")
+    p.add_argument("--relax-steps", type=int, default=30, help="FIRE steps before the MD (force-call cap)")
+    p.add_argument("--time-limit", type=float, default=None,
+                   help="wall-clock seconds after which workers stop and the output is written")
+    p.add_argument("--parts", default=None, help="folder for the per-trajectory files (default OUT.parts)")
+    return p
+
+
+def main(argv=None) -> int:
+    """``fastfeat data generate`` entry point."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    generate(args.name, args.out, args.frames, args.temperatures, args.trajectories, args.stride, args.workers,
+             args.seed, args.time_limit, args.relax_steps, args.parts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,281 @@
+"""The staggered invariant/covariant network of Mailoa et al. (2019) in PyTorch.
+
+Per centre element ``e`` an MLP ``NN_e`` maps the standardised invariant
+features ``G_i`` of an atom to ``K = spec.n_covariant`` invariant numbers; a
+head combines them with the atom's covariant vectors ``V_i`` (K, 3) into a
+force. Every learned quantity is a function of invariants only, so the force
+is exactly rotation-covariant and translation/permutation invariant.
+
+Heads
+-----
+``projection`` (the paper's DCF, default)
+    ``p_i = NN_e(G_i)`` predicts the projections ``p_ik ≈ F_i · V_ik``; the
+    force is the regularised least-squares solution
+    ``F_i = (Σ_k V_ik V_ikᵀ + ε_i I)⁻¹ Σ_k p_ik V_ik``. The 3×3 solve uses the
+    explicit adjugate / determinant formula (:func:`solve3_adjugate`), the same
+    arithmetic as the exported ONNX graph. ``ε_i = eps_rel · tr(A_i)/3 + eps_abs``
+    with ``A_i = Σ_k V_ik V_ikᵀ``: the regulariser is relative to the mean
+    eigenvalue of ``A_i``, so it does not depend on the scale (units) of the
+    covariant features; ``eps_abs`` only keeps isolated atoms (``V_i = 0``,
+    which gives ``F_i = 0``) finite. Because ``p`` is a free output of the
+    network, any force in the span of the ``V_ik`` stays reachable for every
+    ``ε``; the regulariser only bounds the conditioning of the solve.
+``basis``
+    ``F_i = Σ_k c_ik V_ik`` with ``c_i = NN_e(G_i)``.
+
+Each element's MLP runs only on that element's atoms (indexed by species,
+scattered back); no atom is pushed through another element's network.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["StaggeredNetwork", "solve3_adjugate", "projection_force", "basis_force", "HEADS", "ACTIVATIONS"]
+
+HEADS = ("projection", "basis")
+ACTIVATIONS = ("silu", "tanh")
+
+#: default regularisation of the projection head (see module docstring)
+EPS_REL = 1e-2
+EPS_ABS = 1e-6
+
+
+def _activation(name: str) -> nn.Module:
+    if name == "silu":
+        return nn.SiLU()
+    if name == "tanh":
+        return nn.Tanh()
+    raise ValueError(f"`activation` must be one of {list(ACTIVATIONS)}, got {name!r}")
+
+
+def solve3_adjugate(a_n33: torch.Tensor, b_nc: torch.Tensor) -> torch.Tensor:
+    """Solve ``A x = b`` for a batch of 3×3 systems with the adjugate formula.
+
+    ``x = adj(A) b / det(A)``, written out entry by entry exactly as the ONNX
+    export does it (no pivoting, no library solver), so PyTorch and
+    onnxruntime perform the same arithmetic.
+
+    Parameters
+    ----------
+    a_n33 : torch.Tensor, shape (N, 3, 3)
+        Non-singular matrices.
+    b_nc : torch.Tensor, shape (N, 3)
+        Right-hand sides.
+
+    Returns
+    -------
+    torch.Tensor, shape (N, 3)
+    """
+    a = a_n33.reshape(-1, 9)
+    a00, a01, a02, a10, a11, a12, a20, a21, a22 = (a[:, k] for k in range(9))
+    # cofactors C_ij; adj(A)_ij = C_ji
+    c00 = a11 * a22 - a12 * a21
+    c01 = a12 * a20 - a10 * a22
+    c02 = a10 * a21 - a11 * a20
+    c10 = a02 * a21 - a01 * a22
+    c11 = a00 * a22 - a02 * a20
+    c12 = a01 * a20 - a00 * a21
+    c20 = a01 * a12 - a02 * a11
+    c21 = a02 * a10 - a00 * a12
+    c22 = a00 * a11 - a01 * a10
+    det = a00 * c00 + a01 * c01 + a02 * c02
+    b0, b1, b2 = b_nc[:, 0], b_nc[:, 1], b_nc[:, 2]
+    x0 = (c00 * b0 + c10 * b1 + c20 * b2) / det
+    x1 = (c01 * b0 + c11 * b1 + c21 * b2) / det
+    x2 = (c02 * b0 + c12 * b1 + c22 * b2) / det
+    return torch.stack((x0, x1, x2), dim=1)
+
+
+def projection_force(p_nk: torch.Tensor, v_nkc: torch.Tensor, eps_rel: float = EPS_REL, eps_abs: float = EPS_ABS):
+    """Projection (DCF) head: ``F = (V Vᵀ + εI)⁻¹ V p`` per atom.
+
+    Parameters
+    ----------
+    p_nk : torch.Tensor, shape (N, K)
+        Predicted projections ``F · V_k`` (force units).
+    v_nkc : torch.Tensor, shape (N, K, 3)
+        Covariant features.
+    eps_rel, eps_abs : float
+        ``ε = eps_rel · tr(V Vᵀ)/3 + eps_abs``.
+
+    Returns
+    -------
+    torch.Tensor, shape (N, 3)
+    """
+    a_n33 = torch.matmul(v_nkc.transpose(1, 2), v_nkc)
+    b_nc = torch.matmul(p_nk.unsqueeze(1), v_nkc).squeeze(1)
+    a = a_n33.reshape(-1, 9)
+    trace = a[:, 0] + a[:, 4] + a[:, 8]
+    eps = trace * (eps_rel / 3.0) + eps_abs
+    eye = torch.eye(3, dtype=v_nkc.dtype, device=v_nkc.device)
+    a_n33 = a_n33 + eps[:, None, None] * eye
+    return solve3_adjugate(a_n33, b_nc)
+
+
+def basis_force(c_nk: torch.Tensor, v_nkc: torch.Tensor) -> torch.Tensor:
+    """Basis head: ``F = Σ_k c_k V_k`` per atom; shapes (N, K), (N, K, 3) -> (N, 3)."""
+    return torch.matmul(c_nk.unsqueeze(1), v_nkc).squeeze(1)
+
+
+class StaggeredNetwork(nn.Module):
+    """Per-element MLPs on standardised invariants + a covariant head.
+
+    Parameters
+    ----------
+    spec : fastfeat.FeatureSpec
+        Feature definition; fixes ``n_invariant``, ``K = n_covariant`` and the
+        species order (the ``species`` input indexes ``spec.species``).
+    hidden : sequence of int
+        Hidden layer widths of every element's MLP.
+    head : {"projection", "basis"}
+    activation : {"silu", "tanh"}
+    eps_rel, eps_abs : float
+        Regularisation of the projection head.
+
+    Notes
+    -----
+    Buffers (saved with the state dict): ``feature_mean`` / ``feature_std``
+    (S, n_invariant), the per-element standardisation of the invariants, and
+    ``output_scale`` (S, K), a per-element per-output scale applied after the
+    last layer so that a unit-scale network output matches the typical size
+    of the target quantity. Set them with :meth:`set_statistics`.
+    """
+
+    def __init__(self, spec, hidden=(64, 64), head="projection", activation="silu",
+                 eps_rel=EPS_REL, eps_abs=EPS_ABS):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"`head` must be one of {list(HEADS)}, got {head!r}")
+        hidden = tuple(int(h) for h in hidden)
+        if not hidden or min(hidden) < 1:
+            raise ValueError(f"`hidden` must be a non-empty sequence of positive widths, got {hidden}")
+        if not (eps_rel >= 0 and eps_abs > 0):
+            raise ValueError(f"`eps_rel` must be >= 0 and `eps_abs` > 0, got {eps_rel}, {eps_abs}")
+        _activation(activation)
+        self.spec = spec
+        self.hidden = hidden
+        self.head = head
+        self.activation = activation
+        self.eps_rel = float(eps_rel)
+        self.eps_abs = float(eps_abs)
+        n_s, n_f, n_k = spec.n_species, spec.n_invariant, spec.n_covariant
+        self.nets = nn.ModuleList()
+        for _ in range(n_s):
+            layers, width = [], n_f
+            for h in hidden:
+                layers += [nn.Linear(width, h), _activation(activation)]
+                width = h
+            layers.append(nn.Linear(width, n_k))
+            self.nets.append(nn.Sequential(*layers))
+        self.register_buffer("feature_mean", torch.zeros(n_s, n_f))
+        self.register_buffer("feature_std", torch.ones(n_s, n_f))
+        self.register_buffer("output_scale", torch.ones(n_s, n_k))
+
+    # ------------------------------------------------------------ statistics
+    @torch.no_grad()
+    def set_statistics(self, g_nf, v_nkc, species_n, target_nc, min_std=1e-3):
+        """Set standardisation and output scale from training data.
+
+        Parameters
+        ----------
+        g_nf : array, shape (N, n_invariant)
+        v_nkc : array, shape (N, K, 3)
+        species_n : array, shape (N,), int
+        target_nc : array, shape (N, 3)
+            Reference forces (or the learned covariant target).
+        min_std : float
+            Floor of every standard deviation, relative to the largest
+            standard deviation of the same element (constant columns, e.g.
+            G4 blocks of pairs an element never sees, are not blown up).
+
+        Notes
+        -----
+        The projection head's output scale of element ``e``, output ``k`` is
+        the RMS of ``F_i · V_ik`` over that element's atoms; the basis head's
+        is ``RMS|F| / (sqrt(K) · RMS|V_k|)``. Elements absent from the data
+        keep mean 0, std 1, scale 1.
+        """
+        g = np.asarray(g_nf, dtype=np.float64)
+        v = np.asarray(v_nkc, dtype=np.float64)
+        sp = np.asarray(species_n)
+        t = np.asarray(target_nc, dtype=np.float64)
+        n_s, n_k = self.spec.n_species, self.spec.n_covariant
+        mean = np.zeros((n_s, g.shape[1]))
+        std = np.ones((n_s, g.shape[1]))
+        scale = np.ones((n_s, n_k))
+        for e in range(n_s):
+            m = sp == e
+            if not m.any():
+                continue
+            ge = g[m]
+            mean[e] = ge.mean(axis=0)
+            s = ge.std(axis=0)
+            floor = max(float(s.max()), 1e-12) * min_std
+            std[e] = np.maximum(s, floor)
+            ve, te = v[m], t[m]
+            if self.head == "projection":
+                proj = np.einsum("nkc,nc->nk", ve, te)
+                sc = np.sqrt((proj**2).mean(axis=0))
+            else:
+                f_rms = np.sqrt((te**2).sum(axis=1).mean())
+                v_rms = np.sqrt((ve**2).sum(axis=2).mean(axis=0))
+                sc = f_rms / (np.sqrt(n_k) * np.maximum(v_rms, 1e-12))
+            top = max(float(sc.max()), 1e-12)
+            scale[e] = np.maximum(sc, 1e-3 * top)
+        dt = self.feature_mean.dtype
+        self.feature_mean.copy_(torch.as_tensor(mean, dtype=dt))
+        self.feature_std.copy_(torch.as_tensor(std, dtype=dt))
+        self.output_scale.copy_(torch.as_tensor(scale, dtype=dt))
+
+    # --------------------------------------------------------------- forward
+    def atom_outputs(self, g_nf: torch.Tensor, species_n: torch.Tensor) -> torch.Tensor:
+        """Per-atom invariant outputs (N, K): projections or basis coefficients."""
+        out = g_nf.new_zeros((g_nf.shape[0], self.spec.n_covariant))
+        inv_std = 1.0 / self.feature_std
+        for e, net in enumerate(self.nets):
+            idx = torch.nonzero(species_n == e).reshape(-1)
+            x = (g_nf.index_select(0, idx) - self.feature_mean[e]) * inv_std[e]
+            y = net(x) * self.output_scale[e]
+            out = out.index_copy(0, idx, y)
+        return out
+
+    def forward(self, g_nf: torch.Tensor, v_nkc: torch.Tensor, species_n: torch.Tensor) -> torch.Tensor:
+        """Forces (N, 3) from invariants (N, n_inv), covariants (N, K, 3), species (N,) int64."""
+        out = self.atom_outputs(g_nf, species_n)
+        if self.head == "projection":
+            return projection_force(out, v_nkc, self.eps_rel, self.eps_abs)
+        return basis_force(out, v_nkc)
+
+    # ---------------------------------------------------------- persistence
+    def hyperparameters(self) -> dict:
+        """JSON-able constructor arguments (with the spec as JSON text)."""
+        return {
+            "spec": self.spec.to_json(),
+            "hidden": list(self.hidden),
+            "head": self.head,
+            "activation": self.activation,
+            "eps_rel": self.eps_rel,
+            "eps_abs": self.eps_abs,
+        }
+
+    @classmethod
+    def from_hyperparameters(cls, hp: dict) -> "StaggeredNetwork":
+        from fastfeat import FeatureSpec
+
+        hp = dict(hp)
+        spec = FeatureSpec.from_json(hp.pop("spec"))
+        return cls(spec, **hp)
+
+    def __repr__(self) -> str:  # short and informative
+        return (f"StaggeredNetwork(species={list(self.spec.species)}, n_invariant={self.spec.n_invariant}, "
+                f"K={self.spec.n_covariant}, hidden={list(self.hidden)}, head={self.head!r}, "
+                f"activation={self.activation!r}, params={sum(p.numel() for p in self.parameters())})")
+
+
+def hyperparameters_json(model: StaggeredNetwork) -> str:
+    return json.dumps(model.hyperparameters(), sort_keys=True)

@@ -1,0 +1,248 @@
+"""The training loop: end-to-end force loss, AdamW, schedule, early stopping,
+checkpoints, optional DistributedDataParallel.
+
+Works on precomputed :class:`~fastfeat.train.data.FeatureSet` objects (the
+features never change during training). A batch is a set of whole structures
+whose atoms are concatenated. Under ``torchrun`` (``WORLD_SIZE`` > 1) every
+rank takes every ``world``-th structure of each global batch, the loss is
+normalised by the atom count of the *global* batch (times the world size,
+because DDP averages gradients), so a distributed step is the same step as a
+single-process step on the same global batch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+from .data import FeatureSet, atom_rows
+from .model import StaggeredNetwork
+
+__all__ = ["train_model", "predict", "Distributed", "TrainResult"]
+
+
+class Distributed:
+    """Rank/world of the current process; initialises gloo/nccl under torchrun."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.enabled = self.world > 1
+        if self.enabled and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            dist.init_process_group(backend)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def all_sum(self, values):
+        """Sum a list of floats over ranks (float64)."""
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+
+class TrainResult:
+    """Outcome of :func:`train_model`: best model, history, metrics."""
+
+    def __init__(self, model, history, best_epoch, best_val, stopped):
+        self.model = model
+        self.history = history
+        self.best_epoch = best_epoch
+        self.best_val = best_val
+        self.stopped = stopped
+
+
+def _tensors(fs: FeatureSet, dtype):
+    return (torch.as_tensor(fs.invariant, dtype=dtype), torch.as_tensor(fs.covariant, dtype=dtype),
+            torch.as_tensor(fs.species, dtype=torch.int64), torch.as_tensor(fs.target, dtype=dtype))
+
+
+@torch.no_grad()
+def predict(model: StaggeredNetwork, fs: FeatureSet, chunk_structures=64) -> np.ndarray:
+    """Forces (N, 3) of a FeatureSet, float64 numpy."""
+    model.eval()
+    dt = model.feature_mean.dtype
+    out = []
+    for s0 in range(0, fs.n_structures, chunk_structures):
+        a0, a1 = fs.offsets[s0], fs.offsets[min(s0 + chunk_structures, fs.n_structures)]
+        out.append(model(torch.as_tensor(fs.invariant[a0:a1], dtype=dt), torch.as_tensor(fs.covariant[a0:a1], dtype=dt),
+                         torch.as_tensor(fs.species[a0:a1], dtype=torch.int64)).double().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 3))
+
+
+def _build_model(cfg: TrainConfig, spec, train: FeatureSet) -> StaggeredNetwork:
+    torch.manual_seed(cfg.seed)
+    model = StaggeredNetwork(spec, hidden=cfg.hidden, head=cfg.head, activation=cfg.activation,
+                             eps_rel=cfg.eps_rel, eps_abs=cfg.eps_abs)
+    if cfg.dtype == "float64":
+        model = model.double()
+    model.set_statistics(train.invariant, train.covariant, train.species, train.target)
+    return model
+
+
+def _scheduler(cfg: TrainConfig, opt):
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * cfg.min_lr_ratio)
+    if cfg.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
+                                                          patience=cfg.plateau_patience,
+                                                          min_lr=cfg.lr * cfg.min_lr_ratio)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+
+
+def _save(path, state):
+    tmp = f"{path}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, checkpoint=None, resume=False,
+                data_sha="", log=None, dist_ctx=None) -> TrainResult:
+    """Train a :class:`StaggeredNetwork` on precomputed features.
+
+    Parameters
+    ----------
+    train, val : FeatureSet
+        Training and validation structures (features + targets).
+    spec : fastfeat.FeatureSpec
+    cfg : TrainConfig
+    checkpoint : str, optional
+        Written after every epoch (main rank): model, optimiser, scheduler,
+        best weights, history. With ``resume=True`` training continues from it.
+    data_sha : str
+        Hash of the training data; a checkpoint of other data is refused on resume.
+    log : callable, optional
+        Receives progress lines (main rank only); default prints to stderr.
+    dist_ctx : Distributed, optional
+
+    Returns
+    -------
+    TrainResult
+        ``model`` holds the best (lowest validation RMSE) weights.
+    """
+    if train.n_structures == 0 or train.n_atoms == 0:
+        raise ValueError("the training set is empty (no structures/atoms)")
+    if val.n_structures == 0 or val.n_atoms == 0:
+        raise ValueError("the validation set is empty (no structures/atoms)")
+    dctx = dist_ctx or Distributed()
+    if log is None:
+        def log(msg):
+            print(msg, file=sys.stderr, flush=True)
+    say = log if dctx.is_main else (lambda msg: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+    model = _build_model(cfg, spec, train)
+    hp = model.hyperparameters()
+    ddp = model
+    if dctx.enabled:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = _scheduler(cfg, opt)
+    g_t, v_t, s_t, t_t = _tensors(train, dtype)
+    vg_t, vv_t, vs_t, vt_t = _tensors(val, dtype)
+    start_epoch, best_val, best_epoch, bad_epochs = 0, math.inf, -1, 0
+    best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    history = []
+    if resume:
+        if not checkpoint or not os.path.exists(checkpoint):
+            raise FileNotFoundError(f"`--resume` needs an existing checkpoint, got {checkpoint!r}")
+        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if ck["hyperparameters"] != hp:
+            raise ValueError(f"checkpoint {checkpoint!r} was written for a different model "
+                             f"({ck['hyperparameters']}); cannot resume with {hp}")
+        if data_sha and ck.get("data_hash") and ck["data_hash"] != data_sha:
+            raise ValueError(f"checkpoint {checkpoint!r} was trained on other data (hash {ck['data_hash'][:12]}…, "
+                             f"now {data_sha[:12]}…); cannot resume")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        best_state, best_val, best_epoch = ck["best_state"], ck["best_val"], ck["best_epoch"]
+        bad_epochs, history, start_epoch = ck["bad_epochs"], ck["history"], ck["epoch"] + 1
+        say(f"resumed from {checkpoint} at epoch {start_epoch}")
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"{model!r}\ntrain: {train.n_structures} structures / {train.n_atoms} atoms; "
+        f"val: {val.n_structures} / {val.n_atoms}; world size {dctx.world}; {n_params} parameters")
+    t_start = time.perf_counter()
+    stopped = "epochs"
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        perm = np.random.default_rng([cfg.seed, epoch]).permutation(train.n_structures)
+        sum_loss, n_batches = 0.0, 0
+        for b0 in range(0, len(perm), cfg.batch_size):
+            batch = perm[b0:b0 + cfg.batch_size]
+            n_global = int((train.offsets[batch + 1] - train.offsets[batch]).sum())
+            mine = batch[dctx.rank::dctx.world]
+            rows = torch.from_numpy(atom_rows(train.offsets, mine))
+            f = ddp(g_t.index_select(0, rows), v_t.index_select(0, rows), s_t.index_select(0, rows))
+            err = f - t_t.index_select(0, rows)
+            # mean over the global batch; DDP averages gradients over ranks, hence * world
+            loss = (err * err).sum() * (dctx.world / (3.0 * n_global))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sum_loss += float(loss.detach()) / dctx.world
+            n_batches += 1
+        (train_loss,) = dctx.all_sum([sum_loss])
+        train_loss /= max(n_batches, 1)
+        # validation: every rank takes a share of the structures; sums all-reduced
+        model.eval()
+        mine = np.arange(val.n_structures)[dctx.rank::dctx.world]
+        with torch.no_grad():
+            rows = torch.from_numpy(atom_rows(val.offsets, mine))
+            err = model(vg_t.index_select(0, rows), vv_t.index_select(0, rows), vs_t.index_select(0, rows)) \
+                - vt_t.index_select(0, rows)
+            sums = [float(err.abs().double().sum()), float((err.double() ** 2).sum()), 3.0 * len(rows)]
+        abs_sum, sq_sum, count = dctx.all_sum(sums)
+        val_mae, val_rmse = abs_sum / count, math.sqrt(sq_sum / count)
+        lr = opt.param_groups[0]["lr"]
+        if cfg.schedule == "plateau":
+            sched.step(val_rmse)
+        else:
+            sched.step()
+        improved = val_rmse < best_val * (1 - 1e-6)
+        if improved:
+            best_val, best_epoch, bad_epochs = val_rmse, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        dt_epoch = time.perf_counter() - t0
+        history.append({"epoch": epoch, "train_mse": train_loss, "val_mae": val_mae, "val_rmse": val_rmse,
+                        "lr": lr, "seconds": dt_epoch})
+        say(f"epoch {epoch + 1:4d}/{cfg.epochs}  loss {train_loss:.5g}  val MAE {val_mae:.4f}  "
+            f"val RMSE {val_rmse:.4f}  lr {lr:.2e}  {dt_epoch:.1f}s{'  *' if improved else ''}")
+        if checkpoint and dctx.is_main:
+            _save(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "best_state": best_state, "best_val": best_val,
+                               "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
+                               "hyperparameters": hp, "config": cfg.to_dict(), "data_hash": data_sha})
+        if cfg.patience and bad_epochs >= cfg.patience:
+            stopped = "early stopping"
+            say(f"early stopping: no improvement for {cfg.patience} epochs (best epoch {best_epoch + 1})")
+            break
+        over = bool(cfg.time_limit) and time.perf_counter() - t_start > cfg.time_limit
+        if dctx.all_sum([float(over)])[0] > 0:  # every rank stops at the same epoch
+            stopped = "time limit"
+            say(f"time limit of {cfg.time_limit:g} s reached after epoch {epoch + 1}")
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    dctx.barrier()
+    return TrainResult(model, history, best_epoch, best_val, stopped)
