@@ -38,16 +38,19 @@ class KernelParams:
     zeta_v: np.ndarray  # distinct (zeta, lambda) combinations
     lam_v: np.ndarray
     zint_v: np.ndarray  # zeta as an int when integral, else 0
+    pref_v: np.ndarray  # 2^(1 - zeta)
+    grid_q: np.ndarray  # position u * n_v + v of parameter q in the (eta, (zeta, lambda)) grid
+    use_grid: bool  # accumulate the full grid (cheap when the spec is (nearly) a grid)
     ang_u_q: np.ndarray
     ang_v_q: np.ndarray
-    ang_pref_q: np.ndarray  # 2^(1 - zeta)
     pair_ab: np.ndarray
     n_radial_total: int
 
     def args(self):
         return (
             self.cutoff, self.acut, *self.radial_ladders, *self.covariant_ladders,
-            self.eta_u, self.epow_u, self.zeta_v, self.lam_v, self.zint_v, self.ang_u_q, self.ang_v_q, self.ang_pref_q,
+            self.eta_u, self.epow_u, self.zeta_v, self.lam_v, self.zint_v, self.pref_v, self.grid_q, self.use_grid,
+            self.ang_u_q, self.ang_v_q,
             self.pair_ab, self.n_radial_total,
         )
 
@@ -103,10 +106,13 @@ def kernel_params(spec: FeatureSpec) -> KernelParams:
     zint_v = np.array([int(z) if float(z).is_integer() and z <= 64 else 0 for z in zeta_v], dtype=np.int64)
     ang_u = np.array([int(np.searchsorted(eta_u, e)) for e, _, _ in spec.angular], dtype=np.int64)
     ang_v = np.array([combos.index((z, l)) for _, z, l in spec.angular], dtype=np.int64)
-    pref = np.array([2.0 ** (1.0 - z) for _, z, _ in spec.angular], dtype=np.float64)
+    pref_v = 2.0 ** (1.0 - zeta_v)
+    grid_q = ang_u * len(zeta_v) + ang_v
+    use_grid = len(eta_u) * len(zeta_v) <= max(2 * len(spec.angular), 8)
     return KernelParams(
         spec.cutoff, spec.angular_cutoff, gaussian_ladders(spec.radial), gaussian_ladders(spec.covariant),
-        eta_u, epow_u, zeta_v, lam_v, zint_v, ang_u, ang_v, pref, spec.pair_index(), spec.n_radial,
+        eta_u, epow_u, zeta_v, lam_v, zint_v, pref_v, grid_q.astype(np.int64), bool(use_grid), ang_u, ang_v,
+        spec.pair_index(), spec.n_radial,
     )
 
 

@@ -14,6 +14,9 @@ from numba import njit, prange
 
 __all__ = ["features"]
 
+#: atoms per parallel work item (scratch arrays are allocated once per chunk)
+_CHUNK = 64
+
 
 @njit(inline="always")
 def _ipow(x, n):
@@ -79,107 +82,139 @@ def _exp_table(r2, eta_u, epow_u, out_u):
             out_u[u] = math.exp(-eta_u[u] * r2)
 
 
-@njit(parallel=True, cache=True, fastmath=False)
+@njit(parallel=True, cache=True)
 def features(
     pos_nc, species_n, start_n, j_p, shiftvec_pc,
     cutoff, acut,
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
-    eta_u, epow_u, zeta_v, lam_v, zint_v, ang_u_q, ang_v_q, ang_pref_q,
+    eta_u, epow_u, zeta_v, lam_v, zint_v, pref_v, grid_q, use_grid, ang_u_q, ang_v_q,
     pair_ab, n_radial_total,
     g_nf, v_nfc, overlap_n,
 ):
     n = pos_nc.shape[0]
-    n_ang = ang_u_q.shape[0]
+    n_ang = grid_q.shape[0]
     n_u = eta_u.shape[0]
     n_v = zeta_v.shape[0]
+    n_uv = n_u * n_v
+    n_sp = pair_ab.shape[0]
+    n_pairs = n_sp * (n_sp + 1) // 2
+    n_cov_total = v_nfc.shape[1]
     pi_rc = math.pi / cutoff
     pi_ra = math.pi / acut
-    for i in prange(n):
-        for f in range(g_nf.shape[1]):
-            g_nf[i, f] = 0.0
-        for f in range(v_nfc.shape[1]):
-            v_nfc[i, f, 0] = 0.0
-            v_nfc[i, f, 1] = 0.0
-            v_nfc[i, f, 2] = 0.0
-        overlap_n[i] = -1
-        p0 = start_n[i]
-        p1 = start_n[i + 1]
-        deg = p1 - p0
-        # angular neighbour scratch
-        ax = np.empty(deg)
-        ay = np.empty(deg)
-        az = np.empty(deg)
-        ad = np.empty(deg)
-        asp = np.empty(deg, np.int64)
-        ae = np.empty((deg, n_u))
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(n_chunks):
+        i0 = c * _CHUNK
+        i1 = min(n, i0 + _CHUNK)
+        maxdeg = 0
+        for i in range(i0, i1):
+            maxdeg = max(maxdeg, start_n[i + 1] - start_n[i])
+        # per-chunk scratch (allocated once, not per atom); float64 accumulators
+        ax = np.empty(maxdeg)
+        ay = np.empty(maxdeg)
+        az = np.empty(maxdeg)
+        ad = np.empty(maxdeg)
+        asp = np.empty(maxdeg, np.int64)
+        ae = np.empty((maxdeg, n_u))
         rad_q = np.empty(n_rad)
         cov_q = np.empty(n_cov)
-        m = 0
-        xi = pos_nc[i, 0]
-        yi = pos_nc[i, 1]
-        zi = pos_nc[i, 2]
-        for p in range(p0, p1):
-            j = j_p[p]
-            dx = pos_nc[j, 0] - xi + shiftvec_pc[p, 0]
-            dy = pos_nc[j, 1] - yi + shiftvec_pc[p, 1]
-            dz = pos_nc[j, 2] - zi + shiftvec_pc[p, 2]
-            d = math.sqrt(dx * dx + dy * dy + dz * dz)
-            if d >= cutoff:
-                continue
-            if d < 1e-6:
-                overlap_n[i] = j
-                continue
-            a = species_n[j]
-            fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
-            _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
-            base = a * n_rad
-            for q in range(n_rad):
-                g_nf[i, base + q] += rad_q[q] * fc
-            _gaussian_ladders(d, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cov_q)
-            base = a * n_cov
-            fcd = fc / d
-            for q in range(n_cov):
-                w = cov_q[q] * fcd
-                v_nfc[i, base + q, 0] += w * dx
-                v_nfc[i, base + q, 1] += w * dy
-                v_nfc[i, base + q, 2] += w * dz
-            if n_ang > 0 and d < acut:
-                fca = 0.5 * (math.cos(pi_ra * d) + 1.0)
-                ax[m] = dx
-                ay[m] = dy
-                az[m] = dz
-                ad[m] = d
-                asp[m] = a
-                _exp_table(d * d, eta_u, epow_u, ae[m])
-                for u in range(n_u):
-                    ae[m, u] *= fca
-                m += 1
-        if n_ang == 0 or m < 2:
-            continue
         pu = np.empty(n_u)
         tv = np.empty(n_v)
-        for k1 in range(m):
-            for k2 in range(k1 + 1, m):
-                ex = ax[k2] - ax[k1]
-                ey = ay[k2] - ay[k1]
-                ez = az[k2] - az[k1]
-                djk = math.sqrt(ex * ex + ey * ey + ez * ez)
-                if djk >= acut:
+        acc_r = np.empty(n_radial_total)
+        acc_v = np.empty((n_cov_total, 3))
+        acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
+        for i in range(i0, i1):
+            acc_r[:] = 0.0
+            acc_v[:] = 0.0
+            acc_a[:] = 0.0
+            overlap_n[i] = -1
+            m = 0
+            xi = pos_nc[i, 0]
+            yi = pos_nc[i, 1]
+            zi = pos_nc[i, 2]
+            for p in range(start_n[i], start_n[i + 1]):
+                j = j_p[p]
+                dx = pos_nc[j, 0] - xi + shiftvec_pc[p, 0]
+                dy = pos_nc[j, 1] - yi + shiftvec_pc[p, 1]
+                dz = pos_nc[j, 2] - zi + shiftvec_pc[p, 2]
+                d = math.sqrt(dx * dx + dy * dy + dz * dz)
+                if d >= cutoff:
                     continue
-                fcjk = 0.5 * (math.cos(pi_ra * djk) + 1.0)
-                cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) / (ad[k1] * ad[k2])
-                _exp_table(djk * djk, eta_u, epow_u, pu)
-                for u in range(n_u):
-                    pu[u] *= ae[k1, u] * ae[k2, u] * fcjk
-                for v in range(n_v):
-                    b = 1.0 + lam_v[v] * cos_t
-                    if b < 0.0:
-                        b = 0.0
-                    if zint_v[v] > 0:
-                        tv[v] = _ipow(b, zint_v[v])
+                if d < 1e-6:
+                    overlap_n[i] = j
+                    continue
+                a = species_n[j]
+                fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
+                _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
+                base = a * n_rad
+                for q in range(n_rad):
+                    acc_r[base + q] += rad_q[q] * fc
+                _gaussian_ladders(d, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cov_q)
+                base = a * n_cov
+                fcd = fc / d
+                for q in range(n_cov):
+                    w = cov_q[q] * fcd
+                    acc_v[base + q, 0] += w * dx
+                    acc_v[base + q, 1] += w * dy
+                    acc_v[base + q, 2] += w * dz
+                if n_ang > 0 and d < acut:
+                    fca = 0.5 * (math.cos(pi_ra * d) + 1.0)
+                    ax[m] = dx
+                    ay[m] = dy
+                    az[m] = dz
+                    ad[m] = d
+                    asp[m] = a
+                    _exp_table(d * d, eta_u, epow_u, ae[m])
+                    for u in range(n_u):
+                        ae[m, u] *= fca
+                    m += 1
+            for k1 in range(m):
+                for k2 in range(k1 + 1, m):
+                    ex = ax[k2] - ax[k1]
+                    ey = ay[k2] - ay[k1]
+                    ez = az[k2] - az[k1]
+                    djk2 = ex * ex + ey * ey + ez * ez
+                    if djk2 >= acut * acut:
+                        continue
+                    fcjk = 0.5 * (math.cos(pi_ra * math.sqrt(djk2)) + 1.0)
+                    cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) / (ad[k1] * ad[k2])
+                    _exp_table(djk2, eta_u, epow_u, pu)
+                    for u in range(n_u):
+                        pu[u] *= ae[k1, u] * ae[k2, u] * fcjk
+                    for v in range(n_v):
+                        b = 1.0 + lam_v[v] * cos_t
+                        if b < 0.0:
+                            b = 0.0
+                        if zint_v[v] > 0:
+                            tv[v] = pref_v[v] * _ipow(b, zint_v[v])
+                        else:
+                            tv[v] = pref_v[v] * b ** zeta_v[v]
+                    pt = pair_ab[asp[k1], asp[k2]]
+                    if use_grid:
+                        # outer product P[u] * T[v], contiguous in v (vectorises)
+                        base = pt * n_uv
+                        for u in range(n_u):
+                            w = pu[u]
+                            row = base + u * n_v
+                            for v in range(n_v):
+                                acc_a[row + v] += w * tv[v]
                     else:
-                        tv[v] = b ** zeta_v[v]
-                col = n_radial_total + pair_ab[asp[k1], asp[k2]] * n_ang
-                for q in range(n_ang):
-                    g_nf[i, col + q] += ang_pref_q[q] * tv[ang_v_q[q]] * pu[ang_u_q[q]]
+                        base = pt * n_ang
+                        for q in range(n_ang):
+                            acc_a[base + q] += tv[ang_v_q[q]] * pu[ang_u_q[q]]
+            for f in range(n_radial_total):
+                g_nf[i, f] = acc_r[f]
+            for f in range(n_cov_total):
+                v_nfc[i, f, 0] = acc_v[f, 0]
+                v_nfc[i, f, 1] = acc_v[f, 1]
+                v_nfc[i, f, 2] = acc_v[f, 2]
+            for pt in range(n_pairs):
+                col = n_radial_total + pt * n_ang
+                if use_grid:
+                    base = pt * n_uv
+                    for q in range(n_ang):
+                        g_nf[i, col + q] = acc_a[base + grid_q[q]]
+                else:
+                    base = pt * n_ang
+                    for q in range(n_ang):
+                        g_nf[i, col + q] = acc_a[base + q]

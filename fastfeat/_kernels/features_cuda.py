@@ -1,0 +1,422 @@
+"""Invariant (G2, G4) and covariant (V) features, Numba CUDA kernels.
+
+Same definitions, neighbour order and summation order as
+fastfeat._kernels.features_cpu; r_ij is recomputed from the current positions
+and the CSR shift vectors, so a neighbour list built with a skin is reused
+(pairs beyond the cutoff are skipped).
+
+``features_warp_f32`` / ``features_warp_f64`` (one warp per centre atom, the
+fast path):
+
+* the warp zeroes an accumulator row (n_invariant + 3 n_covariant values) in
+  shared memory; every lane owns fixed columns, so no atomics are needed;
+* radial pass: the CSR segment is read 32 pairs at a time (one pair per lane);
+  the chunk's geometry is staged in shared memory and each lane adds its own
+  (species, G2 parameter) and (species, V parameter) columns, neighbour by
+  neighbour in CSR order; neighbours inside the angular cutoff are appended
+  (warp ballot) to a shared list of capacity ``cap``;
+* angular pass: for every first neighbour k1 the lanes test 32 second
+  neighbours k2 > k1 at once, compact the valid triplets into shared memory,
+  then each lane adds its own G4 columns for each triplet, in (k1, k2) order;
+* the row is written to global memory once, coalesced.
+
+An atom with more than ``cap`` angular neighbours is flagged (``overflow_n``)
+and recomputed by ``features_thread`` (one thread per atom, no capacity
+limit), which is also the path for specs whose accumulators do not fit in
+shared memory. Overlapping atoms (r < 1e-6 Å) are skipped and reported:
+``overlap_p[i]`` is the largest CSR index of an overlapping pair of atom i
+(-1 when none), ``status[0]`` counts atoms with an overlap, ``status[1]``
+atoms that overflowed. No other checks.
+
+In the simulator (NUMBA_ENABLE_CUDASIM=1) warp intrinsics are replaced by
+shared-memory equivalents and blocks hold one warp.
+"""
+
+import math
+
+from numba import cuda, float32, float64, int32
+from numba.cuda.core import config as _config
+
+__all__ = [
+    "SIMULATOR",
+    "WARP",
+    "features_warp_f32",
+    "features_warp_f64",
+    "features_thread",
+    "shared_floats_per_warp",
+]
+
+SIMULATOR = bool(_config.ENABLE_CUDASIM)
+WARP = 32
+#: Most warps per block the kernels are launched with (static shared scratch).
+MAX_WARPS_PER_BLOCK = 8
+_FLAG_SLOTS = WARP * MAX_WARPS_PER_BLOCK if SIMULATOR else 1
+_FULL_MASK = 0xFFFFFFFF
+
+# layout of the per-warp shared scratch after the accumulators (units: floats)
+_CHUNK_FIELDS = 6  # dx, dy, dz, d, fc, species
+_ANG_FIELDS = 6  # dx, dy, dz, d, fc_angular, species
+_TRI_FIELDS = 4  # s = r_ij^2 + r_ik^2 + r_jk^2, fc product, cos theta, pair block
+
+
+def shared_floats_per_warp(n_invariant, n_covariant, cap):
+    """Floats of dynamic shared memory one warp of features_warp_* uses."""
+    return n_invariant + 3 * n_covariant + _CHUNK_FIELDS * WARP + _ANG_FIELDS * cap + _TRI_FIELDS * WARP
+
+
+if SIMULATOR:
+
+    @cuda.jit(device=True)
+    def _sync():
+        cuda.syncthreads()
+
+    @cuda.jit(device=True)
+    def _warp_rank(flag, lane, flags, fbase):
+        """(number of lanes below `lane` with flag set, number of lanes with flag set)."""
+        flags[fbase + lane] = 1 if flag else 0
+        cuda.syncthreads()
+        below = 0
+        total = 0
+        for t in range(WARP):
+            v = flags[fbase + t]
+            total += v
+            if t < lane:
+                below += v
+        cuda.syncthreads()
+        return below, total
+
+else:
+
+    @cuda.jit(device=True, inline=True)
+    def _sync():
+        cuda.syncwarp(_FULL_MASK)
+
+    @cuda.jit(device=True, inline=True)
+    def _warp_rank(flag, lane, flags, fbase):
+        """(number of lanes below `lane` with flag set, number of lanes with flag set)."""
+        mask = cuda.ballot_sync(_FULL_MASK, flag)
+        return cuda.popc(mask & cuda.lanemask_lt()), cuda.popc(mask)
+
+
+@cuda.jit(device=True, inline=True)
+def _ipow(x, n, one):
+    r = one
+    for _ in range(n):
+        r *= x
+    return r
+
+
+@cuda.jit(device=True)
+def _features_warp_body(
+    sh, flags,
+    pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
+    cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
+    rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    cap, per_warp,
+    g_nf, v_nfc, overlap_p, overflow_n, status,
+):
+    tid = cuda.threadIdx.x
+    lane = tid % WARP
+    wib = tid // WARP
+    w = cuda.blockIdx.x * (cuda.blockDim.x // WARP) + wib
+    n = pos_nc.shape[0]
+    if w >= n:
+        return  # the whole warp leaves together
+    i = atom_order_n[w]
+    n_inv = g_nf.shape[1]
+    n_cov = v_nfc.shape[1]
+    n_rad = rad_eta_q.shape[0]
+    n_covp = cov_eta_q.shape[0]
+    n_ang = ang_eta_q.shape[0]
+    n_tasks = n_rad + n_covp
+    base = wib * per_warp
+    acc_v = base + n_inv
+    chunk = acc_v + 3 * n_cov
+    ang = chunk + _CHUNK_FIELDS * WARP
+    tri = ang + _ANG_FIELDS * cap
+    fbase = wib * WARP
+
+    for f in range(lane, n_inv + 3 * n_cov, WARP):
+        sh[base + f] = zero
+    if lane == 0:
+        overlap_p[i] = -1
+    xi = pos_nc[i, 0]
+    yi = pos_nc[i, 1]
+    zi = pos_nc[i, 2]
+    p0 = start_n[i]
+    p1 = start_n[i + 1]
+    m = 0
+    ovl = -1
+    _sync()
+
+    # ---------------------------------------------------------------- radial
+    for c0 in range(p0, p1, WARP):
+        p = c0 + lane
+        valid = False
+        is_ang = False
+        dx = zero
+        dy = zero
+        dz = zero
+        d = zero
+        if p < p1:
+            j = j_p[p]
+            dx = pos_nc[j, 0] - xi + shiftvec_pc[p, 0]
+            dy = pos_nc[j, 1] - yi + shiftvec_pc[p, 1]
+            dz = pos_nc[j, 2] - zi + shiftvec_pc[p, 2]
+            d = math.sqrt(dx * dx + dy * dy + dz * dz)
+            if d < cutoff:
+                if d < tiny:
+                    ovl = p
+                else:
+                    valid = True
+                    is_ang = n_ang > 0 and d < acut
+        slot = chunk + lane * _CHUNK_FIELDS
+        sh[slot] = dx
+        sh[slot + 1] = dy
+        sh[slot + 2] = dz
+        sh[slot + 3] = d
+        if valid:
+            sh[slot + 4] = half * (math.cos(pi_rc * d) + one)
+            sh[slot + 5] = species_n[j_p[p]]
+        else:
+            sh[slot + 4] = zero
+            sh[slot + 5] = -one
+        below, total = _warp_rank(is_ang, lane, flags, fbase)
+        if is_ang and m + below < cap:
+            a = ang + (m + below) * _ANG_FIELDS
+            sh[a] = dx
+            sh[a + 1] = dy
+            sh[a + 2] = dz
+            sh[a + 3] = d
+            sh[a + 4] = half * (math.cos(pi_ra * d) + one)
+            sh[a + 5] = species_n[j_p[p]]
+        m += total
+        _sync()
+        n_here = min(WARP, p1 - c0)
+        for k in range(n_here):
+            slot = chunk + k * _CHUNK_FIELDS
+            spf = sh[slot + 5]
+            if spf < zero:
+                continue
+            sp = int(spf)
+            dk = sh[slot + 3]
+            fck = sh[slot + 4]
+            for t in range(lane, n_tasks, WARP):
+                if t < n_rad:
+                    u = dk - rad_rs_q[t]
+                    sh[base + sp * n_rad + t] += math.exp(-rad_eta_q[t] * u * u) * fck
+                else:
+                    q = t - n_rad
+                    u = dk - cov_rs_q[q]
+                    wgt = math.exp(-cov_eta_q[q] * u * u) * fck * (one / dk)
+                    col = acc_v + (sp * n_covp + q) * 3
+                    sh[col] += wgt * sh[slot]
+                    sh[col + 1] += wgt * sh[slot + 1]
+                    sh[col + 2] += wgt * sh[slot + 2]
+        _sync()
+
+    below, total = _warp_rank(ovl >= 0, lane, flags, fbase)
+    if ovl >= 0:
+        cuda.atomic.max(overlap_p, i, ovl)
+    if lane == 0 and total > 0:
+        cuda.atomic.add(status, 0, 1)
+
+    # --------------------------------------------------------------- angular
+    if m > cap:
+        if lane == 0:
+            overflow_n[i] = 1
+            cuda.atomic.add(status, 1, 1)
+        return  # features_thread recomputes this atom
+    if lane == 0:
+        overflow_n[i] = 0
+    if n_ang > 0 and m >= 2:
+        for k1 in range(m - 1):
+            a1 = ang + k1 * _ANG_FIELDS
+            x1 = sh[a1]
+            y1 = sh[a1 + 1]
+            z1 = sh[a1 + 2]
+            d1 = sh[a1 + 3]
+            f1 = sh[a1 + 4]
+            s1 = int(sh[a1 + 5])
+            for c0 in range(k1 + 1, m, WARP):
+                k2 = c0 + lane
+                valid = False
+                djk = zero
+                if k2 < m:
+                    a2 = ang + k2 * _ANG_FIELDS
+                    ex = sh[a2] - x1
+                    ey = sh[a2 + 1] - y1
+                    ez = sh[a2 + 2] - z1
+                    djk = math.sqrt(ex * ex + ey * ey + ez * ez)
+                    valid = djk < acut
+                below, total = _warp_rank(valid, lane, flags, fbase)
+                if valid:
+                    a2 = ang + k2 * _ANG_FIELDS
+                    d2 = sh[a2 + 3]
+                    t = tri + below * _TRI_FIELDS
+                    sh[t] = d1 * d1 + d2 * d2 + djk * djk
+                    sh[t + 1] = f1 * sh[a2 + 4] * (half * (math.cos(pi_ra * djk) + one))
+                    sh[t + 2] = (x1 * sh[a2] + y1 * sh[a2 + 1] + z1 * sh[a2 + 2]) / (d1 * d2)
+                    sh[t + 3] = pair_ab[s1, int(sh[a2 + 5])]
+                _sync()
+                for tt in range(total):
+                    t = tri + tt * _TRI_FIELDS
+                    ssum = sh[t]
+                    fprod = sh[t + 1]
+                    cos_t = sh[t + 2]
+                    col = base + n_radial_total + int(sh[t + 3]) * n_ang
+                    for q in range(lane, n_ang, WARP):
+                        b = one + ang_lam_q[q] * cos_t
+                        if b < zero:
+                            b = zero
+                        if ang_zint_q[q] > 0:
+                            tv = _ipow(b, ang_zint_q[q], one)
+                        else:
+                            tv = b ** ang_zeta_q[q]
+                        sh[col + q] += ang_pref_q[q] * tv * (math.exp(-ang_eta_q[q] * ssum) * fprod)
+                _sync()
+
+    # ------------------------------------------------------------- write out
+    _sync()
+    for f in range(lane, n_inv, WARP):
+        g_nf[i, f] = sh[base + f]
+    for f in range(lane, 3 * n_cov, WARP):
+        v_nfc[i, f // 3, f % 3] = sh[acc_v + f]
+
+
+@cuda.jit(cache=True)
+def features_warp_f32(
+    pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
+    cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
+    rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    cap, per_warp,
+    g_nf, v_nfc, overlap_p, overflow_n, status,
+):
+    """Warp-per-atom features, float32 shared accumulators (see module docstring)."""
+    sh = cuda.shared.array(0, float32)
+    flags = cuda.shared.array(_FLAG_SLOTS, int32)
+    _features_warp_body(
+        sh, flags, pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
+        cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
+        rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+        cap, per_warp, g_nf, v_nfc, overlap_p, overflow_n, status,
+    )
+
+
+@cuda.jit(cache=True)
+def features_warp_f64(
+    pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
+    cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
+    rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    cap, per_warp,
+    g_nf, v_nfc, overlap_p, overflow_n, status,
+):
+    """Warp-per-atom features, float64 shared accumulators (see module docstring)."""
+    sh = cuda.shared.array(0, float64)
+    flags = cuda.shared.array(_FLAG_SLOTS, int32)
+    _features_warp_body(
+        sh, flags, pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
+        cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
+        rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+        cap, per_warp, g_nf, v_nfc, overlap_p, overflow_n, status,
+    )
+
+
+@cuda.jit(device=True, inline=True)
+def _pair_geometry(pos_nc, j_p, shiftvec_pc, p, xi, yi, zi):
+    j = j_p[p]
+    dx = pos_nc[j, 0] - xi + shiftvec_pc[p, 0]
+    dy = pos_nc[j, 1] - yi + shiftvec_pc[p, 1]
+    dz = pos_nc[j, 2] - zi + shiftvec_pc[p, 2]
+    return j, dx, dy, dz, math.sqrt(dx * dx + dy * dy + dz * dz)
+
+
+@cuda.jit(cache=True)
+def features_thread(
+    pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n, only_flagged,
+    cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
+    rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    g_nf, v_nfc, overlap_p, overflow_n, status,
+):
+    """One thread per atom, accumulating in global memory; no capacity limit.
+
+    With ``only_flagged`` it recomputes only atoms with ``overflow_n[i] != 0``
+    (and clears the flag). The second neighbour of a G4 triplet is re-read
+    from the CSR segment, so the angular part costs O(degree^2) per atom.
+    """
+    w = cuda.grid(1)
+    if w >= pos_nc.shape[0]:
+        return
+    i = atom_order_n[w]
+    if only_flagged and overflow_n[i] == 0:
+        return
+    overflow_n[i] = 0
+    n_rad = rad_eta_q.shape[0]
+    n_covp = cov_eta_q.shape[0]
+    n_ang = ang_eta_q.shape[0]
+    for f in range(g_nf.shape[1]):
+        g_nf[i, f] = zero
+    for f in range(v_nfc.shape[1]):
+        v_nfc[i, f, 0] = zero
+        v_nfc[i, f, 1] = zero
+        v_nfc[i, f, 2] = zero
+    ovl = -1
+    p0 = start_n[i]
+    p1 = start_n[i + 1]
+    xi = pos_nc[i, 0]
+    yi = pos_nc[i, 1]
+    zi = pos_nc[i, 2]
+    for p in range(p0, p1):
+        j, dx, dy, dz, d = _pair_geometry(pos_nc, j_p, shiftvec_pc, p, xi, yi, zi)
+        if d >= cutoff:
+            continue
+        if d < tiny:
+            ovl = p
+            continue
+        a = species_n[j]
+        fc = half * (math.cos(pi_rc * d) + one)
+        for q in range(n_rad):
+            u = d - rad_rs_q[q]
+            g_nf[i, a * n_rad + q] += math.exp(-rad_eta_q[q] * u * u) * fc
+        inv_d = one / d
+        for q in range(n_covp):
+            u = d - cov_rs_q[q]
+            wgt = math.exp(-cov_eta_q[q] * u * u) * fc * inv_d
+            v_nfc[i, a * n_covp + q, 0] += wgt * dx
+            v_nfc[i, a * n_covp + q, 1] += wgt * dy
+            v_nfc[i, a * n_covp + q, 2] += wgt * dz
+        if n_ang == 0 or d >= acut:
+            continue
+        fca = half * (math.cos(pi_ra * d) + one)
+        for p2 in range(p + 1, p1):
+            j2, ex, ey, ez, d2 = _pair_geometry(pos_nc, j_p, shiftvec_pc, p2, xi, yi, zi)
+            if d2 >= acut or d2 < tiny:
+                continue
+            fx = ex - dx
+            fy = ey - dy
+            fz = ez - dz
+            djk = math.sqrt(fx * fx + fy * fy + fz * fz)
+            if djk >= acut:
+                continue
+            ssum = d * d + d2 * d2 + djk * djk
+            fprod = fca * (half * (math.cos(pi_ra * d2) + one)) * (half * (math.cos(pi_ra * djk) + one))
+            cos_t = (dx * ex + dy * ey + dz * ez) / (d * d2)
+            col = n_radial_total + pair_ab[a, species_n[j2]] * n_ang
+            for q in range(n_ang):
+                b = one + ang_lam_q[q] * cos_t
+                if b < zero:
+                    b = zero
+                if ang_zint_q[q] > 0:
+                    tv = _ipow(b, ang_zint_q[q], one)
+                else:
+                    tv = b ** ang_zeta_q[q]
+                g_nf[i, col + q] += ang_pref_q[q] * tv * (math.exp(-ang_eta_q[q] * ssum) * fprod)
+    overlap_p[i] = ovl
+    if ovl >= 0:
+        cuda.atomic.add(status, 0, 1)

@@ -1,0 +1,88 @@
+"""ASE Calculator: forces, energy/stress errors, thread safety."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from fastfeat.runtime import Calculator, ForceModel
+
+from conftest import random_water_box
+
+
+def test_forces_match_model(model, water):
+    water.calc = Calculator(model)
+    np.testing.assert_array_equal(water.get_forces(), model.forces(water))
+    assert Calculator.implemented_properties == ["forces"]
+
+
+def test_calculator_from_path(model_path, water):
+    water.calc = Calculator(model_path)
+    assert water.get_forces().shape == (len(water), 3)
+
+
+def test_forces_update_when_atoms_move(model, water):
+    water.calc = Calculator(model)
+    f0 = water.get_forces().copy()
+    water.positions[0] += [0.1, 0.0, 0.0]
+    f1 = water.get_forces()
+    assert not np.allclose(f0, f1)
+    np.testing.assert_array_equal(f1, model.forces(water))
+
+
+@pytest.mark.parametrize("getter", ["get_potential_energy", "get_total_energy", "get_stress"])
+def test_energy_and_stress_explain_direct_forces(model, water, getter):
+    water.calc = Calculator(model)
+    with pytest.raises(PropertyNotImplementedError, match="not the gradient of an energy"):
+        getattr(water, getter)()
+
+
+def test_calculate_with_energy_request_raises(model, water):
+    calc = Calculator(model)
+    with pytest.raises(PropertyNotImplementedError, match="direct"):
+        calc.calculate(water, ["energy", "forces"])
+
+
+@pytest.mark.parametrize("shared_model", [True, False])
+def test_two_calculators_in_two_threads(model_path, shared_model):
+    frames = [random_water_box(seed=1), random_water_box(n_molecules=6, box=6.0, seed=2)]
+    first = ForceModel.load(model_path)
+    models = [first, first] if shared_model else [first, ForceModel.load(model_path)]
+    rng = np.random.default_rng(0)
+    # a sequence of displaced structures per thread, and their single-thread forces
+    sequences = []
+    for atoms in frames:
+        seq = []
+        for _ in range(20):
+            a = atoms.copy()
+            a.positions += rng.uniform(-0.05, 0.05, a.positions.shape)
+            seq.append(a)
+        sequences.append(seq)
+    expected = [[ForceModel.load(model_path).forces(a) for a in seq] for seq in sequences]
+    got = [[None] * 20, [None] * 20]
+    errors = []
+    barrier = threading.Barrier(2)
+
+    def work(t):
+        try:
+            calc = Calculator(models[t])
+            barrier.wait()
+            for k, a in enumerate(sequences[t]):
+                a = a.copy()
+                a.calc = calc
+                got[t][k] = a.get_forces().copy()
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors, errors
+    for t in range(2):
+        for k in range(20):
+            np.testing.assert_array_equal(got[t][k], expected[t][k], err_msg=f"thread {t}, structure {k}")

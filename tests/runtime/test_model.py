@@ -1,0 +1,242 @@
+"""ForceModel: loading/validation, forces vs a direct onnxruntime call, covariance."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from ase import Atoms
+
+import fastfeat
+from fastfeat.runtime import ForceModel, ModelLoadError
+from fastfeat.runtime import model as model_module
+
+from _models import make_basis_model, reference_forces
+from conftest import random_water_box
+
+
+# ------------------------------------------------------------------ validation
+def test_load_reads_metadata(model, spec):
+    assert model.spec == spec
+    assert model.dtype == np.float32
+    assert model.info.head == "basis"
+    assert model.info.units["force"] == "eV/Å"
+    assert model.info.validation == {"note": "untrained"}
+    assert model.device == "cpu" and model.providers == ["CPUExecutionProvider"]
+    assert "basis32.onnx" in repr(model)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ForceModel.load(tmp_path / "nope.onnx")
+
+
+def test_directory(tmp_path):
+    with pytest.raises(ModelLoadError, match="is a directory"):
+        ForceModel.load(tmp_path)
+
+
+def test_truncated_file(model_path, tmp_path):
+    data = model_path.read_bytes()
+    bad = tmp_path / "truncated.onnx"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="truncated or corrupted"):
+        ForceModel.load(bad)
+
+
+def test_non_onnx_file(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_text("this is a text file, not a model\n")
+    with pytest.raises(ModelLoadError, match="not an ONNX model"):
+        ForceModel.load(bad)
+
+
+def test_empty_file(tmp_path):
+    bad = tmp_path / "empty.onnx"
+    bad.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty"):
+        ForceModel.load(bad)
+
+
+@pytest.mark.parametrize("key", ["fastfeat.format_version", "fastfeat.spec", "fastfeat.species", "fastfeat.dtype"])
+def test_missing_metadata(spec, tmp_path, key):
+    path = make_basis_model(tmp_path / "m.onnx", spec, drop_metadata=(key,))
+    with pytest.raises(ModelLoadError, match=f"lacks the fastfeat metadata.*{key}"):
+        ForceModel.load(path)
+
+
+def test_newer_model_format(spec, tmp_path):
+    path = make_basis_model(tmp_path / "m.onnx", spec, metadata={"fastfeat.format_version": "2"})
+    with pytest.raises(ModelLoadError, match="model format version 2, newer"):
+        ForceModel.load(path)
+
+
+def test_newer_featurespec_format(spec, tmp_path):
+    data = spec.to_dict()
+    data["format_version"] = fastfeat.SPEC_FORMAT_VERSION + 1
+    path = make_basis_model(tmp_path / "m.onnx", spec, metadata={"fastfeat.spec": json.dumps(data)})
+    with pytest.raises(ModelLoadError, match="FeatureSpec.*newer"):
+        ForceModel.load(path)
+
+
+def test_species_metadata_mismatch(spec, tmp_path):
+    path = make_basis_model(tmp_path / "m.onnx", spec, metadata={"fastfeat.species": '["O", "H"]'})
+    with pytest.raises(ModelLoadError, match="differs from the FeatureSpec"):
+        ForceModel.load(path)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input_names": ("features", "covariant", "species")}, "inputs must be named"),
+        ({"output_name": "force"}, "needs an output named 'forces'"),
+        ({"n_invariant": 5}, r"input 'invariant' must have shape \[n_atoms, 14\]"),
+        ({"fixed_atoms": 12}, "must be the dynamic 'n_atoms'"),
+        ({"metadata": {"fastfeat.dtype": "float64"}}, r"must be tensor\(double\)"),
+    ],
+)
+def test_signature_mismatch(spec, tmp_path, kwargs, message):
+    path = make_basis_model(tmp_path / "m.onnx", spec, **kwargs)
+    with pytest.raises(ModelLoadError, match=message):
+        ForceModel.load(path)
+
+
+def test_pretrained_unknown_name_lists_available():
+    with pytest.raises(ValueError, match=r"no bundled model named 'nope'; available: \["):
+        ForceModel.pretrained("nope")
+
+
+def test_bad_device(model_path):
+    with pytest.raises(ValueError, match="`device` must be 'cpu' or 'cuda'"):
+        ForceModel.load(model_path, device="tpu")
+
+
+@pytest.mark.skipif("CUDAExecutionProvider" in ort.get_available_providers(), reason="a CUDA EP is installed")
+def test_cuda_unavailable_is_a_clear_error(model_path):
+    with pytest.raises(RuntimeError, match="no CUDAExecutionProvider"):
+        ForceModel.load(model_path, device="cuda")
+
+
+# ---------------------------------------------------------------------- forces
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_forces_equal_direct_onnxruntime_call(spec, model_path, model64_path, dtype):
+    path = model_path if dtype == "float32" else model64_path
+    model = ForceModel.load(path)
+    atoms = random_water_box(seed=3)
+    forces = model.forces(atoms)
+    assert forces.shape == (len(atoms), 3) and forces.dtype == np.float64
+    feats = fastfeat.featurize(atoms, spec, dtype=dtype)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    direct = session.run(None, {"invariant": feats.invariant, "covariant": feats.covariant,
+                                "species": feats.species.astype(np.int64)})[0]
+    np.testing.assert_array_equal(forces, direct.astype(np.float64))
+    ref = reference_forces(spec, feats.invariant, feats.covariant, feats.species)
+    np.testing.assert_allclose(forces, ref, rtol=1e-4 if dtype == "float32" else 1e-10,
+                               atol=1e-5 if dtype == "float32" else 1e-12)
+    assert np.abs(forces).max() > 0.05  # a non-trivial test model
+
+
+def test_rotation_covariance(model64_path):
+    model = ForceModel.load(model64_path)
+    atoms = random_water_box(seed=5, pbc=False)
+    rng = np.random.default_rng(11)
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    rot = q * np.sign(np.diag(r))
+    if np.linalg.det(rot) < 0:
+        rot[:, 0] *= -1
+    f0 = model.forces(atoms)
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ rot.T
+    f1 = model.forces(rotated)
+    np.testing.assert_allclose(f1, f0 @ rot.T, atol=1e-10, err_msg=f"rotation {rot.tolist()}")
+
+
+def test_rotation_covariance_periodic_float32(model_path):
+    model = ForceModel.load(model_path)
+    atoms = random_water_box(seed=6)
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ \
+        np.array([[1.0, 0.0, 0.0], [0.0, 0.6, -0.8], [0.0, 0.8, 0.6]])
+    f0 = model.forces(atoms)
+    rotated = Atoms(atoms.numbers, positions=atoms.positions @ rot.T, cell=atoms.cell.array @ rot.T, pbc=True)
+    f1 = model.forces(rotated)
+    np.testing.assert_allclose(f1, f0 @ rot.T, atol=2e-5 * np.abs(f0).max(), err_msg=f"rotation {rot.tolist()}")
+
+
+def test_forces_batch_equals_single(model):
+    frames = [random_water_box(seed=s) for s in range(3)] + [random_water_box(n_molecules=4, box=5.0, seed=9)]
+    batch = model.forces_batch(frames)
+    assert len(batch) == len(frames)
+    for atoms, f in zip(frames, batch):
+        np.testing.assert_allclose(f, model.forces(atoms), rtol=1e-5, atol=1e-6)
+    assert model.forces_batch([]) == []
+
+
+def test_unknown_species_named(model, water):
+    water[4].symbol = "Li"
+    with pytest.raises(ValueError, match=r"atom 4 is Li.*\['H', 'O'\]"):
+        model.forces(water)
+    with pytest.raises(ValueError, match="structure 1 of `atoms_list`: atom 4 is Li"):
+        model.forces_batch([random_water_box(), water])
+
+
+def test_evaluator_reuses_neighbour_list(model, spec):
+    atoms = random_water_box(seed=2)
+    ev = model.evaluator(atoms.numbers, atoms.cell.array, atoms.pbc)
+    rng = np.random.default_rng(0)
+    x = atoms.positions.copy()
+    for k in range(5):
+        x += rng.uniform(-0.02, 0.02, x.shape)
+        moved = atoms.copy()
+        moved.positions = x
+        f = ev(x).copy()
+        feats = fastfeat.featurize(moved, spec)
+        ref = reference_forces(spec, feats.invariant, feats.covariant, feats.species)
+        np.testing.assert_allclose(f, ref, rtol=1e-4, atol=1e-5)
+    assert ev.n_rebuilds == 1
+    x += 0.8  # moves every atom beyond skin/2 -> rebuild
+    ev(x)
+    assert ev.n_rebuilds == 2
+
+
+def test_forces_follow_structure_changes(model):
+    """The per-thread cached evaluator must notice a new structure."""
+    a, b = random_water_box(seed=1), random_water_box(n_molecules=5, box=5.5, seed=4)
+    fa, fb = model.forces(a), model.forces(b)
+    fresh = ForceModel.load(model.path)
+    np.testing.assert_array_equal(fa, fresh.forces(a))
+    np.testing.assert_array_equal(fb, ForceModel.load(model.path).forces(b))
+    c = a.copy()
+    c.set_cell(a.cell.array * 1.05, scale_atoms=False)
+    np.testing.assert_array_equal(model.forces(c), ForceModel.load(model.path).forces(c))
+    assert not np.array_equal(model.forces(c), fa)
+
+
+def test_resolve_model(model_path, model):
+    assert model_module.resolve_model(model) is model
+    assert model_module.resolve_model(str(model_path)).spec == model.spec
+    with pytest.raises(TypeError, match="`model` must be"):
+        model_module.resolve_model(3)
+
+
+def test_no_torch_imported(model_path, water_file, tmp_path):
+    code = f"""
+import sys
+import ase.io
+from fastfeat.runtime import ForceModel, Calculator, run_md
+import fastfeat.runtime.md_cli, fastfeat.runtime.conservation, fastfeat.runtime.demo
+model = ForceModel.load({str(model_path)!r})
+atoms = ase.io.read({str(water_file)!r})
+model.forces(atoms)
+atoms.calc = Calculator(model)
+atoms.get_forces()
+run_md(model, atoms, 5, out={str(tmp_path / 't.extxyz')!r})
+assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("ok")
