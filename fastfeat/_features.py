@@ -34,10 +34,13 @@ class KernelParams:
     radial_ladders: tuple  # (n_q, eta_l, rs0_l, delta_l, cnt_l, start_l, q_k, c_l)
     covariant_ladders: tuple
     eta_u: np.ndarray  # distinct angular etas
-    epow_u: np.ndarray  # eta_u / eta_u[0] when a small integer, else 0
-    zeta_v: np.ndarray  # distinct (zeta, lambda) combinations
-    lam_v: np.ndarray
-    zint_v: np.ndarray  # zeta as an int when integral, else 0
+    ebits_u: np.ndarray  # binary digits of eta_u / eta_u[0] when a small integer
+    enb_u: np.ndarray  # number of those digits (0: compute the exp directly)
+    zeta_v: np.ndarray  # zeta of the distinct (zeta, lambda) combinations
+    lam_l: np.ndarray  # distinct lambdas
+    lam_idx_v: np.ndarray  # lambda index of each (zeta, lambda) combination
+    zbits_v: np.ndarray  # binary digits of integral zeta
+    znb_v: np.ndarray  # number of digits (0: non-integral zeta, use pow)
     pref_v: np.ndarray  # 2^(1 - zeta)
     grid_q: np.ndarray  # position u * n_v + v of parameter q in the (eta, (zeta, lambda)) grid
     use_grid: bool  # accumulate the full grid (cheap when the spec is (nearly) a grid)
@@ -49,7 +52,8 @@ class KernelParams:
     def args(self):
         return (
             self.cutoff, self.acut, *self.radial_ladders, *self.covariant_ladders,
-            self.eta_u, self.epow_u, self.zeta_v, self.lam_v, self.zint_v, self.pref_v, self.grid_q, self.use_grid,
+            self.eta_u, self.ebits_u, self.enb_u, self.zeta_v, self.lam_l, self.lam_idx_v, self.zbits_v, self.znb_v,
+            self.pref_v, self.grid_q, self.use_grid,
             self.ang_u_q, self.ang_v_q,
             self.pair_ab, self.n_radial_total,
         )
@@ -91,6 +95,18 @@ def gaussian_ladders(params):
     return (len(params), eta_l, rs0_l, delta_l, cnt_l, start_l, q_k, c_l)
 
 
+def _bit_table(n_k):
+    """(bits (K, B) int64, count (K,) int64): set-bit positions of each n_k (0 -> no bits)."""
+    width = max([int(n).bit_length() for n in n_k] + [1])
+    bits = np.zeros((len(n_k), width), dtype=np.int64)
+    count = np.zeros(len(n_k), dtype=np.int64)
+    for k, n in enumerate(n_k):
+        pos = [b for b in range(width) if (int(n) >> b) & 1]
+        bits[k, : len(pos)] = pos
+        count[k] = len(pos)
+    return bits, count
+
+
 def kernel_params(spec: FeatureSpec) -> KernelParams:
     ang = np.array(spec.angular, dtype=np.float64).reshape(-1, 3)
     eta_u = np.unique(ang[:, 0]) if len(ang) else np.zeros(1)
@@ -98,12 +114,16 @@ def kernel_params(spec: FeatureSpec) -> KernelParams:
     if eta_u[0] > 0:
         for u, e in enumerate(eta_u):
             k = e / eta_u[0]
-            if round(k) <= 64 and abs(k - round(k)) <= 1e-9 * k:
+            if round(k) <= 1024 and abs(k - round(k)) <= 1e-9 * k:
                 epow_u[u] = int(round(k))
     combos = sorted({(z, l) for _, z, l in spec.angular})
     zeta_v = np.array([c[0] for c in combos], dtype=np.float64)
     lam_v = np.array([c[1] for c in combos], dtype=np.float64)
-    zint_v = np.array([int(z) if float(z).is_integer() and z <= 64 else 0 for z in zeta_v], dtype=np.int64)
+    zint_v = np.array([int(z) if float(z).is_integer() and z <= 1024 else 0 for z in zeta_v], dtype=np.int64)
+    zbits_v, znb_v = _bit_table(zint_v)
+    ebits_u, enb_u = _bit_table(epow_u)
+    lam_l = np.unique(lam_v) if len(lam_v) else np.ones(1)
+    lam_idx_v = np.searchsorted(lam_l, lam_v).astype(np.int64)
     ang_u = np.array([int(np.searchsorted(eta_u, e)) for e, _, _ in spec.angular], dtype=np.int64)
     ang_v = np.array([combos.index((z, l)) for _, z, l in spec.angular], dtype=np.int64)
     pref_v = 2.0 ** (1.0 - zeta_v)
@@ -111,7 +131,8 @@ def kernel_params(spec: FeatureSpec) -> KernelParams:
     use_grid = len(eta_u) * len(zeta_v) <= max(2 * len(spec.angular), 8)
     return KernelParams(
         spec.cutoff, spec.angular_cutoff, gaussian_ladders(spec.radial), gaussian_ladders(spec.covariant),
-        eta_u, epow_u, zeta_v, lam_v, zint_v, pref_v, grid_q.astype(np.int64), bool(use_grid), ang_u, ang_v,
+        eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q.astype(np.int64),
+        bool(use_grid), ang_u, ang_v,
         spec.pair_index(), spec.n_radial,
     )
 

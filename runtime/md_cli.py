@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-force", type=float, default=1000.0,
                    help="stop when a force component exceeds this (eV/Å, default 1000) or is NaN")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1; 0: all cores)")
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin in Å (default 1.0)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     return p

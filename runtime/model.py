@@ -121,7 +121,7 @@ class ForceModel:
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def load(cls, path, device="cpu", *, intra_op_threads=None, skin=1.0) -> "ForceModel":
+    def load(cls, path, device="cpu", *, intra_op_threads=1, skin=1.0) -> "ForceModel":
         """Read and validate a fastfeat ONNX model.
 
         Parameters
@@ -130,8 +130,11 @@ class ForceModel:
             ``.onnx`` file written by ``fastfeat.train.export`` (model format <= 1).
         device : {"cpu", "cuda"}
             Where features and inference run.
-        intra_op_threads : int, optional
-            onnxruntime intra-op threads (default: onnxruntime's choice).
+        intra_op_threads : int
+            onnxruntime intra-op threads (default 1, best for small systems
+            where the featurizer's threads would compete with onnxruntime's;
+            raise it for thousands of atoms on CPU; 0: onnxruntime's default).
+            Idle onnxruntime threads do not spin.
         skin : float
             Verlet skin (Å) of the featurizer's neighbour list.
 
@@ -169,6 +172,7 @@ class ForceModel:
         opts.inter_op_num_threads = 1
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             session = ort.InferenceSession(path, sess_options=opts, providers=providers)

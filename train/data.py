@@ -113,6 +113,8 @@ def load_frames(data, split="train", *, target="forces"):
     """
     data = os.fspath(data)
     if _is_file(data):
+        if os.path.getsize(data) == 0:
+            raise ValueError(f"data file {data!r} is empty (no structures)")
         if target == "forces":
             try:
                 from . import datasets

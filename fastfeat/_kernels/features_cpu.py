@@ -71,13 +71,30 @@ def _gaussian_ladders(d, lad_eta, lad_rs0, lad_delta, lad_cnt, lad_start, lad_q,
 
 
 @njit(inline="always")
-def _exp_table(r2, eta_u, epow_u, out_u):
-    """out_u[u] = exp(-eta_u r2); integer multiples of eta_u[0] by powers."""
-    base = math.exp(-eta_u[0] * r2)
+def _squares(x, sq):
+    """sq[k] = x ** (2 ** k)."""
+    sq[0] = x
+    for k in range(1, sq.shape[0]):
+        sq[k] = sq[k - 1] * sq[k - 1]
+
+
+@njit(inline="always")
+def _from_bits(sq, bits, nbits):
+    """Product of sq[bits[t]] for t < nbits: x ** n from the binary digits of n."""
+    r = sq[bits[0]]
+    for t in range(1, nbits):
+        r *= sq[bits[t]]
+    return r
+
+
+@njit(inline="always")
+def _exp_table(r2, eta_u, ebits_u, enb_u, sq, out_u):
+    """out_u[u] = exp(-eta_u r2). When eta_u is an integer multiple n of eta_u[0]
+    it is exp(-eta_u[0] r2) ** n, from a table of repeated squares (no exp)."""
+    _squares(math.exp(-eta_u[0] * r2), sq)
     for u in range(eta_u.shape[0]):
-        k = epow_u[u]
-        if k > 0:
-            out_u[u] = _ipow(base, k)
+        if enb_u[u] > 0:
+            out_u[u] = _from_bits(sq, ebits_u[u], enb_u[u])
         else:
             out_u[u] = math.exp(-eta_u[u] * r2)
 
@@ -88,7 +105,7 @@ def features(
     cutoff, acut,
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
-    eta_u, epow_u, zeta_v, lam_v, zint_v, pref_v, grid_q, use_grid, ang_u_q, ang_v_q,
+    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q, use_grid, ang_u_q, ang_v_q,
     pair_ab, n_radial_total,
     g_nf, v_nfc, overlap_n,
 ):
@@ -120,6 +137,8 @@ def features(
         cov_q = np.empty(n_cov)
         pu = np.empty(n_u)
         tv = np.empty(n_v)
+        sq_e = np.empty(max(ebits_u.shape[1], 1))
+        sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((n_cov_total, 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
@@ -164,7 +183,7 @@ def features(
                     az[m] = dz
                     ad[m] = d
                     asp[m] = a
-                    _exp_table(d * d, eta_u, epow_u, ae[m])
+                    _exp_table(d * d, eta_u, ebits_u, enb_u, sq_e, ae[m])
                     for u in range(n_u):
                         ae[m, u] *= fca
                     m += 1
@@ -178,17 +197,20 @@ def features(
                         continue
                     fcjk = 0.5 * (math.cos(pi_ra * math.sqrt(djk2)) + 1.0)
                     cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) / (ad[k1] * ad[k2])
-                    _exp_table(djk2, eta_u, epow_u, pu)
+                    _exp_table(djk2, eta_u, ebits_u, enb_u, sq_e, pu)
                     for u in range(n_u):
                         pu[u] *= ae[k1, u] * ae[k2, u] * fcjk
-                    for v in range(n_v):
-                        b = 1.0 + lam_v[v] * cos_t
+                    for l in range(lam_l.shape[0]):
+                        b = 1.0 + lam_l[l] * cos_t
                         if b < 0.0:
                             b = 0.0
-                        if zint_v[v] > 0:
-                            tv[v] = pref_v[v] * _ipow(b, zint_v[v])
+                        _squares(b, sq_b[l])
+                    for v in range(n_v):
+                        l = lam_idx_v[v]
+                        if znb_v[v] > 0:
+                            tv[v] = pref_v[v] * _from_bits(sq_b[l], zbits_v[v], znb_v[v])
                         else:
-                            tv[v] = pref_v[v] * b ** zeta_v[v]
+                            tv[v] = pref_v[v] * sq_b[l, 0] ** zeta_v[v]
                     pt = pair_ab[asp[k1], asp[k2]]
                     if use_grid:
                         # outer product P[u] * T[v], contiguous in v (vectorises)

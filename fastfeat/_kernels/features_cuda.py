@@ -44,6 +44,11 @@ __all__ = [
     "features_warp_f64",
     "features_thread",
     "shared_floats_per_warp",
+    "species_lookup",
+    "stage_positions",
+    "copy_rows",
+    "set_status",
+    "STAGE_THREADS",
 ]
 
 SIMULATOR = bool(_config.ENABLE_CUDASIM)
@@ -420,3 +425,77 @@ def features_thread(
     overlap_p[i] = ovl
     if ovl >= 0:
         cuda.atomic.add(status, 0, 1)
+
+
+# ------------------------------------------------------------ input staging
+STAGE_THREADS = 32 if SIMULATOR else 256
+
+
+@cuda.jit(cache=True)
+def species_lookup(numbers_n, table, species_n, status_f):
+    """species_n[i] = table[numbers_n[i]]; status_f[2] = min index of an unknown number,
+    status_f[3] = 1 when any species_n value changed."""
+    i = cuda.grid(1)
+    if i >= numbers_n.shape[0]:
+        return
+    z = numbers_n[i]
+    sp = -1
+    if z >= 0 and z < table.shape[0]:
+        sp = table[z]
+    if sp < 0:
+        cuda.atomic.min(status_f, 2, float64(i))
+        return
+    if species_n[i] != sp:
+        status_f[3] = 1.0
+        species_n[i] = sp
+
+
+@cuda.jit(cache=True)
+def stage_positions(src_nc, dst_nc, ref_nc, use_ref, status_f):
+    """dst = src (cast to dst's dtype); status_f[1] = min index of a non-finite atom;
+    status_f[0] = max |dst - ref|^2 when use_ref (block reduction, then one atomic per block)."""
+    sh = cuda.shared.array(STAGE_THREADS, float64)
+    tid = cuda.threadIdx.x
+    i = cuda.blockIdx.x * cuda.blockDim.x + tid
+    d2 = 0.0
+    if i < src_nc.shape[0]:
+        finite = True
+        for c in range(3):
+            x = src_nc[i, c]
+            if math.isinf(x) or math.isnan(x):
+                finite = False
+            dst_nc[i, c] = x
+        if not finite:
+            cuda.atomic.min(status_f, 1, float64(i))
+        elif use_ref:
+            for c in range(3):
+                u = float64(dst_nc[i, c]) - float64(ref_nc[i, c])
+                d2 += u * u
+    sh[tid] = d2
+    cuda.syncthreads()
+    stride = cuda.blockDim.x // 2
+    while stride > 0:
+        if tid < stride:
+            sh[tid] = max(sh[tid], sh[tid + stride])
+        cuda.syncthreads()
+        stride //= 2
+    if tid == 0 and use_ref:
+        cuda.atomic.max(status_f, 0, sh[0])
+
+
+@cuda.jit(cache=True)
+def copy_rows(src_nc, dst_nc):
+    """dst[i, :] = src[i, :] (cast to dst's dtype)."""
+    i = cuda.grid(1)
+    if i < src_nc.shape[0]:
+        for c in range(src_nc.shape[1]):
+            dst_nc[i, c] = src_nc[i, c]
+
+
+@cuda.jit(cache=True)
+def set_status(status_f, a, b, c, d):
+    if cuda.grid(1) == 0:
+        status_f[0] = a
+        status_f[1] = b
+        status_f[2] = c
+        status_f[3] = d

@@ -157,8 +157,12 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
     else:
         atoms = builders.build(plan.system, np.random.default_rng(plan.seed))
         atoms.calc = _calculator()
+        if time.time() > deadline - 60.0:  # not worth starting: nothing would be stored
+            return 0
         try:
-            FIRE(atoms, logfile=None).run(fmax=0.1, steps=plan.relax_steps)
+            for _ in FIRE(atoms, logfile=None).irun(fmax=0.1, steps=plan.relax_steps):
+                if time.time() > deadline:
+                    return 0
         except Exception as exc:  # noqa: BLE001 -- tblite raises plain exceptions on SCF failure
             log.warning("%s t%02d: relaxation failed (%s); starting MD from the last geometry",
                         plan.system, plan.index, exc)
