@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _device
+from ._box import bin_grid
 from ._neighbors import build_cpu
 from ._spec import FeatureSpec
 from ._validation import (
@@ -212,14 +213,6 @@ def _prepare(spec_cache, positions, numbers, cell, pbc, dtype):
     return positions, species, cell, pbc
 
 
-def _run_cpu_kernel(params, pos, species, start, j_p, shiftvec, g, v):
-    from ._kernels.features_cpu import features as kernel
-
-    overlap = np.empty(pos.shape[0], np.int64)
-    kernel(pos, species, start, j_p, shiftvec, *params.args(), g, v, overlap)
-    return overlap
-
-
 def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, positions=None, numbers=None,
               cell=None, pbc=None):
     """Invariant and covariant features of one structure or a list of structures.
@@ -276,41 +269,50 @@ def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, position
     return _featurize_prepared_cpu(cache, prepared, dtype)
 
 
+def _cells_cpu(params, pos, species, cell, pbc, g, v):
+    """One structure straight from the cell list (no pair list stored)."""
+    from ._kernels import neighbors_cpu as nk
+    from ._kernels.features_cpu import features_cells
+
+    n = pos.shape[0]
+    pos64 = pos.astype(np.float64, copy=False)
+    grid = bin_grid(cell, pbc, params.cutoff, n, positions=pos64)
+    posw = np.empty((n, 3), np.float64)
+    wrap = np.empty((n, 3), np.int64)
+    bin3 = np.empty((n, 3), np.int64)
+    bins = np.empty(n, np.int64)
+    nk.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.smin, grid.extent, grid.nbins, posw, wrap, bin3, bins)
+    start = np.empty(grid.n_cells + 1, np.int64)
+    order = np.empty(n, np.int64)
+    nk.cell_starts(bins, grid.n_cells, start, order)
+    overlap = np.empty(n, np.int64)
+    features_cells(posw, species, cell, grid.periodic, grid.nbins, grid.search, bin3, start, order,
+                   *params.args(), g, v, overlap)
+    return overlap
+
+
 def _featurize_prepared_cpu(cache, prepared, dtype):
     spec, params = cache.spec, cache.params
     sizes = [p[0].shape[0] for p in prepared]
     offsets = np.zeros(len(prepared) + 1, np.int64)
     np.cumsum(sizes, out=offsets[1:])
     n_total = int(offsets[-1])
-    pos_all = np.empty((n_total, 3), dtype)
-    species_all = np.empty(n_total, np.int32)
-    starts, js, svs = [np.zeros(1, np.int64)], [], []
-    pair_offset = 0
-    for (pos, species, cell, pbc), a in zip(prepared, offsets[:-1]):
-        nl = build_cpu(pos, cell, pbc, spec.cutoff)
-        n = pos.shape[0]
-        pos_all[a:a + n] = pos
-        species_all[a:a + n] = species
-        counts = np.bincount(nl.i, minlength=n)
-        starts.append(pair_offset + np.cumsum(counts))
-        pair_offset += len(nl.i)
-        js.append(nl.j + a)
-        svs.append((nl.shifts @ cell).astype(dtype))
-    start = np.concatenate(starts).astype(np.int64)
-    j_p = np.concatenate(js).astype(np.int32) if js else np.zeros(0, np.int32)
-    shiftvec = np.concatenate(svs) if svs else np.zeros((0, 3), dtype)
     g = np.empty((n_total, spec.n_invariant), dtype)
     v = np.empty((n_total, spec.n_covariant, 3), dtype)
-    if n_total:
-        overlap = _run_cpu_kernel(params, pos_all, species_all, start, j_p, shiftvec, g, v)
-        if (overlap >= 0).any():
-            bad = int(np.flatnonzero(overlap >= 0)[0])
-            s = int(np.searchsorted(offsets, bad, side="right") - 1)
-            where = f"structure {s}: " if len(prepared) > 1 else ""
+    species_all = np.empty(n_total, np.int32)
+    for s, (pos, species, cell, pbc) in enumerate(prepared):
+        a, b = int(offsets[s]), int(offsets[s + 1])
+        species_all[a:b] = species
+        if b == a:
+            continue
+        overlap = _cells_cpu(params, pos, species, cell, pbc, g[a:b], v[a:b])
+        if overlap.max() >= 0:
             try:
-                _overlap_error(overlap[offsets[s]:offsets[s + 1]] - (overlap[offsets[s]:offsets[s + 1]] >= 0) * offsets[s])
+                _overlap_error(overlap)
             except ValueError as exc:
-                raise ValueError(where + str(exc)) from None
+                if len(prepared) > 1:
+                    raise ValueError(f"structure {s}: {exc}") from None
+                raise
     return Features(g, v, species_all, offsets)
 
 

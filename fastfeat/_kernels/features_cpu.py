@@ -1,10 +1,17 @@
-"""Invariant (G2, G4) and covariant (V) features, Numba CPU kernel.
+"""Invariant (G2, G4) and covariant (V) features, Numba CPU kernels.
 
-One pass per centre atom (parallel over atoms) over its CSR neighbour
-segment; G4 over unordered pairs of neighbours inside the angular cutoff.
-The kernel recomputes r_ij = pos[j] - pos[i] + shiftvec from current
-positions, so a neighbour list built with a skin can be reused (pairs beyond
-the cutoff are skipped). Outputs are zeroed here. No checks.
+Two kernels share the per-neighbour and per-pair arithmetic:
+
+- ``features``: over a CSR neighbour list (i sorted) with shift vectors; it
+  recomputes r_ij = pos[j] - pos[i] + shiftvec from current positions, so a
+  list built with a skin is reused across MD steps (pairs beyond the cutoff
+  are skipped).
+- ``features_cells``: straight from the cell list, no pair list is stored
+  (one-shot featurization: less memory, one pass).
+
+Parallel over chunks of centre atoms; G4 over unordered pairs of neighbours
+inside the angular cutoff. Accumulation in float64, one write per output
+element. No checks.
 """
 
 import math
@@ -12,7 +19,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["features"]
+from .neighbors_cpu import _wrap_index
+
+__all__ = ["features", "features_cells"]
 
 #: atoms per parallel work item (scratch arrays are allocated once per chunk)
 _CHUNK = 64
@@ -99,6 +108,76 @@ def _exp_table(r2, eta_u, ebits_u, enb_u, sq, out_u):
             out_u[u] = math.exp(-eta_u[u] * r2)
 
 
+
+@njit(forceinline=True, cache=True)
+def _angular_terms(
+    m, acut, pi_ra, ax, ay, az, ad, asp, ae,
+    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
+    pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
+):
+    """G4 over unordered pairs (k1 < k2) of the m stored neighbours."""
+    n_u = eta_u.shape[0]
+    n_v = zeta_v.shape[0]
+    n_uv = n_u * n_v
+    for k1 in range(m):
+        for k2 in range(k1 + 1, m):
+            ex = ax[k2] - ax[k1]
+            ey = ay[k2] - ay[k1]
+            ez = az[k2] - az[k1]
+            djk2 = ex * ex + ey * ey + ez * ez
+            if djk2 >= acut * acut:
+                continue
+            fcjk = 0.5 * (math.cos(pi_ra * math.sqrt(djk2)) + 1.0)
+            cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) / (ad[k1] * ad[k2])
+            _exp_table(djk2, eta_u, ebits_u, enb_u, sq_e, pu)
+            for u in range(n_u):
+                pu[u] *= ae[k1, u] * ae[k2, u] * fcjk
+            for l in range(lam_l.shape[0]):
+                b = 1.0 + lam_l[l] * cos_t
+                if b < 0.0:
+                    b = 0.0
+                _squares(b, sq_b[l])
+            for v in range(n_v):
+                l = lam_idx_v[v]
+                if znb_v[v] > 0:
+                    tv[v] = pref_v[v] * _from_bits(sq_b[l], zbits_v[v], znb_v[v])
+                else:
+                    tv[v] = pref_v[v] * sq_b[l, 0] ** zeta_v[v]
+            pt = pair_ab[asp[k1], asp[k2]]
+            if use_grid:
+                # outer product P[u] * T[v], contiguous in v
+                base = pt * n_uv
+                for u in range(n_u):
+                    w = pu[u]
+                    row = base + u * n_v
+                    for v in range(n_v):
+                        acc_a[row + v] += w * tv[v]
+            else:
+                base = pt * n_ang
+                for q in range(n_ang):
+                    acc_a[base + q] += tv[ang_v_q[q]] * pu[ang_u_q[q]]
+
+
+@njit(forceinline=True, cache=True)
+def _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc):
+    for f in range(n_radial_total):
+        g_nf[i, f] = acc_r[f]
+    for f in range(v_nfc.shape[1]):
+        v_nfc[i, f, 0] = acc_v[f, 0]
+        v_nfc[i, f, 1] = acc_v[f, 1]
+        v_nfc[i, f, 2] = acc_v[f, 2]
+    for pt in range(n_pairs):
+        col = n_radial_total + pt * n_ang
+        if use_grid:
+            base = pt * n_uv
+            for q in range(n_ang):
+                g_nf[i, col + q] = acc_a[base + grid_q[q]]
+        else:
+            base = pt * n_ang
+            for q in range(n_ang):
+                g_nf[i, col + q] = acc_a[base + q]
+
+
 @njit(parallel=True, cache=True)
 def features(
     pos_nc, species_n, start_n, j_p, shiftvec_pc,
@@ -109,6 +188,7 @@ def features(
     pair_ab, n_radial_total,
     g_nf, v_nfc, overlap_n,
 ):
+    """Features from a CSR neighbour list: neighbours of i are j_p[start_n[i]:start_n[i+1]]."""
     n = pos_nc.shape[0]
     n_ang = grid_q.shape[0]
     n_u = eta_u.shape[0]
@@ -116,7 +196,6 @@ def features(
     n_uv = n_u * n_v
     n_sp = pair_ab.shape[0]
     n_pairs = n_sp * (n_sp + 1) // 2
-    n_cov_total = v_nfc.shape[1]
     pi_rc = math.pi / cutoff
     pi_ra = math.pi / acut
     n_chunks = (n + _CHUNK - 1) // _CHUNK
@@ -126,7 +205,6 @@ def features(
         maxdeg = 0
         for i in range(i0, i1):
             maxdeg = max(maxdeg, start_n[i + 1] - start_n[i])
-        # per-chunk scratch (allocated once, not per atom); float64 accumulators
         ax = np.empty(maxdeg)
         ay = np.empty(maxdeg)
         az = np.empty(maxdeg)
@@ -140,7 +218,7 @@ def features(
         sq_e = np.empty(max(ebits_u.shape[1], 1))
         sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
         acc_r = np.empty(n_radial_total)
-        acc_v = np.empty((n_cov_total, 3))
+        acc_v = np.empty((v_nfc.shape[1], 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
         for i in range(i0, i1):
             acc_r[:] = 0.0
@@ -163,6 +241,8 @@ def features(
                     overlap_n[i] = j
                     continue
                 a = species_n[j]
+                # --- per-neighbour terms (kept textually identical in both kernels: numba inlines
+                # nested helper calls only at this level) ---
                 fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
                 _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
                 base = a * n_rad
@@ -184,59 +264,152 @@ def features(
                     ad[m] = d
                     asp[m] = a
                     _exp_table(d * d, eta_u, ebits_u, enb_u, sq_e, ae[m])
-                    for u in range(n_u):
+                    for u in range(eta_u.shape[0]):
                         ae[m, u] *= fca
                     m += 1
-            for k1 in range(m):
-                for k2 in range(k1 + 1, m):
-                    ex = ax[k2] - ax[k1]
-                    ey = ay[k2] - ay[k1]
-                    ez = az[k2] - az[k1]
-                    djk2 = ex * ex + ey * ey + ez * ez
-                    if djk2 >= acut * acut:
+            _angular_terms(
+                m, acut, pi_ra, ax, ay, az, ad, asp, ae,
+                eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
+                pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
+            )
+            _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
+
+
+@njit(parallel=True, cache=True)
+def features_cells(
+    posw_nc, species_n, cell_cc, periodic_c, nbins_c, search_c, bin3_nc, start_b, order_n,
+    cutoff, acut,
+    n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
+    n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
+    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q, use_grid, ang_u_q, ang_v_q,
+    pair_ab, n_radial_total,
+    g_nf, v_nfc, overlap_n,
+):
+    """Features straight from a cell list (see neighbors_cpu); `posw_nc` are wrapped positions."""
+    n = posw_nc.shape[0]
+    n_ang = grid_q.shape[0]
+    n_u = eta_u.shape[0]
+    n_v = zeta_v.shape[0]
+    n_uv = n_u * n_v
+    n_sp = pair_ab.shape[0]
+    n_pairs = n_sp * (n_sp + 1) // 2
+    pi_rc = math.pi / cutoff
+    pi_ra = math.pi / acut
+    rc2 = cutoff * cutoff
+    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    for c in prange(n_chunks):
+        i0 = c * _CHUNK
+        i1 = min(n, i0 + _CHUNK)
+        cap = 1
+        for i in range(i0, i1):
+            cap = max(cap, _candidates(i, periodic_c, nbins_c, search_c, bin3_nc, start_b))
+        ax = np.empty(cap)
+        ay = np.empty(cap)
+        az = np.empty(cap)
+        ad = np.empty(cap)
+        asp = np.empty(cap, np.int64)
+        ae = np.empty((cap, n_u))
+        rad_q = np.empty(n_rad)
+        cov_q = np.empty(n_cov)
+        pu = np.empty(n_u)
+        tv = np.empty(n_v)
+        sq_e = np.empty(max(ebits_u.shape[1], 1))
+        sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
+        acc_r = np.empty(n_radial_total)
+        acc_v = np.empty((v_nfc.shape[1], 3))
+        acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
+        for i in range(i0, i1):
+            acc_r[:] = 0.0
+            acc_v[:] = 0.0
+            acc_a[:] = 0.0
+            overlap_n[i] = -1
+            m = 0
+            xi = posw_nc[i, 0]
+            yi = posw_nc[i, 1]
+            zi = posw_nc[i, 2]
+            for d0 in range(-search_c[0], search_c[0] + 1):
+                b0, t0, ok0 = _wrap_index(bin3_nc[i, 0] + d0, nbins_c[0], periodic_c[0])
+                if not ok0:
+                    continue
+                for d1 in range(-search_c[1], search_c[1] + 1):
+                    b1, t1, ok1 = _wrap_index(bin3_nc[i, 1] + d1, nbins_c[1], periodic_c[1])
+                    if not ok1:
                         continue
-                    fcjk = 0.5 * (math.cos(pi_ra * math.sqrt(djk2)) + 1.0)
-                    cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) / (ad[k1] * ad[k2])
-                    _exp_table(djk2, eta_u, ebits_u, enb_u, sq_e, pu)
-                    for u in range(n_u):
-                        pu[u] *= ae[k1, u] * ae[k2, u] * fcjk
-                    for l in range(lam_l.shape[0]):
-                        b = 1.0 + lam_l[l] * cos_t
-                        if b < 0.0:
-                            b = 0.0
-                        _squares(b, sq_b[l])
-                    for v in range(n_v):
-                        l = lam_idx_v[v]
-                        if znb_v[v] > 0:
-                            tv[v] = pref_v[v] * _from_bits(sq_b[l], zbits_v[v], znb_v[v])
-                        else:
-                            tv[v] = pref_v[v] * sq_b[l, 0] ** zeta_v[v]
-                    pt = pair_ab[asp[k1], asp[k2]]
-                    if use_grid:
-                        # outer product P[u] * T[v], contiguous in v (vectorises)
-                        base = pt * n_uv
-                        for u in range(n_u):
-                            w = pu[u]
-                            row = base + u * n_v
-                            for v in range(n_v):
-                                acc_a[row + v] += w * tv[v]
-                    else:
-                        base = pt * n_ang
-                        for q in range(n_ang):
-                            acc_a[base + q] += tv[ang_v_q[q]] * pu[ang_u_q[q]]
-            for f in range(n_radial_total):
-                g_nf[i, f] = acc_r[f]
-            for f in range(n_cov_total):
-                v_nfc[i, f, 0] = acc_v[f, 0]
-                v_nfc[i, f, 1] = acc_v[f, 1]
-                v_nfc[i, f, 2] = acc_v[f, 2]
-            for pt in range(n_pairs):
-                col = n_radial_total + pt * n_ang
-                if use_grid:
-                    base = pt * n_uv
-                    for q in range(n_ang):
-                        g_nf[i, col + q] = acc_a[base + grid_q[q]]
-                else:
-                    base = pt * n_ang
-                    for q in range(n_ang):
-                        g_nf[i, col + q] = acc_a[base + q]
+                    for d2 in range(-search_c[2], search_c[2] + 1):
+                        b2, t2, ok2 = _wrap_index(bin3_nc[i, 2] + d2, nbins_c[2], periodic_c[2])
+                        if not ok2:
+                            continue
+                        sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
+                        sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
+                        sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
+                        same_image = t0 == 0 and t1 == 0 and t2 == 0
+                        b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
+                        for q in range(start_b[b], start_b[b + 1]):
+                            j = order_n[q]
+                            if same_image and j == i:
+                                continue
+                            dx = posw_nc[j, 0] + sx - xi
+                            dy = posw_nc[j, 1] + sy - yi
+                            dz = posw_nc[j, 2] + sz - zi
+                            r2 = dx * dx + dy * dy + dz * dz
+                            if r2 >= rc2:
+                                continue
+                            d = math.sqrt(r2)
+                            if d < 1e-6:
+                                overlap_n[i] = j
+                                continue
+                            a = species_n[j]
+                            # --- per-neighbour terms (kept textually identical in both kernels: numba inlines
+                            # nested helper calls only at this level) ---
+                            fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
+                            _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
+                            base = a * n_rad
+                            for q in range(n_rad):
+                                acc_r[base + q] += rad_q[q] * fc
+                            _gaussian_ladders(d, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cov_q)
+                            base = a * n_cov
+                            fcd = fc / d
+                            for q in range(n_cov):
+                                w = cov_q[q] * fcd
+                                acc_v[base + q, 0] += w * dx
+                                acc_v[base + q, 1] += w * dy
+                                acc_v[base + q, 2] += w * dz
+                            if n_ang > 0 and d < acut:
+                                fca = 0.5 * (math.cos(pi_ra * d) + 1.0)
+                                ax[m] = dx
+                                ay[m] = dy
+                                az[m] = dz
+                                ad[m] = d
+                                asp[m] = a
+                                _exp_table(d * d, eta_u, ebits_u, enb_u, sq_e, ae[m])
+                                for u in range(eta_u.shape[0]):
+                                    ae[m, u] *= fca
+                                m += 1
+            _angular_terms(
+                m, acut, pi_ra, ax, ay, az, ad, asp, ae,
+                eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
+                pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
+            )
+            _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
+
+
+
+@njit(cache=True)
+def _candidates(i, periodic_c, nbins_c, search_c, bin3_nc, start_b):
+    """Atoms in the (bin, image) cells visited for atom i: a bound on its neighbours."""
+    total = 0
+    for d0 in range(-search_c[0], search_c[0] + 1):
+        b0, t0, ok0 = _wrap_index(bin3_nc[i, 0] + d0, nbins_c[0], periodic_c[0])
+        if not ok0:
+            continue
+        for d1 in range(-search_c[1], search_c[1] + 1):
+            b1, t1, ok1 = _wrap_index(bin3_nc[i, 1] + d1, nbins_c[1], periodic_c[1])
+            if not ok1:
+                continue
+            for d2 in range(-search_c[2], search_c[2] + 1):
+                b2, t2, ok2 = _wrap_index(bin3_nc[i, 2] + d2, nbins_c[2], periodic_c[2])
+                if not ok2:
+                    continue
+                b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
+                total += start_b[b + 1] - start_b[b]
+    return total

@@ -1,0 +1,420 @@
+"""CUDA neighbour list and features vs the CPU path, in the Numba CUDA simulator.
+
+The simulator must be switched on (NUMBA_ENABLE_CUDASIM=1) before Numba is
+imported, so the CUDA side runs once, in a subprocess that executes this file
+as a script: it computes every case below on the (simulated) device and saves
+the results. The tests then compute the same cases on the CPU path of
+fastfeat, in this process, and compare. Inputs are tiny (the simulator runs
+every GPU thread as a Python thread).
+
+On a machine with a real GPU, ``FASTFEAT_TEST_REAL_GPU=1 pytest
+tests/core/test_cuda.py`` runs the device side on the GPU instead of the
+simulator (same comparisons).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SPEC_KW = dict(
+    species=("H", "O"),
+    cutoff=3.5,
+    angular_cutoff=2.6,
+    radial=[(1.0, 1.0), (0.5, 2.0), (2.0, 2.8)],
+    angular=[(0.1, 1.0, 1.0), (0.2, 2.0, -1.0), (0.1, 1.5, 1.0), (0.05, 4.0, -1.0)],
+    covariant=[(1.0, 1.5), (0.3, 2.5)],
+)
+
+
+# ----------------------------------------------------------------- the cases
+def _structure(seed, n, cell, min_dist=0.8, species=(1, 8)):
+    rng = np.random.default_rng(seed)
+    cell = np.asarray(cell, dtype=np.float64)
+    pos = []
+    while len(pos) < n:
+        p = rng.random(3) @ cell
+        if all(np.linalg.norm(p - q) > min_dist for q in pos):
+            pos.append(p)
+    pos = np.array(pos).reshape(-1, 3)
+    pos += rng.normal(scale=1.5, size=pos.shape) * (rng.random((len(pos), 1)) < 0.3)  # some atoms outside the cell
+    return pos, rng.choice(np.array(species), len(pos))
+
+
+TRICLINIC = np.array([[4.6, 0.0, 0.0], [1.2, 4.1, 0.0], [0.6, -0.9, 4.4]])
+LEFT_HANDED = np.array([[-4.0, 0.3, 0.0], [0.5, 4.2, 0.1], [0.2, 0.4, 3.9]])
+SMALL = np.array([[2.4, 0.0, 0.0], [0.7, 2.2, 0.0], [0.3, 0.5, 2.5]])
+
+
+def cases():
+    """Deterministic inputs: name -> dict."""
+    c = {}
+    pos, z = _structure(1, 14, TRICLINIC)
+    c["nl_triclinic"] = dict(pos=pos, cell=TRICLINIC, pbc=[True, False, True], cutoff=3.0, dtype="float64")
+    pos, z = _structure(2, 8, LEFT_HANDED)
+    c["nl_left_handed"] = dict(pos=pos, cell=LEFT_HANDED, pbc=[True, True, True], cutoff=3.2, dtype="float32")
+    pos, z = _structure(3, 5, SMALL, min_dist=0.9)
+    c["nl_cutoff_above_cell"] = dict(pos=pos, cell=SMALL, pbc=[True, True, False], cutoff=5.5, dtype="float64")
+    pos, z = _structure(4, 10, np.eye(3) * 5.0)
+    c["nl_cluster"] = dict(pos=pos, cell=np.zeros((3, 3)), pbc=[False, False, False], cutoff=2.5, dtype="float64")
+    c["nl_empty"] = dict(pos=np.zeros((0, 3)), cell=TRICLINIC, pbc=[True, True, True], cutoff=3.0, dtype="float64")
+
+    pos, z = _structure(5, 16, TRICLINIC, min_dist=0.9)
+    c["feat"] = dict(pos=pos, z=z, cell=TRICLINIC, pbc=[True, False, True])
+    b1 = _structure(6, 6, SMALL, min_dist=1.0)
+    b3 = _structure(7, 7, np.eye(3) * 4.0)
+    c["batch"] = [
+        dict(pos=b1[0], z=b1[1], cell=SMALL, pbc=[True, True, True]),
+        dict(pos=np.zeros((0, 3)), z=np.zeros(0, np.int64), cell=TRICLINIC, pbc=[True, True, True]),
+        dict(pos=b3[0], z=b3[1], cell=np.zeros((3, 3)), pbc=[False, False, False]),
+    ]
+    pos, z = _structure(8, 10, LEFT_HANDED, min_dist=1.0)
+    rng = np.random.default_rng(9)
+    steps = [pos]
+    for k in range(4):
+        steps.append(steps[-1] + rng.normal(scale=0.08, size=pos.shape))
+    cells = [LEFT_HANDED] * 4 + [LEFT_HANDED * 1.02]
+    c["md"] = dict(steps=steps, z=z, cells=cells, pbc=[True, True, True], skin=0.5)
+
+    pos, z = _structure(10, 9, TRICLINIC)
+    bad = pos.copy()
+    bad[7] = bad[3]
+    c["err_overlap"] = dict(pos=bad, z=z, cell=TRICLINIC, pbc=[True, True, True])
+    z_bad = z.copy()
+    z_bad[4] = 6
+    c["err_species"] = dict(pos=pos, z=z_bad, cell=TRICLINIC, pbc=[True, True, True])
+    nan = pos.copy()
+    nan[5, 1] = np.nan
+    c["err_nan"] = dict(pos=nan, z=z, cell=TRICLINIC, pbc=[True, True, True])
+    c["err_images"] = dict(pos=pos[:2] * 0.01, cell=np.eye(3) * 0.05, pbc=[True, True, True], cutoff=6.0)
+    return c
+
+
+def spec():
+    import fastfeat
+
+    return fastfeat.FeatureSpec(**SPEC_KW)
+
+
+def _catch(fn):
+    try:
+        fn()
+    except Exception as exc:  # the message is compared with the CPU path's
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+# ------------------------------------------------------- the device side (script)
+def run_device(out_path):
+    """Every case on the device; results to an .npz plus a JSON of messages and timings."""
+    import fastfeat
+    from fastfeat import _features_cuda
+    from numba import cuda
+
+    if hasattr(sys, "setswitchinterval"):
+        sys.setswitchinterval(1e-4)  # the simulator's threads meet at barriers constantly
+
+    def host(x):
+        return x.get() if hasattr(x, "get") else x.copy_to_host()
+
+    t_start = time.perf_counter()
+    res, meta, times = {}, {}, {}
+    sp = spec()
+    c = cases()
+    for name in ("nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty"):
+        t = time.perf_counter()
+        k = c[name]
+        pos = k["pos"].astype(k["dtype"])
+        for sort in (False, True):
+            nl = fastfeat.neighbor_list(pos, k["cell"], k["pbc"], k["cutoff"], sorted=sort, device="cuda")
+            for field, arr in zip(nl._fields, nl):
+                res[f"{name}/{sort}/{field}"] = host(arr)
+        times[name] = time.perf_counter() - t
+
+    k = c["feat"]
+    for dt in ("float64", "float32"):
+        t = time.perf_counter()
+        f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp,
+                               device="cuda", dtype=dt)
+        res[f"feat/{dt}/g"], res[f"feat/{dt}/v"], res[f"feat/{dt}/species"] = (
+            host(f.invariant), host(f.covariant), host(f.species))
+        times[f"feat/{dt}"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # device arrays in (positions and numbers), float32 compute from float64 input
+    f = fastfeat.featurize(positions=cuda.to_device(k["pos"]), numbers=cuda.to_device(k["z"]), cell=k["cell"],
+                           pbc=k["pbc"], spec=sp, device="cuda", dtype=np.float32)
+    res["feat_device_in/g"], res["feat_device_in/v"] = host(f.invariant), host(f.covariant)
+    times["feat_device_in"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # angular neighbours beyond the warp's shared-memory list
+    _features_cuda.ANGULAR_CAPACITY = 2
+    try:
+        f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp,
+                               device="cuda", dtype=np.float64)
+    finally:
+        _features_cuda.ANGULAR_CAPACITY = 64
+    res["feat_overflow/g"], res["feat_overflow/v"] = host(f.invariant), host(f.covariant)
+    times["feat_overflow"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    atoms = [_atoms(s) for s in c["batch"]]
+    f = fastfeat.featurize(atoms, sp, device="cuda", dtype=np.float64)
+    res["batch/g"], res["batch/v"], res["batch/offsets"] = host(f.invariant), host(f.covariant), f.offsets
+    times["batch"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    m = c["md"]
+    fz = fastfeat.Featurizer(sp, device="cuda", dtype=np.float64, skin=m["skin"])
+    rebuilds = []
+    for s, (pos, cell) in enumerate(zip(m["steps"], m["cells"])):
+        p = cuda.to_device(pos) if s % 2 else pos  # device and host positions
+        g, v = fz(p, m["z"], cell, m["pbc"])
+        res[f"md/{s}/g"], res[f"md/{s}/v"] = host(g), host(v)
+        rebuilds.append(fz.n_rebuilds)
+    meta["md_rebuilds"] = rebuilds
+    times["md"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    f = fastfeat.featurize(positions=np.zeros((0, 3)), numbers=np.zeros(0, int), cell=TRICLINIC, pbc=True,
+                           spec=sp, device="cuda")
+    meta["empty_shapes"] = [list(f.invariant.shape), list(f.covariant.shape), list(f.species.shape)]
+    for name in ("err_overlap", "err_species", "err_nan"):
+        k = c[name]
+        meta[name] = _catch(lambda: fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"],
+                                                       pbc=k["pbc"], spec=sp, device="cuda"))
+    k = c["err_nan"]
+    meta["err_nan_device"] = _catch(lambda: fastfeat.neighbor_list(cuda.to_device(k["pos"]), k["cell"], k["pbc"],
+                                                                   3.0, device="cuda"))
+    meta["err_nan_featurizer"] = _catch(lambda: fastfeat.Featurizer(sp, device="cuda")(
+        cuda.to_device(k["pos"]), k["z"], k["cell"], k["pbc"]))
+    k = c["err_species"]
+    meta["err_species_device"] = _catch(lambda: fastfeat.featurize(
+        positions=k["pos"], numbers=cuda.to_device(k["z"]), cell=k["cell"], pbc=k["pbc"], spec=sp, device="cuda"))
+    k = c["err_images"]
+    meta["err_images"] = _catch(lambda: fastfeat.neighbor_list(k["pos"], k["cell"], k["pbc"], k["cutoff"],
+                                                               device="cuda"))
+    times["errors"] = time.perf_counter() - t
+    meta["times"] = times
+    meta["total_s"] = time.perf_counter() - t_start
+    np.savez(out_path, **res)
+    Path(str(out_path) + ".json").write_text(json.dumps(meta))
+
+
+def _atoms(s):
+    from ase import Atoms
+
+    return Atoms(numbers=s["z"], positions=s["pos"], cell=s["cell"], pbc=s["pbc"])
+
+
+# ------------------------------------------------------------------ the tests
+def _numba_cuda_importable():
+    try:
+        import numba.cuda  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    if not _numba_cuda_importable():
+        pytest.skip("numba-cuda is not installed (pip install numba-cuda): the CUDA simulator is unavailable")
+    out = tmp_path_factory.mktemp("cuda") / "device.npz"
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    args = [sys.executable, __file__, str(out)]
+    if os.environ.get("FASTFEAT_TEST_REAL_GPU") == "1":
+        env.pop("NUMBA_ENABLE_CUDASIM")
+        args.append("--gpu")
+    t = time.perf_counter()
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"the simulator run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+    meta = json.loads(Path(str(out) + ".json").read_text())
+    meta["wall_s"] = time.perf_counter() - t
+    print("CUDA simulator run:", json.dumps(meta["times"]), f"total {meta['total_s']:.1f} s")
+    return dict(np.load(out)), meta
+
+
+def _cpu_nl(k, sort):
+    import fastfeat
+
+    return fastfeat.neighbor_list(k["pos"].astype(k["dtype"]), k["cell"], k["pbc"], k["cutoff"], sorted=sort)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("name", ["nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty"])
+@pytest.mark.parametrize("sort", [False, True])
+def test_neighbor_list_equals_cpu(device, name, sort):
+    res, _ = device
+    k = cases()[name]
+    ref = _cpu_nl(k, sort)
+    if name != "nl_empty":
+        assert len(ref.i) > 0
+    for field, want in zip(ref._fields, ref):
+        got = res[f"{name}/{sort}/{field}"]
+        assert got.dtype == want.dtype, (field, got.dtype, want.dtype)
+        assert got.shape == want.shape, (field, got.shape, want.shape)
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=1e-6 if want.dtype == np.float32 else 1e-12, atol=1e-6,
+                                       err_msg=f"{name} {field}")
+        else:  # same pairs in the same order as the CPU kernel (stable bins), sorted or not
+            np.testing.assert_array_equal(got, want, err_msg=f"{name} {field}")
+
+
+def _cpu_features(k, dtype):
+    import fastfeat
+
+    return fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=spec(),
+                              dtype=dtype)
+
+
+def _close(got, want, dtype, what):
+    scale = max(float(np.abs(want).max()), 1e-300)
+    if np.dtype(dtype) == np.float64:
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12 * scale, err_msg=what)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6 * scale, err_msg=what)
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_features_equal_cpu(device, dtype):
+    res, _ = device
+    ref = _cpu_features(cases()["feat"], dtype)
+    n_radial = spec().n_radial
+    assert np.abs(ref.invariant[:, n_radial:]).max() > 1e-3, "the case must have G4 terms"
+    assert res[f"feat/{dtype}/g"].dtype == np.dtype(dtype)
+    _close(res[f"feat/{dtype}/g"], ref.invariant, dtype, "invariant")
+    _close(res[f"feat/{dtype}/v"], ref.covariant, dtype, "covariant")
+    np.testing.assert_array_equal(res[f"feat/{dtype}/species"], ref.species)
+
+
+@pytest.mark.cudasim
+def test_features_from_device_arrays(device):
+    res, _ = device
+    ref = _cpu_features(cases()["feat"], np.float32)
+    _close(res["feat_device_in/g"], ref.invariant, np.float32, "invariant")
+    _close(res["feat_device_in/v"], ref.covariant, np.float32, "covariant")
+
+
+@pytest.mark.cudasim
+def test_features_angular_overflow_path(device):
+    """Atoms with more angular neighbours than the warp keeps go to the thread-per-atom kernel."""
+    res, _ = device
+    ref = _cpu_features(cases()["feat"], np.float64)
+    _close(res["feat_overflow/g"], ref.invariant, np.float64, "invariant")
+    _close(res["feat_overflow/v"], ref.covariant, np.float64, "covariant")
+
+
+@pytest.mark.cudasim
+def test_batch_equals_cpu(device):
+    import fastfeat
+
+    res, _ = device
+    ref = fastfeat.featurize([_atoms(s) for s in cases()["batch"]], spec(), dtype=np.float64)
+    np.testing.assert_array_equal(res["batch/offsets"], ref.offsets)
+    _close(res["batch/g"], ref.invariant, np.float64, "invariant")
+    _close(res["batch/v"], ref.covariant, np.float64, "covariant")
+
+
+@pytest.mark.cudasim
+def test_featurizer_skin_reuse_equals_cpu(device):
+    import fastfeat
+
+    res, meta = device
+    m = cases()["md"]
+    fz = fastfeat.Featurizer(spec(), dtype=np.float64, skin=m["skin"])
+    rebuilds = []
+    for s, (pos, cell) in enumerate(zip(m["steps"], m["cells"])):
+        g, v = fz(pos, m["z"], cell, m["pbc"])
+        _close(res[f"md/{s}/g"], g, np.float64, f"step {s} invariant")
+        _close(res[f"md/{s}/v"], v, np.float64, f"step {s} covariant")
+        rebuilds.append(fz.n_rebuilds)
+    assert meta["md_rebuilds"] == rebuilds
+    assert 1 < rebuilds[-1] < len(m["steps"]), f"the trajectory must both reuse and rebuild the list: {rebuilds}"
+
+
+@pytest.mark.cudasim
+def test_empty_structure(device):
+    _, meta = device
+    s = spec()
+    assert meta["empty_shapes"] == [[0, s.n_invariant], [0, s.n_covariant, 3], [0]]
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("name", ["err_overlap", "err_species", "err_nan"])
+def test_errors_match_cpu(device, name):
+    _, meta = device
+    k = cases()[name]
+    want = _catch(lambda: _cpu_features(k, np.float32))
+    assert want.startswith("ValueError"), want
+    assert meta[name] == want
+
+
+@pytest.mark.cudasim
+def test_device_input_errors(device):
+    _, meta = device
+    assert meta["err_nan_device"].startswith("ValueError: `positions` must be finite"), meta["err_nan_device"]
+    assert "for atom 5" in meta["err_nan_device"]
+    assert meta["err_nan_featurizer"].startswith("ValueError: `positions` must be finite"), meta["err_nan_featurizer"]
+    k = cases()["err_species"]
+    assert meta["err_species_device"] == _catch(lambda: _cpu_features(k, np.float32))
+    assert meta["err_images"].startswith("ValueError: `cutoff` 6.0 Å is too large"), meta["err_images"]
+
+
+@pytest.mark.cudasim
+def test_simulator_budget(device):
+    """The simulator part stays small enough for CI."""
+    _, meta = device
+    assert meta["total_s"] < 240, meta["times"]
+
+
+def test_cuda_request_without_gpu_fails_fast():
+    """device='cuda' on a machine without a usable GPU: a clear RuntimeError, quickly, never a hang."""
+    code = (
+        "import numpy as np, fastfeat\n"
+        "from fastfeat import _device\n"
+        "ok, _ = _device.cuda_available()\n"
+        "if ok: print('HAS_GPU'); raise SystemExit(0)\n"
+        "spec = fastfeat.FeatureSpec.default(('H', 'O'))\n"
+        "pos = np.zeros((2, 3)); pos[1, 0] = 1.0\n"
+        "calls = [lambda: fastfeat.neighbor_list(pos, np.eye(3) * 5, True, 2.0, device='cuda'),\n"
+        "         lambda: fastfeat.featurize(positions=pos, numbers=[1, 8], cell=np.eye(3) * 5, pbc=True,\n"
+        "                                    spec=spec, device='cuda'),\n"
+        "         lambda: fastfeat.Featurizer(spec, device='cuda')]\n"
+        "for call in calls:\n"
+        "    try:\n"
+        "        call()\n"
+        "    except RuntimeError as exc:\n"
+        "        assert 'CUDA is not usable' in str(exc), exc\n"
+        "        print('OK', exc)\n"
+        "    else:\n"
+        "        raise AssertionError('no error')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if "HAS_GPU" in proc.stdout:
+        pytest.skip("a CUDA GPU is available here")
+    assert proc.stdout.count("OK") == 3, proc.stdout
+    assert elapsed < 60, f"took {elapsed:.1f} s"
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: NUMBA_ENABLE_CUDASIM=1 python tests/core/test_cuda.py OUT.npz  (or --gpu on a GPU)")
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and "--gpu" not in sys.argv:
+        raise SystemExit("set NUMBA_ENABLE_CUDASIM=1 (simulator) or pass --gpu (real device)")
+    sys.path.insert(0, str(ROOT))
+    run_device(sys.argv[1])

@@ -1,0 +1,58 @@
+"""fastfeat demo on a test model and a small test split."""
+
+from __future__ import annotations
+
+import json
+
+import ase.io
+import numpy as np
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from fastfeat.runtime import demo
+from fastfeat.runtime.demo import force_metrics
+
+from conftest import random_water_box
+
+
+def test_force_metrics_known_values():
+    ref = np.array([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    pred = 1.1 * ref
+    m = force_metrics(pred, ref, ["H", "O"])
+    np.testing.assert_allclose(m["mae"], (0.1 + 0.2) / 6)
+    np.testing.assert_allclose(m["relative_rmse"], 0.1)
+    np.testing.assert_allclose(m["cosine"], 1.0)
+    np.testing.assert_allclose(m["mae_per_element"]["O"], 0.2 / 3)
+    m = force_metrics(-ref, ref)
+    np.testing.assert_allclose(m["cosine"], -1.0)
+
+
+def test_demo_end_to_end(model, model_path, tmp_path):
+    frames = []
+    for s in range(4):
+        atoms = random_water_box(seed=20 + s)
+        atoms.calc = SinglePointCalculator(atoms, forces=model.forces(atoms) / 1.25)
+        frames.append(atoms)
+    data = tmp_path / "test.extxyz"
+    ase.io.write(data, frames)
+    out = tmp_path / "demo"
+    rc = demo.main(["--model", str(model_path), "--data", str(data), "--steps", "60", "--out", str(out),
+                    "--device", "cpu", "--quiet"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    acc = summary["accuracy"]
+    assert acc["n_frames"] == 4 and acc["n_atoms"] == 96
+    np.testing.assert_allclose(acc["relative_rmse"], 0.25, rtol=1e-4)
+    np.testing.assert_allclose(acc["cosine"], 1.0, rtol=1e-6)
+    assert summary["md"]["steps"] == 60 and summary["md"]["atom_steps_per_s"] > 0
+    report = (out / "report.md").read_text()
+    assert "relative RMSE" in report and "ns/day" in report and "λ" in report
+    for name in ("parity.png", "temperature.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(ase.io.read(out / "md.extxyz", index=":")) >= 2
+
+
+def test_demo_errors(model_path, tmp_path, capsys):
+    assert demo.main(["--model", str(model_path), "--out", str(tmp_path / "d"), "--device", "cpu", "--quiet"]) == 2
+    assert "`--data` is required" in capsys.readouterr().err
+    assert demo.main(["--model", "no-such-model", "--out", str(tmp_path / "d"), "--quiet"]) == 2
+    assert "no bundled model named 'no-such-model'" in capsys.readouterr().err

@@ -1,0 +1,280 @@
+"""MD engine: integrators with known force functions, units, stops, outputs, CLI."""
+
+from __future__ import annotations
+
+import os
+
+import ase.io
+import numpy as np
+import pytest
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator as ASECalculator
+from ase.md.verlet import VelocityVerlet
+
+from fastfeat.runtime import MDInstabilityError, MolecularDynamics, run_md
+from fastfeat.runtime import md_cli
+from fastfeat.runtime.md import ExtxyzWriter, maxwell_boltzmann, temperature
+
+
+class Harmonic:
+    """F = -k (x - x0), per-atom spring constants k (eV/Å²)."""
+
+    def __init__(self, x0, k):
+        self.x0 = np.array(x0, dtype=np.float64)
+        self.k = np.asarray(k, dtype=np.float64)[:, None]
+        self.calls = 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return -self.k * (x - self.x0)
+
+    def energy(self, x):
+        return 0.5 * float((self.k * (x - self.x0) ** 2).sum())
+
+
+def _system(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x0 = rng.uniform(0, 10, (n, 3))
+    masses = rng.uniform(1.0, 30.0, n)
+    k = rng.uniform(1.0, 6.0, n)
+    return Harmonic(x0, k), x0, masses
+
+
+def test_nve_conserves_energy_of_harmonic_system():
+    f, x0, masses = _system()
+    md = MolecularDynamics(f, x0 + 0.05, masses, dt=0.5, temperature=300.0, ensemble="nve", seed=1)
+    assert md.current_temperature() == pytest.approx(300.0)
+    result = md.run(4000, every=20)
+    # true energy from the recorded kinetic energy and positions is not in the log,
+    # KE - work must equal KE + U - U(start) for a conservative force
+    conserved = result.log["ke_minus_work_eV"]
+    ke = result.log["kinetic_eV"]
+    assert np.ptp(conserved) < 2e-3 * ke.mean(), (np.ptp(conserved), ke.mean())
+    u_end = f.energy(result.positions)
+    u_start = f.energy(x0 + 0.05)
+    ke_end = 0.5 * float((masses[:, None] * result.velocities ** 2).sum()) / units.fs ** 2
+    np.testing.assert_allclose(ke_end + u_end, ke[0] + u_start, rtol=2e-3)
+    np.testing.assert_allclose(conserved[-1], ke_end + u_end - u_start, rtol=1e-3)
+    # energy flows between kinetic and potential: equipartition halves the temperature
+    assert 0.3 < result.log["temperature_K"][50:].mean() / 300.0 < 0.7
+
+
+def test_nve_matches_ase_velocity_verlet():
+    """Units check: positions Å, velocities Å/fs, masses amu, forces eV/Å, dt fs."""
+    f, x0, masses = _system(n=10, seed=3)
+    v0_fs = np.random.default_rng(4).standard_normal((10, 3)) * 0.01  # Å/fs
+    md = MolecularDynamics(f, x0 + 0.1, masses, dt=1.0, ensemble="nve", velocities=v0_fs)
+    ours = md.run(50, every=50)
+
+    class HarmonicASE(ASECalculator):
+        implemented_properties = ["forces", "energy"]
+
+        def calculate(self, atoms=None, properties=("forces",), system_changes=()):
+            super().calculate(atoms, properties, system_changes)
+            self.results = {"forces": f(atoms.positions), "energy": f.energy(atoms.positions)}
+
+    atoms = Atoms("H10", positions=x0 + 0.1, masses=masses)
+    atoms.set_velocities(v0_fs / units.fs)
+    atoms.calc = HarmonicASE()
+    VelocityVerlet(atoms, timestep=1.0 * units.fs).run(50)
+    np.testing.assert_allclose(ours.positions, atoms.positions, atol=1e-10)
+    np.testing.assert_allclose(ours.velocities, atoms.get_velocities() * units.fs, atol=1e-12)
+
+
+def test_langevin_reaches_target_temperature():
+    f, x0, masses = _system(n=100, seed=5)
+    # start at rest: the thermostat alone must bring the system to 500 K
+    md = MolecularDynamics(f, x0, masses, dt=1.0, temperature=500.0, ensemble="langevin", friction=0.02, seed=2,
+                            velocities=np.zeros((100, 3)))
+    result = md.run(6000, every=10)
+    t = result.log["temperature_K"]
+    assert t[0] == 0.0
+    mean = t[len(t) // 3:].mean()
+    assert abs(mean - 500.0) < 25.0, mean
+
+
+def test_langevin_is_reproducible_with_seed():
+    f, x0, masses = _system(n=20, seed=6)
+    runs = [MolecularDynamics(f, x0, masses, dt=1.0, temperature=300.0, seed=s).run(100) for s in (7, 7, 8)]
+    np.testing.assert_array_equal(runs[0].positions, runs[1].positions)
+    assert not np.array_equal(runs[0].positions, runs[2].positions)
+
+
+def test_maxwell_boltzmann_initial_velocities():
+    masses = np.random.default_rng(0).uniform(1, 50, 200)
+    v = maxwell_boltzmann(masses, 350.0, np.random.default_rng(1))
+    np.testing.assert_allclose(masses @ v, 0.0, atol=1e-12)
+    np.testing.assert_allclose(temperature(v, masses, dof=3 * 200 - 3), 350.0)
+    # without rescaling the temperature is near, not at, the target
+    v2 = maxwell_boltzmann(masses, 350.0, np.random.default_rng(1), rescale=False)
+    assert 300 < temperature(v2, masses) < 400 and temperature(v2, masses) != pytest.approx(350.0, abs=1e-6)
+
+
+def test_remove_net_force_conserves_momentum():
+    n = 30
+    rng = np.random.default_rng(2)
+    x0 = rng.uniform(0, 5, (n, 3))
+    masses = rng.uniform(1, 20, n)
+    push = np.array([0.3, -0.2, 0.1])
+
+    def f(x):
+        return -2.0 * (x - x0) + push  # net force n * push
+
+    for remove, conserved in ((True, True), (False, False)):
+        md = MolecularDynamics(f, x0, masses, dt=1.0, temperature=100.0, ensemble="nve", remove_net_force=remove)
+        r = md.run(200)
+        p = masses @ r.velocities
+        assert np.allclose(p, 0.0, atol=1e-10) == conserved, p
+
+
+def _nan_from(step, f):
+    state = {"calls": 0}
+
+    def g(x):
+        state["calls"] += 1
+        out = f(x)
+        if state["calls"] > step:  # call 1 is the initial force, call k + 1 is step k
+            out = out.copy()
+            out[3, 1] = np.nan
+        return out
+
+    return g
+
+
+def test_nan_forces_stop_cleanly_and_keep_last_good_frame(tmp_path):
+    f, x0, masses = _system(n=12, seed=8)
+    traj, log = tmp_path / "traj.extxyz", tmp_path / "md.log"
+    md = MolecularDynamics(_nan_from(58, f), x0, masses, dt=1.0, temperature=300.0,
+                           symbols=["H"] * 12, cell=np.eye(3) * 10, pbc=True)
+    with pytest.raises(MDInstabilityError, match=r"step 58.*NaN or inf.*last good frame \(step 57\)") as info:
+        md.run(200, trajectory=traj, log=log, every=10)
+    err = info.value
+    assert err.step == 58 and err.result.steps_done == 57 and err.result.stopped_at == 58
+    frames = ase.io.read(traj, index=":")
+    assert [a.info["step"] for a in frames] == [0, 10, 20, 30, 40, 50, 57]
+    last = frames[-1]
+    assert np.isfinite(last.positions).all() and np.isfinite(last.get_forces()).all()
+    np.testing.assert_allclose(last.positions, err.result.positions, atol=1e-9)
+    assert "stopped at step 58" in log.read_text()
+
+
+def test_exploding_forces_stop(tmp_path):
+    f, x0, masses = _system(n=5, seed=9)
+    calls = {"n": 0}
+
+    def g(x):
+        calls["n"] += 1
+        return f(x) * (1e6 if calls["n"] == 31 else 1.0)
+
+    md = MolecularDynamics(g, x0, masses, dt=1.0, temperature=300.0, max_force=500.0)
+    with pytest.raises(MDInstabilityError, match=r"step 30.*> max_force=500") as info:
+        md.run(100, trajectory=tmp_path / "t.extxyz", every=7)
+    assert ase.io.read(tmp_path / "t.extxyz", index=-1).info["step"] == 29
+
+
+def test_force_call_exception_stops_cleanly(tmp_path):
+    f, x0, masses = _system(n=5, seed=9)
+
+    def g(x):
+        if g.calls == 4:
+            raise ValueError("atoms 1 and 2 are at the same position")
+        g.calls += 1
+        return f(x)
+
+    g.calls = 0
+    md = MolecularDynamics(g, x0, masses, dt=1.0)
+    with pytest.raises(MDInstabilityError, match="step 4: the force evaluation failed.*same position"):
+        md.run(10)
+
+
+def test_initial_nan_forces_raise_before_running():
+    f, x0, masses = _system(n=5, seed=9)
+    md = MolecularDynamics(lambda x: f(x) * np.nan, x0, masses, dt=1.0)
+    with pytest.raises(MDInstabilityError, match="initial forces are not finite"):
+        md.run(10)
+
+
+def _unwritable_dir(tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    if os.access(ro, os.W_OK):  # root ignores permissions: use sysfs, which refuses new files
+        return "/sys"
+    return str(ro)
+
+
+def test_unwritable_output_fails_before_running(tmp_path, water):
+    f, x0, masses = _system(n=9, seed=1)
+    harmonic = Harmonic(water.positions, np.ones(len(water)))
+    bad = os.path.join(_unwritable_dir(tmp_path), "traj.extxyz")
+    with pytest.raises(OSError, match="cannot write trajectory `out`.*nothing was run"):
+        run_md(harmonic, water, 100, out=bad)
+    assert harmonic.calls == 0
+    with pytest.raises(OSError, match="does not exist"):
+        run_md(harmonic, water, 100, log=tmp_path / "missing" / "md.log")
+    with pytest.raises(OSError, match="cannot write"):
+        MolecularDynamics(harmonic, water.positions, water.get_masses()).run(10, trajectory=tmp_path)
+    assert harmonic.calls == 0
+
+
+def test_extxyz_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    x, v, f = rng.standard_normal((3, 4, 3))
+    masses = np.array([1.008, 15.999, 12.011, 1.008])
+    w = ExtxyzWriter(tmp_path / "a.extxyz", ["H", "O", "C", "H"], masses, np.diag([5.0, 6.0, 7.0]), [True, True, False])
+    w.write(3, 1.5, 300.0, x, v, f)
+    w.write(4, 2.0, 301.0, x + 1, v, f)
+    w.close()
+    frames = ase.io.read(tmp_path / "a.extxyz", index=":")
+    a = frames[1]
+    assert a.get_chemical_symbols() == ["H", "O", "C", "H"]
+    np.testing.assert_allclose(a.positions, x + 1, atol=1e-9)
+    np.testing.assert_allclose(a.get_velocities() * units.fs, v, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(a.get_forces(), f, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(a.cell.array, np.diag([5.0, 6.0, 7.0]))
+    assert list(a.pbc) == [True, True, False]
+    assert a.info["step"] == 4 and a.info["time_fs"] == 2.0
+
+
+def test_argument_errors():
+    f, x0, masses = _system(n=4)
+    with pytest.raises(ValueError, match="`ensemble` must be one of"):
+        MolecularDynamics(f, x0, masses, ensemble="npt")
+    with pytest.raises(ValueError, match="`dt` must be a finite number > 0"):
+        MolecularDynamics(f, x0, masses, dt=0)
+    with pytest.raises(ValueError, match=r"`masses` must have shape \(4,\)"):
+        MolecularDynamics(f, x0, masses[:3])
+    with pytest.raises(ValueError, match="`steps` must be an int >= 0"):
+        MolecularDynamics(f, x0, masses).run(-1)
+
+
+def test_run_md_with_onnx_model(model, water, tmp_path):
+    out = tmp_path / "traj.extxyz"
+    result = run_md(model, water, 40, dt=0.5, temperature=300.0, out=out, every=10, log=tmp_path / "md.log", seed=3)
+    assert result.steps_done == 40 and result.n_rebuilds >= 1
+    assert result.atom_steps_per_s > 0 and result.ns_per_day > 0
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == 5
+    np.testing.assert_allclose(frames[-1].get_forces(), model.forces(frames[-1]), rtol=1e-4, atol=1e-5)
+    assert len((tmp_path / "md.log").read_text().splitlines()) == 2 + 5
+
+
+def test_md_cli(model_path, water_file, tmp_path, capsys):
+    out = tmp_path / "traj.extxyz"
+    rc = md_cli.main([str(model_path), str(water_file), "--steps", "30", "--dt", "0.5", "--temperature", "250",
+                      "--every", "10", "--out", str(out), "--ensemble", "nve", "--quiet"])
+    assert rc == 0
+    assert "atom-steps/s" in capsys.readouterr().out
+    assert len(ase.io.read(out, index=":")) == 4
+
+
+def test_md_cli_errors(model_path, water_file, tmp_path, capsys):
+    assert md_cli.main([str(model_path), str(tmp_path / "nope.xyz"), "--steps", "3"]) == 2
+    assert "neither a file nor a bundled data set" in capsys.readouterr().err
+    assert md_cli.main([str(model_path), str(water_file), "--steps", "3",
+                        "--out", os.path.join(_unwritable_dir(tmp_path), "t.extxyz")]) == 2
+    assert "cannot write trajectory --out" in capsys.readouterr().err
+    bad = tmp_path / "bad.onnx"
+    bad.write_text("no")
+    assert md_cli.main([str(bad), str(water_file), "--steps", "3"]) == 2
+    assert "not an ONNX model" in capsys.readouterr().err

@@ -1,0 +1,207 @@
+"""`fastfeat train` / `fastfeat evaluate` / `fastfeat featurize` and examples/external_onnx.py end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+
+import fastfeat
+from fastfeat.cli import main as cli
+from fastfeat.train.evaluate import OnnxForceModel
+
+from ._helpers import random_rotation, small_spec
+from ._synthetic import covariant_target, synthetic_frames
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train_cli")
+    ase.io.write(d / "syn.extxyz", synthetic_frames(40, seed=0))
+    (d / "spec.json").write_text(small_spec().to_json())
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(workdir):
+    """A basis-head model trained on the synthetic covariant target `polar`."""
+    out = workdir / "polar.onnx"
+    rc = cli(["train", "--data", str(workdir / "syn.extxyz"), "--target", "polar", "--spec", str(workdir / "spec.json"),
+              "--head", "basis", "--epochs", "60", "--batch-size", "2", "--threads", "1", "--quiet",
+              "--cache-dir", str(workdir / "cache"), "--out", str(out), "--history", str(workdir / "history.json")])
+    assert rc == 0
+    return out
+
+
+def test_train_learns_a_synthetic_covariant_target(trained, workdir):
+    summary = json.loads((workdir / "history.json").read_text())
+    val = summary["metrics"]["val"]
+    assert val["rel_rmse"] < 0.2, f"validation relative RMSE {val['rel_rmse']:.3f} (a zero model gives 1.0)"
+    assert val["cosine"] > 0.95
+    assert summary["onnx_max_rel_deviation"] < 1e-5
+    m = OnnxForceModel(trained)
+    assert m.target == "polar" and m.metadata["fastfeat.head"] == "basis"
+    assert json.loads(m.metadata["fastfeat.validation"])["val"]["rel_rmse"] == pytest.approx(val["rel_rmse"])
+    # a fresh structure never seen in training
+    atoms = synthetic_frames(1, seed=99)[0]
+    f = fastfeat.featurize(atoms, m.spec)
+    pred = m(f.invariant, f.covariant, f.species)
+    ref = covariant_target(atoms)
+    assert np.sqrt(((pred - ref) ** 2).mean()) / np.sqrt((ref**2).mean()) < 0.3
+
+
+def test_exported_model_is_covariant_and_invariant_end_to_end(trained):
+    """Rotate/translate/permute a real structure, featurize, run the ONNX model."""
+    m = OnnxForceModel(trained)
+    atoms = synthetic_frames(1, seed=5)[0]
+    atoms.pbc = False  # free rotation of a cluster
+    f0 = fastfeat.featurize(atoms, m.spec, dtype=np.float64)
+    ref = m(f0.invariant, f0.covariant, f0.species).astype(np.float64)
+    scale = np.abs(ref).max()
+    rng = np.random.default_rng(21)
+    for _ in range(3):
+        rot = random_rotation(rng)
+        shift = rng.normal(size=3) * 5
+        moved = atoms.copy()
+        moved.positions = atoms.positions @ rot.T + shift
+        f = fastfeat.featurize(moved, m.spec, dtype=np.float64)
+        out = m(f.invariant, f.covariant, f.species).astype(np.float64)
+        err = np.abs(out - ref @ rot.T).max() / scale
+        assert err < 1e-5, f"rotation {rot.tolist()} + translation {shift.tolist()}: rel error {err:.2e}"
+    perm = rng.permutation(len(atoms))
+    f = fastfeat.featurize(atoms[perm], m.spec, dtype=np.float64)
+    out = m(f.invariant, f.covariant, f.species)
+    np.testing.assert_allclose(out, ref[perm], rtol=1e-5, atol=1e-6 * scale, err_msg=f"permutation {perm.tolist()}")
+
+
+def test_evaluate_json_and_plot(trained, workdir, capsys):
+    plot = workdir / "parity.png"
+    rc = cli(["evaluate", str(trained), str(workdir / "syn.extxyz"), "--json", "--plot", str(plot)])
+    assert rc == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_structures"] == 40 and metrics["n_atoms"] == 480
+    assert set(metrics["per_element"]) == {"H", "O"}
+    for key in ("mae", "rmse", "rel_rmse", "cosine"):
+        assert np.isfinite(metrics[key])
+    assert metrics["rel_rmse"] < 0.2
+    assert metrics["rmse"] == pytest.approx(metrics["rel_rmse"] * metrics["ref_rms"])
+    assert plot.stat().st_size > 1000
+    rc = cli(["evaluate", str(trained), str(workdir / "syn.extxyz")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "rel RMSE" in out and "\nH " in out and "\nO " in out
+
+
+def test_featurize_cli_and_external_example(trained, workdir, capsys):
+    npz = workdir / "features.npz"
+    assert cli(["featurize", str(workdir / "syn.extxyz"), "--model", str(trained), "--out", str(npz)]) == 0
+    npz2 = workdir / "features_spec.npz"
+    assert cli(["featurize", str(workdir / "syn.extxyz"), "--spec", str(workdir / "spec.json"), "--out", str(npz2)]) == 0
+    capsys.readouterr()
+    with np.load(npz) as z, np.load(npz2) as z2:
+        assert z["invariant"].shape == (480, small_spec().n_invariant)
+        assert z["covariant"].shape == (480, small_spec().n_covariant, 3)
+        assert z["species"].dtype == np.int64 and z["offsets"].tolist()[-1] == 480
+        np.testing.assert_array_equal(z["invariant"], z2["invariant"])
+        assert fastfeat.FeatureSpec.from_json(str(z["spec"])) == small_spec()
+        feats = {k: z[k] for k in z.files}
+    forces_path = workdir / "forces.npy"
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "external_onnx.py"), str(trained), str(npz),
+                           "--out", str(forces_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "structure 39: 12 atoms" in proc.stdout
+    expected = OnnxForceModel(trained)(feats["invariant"], feats["covariant"], feats["species"])
+    np.testing.assert_array_equal(np.load(forces_path), expected)
+    # the example refuses features of another spec
+    other = workdir / "other.npz"
+    spec2 = fastfeat.FeatureSpec.default(("H", "O"))
+    (workdir / "spec2.json").write_text(spec2.to_json())
+    assert cli(["featurize", str(workdir / "syn.extxyz"), "--spec", str(workdir / "spec2.json"), "--out", str(other)]) == 0
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "examples", "external_onnx.py"), str(trained), str(other)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "different FeatureSpec" in proc.stderr
+
+
+def test_featurize_cli_errors(workdir, capsys):
+    assert cli(["featurize", str(workdir / "missing.extxyz"), "--spec", str(workdir / "spec.json"),
+                "--out", str(workdir / "x.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli(["featurize", str(workdir / "syn.extxyz"), "--model", "no-such-model", "--out", str(workdir / "x.npz")]) == 2
+    assert "`--model`" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ bad input
+def _train(workdir, data, *extra):
+    return cli(["train", "--data", str(data), "--spec", str(workdir / "spec.json"), "--epochs", "1", "--quiet",
+                "--cache-dir", str(workdir / "cache"), "--out", str(workdir / "bad.onnx"), *extra])
+
+
+def test_data_without_forces(workdir, capsys):
+    frames = synthetic_frames(4, seed=1)
+    frames[2].calc = None
+    ase.io.write(workdir / "noforces.extxyz", frames)
+    assert _train(workdir, workdir / "noforces.extxyz") == 2
+    err = capsys.readouterr().err
+    assert "frame 2 has no forces" in err
+
+
+def test_species_not_in_spec(workdir, capsys):
+    frames = synthetic_frames(4, seed=2)
+    frames[3][5].symbol = "Li"
+    frames[3].calc = SinglePointCalculator(frames[3], forces=np.zeros((12, 3)))
+    ase.io.write(workdir / "li.extxyz", frames)
+    assert _train(workdir, workdir / "li.extxyz") == 2
+    err = capsys.readouterr().err
+    assert "Li" in err and "not in the spec's species ['H', 'O']" in err and "atom 5" in err
+
+
+def test_empty_dataset(workdir, capsys):
+    (workdir / "empty.extxyz").write_text("")
+    assert _train(workdir, workdir / "empty.extxyz") == 2
+    assert "empty" in capsys.readouterr().err
+
+
+def test_nan_forces_name_the_frame(workdir, capsys):
+    frames = synthetic_frames(5, seed=3)
+    f = frames[4].get_forces().copy()
+    f[7, 1] = np.nan
+    frames[4].calc = SinglePointCalculator(frames[4], forces=f)
+    ase.io.write(workdir / "nan.extxyz", frames)
+    assert _train(workdir, workdir / "nan.extxyz") == 2
+    err = capsys.readouterr().err
+    assert "frame 4" in err and "NaN" in err and "atom 7" in err
+
+
+def test_unknown_target_key(workdir, capsys):
+    assert _train(workdir, workdir / "syn.extxyz", "--target", "dipoles") == 2
+    err = capsys.readouterr().err
+    assert "`dipoles`" in err and "polar" in err
+
+
+def test_unknown_config_key(workdir, capsys):
+    cfg = workdir / "bad.toml"
+    cfg.write_text('head = "basis"\nlearning_rate = 0.01\n')
+    assert _train(workdir, workdir / "syn.extxyz", "--config", str(cfg)) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key `learning_rate`" in err and "lr" in err and "batch_size" in err
+
+
+def test_unknown_dataset_name(workdir, capsys):
+    assert _train(workdir, "no-such-dataset") == 2
+    assert "no-such-dataset" in capsys.readouterr().err
+
+
+def test_evaluate_errors(trained, workdir, capsys):
+    assert cli(["evaluate", str(workdir / "nothing.onnx"), str(workdir / "syn.extxyz")]) == 2
+    assert "`MODEL`" in capsys.readouterr().err
+    frames = synthetic_frames(2, seed=4)
+    for a in frames:
+        a.calc = None
+    ase.io.write(workdir / "noforces2.extxyz", frames)
+    assert cli(["evaluate", str(trained), str(workdir / "noforces2.extxyz"), "--target", "forces"]) == 2
+    assert "frame 0 has no forces" in capsys.readouterr().err

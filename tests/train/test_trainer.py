@@ -1,0 +1,141 @@
+"""Training loop on random features: learning, determinism, checkpoint/resume, early stopping; config."""
+
+import numpy as np
+import pytest
+import torch
+
+from fastfeat.train.config import TrainConfig, load_config
+from fastfeat.train.trainer import predict, train_model
+
+from ._helpers import random_features, small_spec
+
+
+def _quiet(msg):
+    pass
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    spec = small_spec()
+    return spec, random_features(spec, 60, rng), random_features(spec, 10, rng)
+
+
+def test_training_reduces_validation_error(data):
+    spec, tr, va = data
+    cfg = TrainConfig(head="basis", hidden=[32, 32], epochs=25, batch_size=4, threads=1, patience=0)
+    res = train_model(tr, va, spec, cfg, log=_quiet)
+    first, best = res.history[0]["val_rmse"], res.best_val
+    ref_rms = float(np.sqrt((va.target**2).mean()))
+    assert best < 0.3 * ref_rms, f"best val RMSE {best:.3f}, reference RMS {ref_rms:.3f}"
+    assert best < first
+    assert res.model.training is False
+    np.testing.assert_allclose(np.sqrt(((predict(res.model, va) - va.target) ** 2).mean()), best, rtol=1e-4)
+
+
+def test_same_seed_same_model(data):
+    spec, tr, va = data
+    cfg = TrainConfig(epochs=3, batch_size=8, hidden=[8], threads=1)
+    a = train_model(tr, va, spec, cfg, log=_quiet)
+    b = train_model(tr, va, spec, cfg, log=_quiet)
+    for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(x, y), k
+    c = train_model(tr, va, spec, cfg.replace(seed=1), log=_quiet)
+    assert not torch.equal(a.model.nets[0][0].weight, c.model.nets[0][0].weight)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
+def test_resume_continues_exactly(data, tmp_path, schedule):
+    spec, tr, va = data
+    cfg = TrainConfig(epochs=6, batch_size=8, hidden=[8], threads=1, schedule=schedule, patience=0)
+    full = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=str(tmp_path / "full.pt"))
+    ck = str(tmp_path / "part.pt")
+    train_model(tr, va, spec, cfg.replace(epochs=6, time_limit=1e-9), log=_quiet, checkpoint=ck)  # stops after 1 epoch
+    assert torch.load(ck, weights_only=False)["epoch"] == 0
+    resumed = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, resume=True)
+    assert [h["epoch"] for h in resumed.history] == list(range(6))
+    np.testing.assert_allclose([h["val_rmse"] for h in resumed.history], [h["val_rmse"] for h in full.history],
+                               rtol=1e-6)
+    for (k, x), y in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_resume_refuses_other_model_or_data(data, tmp_path):
+    spec, tr, va = data
+    ck = str(tmp_path / "ck.pt")
+    cfg = TrainConfig(epochs=1, hidden=[8], threads=1)
+    train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, data_sha="a" * 64)
+    with pytest.raises(ValueError, match="different model"):
+        train_model(tr, va, spec, cfg.replace(hidden=[9]), log=_quiet, checkpoint=ck, resume=True)
+    with pytest.raises(ValueError, match="other data"):
+        train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, resume=True, data_sha="b" * 64)
+    with pytest.raises(FileNotFoundError, match="--resume"):
+        train_model(tr, va, spec, cfg, log=_quiet, checkpoint=str(tmp_path / "none.pt"), resume=True)
+
+
+def test_early_stopping(data):
+    spec, tr, va = data
+    cfg = TrainConfig(epochs=200, batch_size=8, hidden=[8], lr=1e-9, patience=3, threads=1, schedule="constant")
+    res = train_model(tr, va, spec, cfg, log=_quiet)
+    assert res.stopped == "early stopping"
+    assert len(res.history) < 200
+
+
+def test_progress_lines(data):
+    spec, tr, va = data
+    lines = []
+    train_model(tr, va, spec, TrainConfig(epochs=2, hidden=[8], threads=1), log=lines.append)
+    epochs = [l for l in lines if l.startswith("epoch")]
+    assert len(epochs) == 2 and "loss" in epochs[0] and "val MAE" in epochs[0]
+
+
+def test_empty_sets_are_refused(data):
+    spec, tr, va = data
+    with pytest.raises(ValueError, match="validation set is empty"):
+        train_model(tr, va.subset([]), spec, TrainConfig(epochs=1), log=_quiet)
+    with pytest.raises(ValueError, match="training set is empty"):
+        train_model(tr.subset([]), va, spec, TrainConfig(epochs=1), log=_quiet)
+
+
+# ---------------------------------------------------------------------- config
+def test_config_toml(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('head = "basis"\nhidden = [32, 16]\nepochs = 7\nlr = 1e-3\nschedule = "plateau"\n'
+                 '[spec]\ncutoff = 4.0\nangular_cutoff = 3.0\nradial = [[1.0, 1.0]]\nangular = []\n'
+                 'covariant = [[1.0, 1.0]]\n')
+    cfg = load_config(p, epochs=9)
+    assert cfg.head == "basis" and cfg.hidden == [32, 16] and cfg.epochs == 9 and cfg.lr == 1e-3
+    assert cfg.spec["cutoff"] == 4.0
+
+
+def test_config_unknown_key_lists_valid_keys(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("epocs = 3\n")
+    with pytest.raises(ValueError, match=r"unknown config key `epocs`.*valid keys: head, hidden, .*epochs"):
+        load_config(p)
+    p.write_text("[spec]\ncutof = 3.0\n")
+    with pytest.raises(ValueError, match=r"`spec.cutof`.*cutoff"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("key,value,exc,match", [
+    ("head", "energy", ValueError, "`head`"),
+    ("epochs", 0, ValueError, "`epochs`"),
+    ("epochs", 2.5, TypeError, "`epochs`"),
+    ("lr", "fast", TypeError, "`lr`"),
+    ("hidden", [0], ValueError, "`hidden`"),
+    ("val_fraction", 1.0, ValueError, "`val_fraction`"),
+    ("schedule", "step", ValueError, "`schedule`"),
+])
+def test_config_bad_values(key, value, exc, match):
+    with pytest.raises(exc, match=match):
+        TrainConfig(**{key: value})
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--config"):
+        load_config(tmp_path / "none.toml")
+    p = tmp_path / "broken.toml"
+    p.write_text("head = \n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(p)
