@@ -28,7 +28,10 @@ __all__ = [
     "water_box",
     "water_system",
     "tantalum_bcc",
+    "replicate_to",
     "ani1x_spec",
+    "benchmark_model_path",
+    "force_model",
     "set_threads",
     "interleaved_medians",
     "machine_info",
@@ -159,6 +162,81 @@ def tantalum_bcc(repeat=12, lattice=_TA_LATTICE):
     atoms = bulk("Ta", "bcc", a=lattice, cubic=True).repeat((repeat, repeat, repeat))
     atoms.set_masses(np.full(len(atoms), _TA_MASS))
     return atoms
+
+
+def replicate_to(atoms, n_min):
+    """`atoms` repeated along its cell vectors (as evenly as possible) to at least `n_min` atoms."""
+    reps = [1, 1, 1]
+    lengths = atoms.cell.lengths()
+    while len(atoms) * reps[0] * reps[1] * reps[2] < n_min:
+        k = int(np.argmin([lengths[c] * reps[c] for c in range(3)]))
+        reps[k] += 1
+    return atoms.repeat(tuple(reps))
+
+
+def _cache_dir(*parts):
+    import pathlib
+
+    base = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".cache")) / "fastfeat-bench"
+    path = base.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0):
+    """An ONNX force model with random weights, for timing only (needs torch: fastfeat[train]).
+
+    The graph is exactly what ``fastfeat train`` exports for ``FeatureSpec.default(species)``
+    with the given hidden widths (projection head); only the weights are untrained, and the
+    output scale is 1e-3 so that the forces stay small (MD timings without blow-up). The file
+    is cached under ``~/.cache/fastfeat-bench/models``.
+    """
+    import hashlib
+
+    import fastfeat
+
+    spec = fastfeat.FeatureSpec.default(tuple(species))
+    key = hashlib.sha256(f"{spec.to_json()}|{tuple(hidden)}|{seed}|{fastfeat.__version__}".encode()).hexdigest()[:16]
+    path = _cache_dir("models") / f"random-{'-'.join(species)}-{key}.onnx"
+    if not path.exists():
+        import torch
+
+        from fastfeat.train.export import export_onnx
+        from fastfeat.train.model import StaggeredNetwork
+
+        torch.manual_seed(seed)
+        net = StaggeredNetwork(spec, hidden=hidden)
+        with torch.no_grad():
+            net.output_scale.fill_(1e-3)
+        tmp = path.with_suffix(f".{os.getpid()}.onnx")
+        export_onnx(net, tmp, validation={"note": "random weights, benchmark only"})
+        os.replace(tmp, path)
+    return str(path)
+
+
+def force_model(kind="auto", device="cpu", threads=1):
+    """(ForceModel, structure_fn, label) for runtime benchmarks.
+
+    kind="bundled": the bundled "peo" model and a replicated frame of its data set;
+    kind="random": a random-weight H/O model (:func:`benchmark_model_path`) and water boxes;
+    kind="auto": bundled when available, else random. ``structure_fn(n_atoms)`` returns a
+    structure of at least about n_atoms atoms.
+    """
+    from fastfeat.runtime import ForceModel
+
+    if kind in ("auto", "bundled"):
+        try:
+            from fastfeat.train import datasets
+
+            model = ForceModel.pretrained("peo", device=device, intra_op_threads=threads)
+            frame = datasets.load("peo", split="train")[0]
+            frame.calc = None
+            return model, (lambda n: replicate_to(frame, n)), "bundled peo model, replicated PEO frame"
+        except Exception:
+            if kind == "bundled":
+                raise
+    model = ForceModel.load(benchmark_model_path(("H", "O")), device=device, intra_op_threads=threads)
+    return model, water_system, "random-weight H/O model (default spec, hidden 64-64), water"
 
 
 def ani1x_spec():

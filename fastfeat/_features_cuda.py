@@ -27,16 +27,20 @@ from ._neighbors_cuda import (
     fill,
     launch,
     nonfinite_error,
+    quiet,
     to_user,
     upload,
 )
 from ._validation import check_cell, check_pbc, check_positions, species_index
 
-__all__ = ["featurize_cuda", "CudaFeaturizerState", "ANGULAR_CAPACITY"]
+__all__ = ["featurize_cuda", "CudaFeaturizerState", "ANGULAR_CAPACITY", "FAST_MATH_FLOAT32"]
 
 #: Angular neighbours (r < angular_cutoff) one warp keeps in shared memory;
 #: atoms with more are recomputed by the one-thread-per-atom kernel.
 ANGULAR_CAPACITY = 64
+#: float32 features with the GPU's fast approximate exp/cos/pow/sqrt/division
+#: (errors of a few float32 ulp; float64 always uses accurate math).
+FAST_MATH_FLOAT32 = True
 #: Warps (centre atoms) per block of the warp kernel on a GPU.
 WARPS_PER_BLOCK = 4
 #: Dynamic shared memory one block may use without opting in (bytes).
@@ -107,16 +111,21 @@ def _run_features(params, spec, pos, species, offset_n, j_p, shiftvec, order_n, 
     dtype = np.dtype(pos.dtype)
     fill(out.status, 0, stream)
     cap = int(ANGULAR_CAPACITY if capacity is None else capacity)
-    per_warp = k.shared_floats_per_warp(spec.n_invariant, spec.n_covariant, cap)
-    wpb = 1 if k.SIMULATOR else min(WARPS_PER_BLOCK, _SHARED_LIMIT // (per_warp * dtype.itemsize))
+    per_warp = k.shared_floats_per_warp(spec.n_species, len(spec.radial), len(spec.covariant), spec.n_angular, cap)
+    lanes, _ = k.radial_split(len(spec.radial), len(spec.covariant))
+    wpb = min(1 if k.SIMULATOR else WARPS_PER_BLOCK, _SHARED_LIMIT // (per_warp * dtype.itemsize))
     common = (pos, species, offset_n, j_p, shiftvec, order_n)
     if wpb >= 1:
-        kernel = k.features_warp_f32 if dtype == np.float32 else k.features_warp_f64
+        if dtype == np.float64:
+            kernel = k.features_warp_f64
+        else:
+            kernel = k.features_warp_f32_fast if FAST_MATH_FLOAT32 else k.features_warp_f32
         blocks = (n + wpb - 1) // wpb
-        kernel[blocks, wpb * k.WARP, stream, wpb * per_warp * dtype.itemsize](
-            *common, *params.scalars, *params.arrays, params.n_radial_total, cap, per_warp,
-            out.g, out.v, out.overlap_p, out.overflow_n, out.status,
-        )
+        with quiet():
+            kernel[blocks, wpb * k.WARP, stream, wpb * per_warp * dtype.itemsize](
+                *common, *params.scalars, *params.arrays, params.n_radial_total, cap, per_warp, lanes,
+                out.g, out.v, out.overlap_p, out.overflow_n, out.status,
+            )
         status = download(out.status, stream)
         only_flagged = True
     else:  # accumulators do not fit in shared memory: one thread per atom for all
@@ -281,6 +290,8 @@ class CudaFeaturizerState:
         self.key = None
         self.nl = None
         self.capacity = None  # None: ANGULAR_CAPACITY
+        self.numbers_host = None
+        self.species_host = None
 
     def _allocate(self, n, stream):
         spec = self.cache.spec
@@ -290,6 +301,7 @@ class CudaFeaturizerState:
         self.species = alloc(n, np.int32)
         fill(self.species, -1, stream)
         self.species_host = None
+        self.numbers_host = None
         self.status_f = alloc(4, np.float64)
         self.out = _Outputs(n, spec, self.dtype)
         self.user = (to_user(self.out.g), to_user(self.out.v))
@@ -310,8 +322,14 @@ class CudaFeaturizerState:
         cell = check_cell(cell, pbc)
         z_host, z_dev = _check_numbers_host(numbers, n)
         species_host = None
+        fresh = False
         if z_dev is None:
-            species_host = species_index(z_host, self.cache.table, n, self.cache.spec.species)
+            if (self.numbers_host is not None and z_host is not None and z_host.shape == self.numbers_host.shape
+                    and z_host.dtype == self.numbers_host.dtype and np.array_equal(z_host, self.numbers_host)):
+                species_host = self.species_host  # same numbers as the last call: already checked
+            else:
+                species_host = species_index(z_host, self.cache.table, n, self.cache.spec.species)
+                fresh = True
         if n != self.n:
             self._allocate(n, stream)
         if n == 0:
@@ -330,10 +348,13 @@ class CudaFeaturizerState:
         if z_dev is not None:
             _device_species(z_dev, params, self.species, self.status_f, self.cache, stream)
             self.species_host = None
-        elif self.species_host is None or not np.array_equal(self.species_host, species_host):
-            self.species.copy_to_device(species_host, stream=stream)
+            self.numbers_host = None
+        elif fresh or self.species_host is None:
+            if self.species_host is None or not np.array_equal(self.species_host, species_host):
+                self.species.copy_to_device(species_host, stream=stream)
+                species_changed = True
             self.species_host = species_host
-            species_changed = True
+            self.numbers_host = np.array(z_host, copy=True)
         disp2, bad_pos, bad_num, changed = download(self.status_f, stream)
         if bad_pos < n:
             raise nonfinite_error(src, int(bad_pos), stream)

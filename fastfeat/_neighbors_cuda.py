@@ -14,7 +14,8 @@ allocate the outputs).
 
 from __future__ import annotations
 
-import math
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,7 +67,8 @@ def current_stream():
         ptr = cp.cuda.get_current_stream().ptr
         if ptr:
             return cuda.external_stream(ptr)
-    return cuda.default_stream()
+    default = getattr(cuda, "default_stream", None) or cuda.stream  # the built-in simulator has only `stream`
+    return default()
 
 
 def is_numba_device_array(x) -> bool:
@@ -74,7 +76,11 @@ def is_numba_device_array(x) -> bool:
 
 
 def as_device(x):
-    """A Numba device-array view of a CUDA array (CuPy, Numba, any ``__cuda_array_interface__``), else None."""
+    """A Numba device-array view of a CUDA array (CuPy, Numba, any ``__cuda_array_interface__``), else None.
+
+    The producer's stream (if it exports one) is synchronised first, so work
+    queued on another stream (e.g. PyTorch's) is complete.
+    """
     if is_numba_device_array(x):
         return x
     if hasattr(x, "__cuda_array_interface__"):
@@ -86,8 +92,10 @@ def alloc(shape, dtype):
     """Uninitialised device array (a Numba view; CuPy's memory pool when CuPy is available)."""
     dtype = np.dtype(dtype)
     cp = cupy_module()
-    if cp is not None:
-        return _cuda().as_cuda_array(cp.empty(shape, dtype))
+    size = int(np.prod(shape))
+    if cp is not None and size > 0:
+        # same stream as every launch: no synchronisation needed
+        return _cuda().as_cuda_array(cp.empty(shape, dtype), sync=False)
     return _cuda().device_array(shape, dtype)
 
 
@@ -110,7 +118,19 @@ def download(dev, stream):
 def to_user(dev):
     """What the public API returns for a device array: CuPy when available (zero-copy), else Numba."""
     cp = cupy_module()
-    return cp.asarray(dev) if cp is not None else dev
+    if cp is None:
+        return dev
+    if dev.size == 0:
+        return cp.empty(dev.shape, dev.dtype)
+    return cp.asarray(dev)
+
+
+@contextmanager
+def quiet():
+    """Silence Numba's low-occupancy warning: small structures legitimately launch small grids."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grid size .* low occupancy")
+        yield
 
 
 def launch(kernel, n, stream, *args, threads=None):
@@ -118,7 +138,8 @@ def launch(kernel, n, stream, *args, threads=None):
     if n <= 0:
         return
     t = threads or _kernels().THREADS
-    kernel[(n + t - 1) // t, t, stream](*args)
+    with quiet():
+        kernel[(n + t - 1) // t, t, stream](*args)
 
 
 def fill(dev, value, stream):
@@ -138,11 +159,13 @@ def _inclusive_scan(x, y, stream):
     t = k.THREADS
     nb = (n + t - 1) // t
     sums = alloc(nb, np.int64)
-    k.scan_blocks[nb, t, stream](x, y, sums)
+    with quiet():
+        k.scan_blocks[nb, t, stream](x, y, sums)
     if nb > 1:
         scanned = alloc(nb, np.int64)
         _inclusive_scan(sums, scanned, stream)
-        k.add_block_offsets[nb, t, stream](y, scanned)
+        with quiet():
+            k.add_block_offsets[nb, t, stream](y, scanned)
 
 
 def check_device_memory(n_bytes, what):

@@ -84,6 +84,11 @@ def maxwell_boltzmann(masses, temperature_K, rng, dof=None, rescale=True) -> np.
     return v
 
 
+def _max_abs(a) -> float:
+    """Largest |component| of a force array; NaN if any entry is NaN (inf if inf)."""
+    return float(max(a.max(), -a.min())) if a.size else 0.0
+
+
 def _host(a):
     return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
@@ -129,9 +134,12 @@ class MDResult:
         Final state (Å, Å/fs, eV/Å); the last good one if the run stopped.
     log : dict of (L,) ndarray
         Every ``every`` steps: ``step``, ``time_fs``, ``temperature_K``,
-        ``kinetic_eV``, ``max_force`` (eV/Å) and, in NVE, ``conserved_eV``:
+        ``kinetic_eV``, ``max_force`` (eV/Å) and, in NVE, ``ke_minus_work_eV``:
         kinetic energy minus the work done by the forces along the path
-        (trapezoidal rule); constant for conservative forces.
+        (trapezoidal rule). By the work-energy theorem it is constant for
+        *any* force field up to integration error, so its drift measures the
+        time step's error, not non-conservative forces (for conservative
+        forces it is the total energy minus the initial potential energy).
     stopped_at : int or None
         Step with bad forces, if the run stopped early.
     stop_reason : str or None
@@ -230,7 +238,7 @@ def _open_for_writing(path, what):
             hint = f" (directory {parent!r} does not exist)"
         elif not os.access(parent, os.W_OK):
             hint = f" (directory {parent!r} is not writable)"
-        raise OSError(exc.errno, f"cannot write {what} {path!r}: {exc.strerror}{hint}; nothing was run") from None
+        raise type(exc)(f"cannot write {what} {path!r}: {exc.strerror}{hint}; nothing was run") from None
 
 
 # ----------------------------------------------------------------- the engine
@@ -335,7 +343,7 @@ class MolecularDynamics:
         out[...] = f
         if self.remove_net_force:
             out -= out.mean(axis=0)
-        return float(max(out.max(), -out.min())) if self.n_atoms else 0.0
+        return _max_abs(out)
 
     def current_temperature(self) -> float:
         return temperature(_host(self.v), self.masses, self.dof)
@@ -395,9 +403,9 @@ class MolecularDynamics:
         nve = self.ensemble == "nve"
         records = {k: [] for k in ("step", "time_fs", "temperature_K", "kinetic_eV", "max_force")}
         if nve:
-            records["conserved_eV"] = []
+            records["ke_minus_work_eV"] = []
         if logfh is not None:
-            cols = "step time_fs temperature_K kinetic_eV max_force_eV/A" + (" conserved_eV" if nve else "")
+            cols = "step time_fs temperature_K kinetic_eV max_force_eV/A" + (" ke_minus_work_eV" if nve else "")
             logfh.write(f"# fastfeat md: {n} atoms, dt={self.dt} fs, ensemble={self.ensemble}, "
                         f"T={self.temperature} K\n# {cols}\n")
 
@@ -406,13 +414,13 @@ class MolecularDynamics:
         if self.f is None:
             fmax = self._forces_into(f)
             if not fmax <= self.max_force:
+                what = "not finite" if math.isnan(fmax) else f"too large ({fmax:.4g} eV/Å > max_force={self.max_force:g})"
                 raise MDInstabilityError(
-                    f"the initial forces are {'not finite' if math.isnan(fmax) else f'too large ({fmax:.4g} eV/Å > max_force={self.max_force:g})'}"
-                    f"; the structure or the model is unsuitable (step {self.step})",
+                    f"the initial forces are {what}; the structure or the model is unsuitable (step {self.step})",
                     self.step, "initial forces", self._result(0, 0.0, records, f, None, None))
         else:
             f[...] = self.f
-        fmax = float(max(f.max(), -f.min())) if n else 0.0
+        fmax = _max_abs(f)
 
         def record(step, x, v, f_arr, fmax_val):
             vh = _host(v)
@@ -423,7 +431,7 @@ class MolecularDynamics:
             for key, val in zip(records, row):
                 records[key].append(val)
             if nve:
-                records["conserved_eV"].append(ke - self.work)
+                records["ke_minus_work_eV"].append(ke - self.work)
             if logfh is not None:
                 extra = f" {ke - self.work:.8f}" if nve else ""
                 logfh.write(f"{step} {time_fs:.4f} {t:.3f} {ke:.8f} {fmax_val:.5g}{extra}\n")
@@ -478,14 +486,15 @@ class MolecularDynamics:
                 break
             if remove_net:
                 f_new -= f_new.mean(axis=0)
-            fmax = float(max(f_new.max(), -f_new.min())) if n else 0.0
+            fmax = _max_abs(f_new)
             if not fmax <= max_force:
                 what = "NaN or inf" if math.isnan(fmax) else f"{fmax:.4g} eV/Å > max_force={max_force:g}"
                 stop = (k, f"the forces became unphysical ({what})")
                 break
             if nve:
                 xp.subtract(x, x_prev, out=tmp)
-                self.work += 0.5 * float(xp.vdot(f, tmp) + xp.vdot(f_new, tmp))
+                dx = tmp.ravel()
+                self.work += 0.5 * float(xp.vdot(f.ravel(), dx) + xp.vdot(f_new.ravel(), dx))
             f, f_new = f_new, f
             xp.multiply(f, kick, out=tmp)
             v += tmp
@@ -514,7 +523,7 @@ class MolecularDynamics:
         self.step = start_step + k - 1
         self.f = f.copy()
         if (k - 1) % every != 0:
-            record(self.step, x, v, f, float(max(f.max(), -f.min())) if n else 0.0)
+            record(self.step, x, v, f, _max_abs(f))
         bad_step = start_step + k
         if logfh is not None:
             logfh.write(f"# stopped at step {bad_step}: {reason}; last good step {self.step}\n")

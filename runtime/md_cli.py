@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="trajectory file (extxyz)")
     p.add_argument("--every", type=int, default=100, help="write trajectory/log every k steps (default 100)")
     p.add_argument("--log", default=None, help="text log file")
+    p.add_argument("--keep-velocities", action="store_true",
+                   help="start from the velocities (momenta) stored in STRUCTURE instead of Maxwell-Boltzmann")
     p.add_argument("--remove-net-force", action="store_true", help="make the total force zero every step")
     p.add_argument("--max-force", type=float, default=1000.0,
                    help="stop when a force component exceeds this (eV/Å, default 1000) or is NaN")
@@ -55,6 +57,7 @@ def main(argv=None) -> int:
             model, atoms, args.steps, dt=args.dt, temperature=args.temperature, ensemble=args.ensemble,
             friction=args.friction, seed=args.seed, out=args.out, every=args.every, log=args.log,
             remove_net_force=args.remove_net_force, max_force=args.max_force, progress=not args.quiet,
+            velocities="atoms" if args.keep_velocities else None,
         )
     except MDInstabilityError as exc:
         print(f"fastfeat md: {exc}", file=sys.stderr)

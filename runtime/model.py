@@ -70,6 +70,13 @@ def _check_cuda_runtime():
             f"device='cuda' was requested but onnxruntime {ort.__version__} has no CUDAExecutionProvider "
             f"(available: {providers}); install onnxruntime-gpu (fastfeat[gpu]) instead of onnxruntime"
         )
+    if hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels only if loaded first
+        # (torch would do it on import; the runtime never imports torch)
+        try:
+            ort.preload_dlls()
+        except Exception:  # missing libraries surface below as a provider that failed to start
+            pass
     from fastfeat._device import require_cuda
 
     require_cuda()
@@ -257,14 +264,13 @@ class ForceModel:
         atoms_list = list(atoms_list)
         if not atoms_list:
             return []
-        for k, atoms in enumerate(atoms_list):
-            try:
-                self.species_index(atoms.numbers)
-            except ValueError as exc:
-                raise ValueError(f"structure {k} of `atoms_list`: {exc}") from None
-        feats = fastfeat.featurize(atoms_list, self.spec, device=self.device, dtype=self.dtype)
-        species = self.species_index(np.concatenate([a.numbers for a in atoms_list]))
-        f_nc = self.forces_from_features(feats.invariant, feats.covariant, species)
+        # featurize validates every structure (unknown species: "structure k: atom i is X ...")
+        if self.device == "cpu" and _parallel_lock() is not None:
+            with _WORKQUEUE_LOCK:
+                feats = fastfeat.featurize(atoms_list, self.spec, device="cpu", dtype=self.dtype)
+        else:
+            feats = fastfeat.featurize(atoms_list, self.spec, device=self.device, dtype=self.dtype)
+        f_nc = self.forces_from_features(feats.invariant, feats.covariant, feats.species)
         offsets = np.asarray(feats.offsets)
         return [f_nc[offsets[k]:offsets[k + 1]] for k in range(len(atoms_list))]
 
@@ -303,6 +309,23 @@ class ForceModel:
             "species": np.ascontiguousarray(species, dtype=np.int64),
         }
         return self._session.run([OUTPUT_NAME], feeds)[0].astype(np.float64)
+
+
+#: serialises featurizer calls when Numba runs its "workqueue" threading layer, which aborts
+#: the process on concurrent parallel calls from two threads (the omp and tbb layers are safe)
+_WORKQUEUE_LOCK = threading.Lock()
+_UNKNOWN = object()
+
+
+def _parallel_lock():
+    """The lock featurizer calls must hold under Numba's layer, or None when calls may overlap."""
+    import numba
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return _UNKNOWN
+    return _WORKQUEUE_LOCK if layer == "workqueue" else None
 
 
 def _ptr(arr):
@@ -355,6 +378,7 @@ class ForceEvaluator:
         self._fz = fastfeat.Featurizer(model.spec, device=self.device, dtype=dtype, skin=model.skin)
         self._io = self._session.io_binding()
         self._g = self._v = None
+        self._lock = _parallel_lock() if self.device == "cpu" else None
         n = self.n_atoms
         if self.device == "cuda":
             cp = _cupy()
@@ -362,21 +386,21 @@ class ForceEvaluator:
             self._where = "cuda"
             self._sync = cp.cuda.Device().synchronize
             self._species = cp.asarray(species)
-            self._f32 = cp.empty((n, 3), dtype=dtype)
+            self._f_model = cp.empty((n, 3), dtype=dtype)
             self._out = cp.empty((n, 3), dtype=np.float64)
-            self._numbers_arg = self.numbers
+            self._numbers_arg = cp.asarray(self.numbers)  # species looked up on the device
         else:
             self.xp = np
             self._where = "cpu"
             self._sync = None
             self._species = species
-            self._f32 = np.empty((n, 3), dtype=dtype)
+            self._f_model = np.empty((n, 3), dtype=dtype)
             self._out = np.empty((n, 3), dtype=np.float64)
             self._numbers_arg = self.numbers
         io = self._io
         if n:
             io.bind_input("species", self._where, 0, np.int64, (n,), _ptr(self._species))
-            io.bind_output(OUTPUT_NAME, self._where, 0, dtype.type, (n, 3), _ptr(self._f32))
+            io.bind_output(OUTPUT_NAME, self._where, 0, dtype.type, (n, 3), _ptr(self._f_model))
         self._same_dtype = dtype == np.float64
 
     @property
@@ -409,15 +433,22 @@ class ForceEvaluator:
         """
         if self.n_atoms == 0:
             return self._out
-        g, v = self._fz(positions, self._numbers_arg, self.cell, self.pbc)
+        lock = self._lock
+        if lock is None:
+            g, v = self._fz(positions, self._numbers_arg, self.cell, self.pbc)
+        else:
+            with _WORKQUEUE_LOCK:
+                g, v = self._fz(positions, self._numbers_arg, self.cell, self.pbc)
+            if lock is _UNKNOWN:
+                self._lock = _parallel_lock()
         if g is not self._g or v is not self._v:
             self._rebind(g, v)
         if self._sync is not None:
             self._sync()  # features come from other CUDA streams than onnxruntime's
         self._session.run_with_iobinding(self._io)
         if self._same_dtype:
-            return self._f32
-        self._out[...] = self._f32
+            return self._f_model
+        self._out[...] = self._f_model
         return self._out
 
     def _rebind(self, g, v):

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-__all__ = ["train_main", "evaluate_main", "run_training"]
+__all__ = ["train_main", "evaluate_main", "run_training", "prepare_features", "train_and_export", "evaluate"]
 
 
 def _train_parser():
@@ -66,26 +66,22 @@ def _spec_for(cfg, spec_path, frames_lists):
     return fastfeat.FeatureSpec.default(species, preset=cfg.spec_preset)
 
 
-def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=False, log=None, quiet=False):
-    """Everything ``fastfeat train`` does; returns a dict summary (main rank) .
+def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
+    """Frames of ``data`` -> checked targets -> spec -> cached features.
 
-    Raises ValueError/TypeError/FileNotFoundError with a clear message on bad input.
+    Returns
+    -------
+    feats : dict
+        ``{"train": FeatureSet, "val": FeatureSet[, "test": FeatureSet]}``.
+    spec : fastfeat.FeatureSpec
+    sha : str
+        sha256 of the training + validation data.
     """
-    import torch
-
     from .data import cached_features, check_species, data_hash, frame_targets, load_frames, split_frames
-    from .evaluate import OnnxForceModel, force_metrics
-    from .export import export_onnx
-    from .trainer import Distributed, predict, train_model
+    from .trainer import Distributed
 
-    if log is None:
-        def log(msg):
-            print(msg, file=sys.stderr, flush=True)
-    dctx = Distributed()
-    say = log if dctx.is_main else (lambda msg: None)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    t0 = time.perf_counter()
+    dctx = dist_ctx or Distributed()
+    say = log if (log and dctx.is_main) else (lambda msg: None)
     data = os.fspath(data)
     splits = {}
     if os.path.exists(data):
@@ -114,12 +110,25 @@ def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=Fals
                 feats[name] = cached_features(frames, targets, spec, dtype=cfg.dtype, target=cfg.target,
                                               cache_dir=cfg.cache_dir, log=say)
         dctx.barrier()
-    say(f"features ready in {time.perf_counter() - t0:.1f} s: n_invariant={spec.n_invariant}, "
-        f"n_covariant={spec.n_covariant}, species={list(spec.species)}")
+    return feats, spec, sha
+
+
+def train_and_export(feats, spec, sha, out, cfg, *, checkpoint=None, resume=False, log=None, quiet=False,
+                     dist_ctx=None):
+    """Train on precomputed features, report val/test metrics, export ONNX (main rank); returns a summary dict."""
+    from .evaluate import OnnxForceModel, force_metrics
+    from .export import export_onnx
+    from .trainer import Distributed, predict, train_model
+
+    dctx = dist_ctx or Distributed()
+    say = log if dctx.is_main else (lambda msg: None)
+    t0 = time.perf_counter()
     checkpoint = checkpoint or f"{os.fspath(out)}.ckpt"
     res = train_model(feats["train"], feats["val"], spec, cfg, checkpoint=checkpoint, resume=resume,
                       data_sha=sha, log=(lambda m: None) if quiet else log, dist_ctx=dctx)
-    summary = {"best_epoch": res.best_epoch + 1, "epochs_run": len(res.history), "stopped": res.stopped}
+    summary = {"best_epoch": res.best_epoch + 1, "epochs_run": len(res.history), "stopped": res.stopped,
+               "train_seconds": time.perf_counter() - t0,
+               "n_parameters": sum(p.numel() for p in res.model.parameters())}
     metrics = {}
     for name in ("val", "test"):
         if name in feats:
@@ -138,13 +147,38 @@ def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=Fals
         torch_f = predict(res.model, fs)
         dev = float(np.abs(onnx_f - torch_f).max() / max(np.abs(torch_f).max(), 1e-30))
         summary["onnx_max_rel_deviation"] = dev
+        summary["onnx_bytes"] = os.path.getsize(out)
         for name, m in metrics.items():
             say(f"{name}: MAE {m['mae']:.4f}  RMSE {m['rmse']:.4f}  rel RMSE {m['rel_rmse']:.4f}  "
                 f"cosine {m['cosine']:.4f}  ({unit})")
         say(f"wrote {out} ({os.path.getsize(out) / 1024:.0f} kB; ONNX vs PyTorch max rel deviation {dev:.1e}); "
-            f"total {time.perf_counter() - t0:.0f} s")
+            f"training {time.perf_counter() - t0:.0f} s")
     summary["history"] = res.history
     return summary
+
+
+def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=False, log=None, quiet=False):
+    """Everything ``fastfeat train`` does; returns a summary dict.
+
+    Raises ValueError/TypeError/FileNotFoundError with a clear message on bad input.
+    """
+    import torch
+
+    from .trainer import Distributed
+
+    if log is None:
+        def log(msg):
+            print(msg, file=sys.stderr, flush=True)
+    dctx = Distributed()
+    say = log if dctx.is_main else (lambda msg: None)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    feats, spec, sha = prepare_features(data, cfg, spec_path=spec_path, log=log, dist_ctx=dctx)
+    say(f"features ready in {time.perf_counter() - t0:.1f} s: n_invariant={spec.n_invariant}, "
+        f"n_covariant={spec.n_covariant}, species={list(spec.species)}")
+    return train_and_export(feats, spec, sha, out, cfg, checkpoint=checkpoint, resume=resume, log=log, quiet=quiet,
+                            dist_ctx=dctx)
 
 
 def train_main(argv) -> int:

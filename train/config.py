@@ -44,6 +44,8 @@ class TrainConfig:
     activation : {"silu", "tanh"}
     eps_rel, eps_abs : float
         Projection-head regularisation ``ε = eps_rel·tr(VVᵀ)/3 + eps_abs``.
+    gram : bool
+        Feed the Gram entries ``V_k·V_l`` to the networks besides the invariants.
     epochs : int
         Maximum number of epochs.
     batch_size : int
@@ -87,6 +89,7 @@ class TrainConfig:
     activation: str = "silu"
     eps_rel: float = EPS_REL
     eps_abs: float = EPS_ABS
+    gram: bool = True
     epochs: int = 200
     batch_size: int = 8
     lr: float = 3e-3
@@ -132,6 +135,8 @@ class TrainConfig:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"config `{key}` must be a number, got {type(v).__name__} {v!r}")
             setattr(self, key, float(v))
+        if not isinstance(self.gram, bool):
+            raise TypeError(f"config `gram` must be true or false, got {type(self.gram).__name__} {self.gram!r}")
         for key in ("head", "activation", "schedule", "dtype", "export_dtype", "target", "target_unit",
                     "cache_dir", "spec_preset"):
             v = getattr(self, key)

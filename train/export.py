@@ -4,8 +4,10 @@ The graph is written node by node with :mod:`onnx.helper` from the trained
 weights (no dependency on ``torch.onnx``). It performs exactly the PyTorch
 arithmetic:
 
+* network inputs: the invariants, and (``gram``) the Gram entries
+  ``V_k·V_l`` (k <= l) of the covariant input (``MatMul`` + ``Gather``), concatenated;
 * per element ``e``: ``NonZero(species == e)`` -> ``Gather`` the rows of the
-  invariants -> standardise ``(G - mean_e) * (1/std_e)`` -> MLP (``MatMul`` +
+  inputs -> standardise ``(G - mean_e) * (1/std_e)`` -> MLP (``MatMul`` +
   ``Add`` + SiLU/Tanh) -> ``* output_scale_e`` -> ``ScatterND`` into the
   (n_atoms, K) output, so each atom runs through its own element's network
   only;
@@ -75,6 +77,18 @@ def _activation(b: _Builder, x: str, activation: str) -> str:
     if activation == "tanh":
         return b.op("Tanh", [x])
     raise ValueError(f"unsupported activation {activation!r}")
+
+
+def _network_inputs(b: _Builder, model: StaggeredNetwork, inv: str, cov: str) -> str:
+    """The invariants, then (``model.gram``) the Gram entries V_k·V_l (k <= l) -> (n, n_inputs)."""
+    if not model.gram:
+        return inv
+    k = model.spec.n_covariant
+    vt = b.op("Transpose", [cov], "vt_gram", perm=[0, 2, 1])                   # (n, 3, K)
+    gram = b.op("MatMul", [cov, vt], "gram_kk")                                # (n, K, K)
+    flat = b.op("Reshape", [gram, b.const("shape_nkk", [-1, k * k], np.int64)], "gram_flat")
+    upper = b.op("Gather", [flat, b.const("gram_index", model.gram_index.cpu().numpy(), np.int64)], "gram", axis=1)
+    return b.op("Concat", [inv, upper], "net_in", axis=1)
 
 
 def _element_network(b: _Builder, model: StaggeredNetwork, e: int, inv: str, species: str, acc: str) -> str:
@@ -192,8 +206,9 @@ def model_to_onnx(model: StaggeredNetwork, *, target="forces", units=None, data_
     out_shape = b.op("Concat", [n1, b.const("k", [n_k], np.int64)], "out_shape", axis=0)
     acc = b.op("ConstantOfShape", [out_shape], "zeros",
                value=numpy_helper.from_array(np.zeros(1, dtype=np_dt), "zero"))
+    net_in = _network_inputs(b, model, "invariant", "covariant")
     for e in range(spec.n_species):
-        acc = _element_network(b, model, e, "invariant", "species", acc)
+        acc = _element_network(b, model, e, net_in, "species", acc)
     if model.head == "projection":
         f = _projection_head(b, model, acc, "covariant")
     else:

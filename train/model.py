@@ -23,13 +23,23 @@ Heads
 ``basis``
     ``F_i = Σ_k c_ik V_ik`` with ``c_i = NN_e(G_i)``.
 
+Network input
+-------------
+With ``gram=True`` (default) the input of ``NN_e`` is ``G_i`` followed by the
+upper triangle of the Gram matrix of the atom's covariant vectors,
+``V_ik · V_il`` (k <= l, K(K+1)/2 numbers). These inner products are exact
+rotation invariants, so the symmetry argument is unchanged; they are what the
+projection targets ``p_ik = F_i · V_ik`` depend on (``F_i`` is, to a good
+approximation, a combination of the ``V_il``), and the symmetry functions
+G2/G4 alone encode them only loosely. On the bundled Li4P2O7 data they cut the
+projection head's test force error by a factor of about 2 at equal training
+time (see the README). ``gram=False`` is the paper's plain input.
+
 Each element's MLP runs only on that element's atoms (indexed by species,
 scattered back); no atom is pushed through another element's network.
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import torch
@@ -41,7 +51,7 @@ HEADS = ("projection", "basis")
 ACTIVATIONS = ("silu", "tanh")
 
 #: default regularisation of the projection head (see module docstring)
-EPS_REL = 1e-2
+EPS_REL = 1e-1
 EPS_ABS = 1e-6
 
 
@@ -136,18 +146,21 @@ class StaggeredNetwork(nn.Module):
     activation : {"silu", "tanh"}
     eps_rel, eps_abs : float
         Regularisation of the projection head.
+    gram : bool
+        Append the Gram entries ``V_k · V_l`` (k <= l) to the invariants
+        (see the module docstring).
 
     Notes
     -----
     Buffers (saved with the state dict): ``feature_mean`` / ``feature_std``
-    (S, n_invariant), the per-element standardisation of the invariants, and
+    (S, n_inputs), the per-element standardisation of the network inputs, and
     ``output_scale`` (S, K), a per-element per-output scale applied after the
     last layer so that a unit-scale network output matches the typical size
     of the target quantity. Set them with :meth:`set_statistics`.
     """
 
     def __init__(self, spec, hidden=(64, 64), head="projection", activation="silu",
-                 eps_rel=EPS_REL, eps_abs=EPS_ABS):
+                 eps_rel=EPS_REL, eps_abs=EPS_ABS, gram=True):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"`head` must be one of {list(HEADS)}, got {head!r}")
@@ -163,7 +176,11 @@ class StaggeredNetwork(nn.Module):
         self.activation = activation
         self.eps_rel = float(eps_rel)
         self.eps_abs = float(eps_abs)
-        n_s, n_f, n_k = spec.n_species, spec.n_invariant, spec.n_covariant
+        self.gram = bool(gram)
+        n_s, n_k = spec.n_species, spec.n_covariant
+        iu, ju = np.triu_indices(n_k)
+        self.register_buffer("gram_index", torch.as_tensor(iu * n_k + ju, dtype=torch.int64), persistent=False)
+        n_f = self.n_inputs
         self.nets = nn.ModuleList()
         for _ in range(n_s):
             layers, width = [], n_f
@@ -176,6 +193,20 @@ class StaggeredNetwork(nn.Module):
         self.register_buffer("feature_std", torch.ones(n_s, n_f))
         self.register_buffer("output_scale", torch.ones(n_s, n_k))
 
+    @property
+    def n_inputs(self) -> int:
+        """Width of each element network's input: n_invariant (+ K(K+1)/2 Gram entries)."""
+        k = self.spec.n_covariant
+        return self.spec.n_invariant + (k * (k + 1) // 2 if self.gram else 0)
+
+    def network_inputs(self, g_nf: torch.Tensor, v_nkc: torch.Tensor) -> torch.Tensor:
+        """(N, n_inputs): the invariants, then (if ``gram``) the Gram entries V_k·V_l, k <= l."""
+        if not self.gram:
+            return g_nf
+        n, k = v_nkc.shape[0], v_nkc.shape[1]
+        gram = torch.matmul(v_nkc, v_nkc.transpose(1, 2)).reshape(n, k * k).index_select(1, self.gram_index)
+        return torch.cat((g_nf, gram), dim=1)
+
     # ------------------------------------------------------------ statistics
     @torch.no_grad()
     def set_statistics(self, g_nf, v_nkc, species_n, target_nc, min_std=1e-3):
@@ -185,6 +216,7 @@ class StaggeredNetwork(nn.Module):
         ----------
         g_nf : array, shape (N, n_invariant)
         v_nkc : array, shape (N, K, 3)
+            (the Gram entries are derived from it when ``gram``)
         species_n : array, shape (N,), int
         target_nc : array, shape (N, 3)
             Reference forces (or the learned covariant target).
@@ -200,8 +232,10 @@ class StaggeredNetwork(nn.Module):
         is ``RMS|F| / (sqrt(K) · RMS|V_k|)``. Elements absent from the data
         keep mean 0, std 1, scale 1.
         """
-        g = np.asarray(g_nf, dtype=np.float64)
         v = np.asarray(v_nkc, dtype=np.float64)
+        with torch.no_grad():
+            g = self.network_inputs(torch.as_tensor(np.asarray(g_nf), dtype=torch.float64),
+                                    torch.as_tensor(v)).numpy()
         sp = np.asarray(species_n)
         t = np.asarray(target_nc, dtype=np.float64)
         n_s, n_k = self.spec.n_species, self.spec.n_covariant
@@ -233,8 +267,9 @@ class StaggeredNetwork(nn.Module):
         self.output_scale.copy_(torch.as_tensor(scale, dtype=dt))
 
     # --------------------------------------------------------------- forward
-    def atom_outputs(self, g_nf: torch.Tensor, species_n: torch.Tensor) -> torch.Tensor:
+    def atom_outputs(self, g_nf: torch.Tensor, v_nkc: torch.Tensor, species_n: torch.Tensor) -> torch.Tensor:
         """Per-atom invariant outputs (N, K): projections or basis coefficients."""
+        g_nf = self.network_inputs(g_nf, v_nkc)
         out = g_nf.new_zeros((g_nf.shape[0], self.spec.n_covariant))
         inv_std = 1.0 / self.feature_std
         for e, net in enumerate(self.nets):
@@ -246,7 +281,7 @@ class StaggeredNetwork(nn.Module):
 
     def forward(self, g_nf: torch.Tensor, v_nkc: torch.Tensor, species_n: torch.Tensor) -> torch.Tensor:
         """Forces (N, 3) from invariants (N, n_inv), covariants (N, K, 3), species (N,) int64."""
-        out = self.atom_outputs(g_nf, species_n)
+        out = self.atom_outputs(g_nf, v_nkc, species_n)
         if self.head == "projection":
             return projection_force(out, v_nkc, self.eps_rel, self.eps_abs)
         return basis_force(out, v_nkc)
@@ -261,6 +296,7 @@ class StaggeredNetwork(nn.Module):
             "activation": self.activation,
             "eps_rel": self.eps_rel,
             "eps_abs": self.eps_abs,
+            "gram": self.gram,
         }
 
     @classmethod
@@ -274,8 +310,5 @@ class StaggeredNetwork(nn.Module):
     def __repr__(self) -> str:  # short and informative
         return (f"StaggeredNetwork(species={list(self.spec.species)}, n_invariant={self.spec.n_invariant}, "
                 f"K={self.spec.n_covariant}, hidden={list(self.hidden)}, head={self.head!r}, "
-                f"activation={self.activation!r}, params={sum(p.numel() for p in self.parameters())})")
+                f"activation={self.activation!r}, gram={self.gram}, params={sum(p.numel() for p in self.parameters())})")
 
-
-def hyperparameters_json(model: StaggeredNetwork) -> str:
-    return json.dumps(model.hyperparameters(), sort_keys=True)

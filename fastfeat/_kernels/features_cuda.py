@@ -33,17 +33,23 @@ shared-memory equivalents and blocks hold one warp.
 """
 
 import math
+import os
 
 from numba import cuda, float32, float64, int32
-from numba.cuda.core import config as _config
+try:  # numba-cuda (the maintained CUDA target)
+    from numba.cuda.core import config as _config
+except ImportError:  # the CUDA target built into older Numba
+    from numba.core import config as _config
 
 __all__ = [
     "SIMULATOR",
     "WARP",
     "features_warp_f32",
     "features_warp_f64",
+    "features_warp_f32_fast",
     "features_thread",
     "shared_floats_per_warp",
+    "radial_split",
     "species_lookup",
     "stage_positions",
     "copy_rows",
@@ -53,6 +59,11 @@ __all__ = [
 
 SIMULATOR = bool(_config.ENABLE_CUDASIM)
 WARP = 32
+#: FASTFEAT_CUDA_MAXREG=N caps the registers of the warp kernels (a tuning knob for
+#: occupancy; such kernels are not cached on disk).
+_MAXREG = int(os.environ.get("FASTFEAT_CUDA_MAXREG", "0") or 0)
+_KERNEL_OPTIONS = {"max_registers": _MAXREG} if (_MAXREG and not SIMULATOR) else {}
+_CACHE = not _KERNEL_OPTIONS
 #: Most warps per block the kernels are launched with (static shared scratch).
 MAX_WARPS_PER_BLOCK = 8
 _FLAG_SLOTS = WARP * MAX_WARPS_PER_BLOCK if SIMULATOR else 1
@@ -64,9 +75,32 @@ _ANG_FIELDS = 6  # dx, dy, dz, d, fc_angular, species
 _TRI_FIELDS = 4  # s = r_ij^2 + r_ik^2 + r_jk^2, fc product, cos theta, pair block
 
 
-def shared_floats_per_warp(n_invariant, n_covariant, cap):
+def radial_split(n_radial_params, n_covariant_params):
+    """(lanes per neighbour L, neighbours per step H = 32 / L) of the radial pass.
+
+    L is the smallest power of two >= the larger parameter count (at most 32);
+    the H groups of L lanes take different neighbours and accumulate into H
+    private copies of the G2/V columns, summed at the end.
+    """
+    need = max(int(n_radial_params), int(n_covariant_params), 1)
+    lanes = 1
+    while lanes < need and lanes < WARP:
+        lanes *= 2
+    return lanes, WARP // lanes
+
+
+def _copy_stride(per_copy, lanes):
+    """Stride of the radial accumulator copies: = lanes (mod 32), so that the lane groups
+    adding to the same column of their copies hit different shared-memory banks."""
+    return per_copy + (lanes - per_copy) % WARP
+
+
+def shared_floats_per_warp(n_species, n_radial_params, n_covariant_params, n_angular_total, cap):
     """Floats of dynamic shared memory one warp of features_warp_* uses."""
-    return n_invariant + 3 * n_covariant + _CHUNK_FIELDS * WARP + _ANG_FIELDS * cap + _TRI_FIELDS * WARP
+    lanes, copies = radial_split(n_radial_params, n_covariant_params)
+    per_copy = n_species * (n_radial_params + 3 * n_covariant_params)
+    return (copies * _copy_stride(per_copy, lanes) + n_angular_total + _CHUNK_FIELDS * WARP
+            + _ANG_FIELDS * cap + _TRI_FIELDS * WARP)
 
 
 if SIMULATOR:
@@ -105,20 +139,37 @@ else:
 
 @cuda.jit(device=True, inline=True)
 def _ipow(x, n, one):
+    """x ** n for an integer n >= 1 by repeated squaring."""
     r = one
-    for _ in range(n):
-        r *= x
+    while n > 0:
+        if n & 1:
+            r *= x
+        x *= x
+        n >>= 1
     return r
 
 
-@cuda.jit(device=True)
-def _features_warp_body(
+@cuda.jit(device=True, inline=True)
+def _triangle(t, m):
+    """(k1, k2) with k1 < k2 < m of the t-th unordered pair, row-major ((0, 1), (0, 2), ..., (1, 2), ...)."""
+    w = 2 * m - 1
+    k1 = int((float32(w) - math.sqrt(float32(w * w - 8 * t))) * float32(0.5))
+    if k1 < 0:
+        k1 = 0
+    while k1 > 0 and k1 * (w - k1) // 2 > t:
+        k1 -= 1
+    while (k1 + 1) * (w - k1 - 1) // 2 <= t:
+        k1 += 1
+    return k1, t - k1 * (w - k1) // 2 + k1 + 1
+
+
+def _features_warp_py(
     sh, flags,
     pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
     cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
     rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
     ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
-    cap, per_warp,
+    cap, per_warp, lanes_per_nb,
     g_nf, v_nfc, overlap_p, overflow_n, status,
 ):
     tid = cuda.threadIdx.x
@@ -134,15 +185,21 @@ def _features_warp_body(
     n_rad = rad_eta_q.shape[0]
     n_covp = cov_eta_q.shape[0]
     n_ang = ang_eta_q.shape[0]
-    n_tasks = n_rad + n_covp
+    n_task = max(n_rad, n_covp)
+    copies = WARP // lanes_per_nb
+    grp = lane // lanes_per_nb  # this lane's radial copy / neighbour offset
+    sub = lane % lanes_per_nb
+    per_copy = n_radial_total + 3 * n_cov
+    per_copy = per_copy + (lanes_per_nb - per_copy) % WARP  # stride: see _copy_stride
     base = wib * per_warp
-    acc_v = base + n_inv
-    chunk = acc_v + 3 * n_cov
+    rad = base  # copies of [G2 columns | V columns]
+    angacc = rad + copies * per_copy  # G4 columns
+    chunk = angacc + (n_inv - n_radial_total)
     ang = chunk + _CHUNK_FIELDS * WARP
     tri = ang + _ANG_FIELDS * cap
     fbase = wib * WARP
 
-    for f in range(lane, n_inv + 3 * n_cov, WARP):
+    for f in range(lane, copies * per_copy + n_inv - n_radial_total, WARP):
         sh[base + f] = zero
     if lane == 0:
         overlap_p[i] = -1
@@ -153,6 +210,7 @@ def _features_warp_body(
     p1 = start_n[i + 1]
     m = 0
     ovl = -1
+    mine = rad + grp * per_copy
     _sync()
 
     # ---------------------------------------------------------------- radial
@@ -199,23 +257,34 @@ def _features_warp_body(
         m += total
         _sync()
         n_here = min(WARP, p1 - c0)
-        for k in range(n_here):
-            slot = chunk + k * _CHUNK_FIELDS
-            spf = sh[slot + 5]
-            if spf < zero:
-                continue
-            sp = int(spf)
-            dk = sh[slot + 3]
-            fck = sh[slot + 4]
-            for t in range(lane, n_tasks, WARP):
-                if t < n_rad:
-                    u = dk - rad_rs_q[t]
-                    sh[base + sp * n_rad + t] += math.exp(-rad_eta_q[t] * u * u) * fck
-                else:
-                    q = t - n_rad
-                    u = dk - cov_rs_q[q]
-                    wgt = math.exp(-cov_eta_q[q] * u * u) * fck * (one / dk)
-                    col = acc_v + (sp * n_covp + q) * 3
+        for t in range(sub, n_task, lanes_per_nb):
+            do_rad = t < n_rad
+            do_cov = t < n_covp
+            eta_r = zero
+            rs_r = zero
+            eta_c = zero
+            rs_c = zero
+            if do_rad:
+                eta_r = rad_eta_q[t]
+                rs_r = rad_rs_q[t]
+            if do_cov:
+                eta_c = cov_eta_q[t]
+                rs_c = cov_rs_q[t]
+            for k in range(grp, n_here, copies):
+                slot = chunk + k * _CHUNK_FIELDS
+                spf = sh[slot + 5]
+                if spf < zero:
+                    continue
+                sp = int(spf)
+                dk = sh[slot + 3]
+                fck = sh[slot + 4]
+                if do_rad:
+                    u = dk - rs_r
+                    sh[mine + sp * n_rad + t] += math.exp(-eta_r * u * u) * fck
+                if do_cov:
+                    u = dk - rs_c
+                    wgt = math.exp(-eta_c * u * u) * fck * (one / dk)
+                    col = mine + n_radial_total + (sp * n_covp + t) * 3
                     sh[col] += wgt * sh[slot]
                     sh[col + 1] += wgt * sh[slot + 1]
                     sh[col + 2] += wgt * sh[slot + 2]
@@ -235,71 +304,84 @@ def _features_warp_body(
         return  # features_thread recomputes this atom
     if lane == 0:
         overflow_n[i] = 0
-    if n_ang > 0 and m >= 2:
-        for k1 in range(m - 1):
-            a1 = ang + k1 * _ANG_FIELDS
-            x1 = sh[a1]
-            y1 = sh[a1 + 1]
-            z1 = sh[a1 + 2]
-            d1 = sh[a1 + 3]
-            f1 = sh[a1 + 4]
-            s1 = int(sh[a1 + 5])
-            for c0 in range(k1 + 1, m, WARP):
-                k2 = c0 + lane
-                valid = False
-                djk = zero
-                if k2 < m:
-                    a2 = ang + k2 * _ANG_FIELDS
-                    ex = sh[a2] - x1
-                    ey = sh[a2 + 1] - y1
-                    ez = sh[a2 + 2] - z1
-                    djk = math.sqrt(ex * ex + ey * ey + ez * ez)
-                    valid = djk < acut
-                below, total = _warp_rank(valid, lane, flags, fbase)
-                if valid:
-                    a2 = ang + k2 * _ANG_FIELDS
-                    d2 = sh[a2 + 3]
-                    t = tri + below * _TRI_FIELDS
-                    sh[t] = d1 * d1 + d2 * d2 + djk * djk
-                    sh[t + 1] = f1 * sh[a2 + 4] * (half * (math.cos(pi_ra * djk) + one))
-                    sh[t + 2] = (x1 * sh[a2] + y1 * sh[a2 + 1] + z1 * sh[a2 + 2]) / (d1 * d2)
-                    sh[t + 3] = pair_ab[s1, int(sh[a2 + 5])]
-                _sync()
+    n_tri = m * (m - 1) // 2
+    if n_ang > 0 and n_tri > 0:
+        for c0 in range(0, n_tri, WARP):
+            t = c0 + lane
+            valid = False
+            k1 = 0
+            k2 = 0
+            djk = zero
+            if t < n_tri:
+                k1, k2 = _triangle(t, m)
+                a1 = ang + k1 * _ANG_FIELDS
+                a2 = ang + k2 * _ANG_FIELDS
+                ex = sh[a2] - sh[a1]
+                ey = sh[a2 + 1] - sh[a1 + 1]
+                ez = sh[a2 + 2] - sh[a1 + 2]
+                djk = math.sqrt(ex * ex + ey * ey + ez * ez)
+                valid = djk < acut
+            below, total = _warp_rank(valid, lane, flags, fbase)
+            if valid:
+                a1 = ang + k1 * _ANG_FIELDS
+                a2 = ang + k2 * _ANG_FIELDS
+                d1 = sh[a1 + 3]
+                d2 = sh[a2 + 3]
+                tb = tri + below * _TRI_FIELDS
+                sh[tb] = d1 * d1 + d2 * d2 + djk * djk
+                sh[tb + 1] = sh[a1 + 4] * sh[a2 + 4] * (half * (math.cos(pi_ra * djk) + one))
+                sh[tb + 2] = (sh[a1] * sh[a2] + sh[a1 + 1] * sh[a2 + 1] + sh[a1 + 2] * sh[a2 + 2]) / (d1 * d2)
+                sh[tb + 3] = pair_ab[int(sh[a1 + 5]), int(sh[a2 + 5])]
+            _sync()
+            for q in range(lane, n_ang, WARP):
+                eta = ang_eta_q[q]
+                lam = ang_lam_q[q]
+                zint = ang_zint_q[q]
+                zeta = ang_zeta_q[q]
+                pref = ang_pref_q[q]
                 for tt in range(total):
-                    t = tri + tt * _TRI_FIELDS
-                    ssum = sh[t]
-                    fprod = sh[t + 1]
-                    cos_t = sh[t + 2]
-                    col = base + n_radial_total + int(sh[t + 3]) * n_ang
-                    for q in range(lane, n_ang, WARP):
-                        b = one + ang_lam_q[q] * cos_t
-                        if b < zero:
-                            b = zero
-                        if ang_zint_q[q] > 0:
-                            tv = _ipow(b, ang_zint_q[q], one)
-                        else:
-                            tv = b ** ang_zeta_q[q]
-                        sh[col + q] += ang_pref_q[q] * tv * (math.exp(-ang_eta_q[q] * ssum) * fprod)
-                _sync()
+                    tb = tri + tt * _TRI_FIELDS
+                    b = one + lam * sh[tb + 2]
+                    if b < zero:
+                        b = zero
+                    if zint > 0:
+                        tv = _ipow(b, zint, one)
+                    else:
+                        tv = b ** zeta
+                    col = angacc + int(sh[tb + 3]) * n_ang + q
+                    sh[col] += pref * tv * (math.exp(-eta * sh[tb]) * sh[tb + 1])
+            _sync()
 
     # ------------------------------------------------------------- write out
     _sync()
-    for f in range(lane, n_inv, WARP):
-        g_nf[i, f] = sh[base + f]
+    for f in range(lane, n_radial_total, WARP):
+        acc = sh[rad + f]
+        for h in range(1, copies):
+            acc += sh[rad + h * per_copy + f]
+        g_nf[i, f] = acc
+    for f in range(lane, n_inv - n_radial_total, WARP):
+        g_nf[i, n_radial_total + f] = sh[angacc + f]
     for f in range(lane, 3 * n_cov, WARP):
-        v_nfc[i, f // 3, f % 3] = sh[acc_v + f]
+        acc = sh[rad + n_radial_total + f]
+        for h in range(1, copies):
+            acc += sh[rad + h * per_copy + n_radial_total + f]
+        v_nfc[i, f // 3, f % 3] = acc
 
 
-@cuda.jit(cache=True)
+_features_warp_body = cuda.jit(device=True)(_features_warp_py)
+_features_warp_body_fast = cuda.jit(device=True, fastmath=True)(_features_warp_py)
+
+
+@cuda.jit(cache=_CACHE, **_KERNEL_OPTIONS)
 def features_warp_f32(
     pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
     cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
     rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
     ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
-    cap, per_warp,
+    cap, per_warp, lanes_per_nb,
     g_nf, v_nfc, overlap_p, overflow_n, status,
 ):
-    """Warp-per-atom features, float32 shared accumulators (see module docstring)."""
+    """Warp-per-atom features, float32, IEEE-accurate math (see module docstring)."""
     sh = cuda.shared.array(0, float32)
     flags = cuda.shared.array(_FLAG_SLOTS, int32)
     _features_warp_body(
@@ -307,20 +389,41 @@ def features_warp_f32(
         cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
         rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
         ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
-        cap, per_warp, g_nf, v_nfc, overlap_p, overflow_n, status,
+        cap, per_warp, lanes_per_nb, g_nf, v_nfc, overlap_p, overflow_n, status,
     )
 
 
-@cuda.jit(cache=True)
+@cuda.jit(cache=_CACHE, fastmath=True, **_KERNEL_OPTIONS)
+def features_warp_f32_fast(
+    pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
+    cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
+    rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    cap, per_warp, lanes_per_nb,
+    g_nf, v_nfc, overlap_p, overflow_n, status,
+):
+    """Warp-per-atom features, float32, fast-math (approximate exp/cos/pow/sqrt/division, a few ulp)."""
+    sh = cuda.shared.array(0, float32)
+    flags = cuda.shared.array(_FLAG_SLOTS, int32)
+    _features_warp_body_fast(
+        sh, flags, pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
+        cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
+        rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
+        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+        cap, per_warp, lanes_per_nb, g_nf, v_nfc, overlap_p, overflow_n, status,
+    )
+
+
+@cuda.jit(cache=_CACHE, **_KERNEL_OPTIONS)
 def features_warp_f64(
     pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
     cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
     rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
     ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
-    cap, per_warp,
+    cap, per_warp, lanes_per_nb,
     g_nf, v_nfc, overlap_p, overflow_n, status,
 ):
-    """Warp-per-atom features, float64 shared accumulators (see module docstring)."""
+    """Warp-per-atom features, float64 (see module docstring)."""
     sh = cuda.shared.array(0, float64)
     flags = cuda.shared.array(_FLAG_SLOTS, int32)
     _features_warp_body(
@@ -328,7 +431,7 @@ def features_warp_f64(
         cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
         rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
         ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
-        cap, per_warp, g_nf, v_nfc, overlap_p, overflow_n, status,
+        cap, per_warp, lanes_per_nb, g_nf, v_nfc, overlap_p, overflow_n, status,
     )
 
 

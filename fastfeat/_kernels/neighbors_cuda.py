@@ -28,7 +28,10 @@ nothing.
 import math
 
 from numba import cuda, float64, int64
-from numba.cuda.core import config as _config
+try:  # numba-cuda (the maintained CUDA target)
+    from numba.cuda.core import config as _config
+except ImportError:  # the CUDA target built into older Numba
+    from numba.core import config as _config
 
 __all__ = [
     "SIMULATOR",

@@ -85,6 +85,9 @@ def cases():
     cells = [LEFT_HANDED] * 4 + [LEFT_HANDED * 1.02]
     c["md"] = dict(steps=steps, z=z, cells=cells, pbc=[True, True, True], skin=0.5)
 
+    pos, z = _structure(11, 9, np.eye(3) * 4.0, min_dist=1.0, species=(1, 6, 7, 8))
+    c["ani"] = dict(pos=pos, z=z, cell=np.zeros((3, 3)), pbc=[False, False, False])
+
     pos, z = _structure(10, 9, TRICLINIC)
     bad = pos.copy()
     bad[7] = bad[3]
@@ -164,6 +167,24 @@ def run_device(out_path):
         _features_cuda.ANGULAR_CAPACITY = 64
     res["feat_overflow/g"], res["feat_overflow/v"] = host(f.invariant), host(f.covariant)
     times["feat_overflow"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # a spec whose accumulators do not fit in shared memory: thread per atom
+    _features_cuda._SHARED_LIMIT = 0
+    try:
+        f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp,
+                               device="cuda", dtype=np.float32)
+    finally:
+        _features_cuda._SHARED_LIMIT = 48 * 1024
+    res["feat_thread/g"], res["feat_thread/v"] = host(f.invariant), host(f.covariant)
+    times["feat_thread"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # the benchmark's spec: 16 lanes per neighbour, 32 G4 columns per pair block
+    k = c["ani"]
+    f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"],
+                           spec=fastfeat.FeatureSpec.default(("H", "C", "N", "O"), preset="ani1x"),
+                           device="cuda", dtype=np.float32)
+    res["ani/g"], res["ani/v"] = host(f.invariant), host(f.covariant)
+    times["ani"] = time.perf_counter() - t
 
     t = time.perf_counter()
     atoms = [_atoms(s) for s in c["batch"]]
@@ -313,6 +334,29 @@ def test_features_angular_overflow_path(device):
     ref = _cpu_features(cases()["feat"], np.float64)
     _close(res["feat_overflow/g"], ref.invariant, np.float64, "invariant")
     _close(res["feat_overflow/v"], ref.covariant, np.float64, "covariant")
+
+
+@pytest.mark.cudasim
+def test_features_thread_per_atom_path(device):
+    """Specs too large for the warp kernel's shared memory use the thread-per-atom kernel."""
+    res, _ = device
+    ref = _cpu_features(cases()["feat"], np.float32)
+    _close(res["feat_thread/g"], ref.invariant, np.float32, "invariant")
+    _close(res["feat_thread/v"], ref.covariant, np.float32, "covariant")
+
+
+@pytest.mark.cudasim
+def test_ani1x_spec_equals_cpu(device):
+    import fastfeat
+
+    res, _ = device
+    k = cases()["ani"]
+    sp = fastfeat.FeatureSpec.default(("H", "C", "N", "O"), preset="ani1x")
+    ref = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp,
+                             dtype=np.float32)
+    assert np.abs(ref.invariant[:, sp.n_radial:]).max() > 1e-3
+    _close(res["ani/g"], ref.invariant, np.float32, "invariant")
+    _close(res["ani/v"], ref.covariant, np.float32, "covariant")
 
 
 @pytest.mark.cudasim

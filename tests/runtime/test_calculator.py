@@ -86,3 +86,32 @@ def test_two_calculators_in_two_threads(model_path, shared_model):
     for t in range(2):
         for k in range(20):
             np.testing.assert_array_equal(got[t][k], expected[t][k], err_msg=f"thread {t}, structure {k}")
+
+
+def test_threads_under_numba_workqueue_layer(model_path, water_file):
+    """Numba's workqueue layer aborts on concurrent parallel calls: the runtime must serialise them."""
+    code = f"""
+import threading, numpy as np, ase.io, numba
+from fastfeat.runtime import ForceModel
+model = ForceModel.load({str(model_path)!r})
+atoms = ase.io.read({str(water_file)!r})
+ref = ForceModel.load({str(model_path)!r}).forces(atoms)
+assert numba.threading_layer() == "workqueue", numba.threading_layer()
+bad = []
+def work():
+    for _ in range(30):
+        if not np.array_equal(model.forces(atoms), ref):
+            bad.append(1)
+ts = [threading.Thread(target=work) for _ in range(3)]
+[t.start() for t in ts]; [t.join() for t in ts]
+assert not bad
+print("ok")
+"""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("ok")

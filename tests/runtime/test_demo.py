@@ -56,3 +56,14 @@ def test_demo_errors(model_path, tmp_path, capsys):
     assert "`--data` is required" in capsys.readouterr().err
     assert demo.main(["--model", "no-such-model", "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert "no bundled model named 'no-such-model'" in capsys.readouterr().err
+
+
+def test_demo_unwritable_out_fails_first(model_path, tmp_path, capsys):
+    import os
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    target = "/sys/fastfeat-demo" if os.access(ro, os.W_OK) else str(ro / "demo")
+    assert demo.main(["--model", str(model_path), "--data", "x.extxyz", "--out", target, "--quiet"]) == 2
+    assert "cannot write to `--out`" in capsys.readouterr().err

@@ -265,7 +265,19 @@ def test_md_cli(model_path, water_file, tmp_path, capsys):
                       "--every", "10", "--out", str(out), "--ensemble", "nve", "--quiet"])
     assert rc == 0
     assert "atom-steps/s" in capsys.readouterr().out
-    assert len(ase.io.read(out, index=":")) == 4
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == 4
+    # restart from the last frame's velocities, with the progress display on
+    restart = tmp_path / "restart.extxyz"
+    ase.io.write(restart, frames[-1])
+    rc = md_cli.main([str(model_path), str(restart), "--steps", "10", "--dt", "0.5", "--ensemble", "nve",
+                      "--keep-velocities", "--every", "10", "--out", str(tmp_path / "t2.extxyz")])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "ns/day" in err and "atom-steps/s" in err
+    first = ase.io.read(tmp_path / "t2.extxyz", index=0)
+    np.testing.assert_allclose(first.get_velocities(), ase.io.read(restart).get_velocities(), rtol=1e-7, atol=1e-12)
+    assert not np.allclose(first.get_velocities(), 0.0)
 
 
 def test_md_cli_errors(model_path, water_file, tmp_path, capsys):
@@ -278,3 +290,25 @@ def test_md_cli_errors(model_path, water_file, tmp_path, capsys):
     bad.write_text("no")
     assert md_cli.main([str(bad), str(water_file), "--steps", "3"]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
+
+
+class _ArrayModuleProxy:
+    """Stands in for CuPy: the engine's device branch (``xp is not numpy``) on NumPy arrays."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def test_device_branch_of_the_engine():
+    f, x0, masses = _system(n=40, seed=12)
+
+    class OnDevice(Harmonic):
+        xp = _ArrayModuleProxy()
+
+    dev = OnDevice(x0, f.k[:, 0])
+    v0 = maxwell_boltzmann(masses, 300.0, np.random.default_rng(0))
+    host = MolecularDynamics(f, x0, masses, dt=1.0, ensemble="nve", velocities=v0).run(100)
+    moved = MolecularDynamics(dev, x0, masses, dt=1.0, ensemble="nve", velocities=v0).run(100)
+    np.testing.assert_array_equal(moved.positions, host.positions)
+    langevin = MolecularDynamics(dev, x0, masses, dt=1.0, temperature=400.0, friction=0.05, seed=1).run(3000, every=10)
+    assert abs(langevin.log["temperature_K"][100:].mean() - 400.0) < 40.0

@@ -31,10 +31,10 @@ def random_features(spec, n_structures, rng, atoms=(3, 8), basis_target=True):
     return FeatureSet(g, v, s, offsets, t.astype(np.float32))
 
 
-def random_model(spec, head="projection", dtype=torch.float32, seed=0, activation="silu", hidden=(16, 16)):
+def random_model(spec, head="projection", dtype=torch.float32, seed=0, activation="silu", hidden=(16, 16), gram=True):
     """A StaggeredNetwork with random weights and non-trivial statistics."""
     torch.manual_seed(seed)
-    model = StaggeredNetwork(spec, hidden=hidden, head=head, activation=activation).to(dtype)
+    model = StaggeredNetwork(spec, hidden=hidden, head=head, activation=activation, gram=gram).to(dtype)
     fs = random_features(spec, 20, np.random.default_rng(seed))
     model.set_statistics(fs.invariant, fs.covariant, fs.species, fs.target)
     model.eval()

@@ -32,12 +32,13 @@ def _torch(model, g, v, s, dtype):
                      torch.tensor(np.asarray(s, np.int64))).numpy()
 
 
+@pytest.mark.parametrize("gram", [True, False])
 @pytest.mark.parametrize("activation", ["silu", "tanh"])
 @pytest.mark.parametrize("head", ["projection", "basis"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_onnxruntime_equals_pytorch(head, dtype, activation):
+def test_onnxruntime_equals_pytorch(head, dtype, activation, gram):
     spec = small_spec(("H", "Li", "O"))
-    model = random_model(spec, head=head, dtype=TORCH[dtype], activation=activation)
+    model = random_model(spec, head=head, dtype=TORCH[dtype], activation=activation, gram=gram)
     proto = model_to_onnx(model, dtype=dtype)
     sess = _session(proto)
     fs = random_features(spec, 6, np.random.default_rng(10))
@@ -99,17 +100,24 @@ def test_float64_export_types():
     assert {m.key: m.value for m in proto.metadata_props}["fastfeat.dtype"] == "float64"
 
 
-def test_per_element_dispatch_in_graph():
+@pytest.mark.parametrize("gram", [True, False])
+def test_per_element_dispatch_in_graph(gram):
     # each element: NonZero -> Gather rows -> its own MLP -> ScatterND; no MLP sees all atoms
     spec = small_spec(("H", "Li", "O", "P"))
-    proto = model_to_onnx(random_model(spec, hidden=(16, 16)))
+    proto = model_to_onnx(random_model(spec, hidden=(16, 16), gram=gram))
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("NonZero") == 4 and ops.count("ScatterND") == 4
-    gathers = [n for n in proto.graph.node if n.op_type == "Gather"]
-    assert len(gathers) == 4 and all(n.input[0] == "invariant" for n in gathers)
-    # MLP MatMuls consume gathered rows, never the full `invariant` input
-    assert not any(n.op_type == "MatMul" and "invariant" in n.input for n in proto.graph.node)
-    assert ops.count("MatMul") == 4 * 3 + 2  # 3 layers per element + VᵀV and pᵀV of the head
+    row_gathers = [n for n in proto.graph.node if n.op_type == "Gather"
+                   and any(a.name == "axis" and a.i == 0 for a in n.attribute)]
+    net_in = {n.input[0] for n in row_gathers}
+    assert len(row_gathers) == 4 and len(net_in) == 1
+    assert net_in == ({"net_in_" + n.output[0].split("_")[-1] for n in proto.graph.node if n.op_type == "Concat"
+                       and n.output[0].startswith("net_in")} if gram else {"invariant"})
+    # MLP MatMuls consume gathered rows, never the full network input
+    (full,) = net_in
+    assert not any(n.op_type == "MatMul" and full in n.input for n in proto.graph.node)
+    # 3 layers per element + VᵀV and pᵀV of the head (+ the Gram matrix)
+    assert ops.count("MatMul") == 4 * 3 + 2 + int(gram)
 
 
 @pytest.mark.parametrize("head", ["projection", "basis"])

@@ -107,8 +107,10 @@ def test_statistics_standardise_per_element():
     fs = random_features(spec, 30, np.random.default_rng(8))
     fs.invariant[fs.species == 1] *= 10.0
     model.set_statistics(fs.invariant, fs.covariant, fs.species, fs.target)
+    inputs = model.network_inputs(torch.tensor(fs.invariant, dtype=torch.float64),
+                                  torch.tensor(fs.covariant, dtype=torch.float64)).numpy()
     for e in range(2):
-        ge = fs.invariant[fs.species == e]
+        ge = inputs[fs.species == e]
         x = (ge - model.feature_mean[e].numpy()) / model.feature_std[e].numpy()
         np.testing.assert_allclose(x.mean(axis=0), 0, atol=1e-5)
         np.testing.assert_allclose(x.std(axis=0), 1, atol=1e-4)
@@ -132,3 +134,21 @@ def test_hyperparameters_round_trip():
     clone = StaggeredNetwork.from_hyperparameters(model.hyperparameters())
     assert clone.hyperparameters() == model.hyperparameters()
     assert clone.spec == spec
+
+
+def test_network_inputs_gram_entries():
+    spec = small_spec()
+    k = spec.n_covariant
+    rng = np.random.default_rng(9)
+    g = torch.tensor(rng.random((4, spec.n_invariant)))
+    v = torch.tensor(rng.normal(size=(4, k, 3)))
+    with_gram = StaggeredNetwork(spec, gram=True).double()
+    plain = StaggeredNetwork(spec, gram=False).double()
+    assert plain.n_inputs == spec.n_invariant and with_gram.n_inputs == spec.n_invariant + k * (k + 1) // 2
+    assert torch.equal(plain.network_inputs(g, v), g)
+    x = with_gram.network_inputs(g, v).numpy()
+    np.testing.assert_array_equal(x[:, : spec.n_invariant], g.numpy())
+    iu, ju = np.triu_indices(k)
+    np.testing.assert_allclose(x[:, spec.n_invariant:], np.einsum("nkc,nkc->nk", v.numpy()[:, iu], v.numpy()[:, ju]),
+                               rtol=1e-12)
+    assert plain.nets[0][0].in_features == spec.n_invariant

@@ -1,0 +1,241 @@
+"""Run every side-by-side comparison (one process each) and write the report.
+
+Usage (from the repository root)::
+
+    python -m benchmarks.compare.run_all --quick          # smoke test, a few minutes
+    python -m benchmarks.compare.run_all                  # full sizes (3 k and 100 k atoms)
+    python -m benchmarks.compare.run_all --only torchani  # re-run one comparison, merge it in
+    python benchmarks/compare/run_all.py --quick          # same, by path
+
+Outputs in benchmarks/results/ (``compare_quick.*`` for --quick): ``compare.md`` (tables),
+``compare.json`` (every measurement + machine info), ``compare_loglog.png`` (time vs atoms),
+``compare.log`` (the scripts' output). Every contender runs with the same thread count
+(``--threads``, default 1: OMP/NUMBA/MKL/OPENBLAS_NUM_THREADS, torch.set_num_threads,
+vesin n_threads, onnxruntime intra-op threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+_ROOT = pathlib.Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from benchmarks.common import machine_info, thread_env  # noqa: E402
+
+#: name -> module of benchmarks.compare, in run order
+COMPARISONS = {
+    "compile": "compile_time",
+    "neighbors": "neighbors",
+    "torchani": "torchani_features",
+    "dscribe": "dscribe_acsf",
+    "scaling": "scaling",
+    "breakdown": "breakdown",
+    "lammps_md": "lammps_md",
+}
+RESULTS = _ROOT / "benchmarks" / "results"
+
+
+def _log(fh, text):
+    stamp = time.strftime("%H:%M:%S")
+    for line in text.rstrip("\n").splitlines():
+        fh.write(f"{stamp} {line}\n")
+    fh.flush()
+
+
+def run_one(name, quick, threads, timeout, logfh):
+    module = COMPARISONS[name]
+    with tempfile.TemporaryDirectory(prefix="fastfeat-compare-") as tmp:
+        out = pathlib.Path(tmp) / f"{name}.json"
+        cmd = [sys.executable, "-m", f"benchmarks.compare.{module}", "--threads", str(threads), "--json", str(out)]
+        if quick:
+            cmd.append("--quick")
+        env = thread_env(threads)
+        env["PYTHONPATH"] = os.pathsep.join([p for p in (str(_ROOT), env.get("PYTHONPATH")) if p])
+        env.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")
+        _log(logfh, f"$ {' '.join(cmd[1:])}")
+        t0 = time.perf_counter()
+        try:
+            res = subprocess.run(cmd, cwd=_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+            rc, stdout, stderr = res.returncode, res.stdout, res.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc, stdout, stderr = "timeout", exc.stdout or "", exc.stderr or ""
+            stdout = stdout.decode() if isinstance(stdout, bytes) else stdout
+            stderr = stderr.decode() if isinstance(stderr, bytes) else stderr
+        wall = time.perf_counter() - t0
+        _log(logfh, stdout)
+        if stderr.strip():
+            _log(logfh, "stderr:\n" + stderr[-6000:])
+        _log(logfh, f"{name}: exit {rc} after {wall:.0f} s")
+        print(stdout, end="", flush=True)
+        if rc == 0 and out.exists():
+            result = json.loads(out.read_text())
+        else:
+            result = {"name": name, "error": f"exit {rc} after {wall:.0f} s: {stderr.strip()[-1500:]}",
+                      "rows": [], "ratios": [], "notes": []}
+            print(f"[{name}] FAILED ({rc}); see the log", file=sys.stderr)
+        result["wall_s"] = wall
+        return result
+
+
+# ----------------------------------------------------------------------------------- report
+def _fmt_time(s):
+    if s is None:
+        return "-"
+    if s >= 1:
+        return f"{s:.3g} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3g} ms"
+    return f"{s * 1e6:.3g} µs"
+
+
+def _fmt_num(x):
+    if x is None:
+        return "-"
+    if abs(x) >= 1e6:
+        return f"{x / 1e6:.3g} M"
+    if abs(x) >= 1e3:
+        return f"{x / 1e3:.3g} k"
+    return f"{x:.3g}"
+
+
+def write_markdown(data, path, quick):
+    m = data["machine"]
+    cmd = "python -m benchmarks.compare.run_all" + (" --quick" if quick else "")
+    lines = [
+        "# fastfeat vs peers: side-by-side measurements" + (" (quick run)" if quick else ""),
+        "",
+        f"Command: `{cmd}` (from the repository root). Every contender ran with **{data['threads']} thread(s)**; "
+        "each comparison ran in one process, contenders interleaved round by round; times are medians.",
+        "Ratios are the numbers to read: absolute times on this shared machine are indicative only.",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB, {m['platform']}, Python {m['python']}. "
+        f"Date (UTC): {data['date_utc']}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v) + ".",
+        "",
+        "## Summary (fastfeat speed-ups: peer time / fastfeat time; scaling and memory: lower is better)",
+        "",
+        "| comparison | measure | structure | value | target | met |",
+        "|---|---|---|---:|---:|:---:|",
+    ]
+    for name, res in data["comparisons"].items():
+        for r in res.get("ratios", []):
+            tgt = "-" if r.get("target") is None else (f"≥ {r['target']:g}" if "per atom" not in r["what"] and "memory" not in r["what"] else f"≤ {r['target']:g}")
+            if r.get("paper_range"):
+                tgt = f"paper {r['paper_range'][0]}-{r['paper_range'][1]}×"
+            met = "-" if "met" not in r else ("yes" if r["met"] else "**no**")
+            lines.append(f"| {name} | {r['what']} | {r['structure']} | {r['value']:.3g} | {tgt} | {met} |")
+        if res.get("error"):
+            last = [ln for ln in res["error"].splitlines() if ln.strip()][-1:] or ["?"]
+            lines.append(f"| {name} | FAILED | - | - | - | {last[0].strip()[:100]} |")
+    for name, res in data["comparisons"].items():
+        lines += ["", f"## {res.get('title', name)}", ""]
+        if res.get("error"):
+            lines += ["```", res["error"][-1500:], "```"]
+        if res.get("rows"):
+            lines += ["| tool | task | structure | atoms | median time | repeats | throughput |",
+                      "|---|---|---|---:|---:|---:|---:|"]
+            for r in res["rows"]:
+                thr = f"{_fmt_num(r.get('throughput'))} {r.get('throughput_unit', '')}" if r.get("throughput") else "-"
+                unit = " /step" if r.get("time_unit") == "s per MD step" else ""
+                lines.append(f"| {r['tool']} | {r['task']} | {r['structure']} | {r['n_atoms']} | "
+                             f"{_fmt_time(r['median_s'])}{unit} | {r['repeats']} | {thr} |")
+        if res.get("memory"):
+            lines += ["", "| atoms | outputs | RSS peak growth | tracemalloc peak |", "|---:|---:|---:|---:|"]
+            for mm in res["memory"]:
+                rss = mm["rss_peak_growth_bytes"]
+                lines.append(f"| {mm['n_atoms']} | {mm['output_bytes'] / 2**20:.1f} MiB | "
+                             f"{'-' if rss is None else f'{rss / 2**20:.1f} MiB'} | {mm['tracemalloc_peak_bytes'] / 2**20:.1f} MiB |")
+        for n in res.get("notes", []):
+            lines.append(f"- {n}")
+        lines.append(f"- wall time of this comparison: {res.get('wall_s', 0):.0f} s")
+    lines += ["", f"![time vs atoms]({path.stem}_loglog.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def write_plot(data, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = {"neighbour list": [], "features": []}
+    for name, res in data["comparisons"].items():
+        if name in ("lammps_md", "compile", "breakdown"):
+            continue
+        for r in res.get("rows", []):
+            if "[grad group]" in r["task"]:
+                continue
+            panel = "neighbour list" if "neighbour list" in r["task"] else "features"
+            panels[panel].append((f"{r['tool']}: {r['task']}", r["n_atoms"], r["median_s"]))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    markers = "osD^v<>ph*"
+    for ax, (title, pts) in zip(axes, panels.items()):
+        series = {}
+        for label, n, t in pts:
+            series.setdefault(label, {})[n] = t  # one point per size per series
+        for k, (label, p) in enumerate(sorted(series.items())):
+            ns = sorted(p)
+            ax.loglog(ns, [p[n] for n in ns], marker=markers[k % len(markers)], label=label)
+        ax.set_xlabel("atoms")
+        ax.set_ylabel("median wall time (s)")
+        ax.set_title(f"{title} ({data['threads']} thread(s))")
+        ax.grid(True, which="both", alpha=0.3)
+        if series:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"fastfeat vs peers, side by side — {data['machine']['cpu']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (writes compare_quick.*)")
+    parser.add_argument("--threads", type=int, default=1, help="threads for every contender (default 1)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(COMPARISONS)}; merged into existing results")
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="output folder (default benchmarks/results)")
+    parser.add_argument("--timeout", type=int, default=900, help="seconds per comparison (default 900)")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(COMPARISONS)
+    unknown = [n for n in names if n not in COMPARISONS]
+    if unknown:
+        parser.error(f"unknown comparison(s) {unknown}; choose from {list(COMPARISONS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "compare_quick" if args.quick else "compare"
+    json_path = args.out / f"{stem}.json"
+    data = {"comparisons": {}}
+    if args.only and json_path.exists():
+        old = json.loads(json_path.read_text())
+        if old.get("threads") == args.threads:
+            data = old
+    data["machine"] = machine_info()
+    data["threads"] = args.threads
+    data["date_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
+    with open(args.out / f"{stem}.log", "a") as logfh:
+        _log(logfh, f"=== run_all {'--quick ' if args.quick else ''}--threads {args.threads} only={names}")
+        for name in names:
+            data["comparisons"][name] = run_one(name, args.quick, args.threads, args.timeout, logfh)
+            ordered = {k: data["comparisons"][k] for k in COMPARISONS if k in data["comparisons"]}
+            data["comparisons"] = ordered
+            json_path.write_text(json.dumps(data, indent=1))
+            write_markdown(data, args.out / f"{stem}.md", args.quick)
+            write_plot(data, args.out / f"{stem}_loglog.png")
+    print(f"wrote {args.out / (stem + '.md')}, {json_path.name}, {stem}_loglog.png, {stem}.log")
+    failed = [n for n in names if data["comparisons"][n].get("error")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

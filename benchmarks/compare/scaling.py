@@ -1,0 +1,142 @@
+"""fastfeat alone: linear scaling (time per atom at 100 k vs 3 k atoms) and peak memory vs outputs.
+
+- Scaling: featurize (ANI-1x-sized spec, neighbour list included) and neighbor_list of the 3 k
+  and the 100 k water boxes, interleaved in this one process; one sample of the 3 k box is 33
+  back-to-back calls, so both sizes do the same work per sample under the same background load;
+  the ratio is (time per atom at 100 k) / (time per atom at 3 k), target <= 1.3.
+- Memory: each size in a fresh subprocess; after a warm-up on a small box (JIT cache loaded),
+  the peak resident-set growth during one featurize call (Linux VmHWM after resetting it with
+  /proc/self/clear_refs) and the tracemalloc peak (NumPy allocations only; Numba's internal
+  allocations are not traced), both divided by the bytes of the outputs (invariant + covariant).
+  Target <= 2.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+
+import numpy as np
+
+from benchmarks.compare._harness import interleaved_medians, main_for, ratio, row
+
+TARGET_SCALING = 1.3
+TARGET_MEMORY = 2.0
+
+
+def _status_kib(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1])
+    raise KeyError(key)
+
+
+def memory_child(n_target):
+    """Run in a fresh process: peak memory of one featurize call (bytes), printed as JSON."""
+    import fastfeat
+    from benchmarks.common import ani1x_spec, water_box, water_system
+
+    spec = ani1x_spec()
+    fastfeat.featurize(water_box(33), spec)  # JIT cache load, allocator warm-up
+    atoms = water_system(n_target)
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        rss_ok = True
+    except OSError:
+        rss_ok = False
+    base_kib = _status_kib("VmRSS")
+    tracemalloc.start()
+    f = fastfeat.featurize(atoms, spec, dtype=np.float32)
+    _, traced_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    hwm_kib = _status_kib("VmHWM")
+    out = {
+        "n_atoms": len(atoms),
+        "output_bytes": int(f.invariant.nbytes + f.covariant.nbytes),
+        "all_output_bytes": int(f.invariant.nbytes + f.covariant.nbytes + f.species.nbytes + f.offsets.nbytes),
+        "tracemalloc_peak_bytes": int(traced_peak),
+        "rss_peak_growth_bytes": int((hwm_kib - base_kib) * 1024) if rss_ok else None,
+    }
+    print(json.dumps(out))
+
+
+def _memory(n_target, threads):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([p for p in (os.getcwd(), env.get("PYTHONPATH")) if p])
+    code = f"from benchmarks.compare.scaling import memory_child; memory_child({int(n_target)})"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def run(quick=False, threads=1):
+    import fastfeat
+    from benchmarks.common import ani1x_spec, water_system
+
+    spec = ani1x_spec()
+    small, large = (1000, 3000) if quick else (3000, 100000)
+    reps = 3 if quick else 5
+    a_s, a_l = water_system(small), water_system(large)
+    rows, ratios, notes = [], [], []
+    # A sample of the small box is k back-to-back calls (k = n_large / n_small) so that both sizes
+    # do the same work per sample and see the same background load of a shared machine.
+    k = max(1, round(len(a_l) / len(a_s)))
+
+    def repeat(fn):
+        def run_k():
+            for _ in range(k):
+                fn()
+        return run_k
+
+    fns = {
+        "featurize small": repeat(lambda: fastfeat.featurize(a_s, spec)),
+        "featurize large": lambda: fastfeat.featurize(a_l, spec),
+        "neighbor_list small": repeat(lambda: fastfeat.neighbor_list(a_s.positions, a_s.cell.array, True, spec.cutoff)),
+        "neighbor_list large": lambda: fastfeat.neighbor_list(a_l.positions, a_l.cell.array, True, spec.cutoff),
+    }
+    t = interleaved_medians(fns, reps)
+    for key in ("featurize small", "neighbor_list small"):  # per call
+        v = t[key]
+        t[key] = {"median_s": v["median_s"] / k, "min_s": v["min_s"] / k, "repeats": v["repeats"],
+                  "times_s": [x / k for x in v["times_s"]]}
+    for what, atoms, task in (("featurize small", a_s, "invariant+covariant (scaling)"),
+                              ("featurize large", a_l, "invariant+covariant (scaling)"),
+                              ("neighbor_list small", a_s, "neighbour list (scaling)"),
+                              ("neighbor_list large", a_l, "neighbour list (scaling)")):
+        rows.append(row("fastfeat", task, f"water {len(atoms)}", len(atoms), t[what], len(atoms) / t[what]["median_s"], "atoms/s"))
+    per_s = t["featurize small"]["median_s"] / len(a_s)
+    per_l = t["featurize large"]["median_s"] / len(a_l)
+    ratios.append(ratio(f"features: time per atom at {len(a_l)} / at {len(a_s)}", f"water {len(a_l)}", len(a_l), per_s, per_l,
+                        TARGET_SCALING, higher_is_better=False))
+    nl_s = t["neighbor_list small"]["median_s"] / len(a_s)
+    nl_l = t["neighbor_list large"]["median_s"] / len(a_l)
+    ratios.append(ratio(f"neighbour list: time per atom at {len(a_l)} / at {len(a_s)}", f"water {len(a_l)}", len(a_l), nl_s, nl_l,
+                        TARGET_SCALING, higher_is_better=False))
+    notes.append(f"a small-box sample is {k} back-to-back calls (same work per sample as one large call), reported per call")
+    memory = []
+    for n_target in (small, large):
+        m = _memory(n_target, threads)
+        memory.append(m)
+        label = f"water {m['n_atoms']}"
+        if m["rss_peak_growth_bytes"] is not None:
+            ratios.append(ratio("peak memory (RSS growth) / output arrays", label, m["n_atoms"], m["output_bytes"],
+                                m["rss_peak_growth_bytes"], TARGET_MEMORY, higher_is_better=False))
+        ratios.append(ratio("peak memory (tracemalloc, NumPy only) / output arrays", label, m["n_atoms"], m["output_bytes"],
+                            m["tracemalloc_peak_bytes"], TARGET_MEMORY, higher_is_better=False))
+    notes.append("outputs = invariant (N, 384) + covariant (N, 64, 3), float32 = 2304 bytes per atom")
+    return {"name": "scaling", "title": "fastfeat scaling and peak memory", "rows": rows, "ratios": ratios,
+            "memory": memory, "notes": notes}
+
+
+def main(argv=None):
+    return main_for(run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""How far direct forces are from conservative: Jacobian asymmetry and NVE drift.
+
+Direct forces are not the gradient of an energy, so their Jacobian
+``J = -dF/dx`` need not be symmetric and NVE dynamics need not conserve
+energy (Bigi, Langer & Ceriotti, "The dark side of the forces", ICML 2025).
+Two measures:
+
+- Jacobian asymmetry ``λ = ‖J_anti‖_F / ‖J‖_F`` with ``J_anti = (J - Jᵀ)/2``,
+  J by central finite differences (0 for conservative forces, up to
+  finite-difference and float32 noise);
+- NVE drift: the slope of the temperature (K/ps) in a short velocity-Verlet
+  run started at a given temperature (spurious heating or cooling), with the
+  drift of kinetic energy minus work (eV/atom/ps) as a check that the time
+  step integrates accurately (that one is ~0 for any force field).
+
+``fastfeat check-conservation MODEL STRUCTURE [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import numpy as np
+
+__all__ = ["jacobian", "jacobian_asymmetry", "nve_drift", "check_conservation", "main"]
+
+
+def _force_fn(model, atoms, device="cpu"):
+    if callable(model):
+        return model
+    from .model import resolve_model
+
+    model = resolve_model(model, device=device)
+    ev = model.evaluator(atoms.numbers, atoms.cell.array, atoms.pbc)
+    if ev.xp is np:
+        return ev
+    return lambda x: ev(ev.xp.asarray(x)).get()
+
+
+def _default_h(model):
+    """0.002 Å for float64 models, 0.01 Å otherwise (float32 noise ~1e-7 |F| / h)."""
+    dtype = getattr(model, "dtype", None)
+    if dtype is None:  # a ForceEvaluator carries its model
+        dtype = getattr(getattr(model, "model", None), "dtype", np.float32)
+    return 0.002 if dtype == np.float64 else 0.01
+
+
+def jacobian(force_fn, positions, indices, h):
+    """Block of ``J = -dF/dx`` for the atoms ``indices`` by central differences.
+
+    Parameters
+    ----------
+    force_fn : callable
+        (N, 3) float64 Å -> (N, 3) eV/Å.
+    positions : (N, 3) float array, Å
+    indices : (M,) int array
+        Atoms whose rows and columns are computed.
+    h : float
+        Displacement, Å.
+
+    Returns
+    -------
+    (3M, 3M) float64 ndarray, eV/Å²
+        ``J[(i, a), (j, b)] = -(F_ia(x + h e_jb) - F_ia(x - h e_jb)) / 2h``.
+    """
+    x = np.array(positions, dtype=np.float64)
+    idx = np.asarray(indices, dtype=np.int64)
+    m = len(idx)
+    jac = np.empty((3 * m, 3 * m))
+    for col, (j, b) in enumerate((j, b) for j in idx for b in range(3)):
+        x[j, b] += h
+        f_plus = np.array(force_fn(x)[idx], dtype=np.float64)
+        x[j, b] -= 2 * h
+        f_minus = np.array(force_fn(x)[idx], dtype=np.float64)
+        x[j, b] += h
+        jac[:, col] = -(f_plus - f_minus).ravel() / (2 * h)
+    return jac
+
+
+def jacobian_asymmetry(model, atoms, *, h=None, max_atoms=48, seed=0, device="cpu") -> dict:
+    """λ = ‖J_anti‖/‖J‖ of a model at a structure.
+
+    Parameters
+    ----------
+    model : ForceModel, path, bundled name, or callable force function
+    atoms : ase.Atoms
+    h : float, optional
+        Finite-difference step in Å (default 0.01 for float32 models and
+        callables, 0.002 for float64 models).
+    max_atoms : int
+        Use the square block of at most this many atoms (random, seeded)
+        for larger structures; cost 6 * max_atoms force calls.
+
+    Returns
+    -------
+    dict
+        ``lambda``, ``norm_J`` and ``norm_J_anti`` (eV/Å²), ``h``, ``atoms_used``.
+    """
+    fn = _force_fn(model, atoms, device)
+    if h is None:
+        h = _default_h(model)
+    n = len(atoms)
+    if n <= max_atoms:
+        idx = np.arange(n)
+    else:
+        idx = np.sort(np.random.default_rng(seed).choice(n, max_atoms, replace=False))
+    jac = jacobian(fn, atoms.positions, idx, h)
+    anti = 0.5 * (jac - jac.T)
+    norm, norm_anti = float(np.linalg.norm(jac)), float(np.linalg.norm(anti))
+    return {
+        "lambda": norm_anti / norm if norm > 0 else float("nan"),
+        "norm_J": norm,
+        "norm_J_anti": norm_anti,
+        "h": float(h),
+        "atoms_used": int(len(idx)),
+    }
+
+
+def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, device="cpu") -> dict:
+    """Temperature and energy drift of a short NVE (velocity Verlet) run.
+
+    Returns
+    -------
+    dict
+        ``drift_K_per_ps`` (slope of T(t)), ``integration_drift_eV_per_atom_per_ps``
+        (slope of kinetic energy minus work: time-step error), start/end temperatures, and
+        ``stopped_at``/``stop_reason`` if the run became unstable.
+    """
+    from .md import MDInstabilityError, MolecularDynamics
+
+    fn = _force_fn(model, atoms, device)
+    md = MolecularDynamics(fn, atoms.positions, atoms.get_masses(), dt=dt, temperature=temperature,
+                           ensemble="nve", seed=seed)
+    every = max(1, steps // 200)
+    stopped = reason = None
+    try:
+        result = md.run(steps, every=every)
+    except MDInstabilityError as exc:
+        result, stopped, reason = exc.result, exc.step, exc.reason
+    log = result.log
+    t_ps = log["time_fs"] * 1e-3
+    n = len(atoms)
+    out = {
+        "steps": int(result.steps_done),
+        "dt_fs": float(dt),
+        "temperature_start_K": float(log["temperature_K"][0]),
+        "temperature_end_K": float(log["temperature_K"][-1]),
+        "drift_K_per_ps": float("nan"),
+        "integration_drift_eV_per_atom_per_ps": float("nan"),
+        "stopped_at": stopped,
+        "stop_reason": reason,
+    }
+    if len(t_ps) >= 3:
+        out["drift_K_per_ps"] = float(np.polyfit(t_ps, log["temperature_K"], 1)[0])
+        out["integration_drift_eV_per_atom_per_ps"] = float(np.polyfit(t_ps, log["ke_minus_work_eV"], 1)[0] / n)
+    return out
+
+
+def _advice(lam, nve):
+    drift = abs(nve["drift_K_per_ps"]) if not math.isnan(nve["drift_K_per_ps"]) else math.inf
+    if nve["stopped_at"] is not None:
+        return ("NVE became unstable: run thermostatted MD only (`--ensemble langevin`), and check the "
+                "structure is inside the model's training distribution")
+    if lam < 0.01 and drift < 5.0:
+        return ("forces are close to conservative here: NVE is usable for short runs, but thermostatted MD "
+                "(Langevin) remains the safe default for direct forces")
+    return ("forces are measurably non-conservative: use thermostatted MD (`--ensemble langevin`, friction "
+            "≳ 0.01 1/fs) so the thermostat removes the spurious heating; do not use NVE energies or fluctuations")
+
+
+def check_conservation(model, atoms, *, h=None, max_atoms=48, nve_steps=2000, dt=0.5, temperature=300.0,
+                       seed=0, device="cpu") -> dict:
+    """Jacobian asymmetry, NVE drift, net force and advice, as a JSON-ready dict."""
+    from .model import resolve_model
+
+    if not callable(model):
+        model = resolve_model(model, device=device)
+    fn = _force_fn(model, atoms, device)
+    f = np.asarray(fn(atoms.positions), dtype=np.float64).copy()
+    lam = jacobian_asymmetry(fn, atoms, h=_default_h(model) if h is None else h, max_atoms=max_atoms, seed=seed)
+    nve = nve_drift(fn, atoms, steps=nve_steps, dt=dt, temperature=temperature, seed=seed)
+    return {
+        "model": getattr(model, "path", repr(model)),
+        "n_atoms": len(atoms),
+        "formula": atoms.get_chemical_formula(),
+        "jacobian": lam,
+        "nve": nve,
+        "net_force_eV_per_A": float(np.linalg.norm(f.sum(axis=0))),
+        "rms_force_eV_per_A": float(np.sqrt((f ** 2).sum(axis=1).mean())) if len(f) else 0.0,
+        "advice": _advice(lam["lambda"], nve),
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="fastfeat check-conservation",
+        description="Jacobian asymmetry λ = ‖J_anti‖/‖J‖ (finite differences) and NVE drift of a direct-force model.",
+    )
+    p.add_argument("model", help="model file (.onnx) or bundled model name")
+    p.add_argument("structure", help="structure file read by ase.io, or a bundled data set NAME[:SPLIT]")
+    p.add_argument("--frame", type=int, default=0)
+    p.add_argument("--h", type=float, default=None, help="finite-difference step in Å (default 0.01; 0.002 for float64 models)")
+    p.add_argument("--max-atoms", type=int, default=48, help="atoms in the Jacobian block (default 48)")
+    p.add_argument("--nve-steps", type=int, default=2000, help="NVE steps for the drift (default 2000)")
+    p.add_argument("--dt", type=float, default=0.5, help="NVE time step in fs (default 0.5)")
+    p.add_argument("--temperature", type=float, default=300.0, help="initial temperature in K (default 300)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = p.parse_args(argv)
+    from ._structures import load_structure
+    from .model import resolve_model
+
+    try:
+        atoms = load_structure(args.structure, args.frame)
+        model = resolve_model(args.model, device=args.device)
+        report = check_conservation(model, atoms, h=args.h, max_atoms=args.max_atoms, nve_steps=args.nve_steps,
+                                    dt=args.dt, temperature=args.temperature, seed=args.seed, device=args.device)
+    except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        print(f"fastfeat check-conservation: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    jac, nve = report["jacobian"], report["nve"]
+    print(f"model {report['model']} on {report['formula']} ({report['n_atoms']} atoms)")
+    print(f"  Jacobian asymmetry λ = ‖J_anti‖/‖J‖ = {jac['lambda']:.4g}  "
+          f"({jac['atoms_used']} atoms, h = {jac['h']:g} Å; 0 for conservative forces)")
+    print(f"  NVE {nve['steps']} steps x {nve['dt_fs']} fs: T {nve['temperature_start_K']:.1f} -> "
+          f"{nve['temperature_end_K']:.1f} K, drift {nve['drift_K_per_ps']:+.3g} K/ps, "
+          f"(integration check: KE - work drifts {nve['integration_drift_eV_per_atom_per_ps']:+.2g} eV/atom/ps)"
+          + (f"; STOPPED at step {nve['stopped_at']}: {nve['stop_reason']}" if nve["stopped_at"] else ""))
+    print(f"  net force |ΣF| = {report['net_force_eV_per_A']:.3g} eV/Å (rms atomic force {report['rms_force_eV_per_A']:.3g})")
+    print(f"  advice: {report['advice']}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

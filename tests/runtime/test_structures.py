@@ -1,0 +1,61 @@
+"""STRUCTURE arguments: files (plain or compressed) and bundled data sets."""
+
+from __future__ import annotations
+
+import lzma
+
+import ase.io
+import numpy as np
+import pytest
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from fastfeat.runtime._structures import bundled_dataset_names, load_structure, read_frames
+
+from conftest import random_water_box
+
+
+def _frames():
+    frames = []
+    for s in range(3):
+        a = random_water_box(seed=s)
+        a.calc = SinglePointCalculator(a, forces=np.full((len(a), 3), float(s)))
+        frames.append(a)
+    return frames
+
+
+def test_read_frames_plain_and_xz(tmp_path):
+    frames = _frames()
+    plain = tmp_path / "d.extxyz"
+    ase.io.write(plain, frames)
+    packed = tmp_path / "d.extxyz.xz"
+    packed.write_bytes(lzma.compress(plain.read_bytes()))
+    for path in (plain, packed):
+        got = read_frames(path)
+        assert len(got) == 3
+        for a, b in zip(got, frames):
+            np.testing.assert_allclose(a.positions, b.positions)
+            np.testing.assert_allclose(a.get_forces(), b.get_forces())
+
+
+def test_load_structure_file_and_frame(tmp_path):
+    frames = _frames()
+    path = tmp_path / "d.extxyz"
+    ase.io.write(path, frames)
+    np.testing.assert_allclose(load_structure(str(path), 1).positions, frames[1].positions)
+    with pytest.raises(ValueError, match="has no frame 7"):
+        load_structure(str(path), 7)
+    bad = tmp_path / "bad.extxyz"
+    bad.write_text("not\na structure\n")
+    with pytest.raises(ValueError, match="cannot read structure file"):
+        load_structure(str(bad))
+    with pytest.raises(FileNotFoundError, match="neither a file nor a bundled data set"):
+        load_structure(str(tmp_path / "missing.xyz"))
+
+
+@pytest.mark.skipif("peo" not in bundled_dataset_names(), reason="bundled peo data set not present")
+def test_load_bundled_dataset_frame():
+    atoms = load_structure("peo:test", 0)
+    assert set(atoms.get_chemical_symbols()) == {"C", "H", "O"}
+    assert atoms.pbc.all() and atoms.get_forces().shape == (len(atoms), 3)
+    with pytest.raises(ValueError, match="frames, got `frame`=100000"):
+        load_structure("peo:test", 100000)

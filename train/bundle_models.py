@@ -1,0 +1,169 @@
+"""Reproduce the bundled models (fastfeat/data/models/*.onnx) and their figures.
+
+Three steps, so that featurisation (needs the data sets, ASE and fastfeat's
+kernels) and training (needs torch only) can run on different machines::
+
+    # 1. features of the train/val/test splits, FeatureSpec.default(species), float32
+    python -m fastfeat.train.bundle_models prepare peo li4p2o7 li4p2o7-water --dest scratch/bundle
+    # 2. one model (one CPU thread; the epoch count is fitted to --time-limit)
+    python -m fastfeat.train.bundle_models train --src scratch/bundle --name peo --head projection \\
+        --time-limit 600 --out fastfeat/data/models/peo.onnx --report peo-projection.json
+    # 3. gather the reports
+    python -m fastfeat.train.bundle_models collect *.json --out benchmarks/results/models.json
+
+``fastfeat train --data peo --threads 1 --time-limit 600 --out peo.onnx`` runs the
+same code in one go (with a cosine schedule over ``--epochs`` instead of
+fitting the epoch count to the time limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["main", "BUNDLED", "bundled_config"]
+
+BUNDLED = ("peo", "li4p2o7", "li4p2o7-water")
+
+
+def bundled_config(head="projection", **changes):
+    """The TrainConfig of the bundled models."""
+    from .config import TrainConfig
+
+    base = dict(head=head, hidden=[64, 64], activation="silu", batch_size=4, lr=3e-3, weight_decay=1e-5,
+                schedule="cosine", min_lr_ratio=0.01, patience=0, threads=1, seed=0)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def _log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def prepare(names, dest, cache_dir=""):
+    from .cli import prepare_features
+
+    for name in names:
+        cfg = bundled_config(cache_dir=cache_dir)
+        feats, spec, sha = prepare_features(name, cfg, log=_log)
+        d = os.path.join(dest, name)
+        os.makedirs(d, exist_ok=True)
+        for split, fs in feats.items():
+            fs.save(os.path.join(d, f"{split}.npz"))
+        meta = {"name": name, "spec": spec.to_json(), "data_hash": sha,
+                "splits": {k: {"structures": v.n_structures, "atoms": v.n_atoms} for k, v in feats.items()}}
+        with open(os.path.join(d, "meta.json"), "w", encoding="utf-8") as fh:
+            json.dump(meta, fh, indent=1)
+        _log(f"{name}: {meta['splits']} -> {d}")
+
+
+def _load(src, name):
+    import fastfeat
+
+    from .data import FeatureSet
+
+    d = os.path.join(src, name)
+    with open(os.path.join(d, "meta.json"), encoding="utf-8") as fh:
+        meta = json.load(fh)
+    feats = {s: FeatureSet.load(os.path.join(d, f"{s}.npz")) for s in ("train", "val", "test")
+             if os.path.exists(os.path.join(d, f"{s}.npz"))}
+    return feats, fastfeat.FeatureSpec.from_json(meta["spec"]), meta["data_hash"]
+
+
+def train_one(src, name, head, out, time_limit, report=None, config_path=None, epochs=None):
+    """Train one bundled model from prepared features; returns the report dict."""
+    import torch
+
+    from .cli import train_and_export
+    from .config import load_config
+    from .trainer import train_model
+
+    torch.set_num_threads(1)
+    feats, spec, sha = _load(src, name)
+    overrides = {}
+    if config_path:
+        cfg = load_config(config_path, head=head)
+    else:
+        cfg = bundled_config(head)
+    if epochs is None:
+        # time one epoch, then fit the cosine schedule's length to the time limit
+        probe = train_model(feats["train"], feats["val"], spec, cfg.replace(epochs=2), log=lambda m: None)
+        per_epoch = float(np.median([h["seconds"] for h in probe.history]))
+        epochs = max(1, int(0.95 * time_limit / per_epoch))
+        _log(f"{name}/{head}: {per_epoch:.2f} s per epoch -> {epochs} epochs")
+    cfg = cfg.replace(epochs=int(epochs), time_limit=float(time_limit) * 1.1, **overrides)
+    t0 = time.perf_counter()
+    summary = train_and_export(feats, spec, sha, out, cfg, log=_log, checkpoint=f"{out}.ckpt")
+    try:
+        os.remove(f"{out}.ckpt")
+    except OSError:
+        pass
+    rep = {
+        "name": name, "head": head, "config": cfg.to_dict(), "spec": json.loads(spec.to_json()),
+        "data_hash": sha, "wall_seconds": time.perf_counter() - t0, "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+        **{k: v for k, v in summary.items() if k != "history"},
+        "history_tail": summary["history"][-5:],
+        "splits": {k: {"structures": v.n_structures, "atoms": v.n_atoms} for k, v in feats.items()},
+    }
+    if report:
+        with open(report, "w", encoding="utf-8") as fh:
+            json.dump(rep, fh, indent=1)
+    return rep
+
+
+def collect(reports, out):
+    table = {}
+    if os.path.exists(out):
+        with open(out, encoding="utf-8") as fh:
+            table = json.load(fh)
+    for path in reports:
+        with open(path, encoding="utf-8") as fh:
+            rep = json.load(fh)
+        table.setdefault(rep["name"], {})[rep["head"]] = rep
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(table, fh, indent=1, sort_keys=True)
+    for name, heads in sorted(table.items()):
+        for head, rep in sorted(heads.items()):
+            t = rep["metrics"].get("test", rep["metrics"]["val"])
+            print(f"{name:15s} {head:11s} test MAE {t['mae']:.4f}  RMSE {t['rmse']:.4f}  rel RMSE "
+                  f"{t['rel_rmse']:.4f}  cosine {t['cosine']:.4f}  epochs {rep['epochs_run']}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m fastfeat.train.bundle_models", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare")
+    a.add_argument("names", nargs="+")
+    a.add_argument("--dest", required=True)
+    a.add_argument("--cache-dir", default="")
+    b = sub.add_parser("train")
+    b.add_argument("--src", required=True)
+    b.add_argument("--name", required=True)
+    b.add_argument("--head", default="projection", choices=["projection", "basis"])
+    b.add_argument("--time-limit", type=float, default=600.0)
+    b.add_argument("--epochs", type=int)
+    b.add_argument("--config")
+    b.add_argument("--out", required=True)
+    b.add_argument("--report")
+    c = sub.add_parser("collect")
+    c.add_argument("reports", nargs="+")
+    c.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    if args.cmd == "prepare":
+        prepare(args.names, args.dest, args.cache_dir)
+    elif args.cmd == "train":
+        train_one(args.src, args.name, args.head, args.out, args.time_limit, args.report, args.config, args.epochs)
+    else:
+        collect(args.reports, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
