@@ -23,6 +23,7 @@ def cuda_available() -> tuple[bool, str]:
         _CUDA_STATE = (True, "Numba CUDA simulator")
         return _CUDA_STATE
     try:
+        from . import _compat  # noqa: F401  (before numba.cuda)
         from numba import cuda
     except Exception as exc:  # numba-cuda missing or broken
         _CUDA_STATE = (False, f"numba.cuda cannot be imported ({exc}); install fastfeat[gpu]")

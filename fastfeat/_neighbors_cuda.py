@@ -29,6 +29,7 @@ __all__ = ["neighbor_list_cuda", "build_device", "DeviceNeighbors"]
 
 # ---------------------------------------------------------------- device helpers
 def _cuda():
+    from . import _compat  # noqa: F401  (before numba.cuda)
     from numba import cuda
 
     return cuda

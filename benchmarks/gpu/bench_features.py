@@ -64,6 +64,8 @@ def _parse(argv):
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-check", action="store_true", help="skip the comparison with the CPU path")
+    p.add_argument("--warps-per-block", type=int, default=None,
+                   help="tuning: centre atoms (warps) per block of the feature kernel (default: fastfeat's, 4)")
     p.add_argument("--exact-math", action="store_true",
                    help="float32 with IEEE-accurate exp/cos/pow (default: the GPU's fast approximate math)")
     p.add_argument("--out", default=None, help="write the results as JSON to this path")
@@ -214,6 +216,8 @@ def run(args):
     from fastfeat import _features_cuda
 
     _features_cuda.FAST_MATH_FLOAT32 = not args.exact_math
+    if args.warps_per_block:
+        _features_cuda.WARPS_PER_BLOCK = int(args.warps_per_block)
     ok, reason = _device.cuda_available()
     if not ok:
         raise SystemExit(f"bench_features.py needs a CUDA GPU: {reason}")
@@ -246,6 +250,7 @@ def run(args):
                  "n_covariant": spec.n_covariant, "cutoff": spec.cutoff, "angular_cutoff": spec.angular_cutoff},
         "float32_math": "accurate" if args.exact_math else "fast (approximate exp/cos/pow/sqrt/div)",
         "max_registers_env": os.environ.get("FASTFEAT_CUDA_MAXREG"),
+        "warps_per_block": _features_cuda.WARPS_PER_BLOCK,
         "repeats": args.repeats,
         "warmup": args.warmup,
         "target_features_M_atoms_per_s": TARGET_M_ATOMS_PER_S,

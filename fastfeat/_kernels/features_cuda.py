@@ -1,23 +1,27 @@
 """Invariant (G2, G4) and covariant (V) features, Numba CUDA kernels.
 
-Same definitions, neighbour order and summation order as
-fastfeat._kernels.features_cpu; r_ij is recomputed from the current positions
-and the CSR shift vectors, so a neighbour list built with a skin is reused
-(pairs beyond the cutoff are skipped).
+Same definitions and neighbour order as fastfeat._kernels.features_cpu; r_ij
+is recomputed from the current positions and the CSR shift vectors, so a
+neighbour list built with a skin is reused (pairs beyond the cutoff are
+skipped). Geometry and accumulation are in the dtype of the outputs.
 
-``features_warp_f32`` / ``features_warp_f64`` (one warp per centre atom, the
-fast path):
+``features_warp_f32`` / ``features_warp_f32_fast`` / ``features_warp_f64``
+(one warp per centre atom, the fast path; ``_fast`` uses the GPU's
+approximate exp/cos/pow/sqrt/division):
 
-* the warp zeroes an accumulator row (n_invariant + 3 n_covariant values) in
-  shared memory; every lane owns fixed columns, so no atomics are needed;
-* radial pass: the CSR segment is read 32 pairs at a time (one pair per lane);
-  the chunk's geometry is staged in shared memory and each lane adds its own
-  (species, G2 parameter) and (species, V parameter) columns, neighbour by
-  neighbour in CSR order; neighbours inside the angular cutoff are appended
-  (warp ballot) to a shared list of capacity ``cap``;
-* angular pass: for every first neighbour k1 the lanes test 32 second
-  neighbours k2 > k1 at once, compact the valid triplets into shared memory,
-  then each lane adds its own G4 columns for each triplet, in (k1, k2) order;
+* the warp zeroes its accumulators in shared memory; every lane owns fixed
+  columns, so no atomics are needed;
+* radial pass: the CSR segment is read 32 pairs at a time (one pair per
+  lane) and the chunk's geometry is staged in shared memory. Groups of L
+  lanes (L = the smallest power of two >= the number of G2 or V parameters)
+  take different neighbours, each lane one (G2, V) parameter of its group;
+  the 32 / L groups add into private copies of the G2/V columns, summed at
+  the end. Neighbours inside the angular cutoff are appended (warp ballot)
+  to a shared list of capacity ``cap``;
+* angular pass: the m (m - 1) / 2 neighbour pairs (k1 < k2) are tested 32 at
+  a time, the valid triplets (r_jk < angular cutoff) compacted into shared
+  memory, then each lane adds its own G4 column(s) for each triplet, in
+  (k1, k2) order;
 * the row is written to global memory once, coalesced.
 
 An atom with more than ``cap`` angular neighbours is flagged (``overflow_n``)
@@ -28,6 +32,10 @@ shared memory. Overlapping atoms (r < 1e-6 Å) are skipped and reported:
 (-1 when none), ``status[0]`` counts atoms with an overlap, ``status[1]``
 atoms that overflowed. No other checks.
 
+``species_lookup``, ``stage_positions``, ``copy_rows`` and ``set_status``
+stage inputs for fastfeat._features_cuda (device-side species, finiteness
+and displacement checks).
+
 In the simulator (NUMBA_ENABLE_CUDASIM=1) warp intrinsics are replaced by
 shared-memory equivalents and blocks hold one warp.
 """
@@ -35,6 +43,7 @@ shared-memory equivalents and blocks hold one warp.
 import math
 import os
 
+from .. import _compat  # noqa: F401  (before numba.cuda)
 from numba import cuda, float32, float64, int32
 try:  # numba-cuda (the maintained CUDA target)
     from numba.cuda.core import config as _config

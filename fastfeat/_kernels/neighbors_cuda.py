@@ -27,6 +27,7 @@ nothing.
 
 import math
 
+from .. import _compat  # noqa: F401  (before numba.cuda)
 from numba import cuda, float64, int64
 try:  # numba-cuda (the maintained CUDA target)
     from numba.cuda.core import config as _config

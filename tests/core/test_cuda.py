@@ -83,7 +83,12 @@ def cases():
     for k in range(4):
         steps.append(steps[-1] + rng.normal(scale=0.08, size=pos.shape))
     cells = [LEFT_HANDED] * 4 + [LEFT_HANDED * 1.02]
-    c["md"] = dict(steps=steps, z=z, cells=cells, pbc=[True, True, True], skin=0.5)
+    zs = [z] * 5
+    # then: other species at the same positions, and fewer atoms (both force a rebuild)
+    steps += [steps[-1], steps[-1][:7]]
+    cells += [cells[-1], cells[-1]]
+    zs += [np.where(z == 1, 8, 1), z[:7]]
+    c["md"] = dict(steps=steps, zs=zs, cells=cells, pbc=[True, True, True], skin=0.5)
 
     pos, z = _structure(11, 9, np.eye(3) * 4.0, min_dist=1.0, species=(1, 6, 7, 8))
     c["ani"] = dict(pos=pos, z=z, cell=np.zeros((3, 3)), pbc=[False, False, False])
@@ -196,9 +201,9 @@ def run_device(out_path):
     m = c["md"]
     fz = fastfeat.Featurizer(sp, device="cuda", dtype=np.float64, skin=m["skin"])
     rebuilds = []
-    for s, (pos, cell) in enumerate(zip(m["steps"], m["cells"])):
+    for s, (pos, z, cell) in enumerate(zip(m["steps"], m["zs"], m["cells"])):
         p = cuda.to_device(pos) if s % 2 else pos  # device and host positions
-        g, v = fz(p, m["z"], cell, m["pbc"])
+        g, v = fz(p, cuda.to_device(z) if s == 5 else z, cell, m["pbc"])
         res[f"md/{s}/g"], res[f"md/{s}/v"] = host(g), host(v)
         rebuilds.append(fz.n_rebuilds)
     meta["md_rebuilds"] = rebuilds
@@ -378,13 +383,14 @@ def test_featurizer_skin_reuse_equals_cpu(device):
     m = cases()["md"]
     fz = fastfeat.Featurizer(spec(), dtype=np.float64, skin=m["skin"])
     rebuilds = []
-    for s, (pos, cell) in enumerate(zip(m["steps"], m["cells"])):
-        g, v = fz(pos, m["z"], cell, m["pbc"])
+    for s, (pos, z, cell) in enumerate(zip(m["steps"], m["zs"], m["cells"])):
+        g, v = fz(pos, z, cell, m["pbc"])
         _close(res[f"md/{s}/g"], g, np.float64, f"step {s} invariant")
         _close(res[f"md/{s}/v"], v, np.float64, f"step {s} covariant")
         rebuilds.append(fz.n_rebuilds)
     assert meta["md_rebuilds"] == rebuilds
-    assert 1 < rebuilds[-1] < len(m["steps"]), f"the trajectory must both reuse and rebuild the list: {rebuilds}"
+    assert 1 < rebuilds[4] < 5, f"the trajectory must both reuse and rebuild the list: {rebuilds}"
+    assert rebuilds[6] == rebuilds[5] + 1 == rebuilds[4] + 2, rebuilds
 
 
 @pytest.mark.cudasim
