@@ -33,6 +33,7 @@ __all__ = [
     "benchmark_model_path",
     "force_model",
     "set_threads",
+    "thread_env",
     "interleaved_medians",
     "machine_info",
 ]

@@ -286,8 +286,9 @@ def _cells_cpu(params, pos, species, cell, pbc, g, v):
     order = np.empty(n, np.int64)
     nk.cell_starts(bins, grid.n_cells, start, order)
     overlap = np.empty(n, np.int64)
-    features_cells(posw, species, cell, grid.periodic, grid.nbins, grid.search, bin3, start, order,
-                   *params.args(), g, v, overlap)
+    # centres and neighbours in bin (space) order: contiguous memory for the neighbour loops
+    features_cells(posw[order], species[order], cell, grid.periodic, grid.nbins, grid.search, bin3[order], start,
+                   order, *params.args(), g, v, overlap)
     return overlap
 
 

@@ -71,8 +71,9 @@ def build_cpu(positions, cell, pbc, cutoff):
     start = np.empty(grid.n_cells + 1, np.int64)
     order = np.empty(n, np.int64)
     k.cell_starts(bins, grid.n_cells, start, order)
+    poss, bin3s, wraps = posw[order], bin3[order], wrap[order]  # bin order: contiguous neighbours
     count = np.empty(n, np.int64)
-    k.count_pairs(posw, cell, grid.periodic, grid.nbins, grid.search, bin3, start, order, cutoff, count)
+    k.count_pairs(poss, cell, grid.periodic, grid.nbins, grid.search, bin3s, start, order, cutoff, count)
     offset = np.zeros(n + 1, np.int64)
     np.cumsum(count, out=offset[1:])
     n_pairs = int(offset[-1])
@@ -82,7 +83,7 @@ def build_cpu(positions, cell, pbc, cutoff):
     shift = np.empty((n_pairs, 3), np.int32)
     r = np.empty((n_pairs, 3), np.float64)
     d = np.empty(n_pairs, np.float64)
-    k.fill_pairs(posw, cell, wrap, grid.periodic, grid.nbins, grid.search, bin3, start, order, cutoff,
+    k.fill_pairs(poss, cell, wraps, grid.periodic, grid.nbins, grid.search, bin3s, start, order, cutoff,
                  offset, i_p, j_p, shift, r, d)
     if dtype != np.float64:
         r = r.astype(dtype)

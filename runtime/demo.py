@@ -158,6 +158,16 @@ def _report(path, s):
         f"| neighbour-list builds | {md['n_rebuilds']} |",
         f"| stopped early | {md['stopped_at'] if md['stopped_at'] is not None else 'no'} |",
         "",
+    ]
+    if md["stopped_at"] is not None:
+        lines += [
+            f"**The MD run stopped at step {md['stopped_at']}**: {md['stop_reason']}. The trajectory ends with "
+            "the last good frame. Direct forces are not conservative: a model that heats the system faster "
+            "than the thermostat removes the heat runs away (see `fastfeat check-conservation`); a larger "
+            "`--friction`, a smaller `--dt` or a better-trained model help.",
+            "",
+        ]
+    lines += [
         "## Conservation check",
         "",
         f"Jacobian asymmetry λ = ‖J_anti‖/‖J‖ = {s['conservation']['lambda']:.4g} "
@@ -184,7 +194,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3000, help="MD steps (default 3000)")
     p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
     p.add_argument("--temperature", type=float, default=300.0, help="Langevin temperature in K (default 300)")
-    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
+    p.add_argument("--friction", type=float, default=0.05, help="Langevin friction in 1/fs (default 0.05: direct forces heat, the thermostat must remove it)")
     p.add_argument("--max-frames", type=int, default=100, help="test frames used for accuracy (default 100)")
     p.add_argument("--out", default="fastfeat-demo", help="output directory (default fastfeat-demo)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -228,16 +238,21 @@ def main(argv=None) -> int:
         atoms = frames[0].copy()
         atoms.calc = None
         say(f"  Langevin MD: {len(atoms)} atoms, {args.steps} steps of {args.dt} fs at {args.temperature} K")
-        result = run_md(model, atoms, args.steps, dt=args.dt, temperature=args.temperature, friction=args.friction,
-                        seed=args.seed, out=os.path.join(args.out, "md.extxyz"), every=max(1, args.steps // 300),
-                        log=os.path.join(args.out, "md.log"), progress=not args.quiet)
+        try:
+            result = run_md(model, atoms, args.steps, dt=args.dt, temperature=args.temperature,
+                            friction=args.friction, seed=args.seed, out=os.path.join(args.out, "md.extxyz"),
+                            every=max(1, args.steps // 300), log=os.path.join(args.out, "md.log"),
+                            progress=not args.quiet)
+        except MDInstabilityError as exc:  # a finding about the model: report it, with the run up to there
+            result = exc.result
+            say(f"  MD stopped: {exc}")
         temps = result.log["temperature_K"]
         md = {
             "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms), "steps": result.steps_done,
             "dt_fs": args.dt, "temperature_K": args.temperature, "friction_per_fs": args.friction,
             "mean_temperature_K": float(temps[len(temps) // 2:].mean()), "steps_per_s": result.steps_per_s,
             "atom_steps_per_s": result.atom_steps_per_s, "ns_per_day": result.ns_per_day,
-            "n_rebuilds": result.n_rebuilds, "stopped_at": result.stopped_at,
+            "n_rebuilds": result.n_rebuilds, "stopped_at": result.stopped_at, "stop_reason": result.stop_reason,
         }
         conservation = jacobian_asymmetry(model, atoms, max_atoms=12, seed=args.seed)
         info = model.info
@@ -260,6 +275,10 @@ def main(argv=None) -> int:
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
         print(f"fastfeat demo: error: {exc}", file=sys.stderr)
         return 2
+    if md["stopped_at"] is not None:
+        print(f"fastfeat demo: MD stopped at step {md['stopped_at']} ({md['stop_reason']}); "
+              f"report: {os.path.join(args.out, 'report.md')}", file=sys.stderr)
+        return 3
     print(f"fastfeat demo: test relative RMSE {acc['relative_rmse']:.3f}, MD {md['steps_per_s']:.0f} steps/s "
           f"({md['atom_steps_per_s']:.3g} atom-steps/s, {md['ns_per_day']:.2f} ns/day) on {device}; "
           f"report: {os.path.join(args.out, 'report.md')} ({summary['wall_s']:.0f} s)")

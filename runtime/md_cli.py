@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
     p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
     p.add_argument("--ensemble", choices=("langevin", "nve"), default="langevin")
-    p.add_argument("--friction", type=float, default=0.01, help="Langevin friction in 1/fs (default 0.01)")
+    p.add_argument("--friction", type=float, default=0.05, help="Langevin friction in 1/fs (default 0.05: direct forces heat, the thermostat must remove it)")
     p.add_argument("--seed", type=int, default=0, help="seed of initial velocities and noise (default 0)")
     p.add_argument("--out", default=None, help="trajectory file (extxyz)")
     p.add_argument("--every", type=int, default=100, help="write trajectory/log every k steps (default 100)")

@@ -24,7 +24,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
-from .model import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS
+from .model import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS, INPUT_CLIP
 
 __all__ = ["TrainConfig", "load_config", "SCHEDULES", "DTYPES"]
 
@@ -46,6 +46,8 @@ class TrainConfig:
         Projection-head regularisation ``ε = eps_rel·tr(VVᵀ)/3 + eps_abs``.
     gram : bool
         Feed the Gram entries ``V_k·V_l`` to the networks besides the invariants.
+    input_clip : float
+        Soft clip ``c·tanh(z/c)`` of the standardised inputs (0 = off).
     epochs : int
         Maximum number of epochs.
     batch_size : int
@@ -90,6 +92,7 @@ class TrainConfig:
     eps_rel: float = EPS_REL
     eps_abs: float = EPS_ABS
     gram: bool = True
+    input_clip: float = INPUT_CLIP
     epochs: int = 200
     batch_size: int = 8
     lr: float = 3e-3
@@ -129,7 +132,7 @@ class TrainConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int):
                 raise TypeError(f"config `{key}` must be an integer, got {type(v).__name__} {v!r}")
-        for key in ("eps_rel", "eps_abs", "lr", "weight_decay", "min_lr_ratio", "plateau_factor",
+        for key in ("input_clip", "eps_rel", "eps_abs", "lr", "weight_decay", "min_lr_ratio", "plateau_factor",
                     "val_fraction", "time_limit", "grad_clip"):
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -159,6 +162,7 @@ class TrainConfig:
         need(0 < self.plateau_factor < 1, "plateau_factor", "in (0, 1)")
         need(self.patience >= 0, "patience", ">= 0")
         need(self.eps_rel >= 0, "eps_rel", ">= 0")
+        need(self.input_clip >= 0, "input_clip", ">= 0 (0 = off)")
         need(self.eps_abs > 0, "eps_abs", "> 0")
         need(0 < self.val_fraction < 1, "val_fraction", "in (0, 1)")
         need(self.threads >= 0, "threads", ">= 0")

@@ -7,7 +7,7 @@ arithmetic:
 * network inputs: the invariants, and (``gram``) the Gram entries
   ``V_k·V_l`` (k <= l) of the covariant input (``MatMul`` + ``Gather``), concatenated;
 * per element ``e``: ``NonZero(species == e)`` -> ``Gather`` the rows of the
-  inputs -> standardise ``(G - mean_e) * (1/std_e)`` -> MLP (``MatMul`` +
+  inputs -> standardise ``(G - mean_e) * (1/std_e)`` -> soft clip ``c·tanh(z/c)`` -> MLP (``MatMul`` +
   ``Add`` + SiLU/Tanh) -> ``* output_scale_e`` -> ``ScatterND`` into the
   (n_atoms, K) output, so each atom runs through its own element's network
   only;
@@ -102,6 +102,9 @@ def _element_network(b: _Builder, model: StaggeredNetwork, e: int, inv: str, spe
     mean = model.feature_mean[e].detach().cpu().numpy().astype(dt)
     inv_std = (1.0 / model.feature_std[e]).detach().cpu().numpy().astype(dt)
     x = b.op("Mul", [b.op("Sub", [g, b.const(f"mean_e{e}", mean)]), b.const(f"invstd_e{e}", inv_std)], f"x_e{e}")
+    if model.input_clip:
+        c = model.input_clip
+        x = b.op("Mul", [b.op("Tanh", [b.op("Mul", [x, b.const("inv_clip", 1.0 / c)])]), b.const("clip", c)], f"xc_e{e}")
     linears = [m for m in model.nets[e] if isinstance(m, torch.nn.Linear)]
     for li, lin in enumerate(linears):
         w = lin.weight.detach().cpu().numpy().T.astype(dt)

@@ -87,7 +87,8 @@ def predict(model: StaggeredNetwork, fs: FeatureSet, chunk_structures=64) -> np.
 def _build_model(cfg: TrainConfig, spec, train: FeatureSet) -> StaggeredNetwork:
     torch.manual_seed(cfg.seed)
     model = StaggeredNetwork(spec, hidden=cfg.hidden, head=cfg.head, activation=cfg.activation,
-                             eps_rel=cfg.eps_rel, eps_abs=cfg.eps_abs, gram=cfg.gram)
+                             eps_rel=cfg.eps_rel, eps_abs=cfg.eps_abs, gram=cfg.gram,
+                             input_clip=cfg.input_clip)
     if cfg.dtype == "float64":
         model = model.double()
     model.set_statistics(train.invariant, train.covariant, train.species, train.target)

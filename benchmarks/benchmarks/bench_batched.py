@@ -9,7 +9,7 @@ N_STRUCTURES = [1, 10, 100, 1000]
 
 
 class BatchedFeaturization:
-    """fastfeat.featurize(list_of_atoms, spec): one neighbour list per structure, one kernel call."""
+    """fastfeat.featurize(list_of_atoms, spec): all structures in one call, outputs concatenated."""
 
     params = (N_STRUCTURES, devices())
     param_names = ["n_structures", "device"]

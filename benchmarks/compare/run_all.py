@@ -169,29 +169,34 @@ def write_plot(data, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    panels = {"neighbour list": [], "features": []}
+    import re
+
+    panels = {"neighbour list": {}, "features": {}}
     for name, res in data["comparisons"].items():
-        if name in ("lammps_md", "compile", "breakdown"):
-            continue
+        if name in ("lammps_md", "compile", "breakdown", "scaling"):
+            continue  # not peer comparisons (scaling: fastfeat alone, another run's absolute times)
         for r in res.get("rows", []):
             if "[grad group]" in r["task"]:
-                continue
+                continue  # second fastfeat timing of an older torchani script version
             panel = "neighbour list" if "neighbour list" in r["task"] else "features"
-            panels[panel].append((f"{r['tool']}: {r['task']}", r["n_atoms"], r["median_s"]))
+            label = re.sub(r"default spec \(.*?\)", "default spec", f"{r['tool']}: {r['task']}")
+            if r["tool"] == "fastfeat" and panel == "features":
+                label += f" [{name} run]"  # each peer is compared with the fastfeat timing of its own run
+            series = panels[panel].setdefault(label, {"pts": {}, "water": True})
+            series["pts"][r["n_atoms"]] = r["median_s"]
+            series["water"] &= r["structure"].startswith("water")
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
     markers = "osD^v<>ph*"
-    for ax, (title, pts) in zip(axes, panels.items()):
-        series = {}
-        for label, n, t in pts:
-            series.setdefault(label, {})[n] = t  # one point per size per series
-        for k, (label, p) in enumerate(sorted(series.items())):
-            ns = sorted(p)
-            ax.loglog(ns, [p[n] for n in ns], marker=markers[k % len(markers)], label=label)
+    for ax, (title, all_series) in zip(axes, panels.items()):
+        for k, (label, sr) in enumerate(sorted(all_series.items())):
+            ns = sorted(sr["pts"])
+            style = "-" if sr["water"] else "none"  # different small systems: markers only
+            ax.loglog(ns, [sr["pts"][n] for n in ns], marker=markers[k % len(markers)], linestyle=style, label=label)
         ax.set_xlabel("atoms")
         ax.set_ylabel("median wall time (s)")
         ax.set_title(f"{title} ({data['threads']} thread(s))")
         ax.grid(True, which="both", alpha=0.3)
-        if series:
+        if all_series:
             ax.legend(fontsize=7)
     fig.suptitle(f"fastfeat vs peers, side by side — {data['machine']['cpu']}", fontsize=9)
     fig.tight_layout()
@@ -207,6 +212,7 @@ def main(argv=None):
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(COMPARISONS)}; merged into existing results")
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="output folder (default benchmarks/results)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per comparison (default 900)")
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md and .png from the existing .json")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(COMPARISONS)
     unknown = [n for n in names if n not in COMPARISONS]
@@ -215,6 +221,12 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "compare_quick" if args.quick else "compare"
     json_path = args.out / f"{stem}.json"
+    if args.report_only:
+        data = json.loads(json_path.read_text())
+        write_markdown(data, args.out / f"{stem}.md", args.quick)
+        write_plot(data, args.out / f"{stem}_loglog.png")
+        print(f"rewrote {stem}.md and {stem}_loglog.png from {json_path.name}")
+        return 0
     data = {"comparisons": {}}
     if args.only and json_path.exists():
         old = json.loads(json_path.read_text())

@@ -277,7 +277,7 @@ def features(
 
 @njit(parallel=True, cache=True)
 def features_cells(
-    posw_nc, species_n, cell_cc, periodic_c, nbins_c, search_c, bin3_nc, start_b, order_n,
+    poss_nc, species_s, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n,
     cutoff, acut,
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
@@ -285,8 +285,12 @@ def features_cells(
     pair_ab, n_radial_total,
     g_nf, v_nfc, overlap_n,
 ):
-    """Features straight from a cell list (see neighbors_cpu); `posw_nc` are wrapped positions."""
-    n = posw_nc.shape[0]
+    """Features straight from a cell list (see neighbors_cpu).
+
+    `poss_nc`, `species_s` and `bin3s_nc` are wrapped positions, species and
+    bins in bin order (row k is atom order_n[k]); outputs are in atom order.
+    """
+    n = poss_nc.shape[0]
     n_ang = grid_q.shape[0]
     n_u = eta_u.shape[0]
     n_v = zeta_v.shape[0]
@@ -301,8 +305,8 @@ def features_cells(
         i0 = c * _CHUNK
         i1 = min(n, i0 + _CHUNK)
         cap = 1
-        for i in range(i0, i1):
-            cap = max(cap, _candidates(i, periodic_c, nbins_c, search_c, bin3_nc, start_b))
+        for k in range(i0, i1):
+            cap = max(cap, _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b))
         ax = np.empty(cap)
         ay = np.empty(cap)
         az = np.empty(cap)
@@ -318,25 +322,26 @@ def features_cells(
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
-        for i in range(i0, i1):
+        for k in range(i0, i1):
+            i = order_n[k]
             acc_r[:] = 0.0
             acc_v[:] = 0.0
             acc_a[:] = 0.0
             overlap_n[i] = -1
             m = 0
-            xi = posw_nc[i, 0]
-            yi = posw_nc[i, 1]
-            zi = posw_nc[i, 2]
+            xi = poss_nc[k, 0]
+            yi = poss_nc[k, 1]
+            zi = poss_nc[k, 2]
             for d0 in range(-search_c[0], search_c[0] + 1):
-                b0, t0, ok0 = _wrap_index(bin3_nc[i, 0] + d0, nbins_c[0], periodic_c[0])
+                b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
                 if not ok0:
                     continue
                 for d1 in range(-search_c[1], search_c[1] + 1):
-                    b1, t1, ok1 = _wrap_index(bin3_nc[i, 1] + d1, nbins_c[1], periodic_c[1])
+                    b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
                     if not ok1:
                         continue
                     for d2 in range(-search_c[2], search_c[2] + 1):
-                        b2, t2, ok2 = _wrap_index(bin3_nc[i, 2] + d2, nbins_c[2], periodic_c[2])
+                        b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
                         if not ok2:
                             continue
                         sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
@@ -345,20 +350,19 @@ def features_cells(
                         same_image = t0 == 0 and t1 == 0 and t2 == 0
                         b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
                         for q in range(start_b[b], start_b[b + 1]):
-                            j = order_n[q]
-                            if same_image and j == i:
+                            if same_image and q == k:
                                 continue
-                            dx = posw_nc[j, 0] + sx - xi
-                            dy = posw_nc[j, 1] + sy - yi
-                            dz = posw_nc[j, 2] + sz - zi
+                            dx = poss_nc[q, 0] + sx - xi
+                            dy = poss_nc[q, 1] + sy - yi
+                            dz = poss_nc[q, 2] + sz - zi
                             r2 = dx * dx + dy * dy + dz * dz
                             if r2 >= rc2:
                                 continue
                             d = math.sqrt(r2)
                             if d < 1e-6:
-                                overlap_n[i] = j
+                                overlap_n[i] = order_n[q]
                                 continue
-                            a = species_n[j]
+                            a = species_s[q]
                             # --- per-neighbour terms (kept textually identical in both kernels: numba inlines
                             # nested helper calls only at this level) ---
                             fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
@@ -395,19 +399,19 @@ def features_cells(
 
 
 @njit(cache=True)
-def _candidates(i, periodic_c, nbins_c, search_c, bin3_nc, start_b):
-    """Atoms in the (bin, image) cells visited for atom i: a bound on its neighbours."""
+def _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b):
+    """Atoms in the (bin, image) cells visited for centre k (bin order): a bound on its neighbours."""
     total = 0
     for d0 in range(-search_c[0], search_c[0] + 1):
-        b0, t0, ok0 = _wrap_index(bin3_nc[i, 0] + d0, nbins_c[0], periodic_c[0])
+        b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
         if not ok0:
             continue
         for d1 in range(-search_c[1], search_c[1] + 1):
-            b1, t1, ok1 = _wrap_index(bin3_nc[i, 1] + d1, nbins_c[1], periodic_c[1])
+            b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
             if not ok1:
                 continue
             for d2 in range(-search_c[2], search_c[2] + 1):
-                b2, t2, ok2 = _wrap_index(bin3_nc[i, 2] + d2, nbins_c[2], periodic_c[2])
+                b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
                 if not ok2:
                     continue
                 b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2

@@ -72,23 +72,29 @@ def _wrap_index(b, n, periodic):
 
 
 @njit(parallel=True, cache=True)
-def count_pairs(posw_nc, cell_cc, periodic_c, nbins_c, search_c, bin3_nc, start_b, order_n, cutoff, count_n):
-    """Number of neighbours (all images) of every atom within `cutoff`."""
-    n = posw_nc.shape[0]
+def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, cutoff, count_n):
+    """Number of neighbours (all images) of every atom within `cutoff`.
+
+    `poss_nc` and `bin3s_nc` are wrapped positions and bins in bin order
+    (row k is atom order_n[k]): centres and neighbours are visited in space
+    order, so neighbour positions are read from contiguous memory.
+    """
+    n = poss_nc.shape[0]
     rc2 = cutoff * cutoff
-    for i in prange(n):
+    for k in prange(n):
+        i = order_n[k]
         cnt = 0
-        xi, yi, zi = posw_nc[i, 0], posw_nc[i, 1], posw_nc[i, 2]
+        xi, yi, zi = poss_nc[k, 0], poss_nc[k, 1], poss_nc[k, 2]
         for d0 in range(-search_c[0], search_c[0] + 1):
-            b0, t0, ok0 = _wrap_index(bin3_nc[i, 0] + d0, nbins_c[0], periodic_c[0])
+            b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
             if not ok0:
                 continue
             for d1 in range(-search_c[1], search_c[1] + 1):
-                b1, t1, ok1 = _wrap_index(bin3_nc[i, 1] + d1, nbins_c[1], periodic_c[1])
+                b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
                 if not ok1:
                     continue
                 for d2 in range(-search_c[2], search_c[2] + 1):
-                    b2, t2, ok2 = _wrap_index(bin3_nc[i, 2] + d2, nbins_c[2], periodic_c[2])
+                    b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
                     if not ok2:
                         continue
                     sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
@@ -97,12 +103,11 @@ def count_pairs(posw_nc, cell_cc, periodic_c, nbins_c, search_c, bin3_nc, start_
                     same_image = t0 == 0 and t1 == 0 and t2 == 0
                     b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
                     for q in range(start_b[b], start_b[b + 1]):
-                        j = order_n[q]
-                        if same_image and j == i:
+                        if same_image and q == k:
                             continue
-                        dx = posw_nc[j, 0] + sx - xi
-                        dy = posw_nc[j, 1] + sy - yi
-                        dz = posw_nc[j, 2] + sz - zi
+                        dx = poss_nc[q, 0] + sx - xi
+                        dy = poss_nc[q, 1] + sy - yi
+                        dz = poss_nc[q, 2] + sz - zi
                         if dx * dx + dy * dy + dz * dz < rc2:
                             cnt += 1
         count_n[i] = cnt
@@ -110,29 +115,30 @@ def count_pairs(posw_nc, cell_cc, periodic_c, nbins_c, search_c, bin3_nc, start_
 
 @njit(parallel=True, cache=True)
 def fill_pairs(
-    posw_nc, cell_cc, wrap_nc, periodic_c, nbins_c, search_c, bin3_nc, start_b, order_n, cutoff,
+    poss_nc, cell_cc, wraps_nc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, cutoff,
     offset_n, i_p, j_p, shift_pc, r_pc, d_p,
 ):
-    """Write pairs of atom i at offset_n[i]:offset_n[i+1] (same order as count_pairs).
+    """Write pairs of atom i at offset_n[i]:offset_n[i+1] (inputs in bin order, as count_pairs).
 
     Shifts refer to the *unwrapped* input positions:
     r_ij = pos[j] - pos[i] + shift @ cell.
     """
-    n = posw_nc.shape[0]
+    n = poss_nc.shape[0]
     rc2 = cutoff * cutoff
-    for i in prange(n):
+    for k in prange(n):
+        i = order_n[k]
         p = offset_n[i]
-        xi, yi, zi = posw_nc[i, 0], posw_nc[i, 1], posw_nc[i, 2]
+        xi, yi, zi = poss_nc[k, 0], poss_nc[k, 1], poss_nc[k, 2]
         for d0 in range(-search_c[0], search_c[0] + 1):
-            b0, t0, ok0 = _wrap_index(bin3_nc[i, 0] + d0, nbins_c[0], periodic_c[0])
+            b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
             if not ok0:
                 continue
             for d1 in range(-search_c[1], search_c[1] + 1):
-                b1, t1, ok1 = _wrap_index(bin3_nc[i, 1] + d1, nbins_c[1], periodic_c[1])
+                b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
                 if not ok1:
                     continue
                 for d2 in range(-search_c[2], search_c[2] + 1):
-                    b2, t2, ok2 = _wrap_index(bin3_nc[i, 2] + d2, nbins_c[2], periodic_c[2])
+                    b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
                     if not ok2:
                         continue
                     sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
@@ -141,19 +147,18 @@ def fill_pairs(
                     same_image = t0 == 0 and t1 == 0 and t2 == 0
                     b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
                     for q in range(start_b[b], start_b[b + 1]):
-                        j = order_n[q]
-                        if same_image and j == i:
+                        if same_image and q == k:
                             continue
-                        dx = posw_nc[j, 0] + sx - xi
-                        dy = posw_nc[j, 1] + sy - yi
-                        dz = posw_nc[j, 2] + sz - zi
+                        dx = poss_nc[q, 0] + sx - xi
+                        dy = poss_nc[q, 1] + sy - yi
+                        dz = poss_nc[q, 2] + sz - zi
                         r2 = dx * dx + dy * dy + dz * dz
                         if r2 < rc2:
                             i_p[p] = i
-                            j_p[p] = j
-                            shift_pc[p, 0] = t0 - wrap_nc[j, 0] + wrap_nc[i, 0]
-                            shift_pc[p, 1] = t1 - wrap_nc[j, 1] + wrap_nc[i, 1]
-                            shift_pc[p, 2] = t2 - wrap_nc[j, 2] + wrap_nc[i, 2]
+                            j_p[p] = order_n[q]
+                            shift_pc[p, 0] = t0 - wraps_nc[q, 0] + wraps_nc[k, 0]
+                            shift_pc[p, 1] = t1 - wraps_nc[q, 1] + wraps_nc[k, 1]
+                            shift_pc[p, 2] = t2 - wraps_nc[q, 2] + wraps_nc[k, 2]
                             r_pc[p, 0] = dx
                             r_pc[p, 1] = dy
                             r_pc[p, 2] = dz

@@ -67,7 +67,7 @@ def test_nve_drift_conservative_vs_heating():
     calm = nve_drift(_linear_force(k, atoms.positions), atoms, steps=400, dt=1.0, temperature=300.0)
     assert abs(calm["drift_K_per_ps"]) < 60.0  # harmonic: temperature oscillates, no trend
     assert abs(calm["integration_drift_eV_per_atom_per_ps"]) < 1e-3
-    assert calm["stopped_at"] is None
+    assert calm["stopped_at"] is None and calm["doubling_time_ps"] is None
 
     def pumping(x):  # a velocity-independent force that heats: negative damping via a curl
         d = x - atoms.positions
@@ -78,6 +78,7 @@ def test_nve_drift_conservative_vs_heating():
 
     hot = nve_drift(pumping, atoms, steps=400, dt=1.0, temperature=300.0)
     assert hot["drift_K_per_ps"] > 10 * max(abs(calm["drift_K_per_ps"]), 10.0), (hot, calm)
+    assert 0 < hot["doubling_time_ps"] < 0.4
 
 
 def test_check_conservation_cli_json(model_path, water_file, capsys):

@@ -261,3 +261,23 @@ def test_unwrapped_positions_give_the_same_forces(model, water):
     ev = model.evaluator(water.numbers, water.cell.array, water.pbc)
     ev(water.positions)
     np.testing.assert_allclose(ev(moved.positions), f0, rtol=1e-4, atol=1e-5 * np.abs(f0).max())
+
+
+@pytest.mark.parametrize("name", ["peo", "li4p2o7", "li4p2o7-water"])
+def test_bundled_model_loads_and_matches_its_stored_test_error(name):
+    from fastfeat.runtime import pretrained_names
+    from fastfeat.runtime._structures import bundled_dataset_names, bundled_frames
+
+    if name not in pretrained_names() or name not in bundled_dataset_names():
+        pytest.skip(f"bundled model or data set {name!r} not present")
+    model = ForceModel.pretrained(name)
+    assert model.info.target == "forces" and model.info.data_hash
+    frames = bundled_frames(name, "test")[:5]
+    forces = model.forces_batch(frames)
+    np.testing.assert_allclose(forces[0], model.forces(frames[0]), rtol=1e-4, atol=1e-4)
+    ref = np.concatenate([a.get_forces() for a in frames])
+    rel_rmse = np.sqrt(((np.concatenate(forces) - ref) ** 2).mean() / (ref ** 2).mean())
+    stored = model.info.validation.get("test", {}).get("rel_rmse")
+    assert rel_rmse < 1.0
+    if stored is not None:  # five frames scatter around the stored whole-split figure
+        assert rel_rmse < 2.0 * stored + 0.05, (rel_rmse, stored)

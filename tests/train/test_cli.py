@@ -147,7 +147,7 @@ def test_data_without_forces(workdir, capsys):
     ase.io.write(workdir / "noforces.extxyz", frames)
     assert _train(workdir, workdir / "noforces.extxyz") == 2
     err = capsys.readouterr().err
-    assert "frame 2 has no forces" in err
+    assert "frame 2" in err and "forces" in err and "noforces.extxyz" in err
 
 
 def test_species_not_in_spec(workdir, capsys):
@@ -174,7 +174,25 @@ def test_nan_forces_name_the_frame(workdir, capsys):
     ase.io.write(workdir / "nan.extxyz", frames)
     assert _train(workdir, workdir / "nan.extxyz") == 2
     err = capsys.readouterr().err
-    assert "frame 4" in err and "NaN" in err and "atom 7" in err
+    assert "frame 4" in err and ("NaN" in err or "not finite" in err) and "atom 7" in err
+
+
+def test_frame_targets_checks_in_memory_frames():
+    from fastfeat.train.data import frame_targets
+
+    frames = synthetic_frames(3, seed=8)
+    with pytest.raises(ValueError, match="dataset is empty"):
+        frame_targets([], label="mine")
+    frames[1].calc = None
+    with pytest.raises(ValueError, match="mine: frame 1 has no forces"):
+        frame_targets(frames, label="mine")
+    frames = synthetic_frames(3, seed=8)
+    frames[2].arrays["polar"][4, 0] = np.inf
+    with pytest.raises(ValueError, match=r"frame 2 has non-finite `polar` \(NaN or inf\) at atom 4"):
+        frame_targets(frames, "polar")
+    frames[0].arrays["bad"] = np.zeros((12, 2))
+    with pytest.raises(ValueError, match=r"frame 0 has `bad` of shape \(12, 2\), expected \(12, 3\)"):
+        frame_targets(frames, "bad")
 
 
 def test_unknown_target_key(workdir, capsys):
@@ -204,4 +222,5 @@ def test_evaluate_errors(trained, workdir, capsys):
         a.calc = None
     ase.io.write(workdir / "noforces2.extxyz", frames)
     assert cli(["evaluate", str(trained), str(workdir / "noforces2.extxyz"), "--target", "forces"]) == 2
-    assert "frame 0 has no forces" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "frame 0" in err and "forces" in err and "noforces2.extxyz" in err

@@ -152,3 +152,31 @@ def test_network_inputs_gram_entries():
     np.testing.assert_allclose(x[:, spec.n_invariant:], np.einsum("nkc,nkc->nk", v.numpy()[:, iu], v.numpy()[:, ju]),
                                rtol=1e-12)
     assert plain.nets[0][0].in_features == spec.n_invariant
+
+
+def test_input_clip_bounds_out_of_distribution_inputs():
+    spec = small_spec()
+    rng = np.random.default_rng(10)
+    fs = random_features(spec, 10, rng)
+    g = torch.tensor(fs.invariant[:5], dtype=torch.float64)
+    v = torch.tensor(fs.covariant[:5], dtype=torch.float64)
+    s = torch.tensor(fs.species[:5])
+    far = g.clone()
+    far[:, 0] += 1e6  # an environment far outside the training range
+    outs = {}
+    for clip in (5.0, 0.0):
+        torch.manual_seed(0)
+        model = StaggeredNetwork(spec, hidden=(8,), head="basis", input_clip=clip).double()
+        model.set_statistics(fs.invariant, fs.covariant, fs.species, fs.target)
+        with torch.no_grad():
+            outs[clip] = (model.atom_outputs(g, v, s), model.atom_outputs(far, v, s),
+                          (model.network_inputs(g, v) - model.feature_mean[0]) / model.feature_std[0])
+    near, far_out, z = outs[5.0]
+    # clipped: the output stays within the range the tanh allows; unclipped it explodes
+    assert far_out.abs().max() < 100 * near.abs().max()
+    assert outs[0.0][1].abs().max() > 1e4 * outs[0.0][0].abs().max()
+    # typical inputs are nearly untouched by c·tanh(z/c) with c = 5
+    typical = z.abs() < 1
+    np.testing.assert_allclose((5 * torch.tanh(z / 5))[typical], z[typical], atol=0.02)
+    with pytest.raises(ValueError, match="`input_clip`"):
+        StaggeredNetwork(spec, input_clip=-1.0)

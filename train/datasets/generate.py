@@ -21,6 +21,7 @@ or, installed, ``fastfeat data generate peo ...``.
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import lzma
 import math
@@ -103,10 +104,10 @@ def _read_frames(path):
     from ase.io import read
 
     with _open_text(path) as fh:
-        try:
-            return read(fh, index=":", format="extxyz")
-        except StopIteration:
-            return []
+        text = io.StringIO(fh.read())  # extxyz seeks; seeking an lzma stream is quadratic
+    if not text.getvalue().strip():
+        return []
+    return read(text, index=":", format="extxyz")
 
 
 def _calculator():

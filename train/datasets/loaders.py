@@ -1,0 +1,212 @@
+"""Reading reference data: bundled data sets (:func:`load`) and users' files (:func:`read`).
+
+Bundled data sets live at ``fastfeat/data/datasets/<name>.extxyz.xz`` (lzma-compressed extended
+XYZ). Every frame carries energy (eV), forces (eV/Å), momenta and ``atoms.info`` metadata
+(``system``, ``method``, ``temperature`` K, ``seed``, ``step`` fs, ``trajectory``).
+
+Splits are made of whole trajectories, so the test set holds trajectories never seen in training:
+with K trajectories (sorted ids), the last ``max(1, K // 4)`` are ``"test"``, the one before them
+is ``"val"`` and the rest are ``"train"`` (see :func:`split_trajectories`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SPLITS", "available", "data_path", "load", "read", "split_trajectories"]
+
+SPLITS = ("train", "val", "test", "all")
+_SUFFIX = ".extxyz.xz"
+
+
+def _data_dir() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("fastfeat").joinpath("data", "datasets")))
+
+
+def available() -> list[str]:
+    """Names of the bundled data sets (e.g. ``["li4p2o7", "li4p2o7-water", "peo"]``)."""
+    d = _data_dir()
+    if not d.is_dir():
+        return []
+    return sorted(p.name[: -len(_SUFFIX)] for p in d.glob("*" + _SUFFIX))
+
+
+def data_path(name: str) -> Path:
+    """Path of a bundled data set's file; ValueError naming the available ones if unknown."""
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a str, got {type(name).__name__}")
+    path = _data_dir() / (name + _SUFFIX)
+    if not path.is_file():
+        raise ValueError(f"`name` must be one of the bundled data sets {available()}, got {name!r}")
+    return path
+
+
+def _single_point(atoms, energy, forces_nc):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = atoms.copy()
+    out.calc = SinglePointCalculator(out, energy=energy, forces=forces_nc)
+    return out
+
+
+_OPENERS = {".xz": "lzma", ".gz": "gzip", ".bz2": "bz2"}
+
+
+def _read_any(path: str, index, format):
+    """``ase.io.read`` with compressed text files decompressed once in memory.
+
+    ASE's extxyz reader seeks back and forth; on a compressed stream each seek decompresses from
+    the start, which makes ``.xz`` files quadratically slow (minutes for a bundled set).
+    """
+    import importlib
+    import io
+
+    import ase.io
+    from ase.io.formats import filetype
+
+    suffix = Path(path).suffix
+    if suffix in _OPENERS:
+        inner = path[: -len(suffix)]
+        fmt = format or filetype(inner, read=False)
+        if fmt in ("extxyz", "xyz"):
+            opener = importlib.import_module(_OPENERS[suffix])
+            with opener.open(path, "rt") as fh:
+                text = io.StringIO(fh.read())
+            return ase.io.read(text, index=index, format=fmt)
+    return ase.io.read(path, index=index, format=format)
+
+
+def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":", format=None) -> list:
+    """Read frames with reference forces from extxyz or any format ``ase.io`` reads.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Structure file (compressed ``.xz``/``.gz``/``.bz2`` files work too).
+    forces_key : str
+        Where the forces (eV/Å) are: a per-atom array (``atoms.arrays[forces_key]``, e.g. an
+        extxyz column) or a calculator result (``"forces"``, as ASE's readers attach them).
+    energy_key : str
+        Where the energy (eV) is: ``atoms.info[energy_key]`` or a calculator result; optional.
+    index : str or int or slice
+        Frames to read (``ase.io.read`` syntax); ``":"`` reads all.
+    format : str, optional
+        ``ase.io`` format name; guessed from the file name when None.
+
+    Returns
+    -------
+    list of ase.Atoms
+        Each with a SinglePointCalculator holding ``forces`` (shape (N, 3), float64, eV/Å) and
+        ``energy`` (eV) when present, so ``atoms.get_forces()`` works.
+
+    Raises
+    ------
+    ValueError
+        The file has no frames; a frame lacks ``forces_key`` (the key, file and frame are named);
+        forces of the wrong shape or not finite (the frame is named).
+    """
+    import ase.io
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ValueError(f"`path` must be an existing file, got {path!r}")
+    frames = _read_any(path, index, format)
+    if not isinstance(frames, list):
+        frames = [frames]
+    if not frames:
+        raise ValueError(f"`path` {path!r} holds no frames")
+    offset = 0
+    if isinstance(index, int) and index >= 0:
+        offset = index
+    out = []
+    for k, atoms in enumerate(frames):
+        frame = offset + k
+        results = atoms.calc.results if atoms.calc is not None else {}
+        if forces_key in atoms.arrays:
+            forces_nc = np.array(atoms.arrays[forces_key], dtype=np.float64)
+        elif forces_key in results:
+            forces_nc = np.array(results[forces_key], dtype=np.float64)
+        else:
+            keys = sorted((set(atoms.arrays) | set(results)) - {"numbers", "positions"})
+            raise ValueError(f"`forces_key` {forces_key!r} not found in frame {frame} of {path!r} "
+                             f"(per-atom arrays and results there: {keys})")
+        if forces_nc.shape != (len(atoms), 3):
+            raise ValueError(f"forces {forces_key!r} of frame {frame} of {path!r} must have shape "
+                             f"({len(atoms)}, 3), got {forces_nc.shape}")
+        if not np.all(np.isfinite(forces_nc)):
+            atom = int(np.nonzero(~np.isfinite(forces_nc).all(axis=1))[0][0])
+            raise ValueError(f"forces {forces_key!r} of frame {frame} of {path!r} are not finite "
+                             f"(first at atom {atom})")
+        energy = None
+        if energy_key in atoms.info:
+            energy = float(atoms.info[energy_key])
+        elif energy_key in results:
+            energy = float(results[energy_key])
+        clean = atoms.copy()
+        clean.arrays.pop(forces_key, None)
+        clean.info.pop(energy_key, None)
+        out.append(_single_point(clean, energy, forces_nc))
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(path: str) -> tuple:
+    return tuple(read(path))
+
+
+def split_trajectories(frames) -> dict:
+    """Assign whole trajectories (``atoms.info["trajectory"]``) to train/val/test.
+
+    With K distinct trajectory ids in sorted order, the last ``max(1, K // 4)`` are test, the one
+    before them is val (when K >= 3; else none), the others train.
+
+    Returns
+    -------
+    dict
+        ``{"train": [ids], "val": [ids], "test": [ids]}`` (ints).
+    """
+    ids = set()
+    for k, atoms in enumerate(frames):
+        if "trajectory" not in atoms.info:
+            raise ValueError(f"frame {k} has no atoms.info['trajectory']; splits need trajectory ids")
+        ids.add(int(atoms.info["trajectory"]))
+    ids = sorted(ids)
+    if len(ids) < 2:
+        raise ValueError(f"a split needs at least 2 trajectories, got {len(ids)}")
+    n_test = max(1, len(ids) // 4)
+    n_val = 1 if len(ids) >= 3 else 0
+    return {"train": ids[: len(ids) - n_test - n_val], "val": ids[len(ids) - n_test - n_val: len(ids) - n_test],
+            "test": ids[len(ids) - n_test:]}
+
+
+def load(name: str, split: str = "train") -> list:
+    """Frames of a bundled data set (or an extxyz file with trajectory ids) for one split.
+
+    Parameters
+    ----------
+    name : str
+        A name from :func:`available` (``"peo"``, ``"li4p2o7"``, ``"li4p2o7-water"``) or a path to
+        a file whose frames carry ``atoms.info["trajectory"]``.
+    split : {"train", "val", "test", "all"}
+        Whole trajectories per split (:func:`split_trajectories`); ``"all"`` returns every frame.
+
+    Returns
+    -------
+    list of ase.Atoms
+        Fresh copies (safe to modify); forces via ``atoms.get_forces()`` (eV/Å), energy via
+        ``atoms.get_potential_energy()`` (eV).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"`split` must be one of {SPLITS}, got {split!r}")
+    path = data_path(name) if not (isinstance(name, (str, os.PathLike)) and os.path.isfile(name)) else Path(name)
+    frames = _cached(str(path))
+    if split != "all":
+        keep = set(split_trajectories(frames)[split])
+        frames = [a for a in frames if int(a.info["trajectory"]) in keep]
+    return [_single_point(a, a.calc.results.get("energy"), a.calc.results["forces"].copy()) for a in frames]
