@@ -86,7 +86,6 @@ def train_one(src, name, head, out, time_limit, report=None, config_path=None, e
 
     torch.set_num_threads(1)
     feats, spec, sha = _load(src, name)
-    overrides = {}
     if config_path:
         cfg = load_config(config_path, head=head)
     else:
@@ -97,7 +96,7 @@ def train_one(src, name, head, out, time_limit, report=None, config_path=None, e
         per_epoch = float(np.median([h["seconds"] for h in probe.history]))
         epochs = max(1, int(0.95 * time_limit / per_epoch))
         _log(f"{name}/{head}: {per_epoch:.2f} s per epoch -> {epochs} epochs")
-    cfg = cfg.replace(epochs=int(epochs), time_limit=float(time_limit) * 1.1, **overrides)
+    cfg = cfg.replace(epochs=int(epochs), time_limit=float(time_limit) * 1.1)
     t0 = time.perf_counter()
     summary = train_and_export(feats, spec, sha, out, cfg, log=_log, checkpoint=f"{out}.ckpt")
     try:

@@ -120,3 +120,20 @@ def test_cuda_without_gpu_is_a_clear_error_without_hanging():
     if text.startswith("OK"):
         pytest.skip("a CUDA GPU is present")
     assert "device='cuda' was requested but CUDA is not usable" in text, out.stdout + out.stderr
+
+
+def test_huge_structure_refused_before_allocating():
+    # a 600-million-atom view costs no memory; it must be refused before anything is allocated
+    huge = np.broadcast_to(np.zeros(3), (600_000_000, 3))
+    with pytest.raises(MemoryError, match="more than fastfeat handles in one call"):
+        fastfeat.featurize(positions=huge, numbers=np.broadcast_to(np.array([1]), (600_000_000,)), spec=SPEC)
+    with pytest.raises(MemoryError, match="more than fastfeat handles in one call"):
+        fastfeat.neighbor_list(huge, None, False, 3.0)
+
+
+def test_pair_list_larger_than_memory_is_a_memory_error(monkeypatch):
+    from fastfeat import _device
+
+    monkeypatch.setattr(_device, "available_host_memory", lambda: 10)
+    with pytest.raises(MemoryError, match="the neighbour list .* needs .* GiB"):
+        fastfeat.neighbor_list(POS, CELL, True, 3.0)
