@@ -10,8 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _device
-from ._box import bin_grid
-from ._neighbors import build_cpu
+from ._neighbors import bin_atoms, build_cpu
 from ._spec import FeatureSpec
 from ._validation import (
     check_cell,
@@ -271,24 +270,12 @@ def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, position
 
 def _cells_cpu(params, pos, species, cell, pbc, g, v):
     """One structure straight from the cell list (no pair list stored)."""
-    from ._kernels import neighbors_cpu as nk
     from ._kernels.features_cpu import features_cells
 
-    n = pos.shape[0]
-    pos64 = pos.astype(np.float64, copy=False)
-    grid = bin_grid(cell, pbc, params.cutoff, n, positions=pos64)
-    posw = np.empty((n, 3), np.float64)
-    wrap = np.empty((n, 3), np.int64)
-    bin3 = np.empty((n, 3), np.int64)
-    bins = np.empty(n, np.int64)
-    nk.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.smin, grid.extent, grid.nbins, posw, wrap, bin3, bins)
-    start = np.empty(grid.n_cells + 1, np.int64)
-    order = np.empty(n, np.int64)
-    nk.cell_starts(bins, grid.n_cells, start, order)
-    overlap = np.empty(n, np.int64)
-    # centres and neighbours in bin (space) order: contiguous memory for the neighbour loops
-    features_cells(posw[order], species[order], cell, grid.periodic, grid.nbins, grid.search, bin3[order], start,
-                   order, *params.args(), g, v, overlap)
+    cl = bin_atoms(pos, cell, pbc, params.cutoff)
+    overlap = np.empty(pos.shape[0], np.int64)
+    features_cells(cl.poss, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
+                   cl.start, cl.order, *params.args(), g, v, overlap)
     return overlap
 
 

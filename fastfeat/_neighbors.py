@@ -50,6 +50,36 @@ def _check_memory(n_bytes, what):
         )
 
 
+class CellList(NamedTuple):
+    """Atoms binned for a cell-list search; per-atom arrays are in bin (space) order."""
+
+    grid: object  # fastfeat._box.BinGrid
+    start: np.ndarray  # (n_cells + 1,) int64: atoms of bin b are rows start[b]:start[b+1]
+    order: np.ndarray  # (N,) int64: atom index of each bin-ordered row
+    poss: np.ndarray  # (N, 3) float64 wrapped positions, bin order
+    bin3s: np.ndarray  # (N, 3) int64 bin coordinates, bin order
+    wraps: np.ndarray  # (N, 3) int64 cell shifts removed by wrapping, bin order
+
+
+def bin_atoms(positions, cell, pbc, cutoff):
+    """Wrap and bin validated positions (N >= 1) for the CPU cell-list kernels."""
+    from ._kernels import neighbors_cpu as k
+
+    n = positions.shape[0]
+    pos64 = positions.astype(np.float64, copy=False)
+    grid = bin_grid(cell, pbc, cutoff, n, positions=pos64)
+    posw = np.empty((n, 3), np.float64)
+    wrap = np.empty((n, 3), np.int64)
+    bin3 = np.empty((n, 3), np.int64)
+    bins = np.empty(n, np.int64)
+    k.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.smin, grid.extent, grid.nbins, posw, wrap, bin3, bins)
+    start = np.empty(grid.n_cells + 1, np.int64)
+    order = np.empty(n, np.int64)
+    k.cell_starts(bins, grid.n_cells, start, order)
+    # bin order: centres and neighbours of one cell are contiguous in memory
+    return CellList(grid, start, order, posw[order], bin3[order], wrap[order])
+
+
 def build_cpu(positions, cell, pbc, cutoff):
     """Neighbour list on the CPU for validated inputs (no checks)."""
     from ._kernels import neighbors_cpu as k
@@ -61,17 +91,8 @@ def build_cpu(positions, cell, pbc, cutoff):
             np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3), np.int32),
             np.zeros((0, 3), dtype), np.zeros(0, dtype),
         )
-    pos64 = positions.astype(np.float64, copy=False)
-    grid = bin_grid(cell, pbc, cutoff, n, positions=pos64)
-    posw = np.empty((n, 3), np.float64)
-    wrap = np.empty((n, 3), np.int64)
-    bin3 = np.empty((n, 3), np.int64)
-    bins = np.empty(n, np.int64)
-    k.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.smin, grid.extent, grid.nbins, posw, wrap, bin3, bins)
-    start = np.empty(grid.n_cells + 1, np.int64)
-    order = np.empty(n, np.int64)
-    k.cell_starts(bins, grid.n_cells, start, order)
-    poss, bin3s, wraps = posw[order], bin3[order], wrap[order]  # bin order: contiguous neighbours
+    cl = bin_atoms(positions, cell, pbc, cutoff)
+    grid, start, order, poss, bin3s, wraps = cl.grid, cl.start, cl.order, cl.poss, cl.bin3s, cl.wraps
     count = np.empty(n, np.int64)
     k.count_pairs(poss, cell, grid.periodic, grid.nbins, grid.search, bin3s, start, order, cutoff, count)
     offset = np.zeros(n + 1, np.int64)

@@ -28,18 +28,6 @@ _CHUNK = 64
 
 
 @njit(inline="always")
-def _ipow(x, n):
-    """x**n for an integer n >= 1 by repeated squaring."""
-    r = 1.0
-    while n > 0:
-        if n & 1:
-            r *= x
-        x *= x
-        n >>= 1
-    return r
-
-
-@njit(inline="always")
 def _gaussian_ladders(d, lad_eta, lad_rs0, lad_delta, lad_cnt, lad_start, lad_q, lad_c, out_q):
     """out_q[q] = exp(-eta_q (d - rs_q)^2) for every parameter q.
 
