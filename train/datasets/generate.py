@@ -41,6 +41,7 @@ else:
 __all__ = ["METHOD", "TrajectoryPlan", "generate", "main", "plan_trajectories", "run_trajectory"]
 
 METHOD = "GFN1-xTB"
+LABEL = "single point"  # atoms.info["label"]: energy and forces from a fresh SCF (no density reuse)
 log = logging.getLogger("fastfeat.data")
 
 
@@ -80,10 +81,17 @@ class TrajectoryPlan:
                 f"seed={self.seed}, n_frames={self.n_frames}, stride={self.stride})")
 
 
-def plan_trajectories(system, n_frames, temperatures, n_trajectories, stride, parts_dir, seed=0, relax_steps=30):
-    """Split ``n_frames`` over ``n_trajectories`` trajectories cycling through ``temperatures``."""
+def plan_trajectories(system, n_frames, temperatures, n_trajectories, stride, parts_dir, seed=0, relax_steps=30,
+                      first_trajectory=0):
+    """Split ``n_frames`` over ``n_trajectories`` trajectories cycling through ``temperatures``.
+
+    Trajectory ids run from ``first_trajectory``; id ``k`` is seeded with ``1000 * seed + k``, so new
+    trajectories can be added to an existing data set without repeating a structure.
+    """
     if system not in builders.BUILDERS:
         raise ValueError(f"`system` must be one of {sorted(builders.BUILDERS)}, got {system!r}")
+    if first_trajectory < 0:
+        raise ValueError(f"`first_trajectory` must be >= 0, got {first_trajectory}")
     if n_trajectories < 1 or n_frames < 1 or stride < 1:
         raise ValueError(f"`n_frames`, `n_trajectories` and `stride` must be >= 1, got {n_frames}, "
                          f"{n_trajectories}, {stride}")
@@ -91,7 +99,7 @@ def plan_trajectories(system, n_frames, temperatures, n_trajectories, stride, pa
     return [
         TrajectoryPlan(system, k, temperatures[k % len(temperatures)], 1000 * int(seed) + k, per, stride,
                        Path(parts_dir) / f"t{k:02d}.extxyz", relax_steps)
-        for k in range(n_trajectories)
+        for k in range(first_trajectory, first_trajectory + n_trajectories)
     ]
 
 
@@ -181,6 +189,9 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
             while n_stored < plan.n_frames and time.time() < deadline:
                 dyn.run(plan.stride)
                 step += plan.stride
+                # label with a fresh calculator: its SCF starts from tblite's default guess, so the
+                # stored forces are exactly what a single point on the stored frame gives
+                atoms.calc = _calculator()
                 energy = atoms.get_potential_energy()
                 forces_nc = atoms.get_forces()
                 if not (np.isfinite(energy) and np.all(np.isfinite(forces_nc))):
@@ -251,7 +262,8 @@ def merge_parts(parts_dir: Path, out: Path) -> int:
 
 
 def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_trajectories=5, stride=3,
-             workers=None, seed=0, time_limit=None, relax_steps=30, parts_dir=None, stream=sys.stderr):
+             workers=None, seed=0, time_limit=None, relax_steps=30, parts_dir=None, stream=sys.stderr,
+             first_trajectory=0):
     """Generate (or resume) a reference data set; see the module docstring. Returns frames written."""
     import multiprocessing as mp
 
@@ -259,7 +271,7 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".parts")
     _recover_parts(out, parts_dir)
     plans = plan_trajectories(system, n_frames, list(temperatures), n_trajectories, stride, parts_dir, seed,
-                              relax_steps)
+                              relax_steps, first_trajectory)
     workers = workers or os.cpu_count() or 1
     start = time.time()
     deadline = start + time_limit if time_limit else math.inf
@@ -311,6 +323,8 @@ def build_parser(prog="fastfeat data generate"):
     p.add_argument("--relax-steps", type=int, default=30, help="FIRE steps before the MD (force-call cap)")
     p.add_argument("--time-limit", type=float, default=None,
                    help="wall-clock seconds after which workers stop and the output is written")
+    p.add_argument("--first-trajectory", type=int, default=0,
+                   help="id of the first trajectory; trajectories already in OUT are kept, so this adds new ones")
     p.add_argument("--parts", default=None, help="folder for the per-trajectory files (default OUT.parts)")
     return p
 
@@ -320,7 +334,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     generate(args.name, args.out, args.frames, args.temperatures, args.trajectories, args.stride, args.workers,
-             args.seed, args.time_limit, args.relax_steps, args.parts)
+             args.seed, args.time_limit, args.relax_steps, args.parts, first_trajectory=args.first_trajectory)
     return 0
 
 
