@@ -23,8 +23,15 @@ from .neighbors_cpu import _wrap_index
 
 __all__ = ["features", "features_cells"]
 
-#: atoms per parallel work item (scratch arrays are allocated once per chunk)
+#: most atoms per parallel work item (scratch arrays are allocated once per chunk)
 _CHUNK = 64
+
+
+@njit(inline="always")
+def _chunk_size(n):
+    """Atoms per work item: _CHUNK, down to 8 so that small systems still make ~32 items
+    (load balance over threads; the thread count itself is not a cacheable constant)."""
+    return max(8, min(_CHUNK, (n + 31) // 32))
 
 
 @njit(inline="always")
@@ -53,48 +60,84 @@ def _gaussian_ladders(d, lad_eta, lad_rs0, lad_delta, lad_cnt, lad_start, lad_q,
         val = math.exp(-eta * u * u)
         out_q[lad_q[s0 + qs]] = val
         c = lad_c[l]
-        r = math.exp(2.0 * eta * delta * u - eta * delta * delta)
+        r_up = math.exp(2.0 * eta * delta * u - eta * delta * delta)
+        r = r_up
         v = val
         for q in range(qs + 1, cnt):
             v *= r
             r *= c
             out_q[lad_q[s0 + q]] = v
-        r = math.exp(-2.0 * eta * delta * u - eta * delta * delta)
+        # downward ratio: exp(-2 eta delta u - eta delta^2) = c / (upward ratio); one exp fewer,
+        # unless c underflows (very steep ladders)
+        if c > 1e-250:
+            r = c / r_up
+        else:
+            r = math.exp(-2.0 * eta * delta * u - eta * delta * delta)
         v = val
         for q in range(qs - 1, -1, -1):
             v *= r
             r *= c
             out_q[lad_q[s0 + q]] = v
 
-
-@njit(inline="always")
-def _squares(x, sq):
-    """sq[k] = x ** (2 ** k)."""
-    sq[0] = x
-    for k in range(1, sq.shape[0]):
-        sq[k] = sq[k - 1] * sq[k - 1]
+#: Taylor coefficients of cos(sqrt(y)) = sum_n (-y)^n / (2n)!, n = 0..13: for y <= pi^2 the
+#: truncation error is below 3e-16, so the cosine cutoff needs neither sqrt nor cos
+_COS_SQRT = tuple((-1.0) ** n / math.factorial(2 * n) for n in range(14))
 
 
 @njit(inline="always")
-def _from_bits(sq, bits, nbits):
-    """Product of sq[bits[t]] for t < nbits: x ** n from the binary digits of n."""
-    r = sq[bits[0]]
+def _cutoff_r2(r2, w2):
+    """0.5 (cos(pi r / rc) + 1) from r^2 (r < rc), with w2 = (pi / rc)^2."""
+    # Estrin's scheme: short dependency chains instead of one 13-step Horner chain
+    c = _COS_SQRT
+    y = w2 * r2
+    y2 = y * y
+    y4 = y2 * y2
+    y8 = y4 * y4
+    p01 = c[0] + c[1] * y
+    p23 = c[2] + c[3] * y
+    p45 = c[4] + c[5] * y
+    p67 = c[6] + c[7] * y
+    p89 = c[8] + c[9] * y
+    pab = c[10] + c[11] * y
+    pcd = c[12] + c[13] * y
+    p03 = p01 + p23 * y2
+    p47 = p45 + p67 * y2
+    p8b = p89 + pab * y2
+    p07 = p03 + p47 * y4
+    p8d = p8b + pcd * y4
+    p = p07 + p8d * y8
+    return 0.5 * (p + 1.0)
+
+
+# The helpers below index 2-D scratch arrays by row instead of taking row views: a view in the
+# innermost loops costs a reference-count update per use.
+@njit(inline="always")
+def _squares(x, sq, row):
+    """sq[row, k] = x ** (2 ** k)."""
+    sq[row, 0] = x
+    for k in range(1, sq.shape[1]):
+        sq[row, k] = sq[row, k - 1] * sq[row, k - 1]
+
+
+@njit(inline="always")
+def _from_bits(sq, srow, bits, brow, nbits):
+    """Product of sq[srow, bits[brow, t]] for t < nbits: x ** n from the binary digits of n."""
+    r = sq[srow, bits[brow, 0]]
     for t in range(1, nbits):
-        r *= sq[bits[t]]
+        r *= sq[srow, bits[brow, t]]
     return r
 
 
 @njit(inline="always")
-def _exp_table(r2, eta_u, ebits_u, enb_u, sq, out_u):
-    """out_u[u] = exp(-eta_u r2). When eta_u is an integer multiple n of eta_u[0]
+def _exp_table(r2, eta_u, ebits_u, enb_u, sq, out, row):
+    """out[row, u] = exp(-eta_u r2). When eta_u is an integer multiple n of eta_u[0]
     it is exp(-eta_u[0] r2) ** n, from a table of repeated squares (no exp)."""
-    _squares(math.exp(-eta_u[0] * r2), sq)
+    _squares(math.exp(-eta_u[0] * r2), sq, 0)
     for u in range(eta_u.shape[0]):
         if enb_u[u] > 0:
-            out_u[u] = _from_bits(sq, ebits_u[u], enb_u[u])
+            out[row, u] = _from_bits(sq, 0, ebits_u, u, enb_u[u])
         else:
-            out_u[u] = math.exp(-eta_u[u] * r2)
-
+            out[row, u] = math.exp(-eta_u[u] * r2)
 
 
 @njit(forceinline=True, cache=True)
@@ -103,7 +146,7 @@ def _angular_terms(
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
     pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
 ):
-    """G4 over unordered pairs (k1 < k2) of the m stored neighbours."""
+    """G4 over unordered pairs (k1 < k2) of the m stored neighbours (ad holds 1 / r)."""
     n_u = eta_u.shape[0]
     n_v = zeta_v.shape[0]
     n_uv = n_u * n_v
@@ -115,20 +158,20 @@ def _angular_terms(
             djk2 = ex * ex + ey * ey + ez * ez
             if djk2 >= acut * acut:
                 continue
-            fcjk = 0.5 * (math.cos(pi_ra * math.sqrt(djk2)) + 1.0)
-            cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) / (ad[k1] * ad[k2])
-            _exp_table(djk2, eta_u, ebits_u, enb_u, sq_e, pu)
+            fcjk = _cutoff_r2(djk2, pi_ra * pi_ra)
+            cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) * (ad[k1] * ad[k2])
+            _exp_table(djk2, eta_u, ebits_u, enb_u, sq_e, pu, 0)
             for u in range(n_u):
-                pu[u] *= ae[k1, u] * ae[k2, u] * fcjk
+                pu[0, u] *= ae[k1, u] * ae[k2, u] * fcjk
             for l in range(lam_l.shape[0]):
                 b = 1.0 + lam_l[l] * cos_t
                 if b < 0.0:
                     b = 0.0
-                _squares(b, sq_b[l])
+                _squares(b, sq_b, l)
             for v in range(n_v):
                 l = lam_idx_v[v]
                 if znb_v[v] > 0:
-                    tv[v] = pref_v[v] * _from_bits(sq_b[l], zbits_v[v], znb_v[v])
+                    tv[v] = pref_v[v] * _from_bits(sq_b, l, zbits_v, v, znb_v[v])
                 else:
                     tv[v] = pref_v[v] * sq_b[l, 0] ** zeta_v[v]
             pt = pair_ab[asp[k1], asp[k2]]
@@ -136,14 +179,14 @@ def _angular_terms(
                 # outer product P[u] * T[v], contiguous in v
                 base = pt * n_uv
                 for u in range(n_u):
-                    w = pu[u]
+                    w = pu[0, u]
                     row = base + u * n_v
                     for v in range(n_v):
                         acc_a[row + v] += w * tv[v]
             else:
                 base = pt * n_ang
                 for q in range(n_ang):
-                    acc_a[base + q] += tv[ang_v_q[q]] * pu[ang_u_q[q]]
+                    acc_a[base + q] += tv[ang_v_q[q]] * pu[0, ang_u_q[q]]
 
 
 @njit(forceinline=True, cache=True)
@@ -186,10 +229,12 @@ def features(
     n_pairs = n_sp * (n_sp + 1) // 2
     pi_rc = math.pi / cutoff
     pi_ra = math.pi / acut
-    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    rc2 = cutoff * cutoff
+    chunk = _chunk_size(n)
+    n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
-        i0 = c * _CHUNK
-        i1 = min(n, i0 + _CHUNK)
+        i0 = c * chunk
+        i1 = min(n, i0 + chunk)
         maxdeg = 0
         for i in range(i0, i1):
             maxdeg = max(maxdeg, start_n[i + 1] - start_n[i])
@@ -201,9 +246,9 @@ def features(
         ae = np.empty((maxdeg, n_u))
         rad_q = np.empty(n_rad)
         cov_q = np.empty(n_cov)
-        pu = np.empty(n_u)
+        pu = np.empty((1, n_u))
         tv = np.empty(n_v)
-        sq_e = np.empty(max(ebits_u.shape[1], 1))
+        sq_e = np.empty((1, max(ebits_u.shape[1], 1)))
         sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
@@ -222,16 +267,17 @@ def features(
                 dx = pos_nc[j, 0] - xi + shiftvec_pc[p, 0]
                 dy = pos_nc[j, 1] - yi + shiftvec_pc[p, 1]
                 dz = pos_nc[j, 2] - zi + shiftvec_pc[p, 2]
-                d = math.sqrt(dx * dx + dy * dy + dz * dz)
-                if d >= cutoff:
+                r2 = dx * dx + dy * dy + dz * dz
+                if r2 >= rc2:
                     continue
+                d = math.sqrt(r2)
                 if d < 1e-6:
                     overlap_n[i] = j
                     continue
                 a = species_n[j]
                 # --- per-neighbour terms (kept textually identical in both kernels: numba inlines
                 # nested helper calls only at this level) ---
-                fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
+                fc = _cutoff_r2(r2, pi_rc * pi_rc)
                 _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
                 base = a * n_rad
                 for q in range(n_rad):
@@ -245,13 +291,13 @@ def features(
                     acc_v[base + q, 1] += w * dy
                     acc_v[base + q, 2] += w * dz
                 if n_ang > 0 and d < acut:
-                    fca = 0.5 * (math.cos(pi_ra * d) + 1.0)
+                    fca = _cutoff_r2(r2, pi_ra * pi_ra)
                     ax[m] = dx
                     ay[m] = dy
                     az[m] = dz
-                    ad[m] = d
+                    ad[m] = 1.0 / d
                     asp[m] = a
-                    _exp_table(d * d, eta_u, ebits_u, enb_u, sq_e, ae[m])
+                    _exp_table(r2, eta_u, ebits_u, enb_u, sq_e, ae, m)
                     for u in range(eta_u.shape[0]):
                         ae[m, u] *= fca
                     m += 1
@@ -288,10 +334,11 @@ def features_cells(
     pi_rc = math.pi / cutoff
     pi_ra = math.pi / acut
     rc2 = cutoff * cutoff
-    n_chunks = (n + _CHUNK - 1) // _CHUNK
+    chunk = _chunk_size(n)
+    n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
-        i0 = c * _CHUNK
-        i1 = min(n, i0 + _CHUNK)
+        i0 = c * chunk
+        i1 = min(n, i0 + chunk)
         cap = 1
         for k in range(i0, i1):
             cap = max(cap, _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b))
@@ -303,9 +350,9 @@ def features_cells(
         ae = np.empty((cap, n_u))
         rad_q = np.empty(n_rad)
         cov_q = np.empty(n_cov)
-        pu = np.empty(n_u)
+        pu = np.empty((1, n_u))
         tv = np.empty(n_v)
-        sq_e = np.empty(max(ebits_u.shape[1], 1))
+        sq_e = np.empty((1, max(ebits_u.shape[1], 1)))
         sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
@@ -353,7 +400,7 @@ def features_cells(
                             a = species_s[q]
                             # --- per-neighbour terms (kept textually identical in both kernels: numba inlines
                             # nested helper calls only at this level) ---
-                            fc = 0.5 * (math.cos(pi_rc * d) + 1.0)
+                            fc = _cutoff_r2(r2, pi_rc * pi_rc)
                             _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
                             base = a * n_rad
                             for q in range(n_rad):
@@ -367,13 +414,13 @@ def features_cells(
                                 acc_v[base + q, 1] += w * dy
                                 acc_v[base + q, 2] += w * dz
                             if n_ang > 0 and d < acut:
-                                fca = 0.5 * (math.cos(pi_ra * d) + 1.0)
+                                fca = _cutoff_r2(r2, pi_ra * pi_ra)
                                 ax[m] = dx
                                 ay[m] = dy
                                 az[m] = dz
-                                ad[m] = d
+                                ad[m] = 1.0 / d
                                 asp[m] = a
-                                _exp_table(d * d, eta_u, ebits_u, enb_u, sq_e, ae[m])
+                                _exp_table(r2, eta_u, ebits_u, enb_u, sq_e, ae, m)
                                 for u in range(eta_u.shape[0]):
                                     ae[m, u] *= fca
                                 m += 1
