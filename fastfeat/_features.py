@@ -334,6 +334,7 @@ class Featurizer:
         self.skin = float(skin)
         self.n_rebuilds = 0
         self._key = None
+        self._inputs = None  # raw (numbers, cell, pbc) of the last call and their validated forms
         if self.device == "cuda":
             _device.require_cuda()
             from ._features_cuda import CudaFeaturizerState
@@ -344,19 +345,40 @@ class Featurizer:
         if self._key is None:
             return True
         n, cell0, pbc0, species0 = self._key
-        if n != pos.shape[0] or not np.array_equal(cell0, cell) or not np.array_equal(pbc0, pbc):
+        if n != pos.shape[0]:
             return True
-        if not np.array_equal(species0, species):
-            return True
+        # validated inputs reused from the last call are the very arrays in the key
+        if not (cell is cell0 and pbc is pbc0 and species is species0):
+            if not (np.array_equal(cell0, cell) and np.array_equal(pbc0, pbc) and np.array_equal(species0, species)):
+                return True
         if self.skin == 0.0:
             return True
         disp = pos - self._pos_ref
         return float(np.max(np.einsum("ij,ij->i", disp, disp), initial=0.0)) > (0.5 * self.skin) ** 2
 
+    def _prepare(self, positions, numbers, cell, pbc):
+        """Validated inputs; numbers, cell and pbc equal to the last call's are not checked again
+        (an MD step pays for the positions check only)."""
+        last = self._inputs
+        if (
+            last is not None
+            and np.array_equal(numbers, last[0])
+            and (cell is None if last[1] is None else (cell is not None and np.array_equal(cell, last[1])))
+            and np.array_equal(pbc, last[2])
+        ):
+            pos = check_positions(positions, dtype=self.dtype)
+            if pos.shape[0] != last[3].shape[0]:
+                raise ValueError(f"`numbers` has {last[3].shape[0]} entries but `positions` has {pos.shape[0]} rows")
+            return pos, last[3], last[4], last[5]
+        pos, species, cell_v, pbc_v = _prepare(self._cache, positions, numbers, cell, pbc, self.dtype)
+        self._inputs = (np.array(numbers, copy=True), None if cell is None else np.array(cell, copy=True),
+                        np.array(pbc, copy=True), species, cell_v, pbc_v)
+        return pos, species, cell_v, pbc_v
+
     def __call__(self, positions, numbers, cell=None, pbc=None):
         if self.device == "cuda":
             return self._cuda(positions, numbers, cell, pbc, self)
-        pos, species, cell, pbc = _prepare(self._cache, positions, numbers, cell, pbc, self.dtype)
+        pos, species, cell, pbc = self._prepare(positions, numbers, cell, pbc)
         n = pos.shape[0]
         spec = self.spec
         if self._needs_rebuild(pos, species, cell, pbc):
@@ -367,7 +389,7 @@ class Featurizer:
             self._j = nl.j
             self._shiftvec = (nl.shifts @ cell).astype(self.dtype)
             self._pos_ref = pos.copy()
-            self._key = (n, cell.copy(), pbc.copy(), species.copy())
+            self._key = (n, cell, pbc, species)  # validated copies, never handed out
             self._g = np.empty((n, spec.n_invariant), self.dtype)
             self._v = np.empty((n, spec.n_covariant, 3), self.dtype)
             self._overlap = np.empty(n, np.int64)

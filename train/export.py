@@ -65,10 +65,11 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(arr, name))
         return name
 
-    def op(self, op_type, inputs, stem=None, n_out=1, **attrs):
-        outs = [self.name(stem or op_type.lower()) for _ in range(n_out)]
+    def op(self, op_type, inputs, stem=None, n_out=1, out=None, **attrs):
+        """Append a node; its outputs get unique names from ``stem``, or the given name ``out``."""
+        outs = [out] if out is not None else [self.name(stem or op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name("n_" + op_type), **attrs))
-        return outs[0] if n_out == 1 else outs
+        return outs[0] if len(outs) == 1 else outs
 
 
 def _activation(b: _Builder, x: str, activation: str) -> str:
@@ -92,78 +93,98 @@ def _network_inputs(b: _Builder, model: StaggeredNetwork, inv: str, cov: str) ->
 
 
 def _element_network(b: _Builder, model: StaggeredNetwork, e: int, inv: str, species: str, acc: str) -> str:
-    """Nodes of element e's MLP on its own atoms; returns the updated accumulator."""
+    """Nodes of element e's MLP on its own atoms; returns the updated accumulator.
+
+    The affine maps of the PyTorch forward are folded into as few nodes as
+    possible: standardisation and the ``1/c`` of the soft clip into one
+    ``Sub`` + ``Mul``, the factor ``c`` after the ``Tanh`` into the first
+    weight matrix, the output scale into the last layer. The constants are
+    folded in float64 and rounded once to the export dtype.
+    """
     dt = b.np_dtype
+
+    def f64(t):
+        return t.detach().cpu().double().numpy()
+
     mask = b.op("Equal", [species, b.const(f"e{e}", np.int64(e), np.int64)], f"is_e{e}")
     nz = b.op("NonZero", [mask], f"nz_e{e}")                       # (1, m)
-    idx_m1 = b.op("Transpose", [nz], f"idx_e{e}", perm=[1, 0])     # (m, 1)
-    idx_m = b.op("Reshape", [nz, b.const("flat", [-1], np.int64)], f"rows_e{e}")
-    g = b.op("Gather", [inv, idx_m], f"g_e{e}", axis=0)
-    mean = model.feature_mean[e].detach().cpu().numpy().astype(dt)
-    inv_std = (1.0 / model.feature_std[e]).detach().cpu().numpy().astype(dt)
-    x = b.op("Mul", [b.op("Sub", [g, b.const(f"mean_e{e}", mean)]), b.const(f"invstd_e{e}", inv_std)], f"x_e{e}")
-    if model.input_clip:
-        c = model.input_clip
-        x = b.op("Mul", [b.op("Tanh", [b.op("Mul", [x, b.const("inv_clip", 1.0 / c)])]), b.const("clip", c)], f"xc_e{e}")
+    rows = b.op("Reshape", [nz, b.const("flat", [-1], np.int64)], f"rows_e{e}")   # (m,): Gather rows
+    idx = b.op("Transpose", [nz], f"idx_e{e}", perm=[1, 0])        # (m, 1): ScatterND indices
+    g = b.op("Gather", [inv, rows], f"g_e{e}", axis=0)
+    clip = model.input_clip
+    # z = (G - mean) / std, or z / c with the soft clip c·tanh(z/c)
+    factor = 1.0 / f64(model.feature_std[e]) / (clip or 1.0)
+    x = b.op("Mul", [b.op("Sub", [g, b.const(f"mean_e{e}", f64(model.feature_mean[e]).astype(dt))]),
+                     b.const(f"invstd_e{e}", factor.astype(dt))], f"x_e{e}")
+    if clip:
+        x = b.op("Tanh", [x], f"xc_e{e}")
     linears = [m for m in model.nets[e] if isinstance(m, torch.nn.Linear)]
     for li, lin in enumerate(linears):
-        w = lin.weight.detach().cpu().numpy().T.astype(dt)
-        bias = lin.bias.detach().cpu().numpy().astype(dt)
-        x = b.op("Add", [b.op("MatMul", [x, b.const(f"w{li}_e{e}", w)]), b.const(f"b{li}_e{e}", bias)], f"h{li}_e{e}")
+        w, bias = f64(lin.weight).T, f64(lin.bias)
+        if li == 0 and clip:
+            w = w * clip
+        if li == len(linears) - 1:
+            scale = f64(model.output_scale[e])
+            w, bias = w * scale, bias * scale
+        x = b.op("Add", [b.op("MatMul", [x, b.const(f"w{li}_e{e}", w.astype(dt))]),
+                         b.const(f"b{li}_e{e}", bias.astype(dt))], f"h{li}_e{e}")
         if li < len(linears) - 1:
             x = _activation(b, x, model.activation)
-    scale = model.output_scale[e].detach().cpu().numpy().astype(dt)
-    y = b.op("Mul", [x, b.const(f"scale_e{e}", scale)], f"out_e{e}")
-    return b.op("ScatterND", [acc, idx_m1, y], f"acc_e{e}")
+    return b.op("ScatterND", [acc, idx, x], f"acc_e{e}")
 
 
-def _projection_head(b: _Builder, model: StaggeredNetwork, p: str, cov: str) -> str:
-    vt = b.op("Transpose", [cov], "vt", perm=[0, 2, 1])                       # (n, 3, K)
-    a33 = b.op("MatMul", [vt, cov], "a33")                                     # (n, 3, 3)
-    p1k = b.op("Unsqueeze", [p, b.const("ax1", [1], np.int64)], "p1k")         # (n, 1, K)
-    b13 = b.op("MatMul", [p1k, cov], "b13")                                    # (n, 1, 3)
-    bvec = b.op("Reshape", [b13, b.const("shape_n3", [-1, 3], np.int64)], "b")
-    a9 = b.op("Reshape", [a33, b.const("shape_n9", [-1, 9], np.int64)], "a9")
-    a = b.op("Split", [a9, b.const("split9", [1] * 9, np.int64)], "a", n_out=9, axis=1)   # 9 x (n, 1)
-    bb = b.op("Split", [bvec, b.const("split3", [1] * 3, np.int64)], "bc", n_out=3, axis=1)
-    trace = b.op("Add", [b.op("Add", [a[0], a[4]]), a[8]], "trace")
-    eps = b.op("Add", [b.op("Mul", [trace, b.const("eps_rel3", model.eps_rel / 3.0)]),
-                       b.const("eps_abs", model.eps_abs)], "eps")
-    a = list(a)
-    for d in (0, 4, 8):
-        a[d] = b.op("Add", [a[d], eps], f"a{d}_reg")
-    a00, a01, a02, a10, a11, a12, a20, a21, a22 = a
+def _solve_index() -> np.ndarray:
+    """Gather indices (5, 3, 4) of the projection head into ``z`` = [A | b] (n, 12).
 
-    def mul(x, y):
-        return b.op("Mul", [x, y])
+    Entry ``(i, j)`` of ``A`` is ``z[:, 4i + j]`` and ``b_i`` is ``z[:, 4i + 3]``.
+    Slices 0-3 are the factors P, Q, R, S of the cofactors
+    ``C_rc = A[r+1, c+1] A[r+2, c+2] - A[r+1, c+2] A[r+2, c+1]`` (indices mod 3,
+    the products of :func:`~fastfeat.train.model.solve3_adjugate`): at
+    ``(i, j < 3)`` of ``C_ij``, at ``(i, 3)`` of ``C_0i``. Slice 4 holds what
+    multiplies them: ``b_i`` at ``(i, j < 3)``, ``A_0i`` at ``(i, 3)``. Summed
+    over ``i``, ``H·C`` is then ``[adj(A) b, det A]``.
+    """
+    def pos(i, j):
+        return 4 * (i % 3) + j % 3
 
-    def sub(x, y):
-        return b.op("Sub", [x, y])
-
-    def add(x, y):
-        return b.op("Add", [x, y])
-
-    c00 = sub(mul(a11, a22), mul(a12, a21))
-    c01 = sub(mul(a12, a20), mul(a10, a22))
-    c02 = sub(mul(a10, a21), mul(a11, a20))
-    c10 = sub(mul(a02, a21), mul(a01, a22))
-    c11 = sub(mul(a00, a22), mul(a02, a20))
-    c12 = sub(mul(a01, a20), mul(a00, a21))
-    c20 = sub(mul(a01, a12), mul(a02, a11))
-    c21 = sub(mul(a02, a10), mul(a00, a12))
-    c22 = sub(mul(a00, a11), mul(a01, a10))
-    det = add(add(mul(a00, c00), mul(a01, c01)), mul(a02, c02))
-    b0, b1, b2 = bb
-    x0 = b.op("Div", [add(add(mul(c00, b0), mul(c10, b1)), mul(c20, b2)), det])
-    x1 = b.op("Div", [add(add(mul(c01, b0), mul(c11, b1)), mul(c21, b2)), det])
-    x2 = b.op("Div", [add(add(mul(c02, b0), mul(c12, b1)), mul(c22, b2)), det])
-    return b.op("Concat", [x0, x1, x2], "forces_cat", axis=1)
+    idx = np.empty((5, 3, 4), np.int64)
+    for i in range(3):
+        for j in range(4):
+            r, c = (i, j) if j < 3 else (0, i)
+            idx[:4, i, j] = pos(r + 1, c + 1), pos(r + 2, c + 2), pos(r + 1, c + 2), pos(r + 2, c + 1)
+            idx[4, i, j] = 4 * i + 3 if j < 3 else pos(0, i)
+    return idx
 
 
-def _basis_head(b: _Builder, c: str, cov: str) -> str:
+def _projection_head(b: _Builder, model: StaggeredNetwork, p: str, cov: str, out: str) -> str:
+    """``F = adj(A) b / det(A)``, ``A = VᵀV + εI``, ``b = Vᵀp``, on whole tensors (15 nodes)."""
+    dt = b.np_dtype
+    # z = Vᵀ [V | p] (n, 3, 4) -> (n, 12): A = VᵀV in columns 0-2, b = Vᵀp in column 3
+    pk1 = b.op("Unsqueeze", [p, b.const("ax2", [2], np.int64)], "pk1")          # (n, K, 1)
+    vp = b.op("Concat", [cov, pk1], "vp", axis=2)                                # (n, K, 4)
+    vt = b.op("Transpose", [cov], "vt", perm=[0, 2, 1])                         # (n, 3, K)
+    z = b.op("Reshape", [b.op("MatMul", [vt, vp], "z34"), b.const("shape_n12", [-1, 12], np.int64)], "z")
+    # A + εI with ε = eps_rel·tr(A)/3 + eps_abs is affine in z: z M + eps_abs·d, where
+    # d marks the diagonal and M = 1 + (eps_rel/3)·d dᵀ (onnxruntime fuses it to one Gemm)
+    d = np.zeros(12)
+    d[[0, 5, 10]] = 1.0
+    m = np.eye(12) + (model.eps_rel / 3.0) * np.outer(d, d)
+    z = b.op("Add", [b.op("MatMul", [z, b.const("reg", m.astype(dt))]), b.const("eps_abs", (model.eps_abs * d).astype(dt))],
+             "z_reg")
+    # cofactors C = P Q - R S and their weights H (see _solve_index), each (n, 1, 3, 4)
+    g = b.op("Gather", [z, b.const("solve_index", _solve_index(), np.int64)], "solve_g", axis=1)   # (n, 5, 3, 4)
+    fp, fq, fr, fs, h = b.op("Split", [g], "solve", n_out=5, axis=1)
+    cof = b.op("Sub", [b.op("Mul", [fp, fq]), b.op("Mul", [fr, fs])], "cof")
+    y = b.op("ReduceSum", [b.op("Mul", [h, cof]), b.const("ax12", [1, 2], np.int64)], "adjb_det", keepdims=0)
+    num, det = b.op("Split", [y, b.const("split31", [3, 1], np.int64)], "adjb", n_out=2, axis=1)   # (n, 3), (n, 1)
+    return b.op("Div", [num, det], out=out)
+
+
+def _basis_head(b: _Builder, c: str, cov: str, out: str) -> str:
+    """``F = Σ_k c_k V_k``."""
     c1k = b.op("Unsqueeze", [c, b.const("ax1", [1], np.int64)], "c1k")
     f13 = b.op("MatMul", [c1k, cov], "f13")
-    return b.op("Reshape", [f13, b.const("shape_n3", [-1, 3], np.int64)], "forces_flat")
+    return b.op("Reshape", [f13, b.const("shape_n3", [-1, 3], np.int64)], out=out)
 
 
 def model_to_onnx(model: StaggeredNetwork, *, target="forces", units=None, data_hash="", validation=None,
@@ -204,19 +225,16 @@ def model_to_onnx(model: StaggeredNetwork, *, target="forces", units=None, data_
         helper.make_tensor_value_info("species", TensorProto.INT64, ["n_atoms"]),
     ]
     outputs = [helper.make_tensor_value_info("forces", tp, ["n_atoms", 3])]
-    shape = b.op("Shape", ["invariant"], "shape_inv")
-    n1 = b.op("Slice", [shape, b.const("s0", [0], np.int64), b.const("s1", [1], np.int64)], "n1")
-    out_shape = b.op("Concat", [n1, b.const("k", [n_k], np.int64)], "out_shape", axis=0)
-    acc = b.op("ConstantOfShape", [out_shape], "zeros",
+    # (n_atoms, K) zeros that each element's ScatterND fills with its atoms' outputs
+    acc = b.op("ConstantOfShape", [b.op("Shape", ["covariant"], "out_shape", end=2)], "zeros",
                value=numpy_helper.from_array(np.zeros(1, dtype=np_dt), "zero"))
     net_in = _network_inputs(b, model, "invariant", "covariant")
     for e in range(spec.n_species):
         acc = _element_network(b, model, e, net_in, "species", acc)
     if model.head == "projection":
-        f = _projection_head(b, model, acc, "covariant")
+        _projection_head(b, model, acc, "covariant", out="forces")
     else:
-        f = _basis_head(b, acc, "covariant")
-    b.nodes.append(helper.make_node("Identity", [f], ["forces"], name="n_forces"))
+        _basis_head(b, acc, "covariant", out="forces")
     graph = helper.make_graph(b.nodes, name, inputs, outputs, initializer=b.inits)
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="fastfeat", producer_version=fastfeat.__version__)
