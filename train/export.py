@@ -1,19 +1,26 @@
 """Export a trained :class:`~fastfeat.train.model.StaggeredNetwork` to ONNX.
 
 The graph is written node by node with :mod:`onnx.helper` from the trained
-weights (no dependency on ``torch.onnx``). It performs exactly the PyTorch
-arithmetic:
+weights (no dependency on ``torch.onnx``). It performs the PyTorch arithmetic,
+with constant factors folded in float64 (equal up to rounding):
 
 * network inputs: the invariants, and (``gram``) the Gram entries
-  ``V_k·V_l`` (k <= l) of the covariant input (``MatMul`` + ``Gather``), concatenated;
+  ``V_k·V_l`` (k <= l) of the covariant input (``MatMul`` + ``GatherElements``), concatenated;
 * per element ``e``: ``NonZero(species == e)`` -> ``Gather`` the rows of the
-  inputs -> standardise ``(G - mean_e) * (1/std_e)`` -> soft clip ``c·tanh(z/c)`` -> MLP (``MatMul`` +
-  ``Add`` + SiLU/Tanh) -> ``* output_scale_e`` -> ``ScatterND`` into the
-  (n_atoms, K) output, so each atom runs through its own element's network
-  only;
+  inputs -> standardise and soft clip, ``c·tanh((G - mean_e) / (std_e·c))``
+  (``Sub``, ``Mul``, ``Tanh``; the factor ``c`` is folded into the first layer)
+  -> MLP (``MatMul`` + ``Add`` + SiLU/Tanh, ``output_scale_e`` folded into the
+  last layer) -> ``ScatterND`` into the (n_atoms, K) output, so each atom runs
+  through its own element's network only;
 * the head: ``basis`` ``F = Σ_k c_k V_k``; ``projection``
-  ``A = VᵀV + εI`` (ε relative to the trace), ``b = Vᵀp`` and ``F = adj(A) b / det(A)``
-  written out entry by entry.
+  ``A = VᵀV + εI`` (ε relative to the trace), ``b = Vᵀp`` and
+  ``F = adj(A) b / det(A)`` on whole (n_atoms, ·) tensors: one ``Gemm``
+  regularises ``A`` and picks the factors of its cofactors.
+
+The node count matters: at ~100 atoms onnxruntime's cost per node is a large
+part of a call. So does the choice of operator: ``Gather`` along axis 1 and
+``ReduceSum`` cost several ns per element in onnxruntime (CPU), hence
+``GatherElements`` and ``MatMul`` with constant 0/1 matrices instead.
 
 Model contract (``model_format`` 1)
 -----------------------------------
@@ -66,10 +73,15 @@ class _Builder:
         return name
 
     def op(self, op_type, inputs, stem=None, n_out=1, out=None, **attrs):
-        """Append a node; its outputs get unique names from ``stem``, or the given name ``out``."""
+        """Append a node; its outputs are named uniquely after ``stem``, or ``out`` (a graph output)."""
         outs = [out] if out is not None else [self.name(stem or op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, name=self.name("n_" + op_type), **attrs))
         return outs[0] if len(outs) == 1 else outs
+
+
+def _f64(t: torch.Tensor) -> np.ndarray:
+    """A weight or buffer as a float64 array (constants are folded in float64, rounded once)."""
+    return t.detach().cpu().double().numpy()
 
 
 def _activation(b: _Builder, x: str, activation: str) -> str:
@@ -80,51 +92,51 @@ def _activation(b: _Builder, x: str, activation: str) -> str:
     raise ValueError(f"unsupported activation {activation!r}")
 
 
-def _network_inputs(b: _Builder, model: StaggeredNetwork, inv: str, cov: str) -> str:
-    """The invariants, then (``model.gram``) the Gram entries V_k·V_l (k <= l) -> (n, n_inputs)."""
+def _network_inputs(b: _Builder, model: StaggeredNetwork, inv: str, cov: str, n1: str) -> str:
+    """The invariants, then (``model.gram``) the Gram entries V_k·V_l (k <= l) -> (n, n_inputs).
+
+    ``n1`` is the shape ``[n, 1]``. The upper triangle is picked with
+    ``GatherElements`` (indices broadcast to ``(n, K(K+1)/2)``): onnxruntime's
+    ``Gather`` along axis 1 took about half the time of a whole call.
+    """
     if not model.gram:
         return inv
     k = model.spec.n_covariant
     vt = b.op("Transpose", [cov], "vt_gram", perm=[0, 2, 1])                   # (n, 3, K)
     gram = b.op("MatMul", [cov, vt], "gram_kk")                                # (n, K, K)
     flat = b.op("Reshape", [gram, b.const("shape_nkk", [-1, k * k], np.int64)], "gram_flat")
-    upper = b.op("Gather", [flat, b.const("gram_index", model.gram_index.cpu().numpy(), np.int64)], "gram", axis=1)
+    index = b.op("Expand", [b.const("gram_index", model.gram_index.cpu().numpy()[None], np.int32), n1], "gram_index_n")
+    upper = b.op("GatherElements", [flat, index], "gram", axis=1)
     return b.op("Concat", [inv, upper], "net_in", axis=1)
 
 
 def _element_network(b: _Builder, model: StaggeredNetwork, e: int, inv: str, species: str, acc: str) -> str:
     """Nodes of element e's MLP on its own atoms; returns the updated accumulator.
 
-    The affine maps of the PyTorch forward are folded into as few nodes as
-    possible: standardisation and the ``1/c`` of the soft clip into one
-    ``Sub`` + ``Mul``, the factor ``c`` after the ``Tanh`` into the first
-    weight matrix, the output scale into the last layer. The constants are
-    folded in float64 and rounded once to the export dtype.
+    The affine steps of the PyTorch forward are folded into as few nodes as
+    possible: standardisation and the ``1/c`` of the soft clip are one ``Sub``
+    + ``Mul``, the factor ``c`` after the ``Tanh`` is folded into the first
+    weight matrix and the output scale into the last layer.
     """
     dt = b.np_dtype
-
-    def f64(t):
-        return t.detach().cpu().double().numpy()
-
     mask = b.op("Equal", [species, b.const(f"e{e}", np.int64(e), np.int64)], f"is_e{e}")
-    nz = b.op("NonZero", [mask], f"nz_e{e}")                       # (1, m)
-    rows = b.op("Reshape", [nz, b.const("flat", [-1], np.int64)], f"rows_e{e}")   # (m,): Gather rows
-    idx = b.op("Transpose", [nz], f"idx_e{e}", perm=[1, 0])        # (m, 1): ScatterND indices
+    nz = b.op("NonZero", [mask], f"nz_e{e}")                                       # (1, m)
+    rows = b.op("Reshape", [nz, b.const("flat", [-1], np.int64)], f"rows_e{e}")   # (m,) for Gather
+    idx = b.op("Transpose", [nz], f"idx_e{e}", perm=[1, 0])                        # (m, 1) for ScatterND
     g = b.op("Gather", [inv, rows], f"g_e{e}", axis=0)
     clip = model.input_clip
-    # z = (G - mean) / std, or z / c with the soft clip c·tanh(z/c)
-    factor = 1.0 / f64(model.feature_std[e]) / (clip or 1.0)
-    x = b.op("Mul", [b.op("Sub", [g, b.const(f"mean_e{e}", f64(model.feature_mean[e]).astype(dt))]),
+    factor = 1.0 / _f64(model.feature_std[e]) / (clip or 1.0)                      # 1/std, or 1/(std·c)
+    x = b.op("Mul", [b.op("Sub", [g, b.const(f"mean_e{e}", _f64(model.feature_mean[e]).astype(dt))]),
                      b.const(f"invstd_e{e}", factor.astype(dt))], f"x_e{e}")
     if clip:
         x = b.op("Tanh", [x], f"xc_e{e}")
     linears = [m for m in model.nets[e] if isinstance(m, torch.nn.Linear)]
     for li, lin in enumerate(linears):
-        w, bias = f64(lin.weight).T, f64(lin.bias)
+        w, bias = _f64(lin.weight).T, _f64(lin.bias)
         if li == 0 and clip:
             w = w * clip
         if li == len(linears) - 1:
-            scale = f64(model.output_scale[e])
+            scale = _f64(model.output_scale[e])
             w, bias = w * scale, bias * scale
         x = b.op("Add", [b.op("MatMul", [x, b.const(f"w{li}_e{e}", w.astype(dt))]),
                          b.const(f"b{li}_e{e}", bias.astype(dt))], f"h{li}_e{e}")
@@ -133,50 +145,55 @@ def _element_network(b: _Builder, model: StaggeredNetwork, e: int, inv: str, spe
     return b.op("ScatterND", [acc, idx, x], f"acc_e{e}")
 
 
-def _solve_index() -> np.ndarray:
-    """Gather indices (5, 3, 4) of the projection head into ``z`` = [A | b] (n, 12).
+def _solve_affine(eps_rel: float, eps_abs: float):
+    """Matrix ``W`` (12, 60) and offset ``c`` (60,) of the projection head's ``z W + c``.
 
-    Entry ``(i, j)`` of ``A`` is ``z[:, 4i + j]`` and ``b_i`` is ``z[:, 4i + 3]``.
-    Slices 0-3 are the factors P, Q, R, S of the cofactors
+    ``z`` (n, 12) holds ``A = VᵀV`` and ``b = Vᵀp``: ``A_ij`` in column
+    ``4i + j``, ``b_i`` in column ``4i + 3``. ``z W + c`` regularises ``A`` to
+    ``A + εI``, ``ε = eps_rel·tr(A)/3 + eps_abs`` (affine in ``A``), and copies
+    five blocks of 12 entries ``(i, j)``, ``i < 3``, ``j < 4``, out of it: the
+    factors ``P, Q, R, S`` of the cofactors
     ``C_rc = A[r+1, c+1] A[r+2, c+2] - A[r+1, c+2] A[r+2, c+1]`` (indices mod 3,
-    the products of :func:`~fastfeat.train.model.solve3_adjugate`): at
-    ``(i, j < 3)`` of ``C_ij``, at ``(i, 3)`` of ``C_0i``. Slice 4 holds what
-    multiplies them: ``b_i`` at ``(i, j < 3)``, ``A_0i`` at ``(i, 3)``. Summed
-    over ``i``, ``H·C`` is then ``[adj(A) b, det A]``.
+    the products of :func:`~fastfeat.train.model.solve3_adjugate`), of ``C_ij``
+    at ``j < 3`` and of ``C_0i`` at ``j = 3``; then ``H``, ``b_i`` at ``j < 3``
+    and ``A_0i`` at ``j = 3``. Summed over ``i``, ``H·C`` is
+    ``[adj(A) b, det(A)]``.
     """
-    def pos(i, j):
+    def col_a(i, j):                     # column of A_ij in z, indices mod 3
         return 4 * (i % 3) + j % 3
 
-    idx = np.empty((5, 3, 4), np.int64)
+    diag = np.zeros(12)
+    diag[[col_a(0, 0), col_a(1, 1), col_a(2, 2)]] = 1.0
+    reg = np.eye(12) + (eps_rel / 3.0) * np.outer(diag, diag)      # z reg = [A + eps_rel·tr(A)/3 I | b]
+    select = np.zeros((12, 60))
     for i in range(3):
         for j in range(4):
             r, c = (i, j) if j < 3 else (0, i)
-            idx[:4, i, j] = pos(r + 1, c + 1), pos(r + 2, c + 2), pos(r + 1, c + 2), pos(r + 2, c + 1)
-            idx[4, i, j] = 4 * i + 3 if j < 3 else pos(0, i)
-    return idx
+            sources = (col_a(r + 1, c + 1), col_a(r + 2, c + 2), col_a(r + 1, c + 2), col_a(r + 2, c + 1),
+                       4 * i + 3 if j < 3 else col_a(0, i))                     # P, Q, R, S, H
+            for blk, s in enumerate(sources):
+                select[s, 12 * blk + 4 * i + j] = 1.0
+    return reg @ select, (eps_abs * diag) @ select
 
 
 def _projection_head(b: _Builder, model: StaggeredNetwork, p: str, cov: str, out: str) -> str:
-    """``F = adj(A) b / det(A)``, ``A = VᵀV + εI``, ``b = Vᵀp``, on whole tensors (15 nodes)."""
-    dt = b.np_dtype
-    # z = Vᵀ [V | p] (n, 3, 4) -> (n, 12): A = VᵀV in columns 0-2, b = Vᵀp in column 3
-    pk1 = b.op("Unsqueeze", [p, b.const("ax2", [2], np.int64)], "pk1")          # (n, K, 1)
-    vp = b.op("Concat", [cov, pk1], "vp", axis=2)                                # (n, K, 4)
-    vt = b.op("Transpose", [cov], "vt", perm=[0, 2, 1])                         # (n, 3, K)
+    """``F = adj(A) b / det(A)``, ``A = VᵀV + εI``, ``b = Vᵀp``, on whole (n, ·) tensors.
+
+    Entries are picked and regularised with one ``Gemm`` (see
+    :func:`_solve_affine`), sums over rows taken with a ``MatMul``: both are
+    much cheaper in onnxruntime than ``Gather`` along axis 1 and ``ReduceSum``.
+    """
+    w, c = _solve_affine(model.eps_rel, model.eps_abs)
+    pk1 = b.op("Unsqueeze", [p, b.const("ax2", [2], np.int64)], "pk1")             # (n, K, 1)
+    vp = b.op("Concat", [cov, pk1], "vp", axis=2)                                   # (n, K, 4): [V | p]
+    vt = b.op("Transpose", [cov], "vt", perm=[0, 2, 1])                            # (n, 3, K)
     z = b.op("Reshape", [b.op("MatMul", [vt, vp], "z34"), b.const("shape_n12", [-1, 12], np.int64)], "z")
-    # A + εI with ε = eps_rel·tr(A)/3 + eps_abs is affine in z: z M + eps_abs·d, where
-    # d marks the diagonal and M = 1 + (eps_rel/3)·d dᵀ (onnxruntime fuses it to one Gemm)
-    d = np.zeros(12)
-    d[[0, 5, 10]] = 1.0
-    m = np.eye(12) + (model.eps_rel / 3.0) * np.outer(d, d)
-    z = b.op("Add", [b.op("MatMul", [z, b.const("reg", m.astype(dt))]), b.const("eps_abs", (model.eps_abs * d).astype(dt))],
-             "z_reg")
-    # cofactors C = P Q - R S and their weights H (see _solve_index), each (n, 1, 3, 4)
-    g = b.op("Gather", [z, b.const("solve_index", _solve_index(), np.int64)], "solve_g", axis=1)   # (n, 5, 3, 4)
-    fp, fq, fr, fs, h = b.op("Split", [g], "solve", n_out=5, axis=1)
+    g = b.op("Gemm", [z, b.const("solve_w", w), b.const("solve_c", c)], "solve_g")  # (n, 60)
+    fp, fq, fr, fs, h = b.op("Split", [g], "solve", n_out=5, axis=1)               # 5 x (n, 12)
     cof = b.op("Sub", [b.op("Mul", [fp, fq]), b.op("Mul", [fr, fs])], "cof")
-    y = b.op("ReduceSum", [b.op("Mul", [h, cof]), b.const("ax12", [1, 2], np.int64)], "adjb_det", keepdims=0)
-    num, det = b.op("Split", [y, b.const("split31", [3, 1], np.int64)], "adjb", n_out=2, axis=1)   # (n, 3), (n, 1)
+    row_sum = np.tile(np.eye(4), (3, 1))                                           # (12, 4): Σ_i of (i, j)
+    y = b.op("MatMul", [b.op("Mul", [h, cof]), b.const("row_sum", row_sum)], "adjb_det")   # (n, 4)
+    num, det = b.op("Split", [y, b.const("split31", [3, 1], np.int64)], "adjb", n_out=2, axis=1)
     return b.op("Div", [num, det], out=out)
 
 
@@ -225,10 +242,10 @@ def model_to_onnx(model: StaggeredNetwork, *, target="forces", units=None, data_
         helper.make_tensor_value_info("species", TensorProto.INT64, ["n_atoms"]),
     ]
     outputs = [helper.make_tensor_value_info("forces", tp, ["n_atoms", 3])]
-    # (n_atoms, K) zeros that each element's ScatterND fills with its atoms' outputs
-    acc = b.op("ConstantOfShape", [b.op("Shape", ["covariant"], "out_shape", end=2)], "zeros",
-               value=numpy_helper.from_array(np.zeros(1, dtype=np_dt), "zero"))
-    net_in = _network_inputs(b, model, "invariant", "covariant")
+    # [n_atoms, 1]: the shape per-atom constants are broadcast (Expand) to
+    n1 = b.op("Concat", [b.op("Shape", ["covariant"], "n", end=1), b.const("one", [1], np.int64)], "n1", axis=0)
+    acc = b.op("Expand", [b.const("zeros_k", np.zeros((1, n_k))), n1], "zeros")   # (n_atoms, K), filled below
+    net_in = _network_inputs(b, model, "invariant", "covariant", n1)
     for e in range(spec.n_species):
         acc = _element_network(b, model, e, net_in, "species", acc)
     if model.head == "projection":

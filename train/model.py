@@ -69,9 +69,9 @@ def _activation(name: str) -> nn.Module:
 def solve3_adjugate(a_n33: torch.Tensor, b_nc: torch.Tensor) -> torch.Tensor:
     """Solve ``A x = b`` for a batch of 3×3 systems with the adjugate formula.
 
-    ``x = adj(A) b / det(A)``, written out entry by entry exactly as the ONNX
-    export does it (no pivoting, no library solver), so PyTorch and
-    onnxruntime perform the same arithmetic.
+    ``x = adj(A) b / det(A)``, written out entry by entry with the same
+    cofactor products and sums as the ONNX export (no pivoting, no library
+    solver), so PyTorch and onnxruntime perform the same arithmetic.
 
     Parameters
     ----------

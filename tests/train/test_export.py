@@ -116,7 +116,7 @@ def test_per_element_dispatch_in_graph(gram):
     # MLP MatMuls consume gathered rows, never the full network input
     (full,) = net_in
     assert not any(n.op_type == "MatMul" and full in n.input for n in proto.graph.node)
-    # 3 layers per element + VᵀV and pᵀV of the head (+ the Gram matrix)
+    # 3 layers per element + Vᵀ[V | p] and the row sums of the head (+ the Gram matrix)
     assert ops.count("MatMul") == 4 * 3 + 2 + int(gram)
 
 
