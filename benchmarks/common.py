@@ -196,8 +196,12 @@ def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0):
 
     import fastfeat
 
+    from fastfeat.train import export
+
     spec = fastfeat.FeatureSpec.default(tuple(species))
-    key = hashlib.sha256(f"{spec.to_json()}|{tuple(hidden)}|{seed}|{fastfeat.__version__}".encode()).hexdigest()[:16]
+    with open(export.__file__, "rb") as fh:  # a changed exporter makes a new graph
+        exporter = hashlib.sha256(fh.read()).hexdigest()
+    key = hashlib.sha256(f"{spec.to_json()}|{tuple(hidden)}|{seed}|{fastfeat.__version__}|{exporter}".encode()).hexdigest()[:16]
     path = _cache_dir("models") / f"random-{'-'.join(species)}-{key}.onnx"
     if not path.exists():
         import torch

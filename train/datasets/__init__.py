@@ -6,15 +6,18 @@
 >>> frames = datasets.load("peo", split="train")      # list[ase.Atoms], forces in eV/Å
 >>> mine = datasets.read("my.extxyz", forces_key="REF_forces")
 
-The generator (``fastfeat data generate``, :func:`generate`) needs the optional ``tblite`` package.
+The generator (``fastfeat data generate``, :func:`generate`) and ``fastfeat data relabel`` need the
+optional ``tblite`` package. Every stored frame is labelled by a fresh single point
+(``atoms.info["label"] == LABEL``).
 """
 
 from .builders import BUILDERS, MIN_PAIR_DISTANCE, PLACEMENT_MIN_DISTANCE, build, min_pair_distance
-from .generate import METHOD, generate
+from .generate import LABEL, METHOD, generate
 from .loaders import SPLITS, available, data_path, load, read, split_trajectories
 
 __all__ = [
     "BUILDERS",
+    "LABEL",
     "METHOD",
     "MIN_PAIR_DISTANCE",
     "PLACEMENT_MIN_DISTANCE",
