@@ -40,6 +40,7 @@ COMPARISONS = {
     "scaling": "scaling",
     "breakdown": "breakdown",
     "lammps_md": "lammps_md",
+    "ase_torchani_md": "ase_torchani_md",
 }
 RESULTS = _ROOT / "benchmarks" / "results"
 
@@ -173,7 +174,7 @@ def write_plot(data, path):
 
     panels = {"neighbour list": {}, "features": {}}
     for name, res in data["comparisons"].items():
-        if name in ("lammps_md", "compile", "breakdown", "scaling"):
+        if name in ("lammps_md", "ase_torchani_md", "compile", "breakdown", "scaling"):
             continue  # not peer comparisons (scaling: fastfeat alone, another run's absolute times)
         for r in res.get("rows", []):
             if "[grad group]" in r["task"]:
