@@ -258,3 +258,45 @@ def test_generator_script_plans_and_resumes(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "train" / "datasets" / "generate.py"), "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--trajectories" in proc.stdout
+
+
+def test_generator_adds_trajectories_with_new_ids_and_seeds(tmp_path):
+    gen = pytest.importorskip("fastfeat.train.datasets.generate")
+    old = gen.plan_trajectories("peo", 8, [300.0], 4, 3, tmp_path)
+    new = gen.plan_trajectories("peo", 6, [300.0], 3, 3, tmp_path, first_trajectory=4)
+    assert [p.index for p in new] == [4, 5, 6]
+    assert not {p.seed for p in old} & {p.seed for p in new}
+    assert {p.path for p in old}.isdisjoint({p.path for p in new})
+    with pytest.raises(ValueError, match="first_trajectory"):
+        gen.plan_trajectories("peo", 6, [300.0], 3, 3, tmp_path, first_trajectory=-1)
+
+
+def test_relabel_gives_fresh_single_points_and_resumes(tmp_path):
+    """Two stored peo frames with perturbed labels are relabelled by fresh single points; metadata
+    and positions are kept; a second run finds the work done and recomputes nothing."""
+    pytest.importorskip("tblite.ase")
+    from fastfeat.train.datasets import relabel
+
+    frames = []
+    for atoms in datasets.load("peo", split="all")[:2]:
+        a = atoms.copy()
+        a.calc = SinglePointCalculator(a, energy=0.0, forces=atoms.get_forces() + 0.5)
+        a.info.pop("label", None)
+        frames.append(a)
+    src = tmp_path / "in.extxyz"
+    write(src, frames, format="extxyz")
+    out = tmp_path / "out.extxyz.xz"
+    assert relabel.relabel(src, out, workers=1) == 2
+    got = datasets.read(out)
+    ref = datasets.load("peo", split="all")[:2]
+    for a, b in zip(got, ref):
+        assert a.info["label"] == datasets.LABEL and a.info["step"] == b.info["step"]
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-4)
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-5)
+    part = next((tmp_path / "out.extxyz.xz.relabel").glob("t*.extxyz"))
+    stamp = part.stat().st_mtime_ns
+    assert relabel.relabel(src, out, workers=1) == 2
+    assert part.stat().st_mtime_ns == stamp  # resumed: nothing appended
+    with pytest.raises(ValueError, match="`source` must be an existing file"):
+        relabel.relabel(tmp_path / "missing.extxyz", out)
