@@ -100,16 +100,18 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
                     sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
                     sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
                     sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
-                    same_image = t0 == 0 and t1 == 0 and t2 == 0
                     b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
-                    for q in range(start_b[b], start_b[b + 1]):
-                        if same_image and q == k:
-                            continue
+                    q0 = start_b[b]
+                    q1 = start_b[b + 1]
+                    # branch-free (vectorisable) count, the same arithmetic as fill_pairs (so both
+                    # agree on every borderline pair); the centre itself is taken off below
+                    for q in range(q0, q1):
                         dx = poss_nc[q, 0] + sx - xi
                         dy = poss_nc[q, 1] + sy - yi
                         dz = poss_nc[q, 2] + sz - zi
-                        if dx * dx + dy * dy + dz * dz < rc2:
-                            cnt += 1
+                        cnt += dx * dx + dy * dy + dz * dz < rc2
+                    if t0 == 0 and t1 == 0 and t2 == 0 and q0 <= k < q1:
+                        cnt -= 1
         count_n[i] = cnt
 
 
@@ -146,6 +148,9 @@ def fill_pairs(
                     sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
                     same_image = t0 == 0 and t1 == 0 and t2 == 0
                     b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
+                    u0 = t0 + wraps_nc[k, 0]
+                    u1 = t1 + wraps_nc[k, 1]
+                    u2 = t2 + wraps_nc[k, 2]
                     for q in range(start_b[b], start_b[b + 1]):
                         if same_image and q == k:
                             continue
@@ -156,9 +161,9 @@ def fill_pairs(
                         if r2 < rc2:
                             i_p[p] = i
                             j_p[p] = order_n[q]
-                            shift_pc[p, 0] = t0 - wraps_nc[q, 0] + wraps_nc[k, 0]
-                            shift_pc[p, 1] = t1 - wraps_nc[q, 1] + wraps_nc[k, 1]
-                            shift_pc[p, 2] = t2 - wraps_nc[q, 2] + wraps_nc[k, 2]
+                            shift_pc[p, 0] = u0 - wraps_nc[q, 0]
+                            shift_pc[p, 1] = u1 - wraps_nc[q, 1]
+                            shift_pc[p, 2] = u2 - wraps_nc[q, 2]
                             r_pc[p, 0] = dx
                             r_pc[p, 1] = dy
                             r_pc[p, 2] = dz
