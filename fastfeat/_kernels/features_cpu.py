@@ -334,6 +334,9 @@ def features_cells(
     pi_rc = math.pi / cutoff
     pi_ra = math.pi / acut
     rc2 = cutoff * cutoff
+    max_bin = 1
+    for b in range(start_b.shape[0] - 1):
+        max_bin = max(max_bin, start_b[b + 1] - start_b[b])
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
@@ -357,6 +360,7 @@ def features_cells(
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
+        r2_b = np.empty(max_bin)
         for k in range(i0, i1):
             i = order_n[k]
             acc_r[:] = 0.0
@@ -384,15 +388,20 @@ def features_cells(
                         sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
                         same_image = t0 == 0 and t1 == 0 and t2 == 0
                         b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
-                        for q in range(start_b[b], start_b[b + 1]):
-                            if same_image and q == k:
+                        q0 = start_b[b]
+                        # distances of the whole bin first (a vectorisable loop), then the hits
+                        for q in range(q0, start_b[b + 1]):
+                            ex = poss_nc[q, 0] + sx - xi
+                            ey = poss_nc[q, 1] + sy - yi
+                            ez = poss_nc[q, 2] + sz - zi
+                            r2_b[q - q0] = ex * ex + ey * ey + ez * ez
+                        for q in range(q0, start_b[b + 1]):
+                            r2 = r2_b[q - q0]
+                            if r2 >= rc2 or (same_image and q == k):
                                 continue
                             dx = poss_nc[q, 0] + sx - xi
                             dy = poss_nc[q, 1] + sy - yi
                             dz = poss_nc[q, 2] + sz - zi
-                            r2 = dx * dx + dy * dy + dz * dz
-                            if r2 >= rc2:
-                                continue
                             d = math.sqrt(r2)
                             if d < 1e-6:
                                 overlap_n[i] = order_n[q]
