@@ -9,6 +9,9 @@ from numba import njit, prange
 
 __all__ = ["assign_bins", "count_pairs", "fill_pairs", "cell_starts"]
 
+#: centre atoms per parallel work item of fill_pairs (one distance buffer each)
+_FILL_CHUNK = 64
+
 
 @njit(cache=True)
 def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, nbins_c, posw_nc, wrap_nc, bin3_nc, bin_n):
@@ -127,45 +130,56 @@ def fill_pairs(
     """
     n = poss_nc.shape[0]
     rc2 = cutoff * cutoff
-    for k in prange(n):
-        i = order_n[k]
-        p = offset_n[i]
-        xi, yi, zi = poss_nc[k, 0], poss_nc[k, 1], poss_nc[k, 2]
-        for d0 in range(-search_c[0], search_c[0] + 1):
-            b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
-            if not ok0:
-                continue
-            for d1 in range(-search_c[1], search_c[1] + 1):
-                b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
-                if not ok1:
+    max_bin = 1
+    for b in range(start_b.shape[0] - 1):
+        max_bin = max(max_bin, start_b[b + 1] - start_b[b])
+    n_chunks = (n + _FILL_CHUNK - 1) // _FILL_CHUNK
+    for c in prange(n_chunks):
+        r2_b = np.empty(max_bin)
+        for k in range(c * _FILL_CHUNK, min(n, (c + 1) * _FILL_CHUNK)):
+            i = order_n[k]
+            p = offset_n[i]
+            xi, yi, zi = poss_nc[k, 0], poss_nc[k, 1], poss_nc[k, 2]
+            for d0 in range(-search_c[0], search_c[0] + 1):
+                b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
+                if not ok0:
                     continue
-                for d2 in range(-search_c[2], search_c[2] + 1):
-                    b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
-                    if not ok2:
+                for d1 in range(-search_c[1], search_c[1] + 1):
+                    b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
+                    if not ok1:
                         continue
-                    sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
-                    sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
-                    sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
-                    same_image = t0 == 0 and t1 == 0 and t2 == 0
-                    b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
-                    u0 = t0 + wraps_nc[k, 0]
-                    u1 = t1 + wraps_nc[k, 1]
-                    u2 = t2 + wraps_nc[k, 2]
-                    for q in range(start_b[b], start_b[b + 1]):
-                        if same_image and q == k:
+                    for d2 in range(-search_c[2], search_c[2] + 1):
+                        b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
+                        if not ok2:
                             continue
-                        dx = poss_nc[q, 0] + sx - xi
-                        dy = poss_nc[q, 1] + sy - yi
-                        dz = poss_nc[q, 2] + sz - zi
-                        r2 = dx * dx + dy * dy + dz * dz
-                        if r2 < rc2:
+                        sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
+                        sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
+                        sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
+                        same_image = t0 == 0 and t1 == 0 and t2 == 0
+                        b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
+                        q0 = start_b[b]
+                        q1 = start_b[b + 1]
+                        # squared distances of the whole bin first (vectorisable; the same
+                        # arithmetic as count_pairs), then the writes for the pairs inside
+                        for q in range(q0, q1):
+                            ex = poss_nc[q, 0] + sx - xi
+                            ey = poss_nc[q, 1] + sy - yi
+                            ez = poss_nc[q, 2] + sz - zi
+                            r2_b[q - q0] = ex * ex + ey * ey + ez * ez
+                        u0 = t0 + wraps_nc[k, 0]
+                        u1 = t1 + wraps_nc[k, 1]
+                        u2 = t2 + wraps_nc[k, 2]
+                        for q in range(q0, q1):
+                            r2 = r2_b[q - q0]
+                            if r2 >= rc2 or (same_image and q == k):
+                                continue
                             i_p[p] = i
                             j_p[p] = order_n[q]
                             shift_pc[p, 0] = u0 - wraps_nc[q, 0]
                             shift_pc[p, 1] = u1 - wraps_nc[q, 1]
                             shift_pc[p, 2] = u2 - wraps_nc[q, 2]
-                            r_pc[p, 0] = dx
-                            r_pc[p, 1] = dy
-                            r_pc[p, 2] = dz
+                            r_pc[p, 0] = poss_nc[q, 0] + sx - xi
+                            r_pc[p, 1] = poss_nc[q, 1] + sy - yi
+                            r_pc[p, 2] = poss_nc[q, 2] + sz - zi
                             d_p[p] = np.sqrt(r2)
                             p += 1
