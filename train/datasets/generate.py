@@ -130,7 +130,7 @@ def _frame(atoms, energy, forces_nc, plan, step):
     frame = atoms.copy()
     frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=np.array(forces_nc))
     frame.info.update(system=plan.system, method=METHOD, temperature=plan.temperature, seed=plan.seed,
-                      step=int(step), trajectory=plan.index)
+                      step=int(step), trajectory=plan.index, label=LABEL)
     return frame
 
 
