@@ -42,7 +42,7 @@ def test_bundled_model_contract_and_recorded_accuracy(name):
 
 
 @pytest.mark.xfail(strict=False, reason="the bundled models miss the issue-4 accuracy targets on the trajectory "
-                                        "test splits (see /work/notes/README_train.md, benchmarks/results/models.json)")
+                                        "test splits (README, \"Bundled models\"; benchmarks/results/models.json)")
 @pytest.mark.parametrize("name", sorted(TARGETS))
 def test_bundled_model_meets_issue_target(name):
     _, m = _model(name)
