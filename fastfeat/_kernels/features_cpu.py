@@ -19,7 +19,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .neighbors_cpu import _wrap_index
+from .neighbors_cpu import _bin_r2, _max_bin, _wrap_index
 
 __all__ = ["features", "features_cells"]
 
@@ -334,9 +334,7 @@ def features_cells(
     pi_rc = math.pi / cutoff
     pi_ra = math.pi / acut
     rc2 = cutoff * cutoff
-    max_bin = 1
-    for b in range(start_b.shape[0] - 1):
-        max_bin = max(max_bin, start_b[b + 1] - start_b[b])
+    max_bin = _max_bin(start_b)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
@@ -389,13 +387,10 @@ def features_cells(
                         same_image = t0 == 0 and t1 == 0 and t2 == 0
                         b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
                         q0 = start_b[b]
+                        q1 = start_b[b + 1]
                         # distances of the whole bin first (a vectorisable loop), then the hits
-                        for q in range(q0, start_b[b + 1]):
-                            ex = poss_nc[q, 0] + sx - xi
-                            ey = poss_nc[q, 1] + sy - yi
-                            ez = poss_nc[q, 2] + sz - zi
-                            r2_b[q - q0] = ex * ex + ey * ey + ez * ez
-                        for q in range(q0, start_b[b + 1]):
+                        _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b)
+                        for q in range(q0, q1):
                             r2 = r2_b[q - q0]
                             if r2 >= rc2 or (same_image and q == k):
                                 continue

@@ -74,6 +74,26 @@ def _wrap_index(b, n, periodic):
     return b, 0, True
 
 
+@njit(inline="always")
+def _max_bin(start_b):
+    """Most atoms in one bin (at least 1): the size of a per-bin distance buffer."""
+    m = 1
+    for b in range(start_b.shape[0] - 1):
+        m = max(m, start_b[b + 1] - start_b[b])
+    return m
+
+
+@njit(inline="always")
+def _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b):
+    """r2_b[q - q0] = |poss[q] + s - x_i|^2 for the atoms q0 <= q < q1 of one bin: a vectorisable
+    pass; the arithmetic is that of count_pairs, so callers agree with it on borderline pairs."""
+    for q in range(q0, q1):
+        ex = poss_nc[q, 0] + sx - xi
+        ey = poss_nc[q, 1] + sy - yi
+        ez = poss_nc[q, 2] + sz - zi
+        r2_b[q - q0] = ex * ex + ey * ey + ez * ez
+
+
 @njit(parallel=True, cache=True)
 def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, cutoff, count_n):
     """Number of neighbours (all images) of every atom within `cutoff`.
@@ -130,9 +150,7 @@ def fill_pairs(
     """
     n = poss_nc.shape[0]
     rc2 = cutoff * cutoff
-    max_bin = 1
-    for b in range(start_b.shape[0] - 1):
-        max_bin = max(max_bin, start_b[b + 1] - start_b[b])
+    max_bin = _max_bin(start_b)
     n_chunks = (n + _FILL_CHUNK - 1) // _FILL_CHUNK
     for c in prange(n_chunks):
         r2_b = np.empty(max_bin)
@@ -159,13 +177,8 @@ def fill_pairs(
                         b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
                         q0 = start_b[b]
                         q1 = start_b[b + 1]
-                        # squared distances of the whole bin first (vectorisable; the same
-                        # arithmetic as count_pairs), then the writes for the pairs inside
-                        for q in range(q0, q1):
-                            ex = poss_nc[q, 0] + sx - xi
-                            ey = poss_nc[q, 1] + sy - yi
-                            ez = poss_nc[q, 2] + sz - zi
-                            r2_b[q - q0] = ex * ex + ey * ey + ez * ez
+                        # squared distances of the whole bin first, then the writes for the pairs inside
+                        _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b)
                         u0 = t0 + wraps_nc[k, 0]
                         u1 = t1 + wraps_nc[k, 1]
                         u2 = t2 + wraps_nc[k, 2]
