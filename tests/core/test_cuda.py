@@ -461,10 +461,46 @@ def test_cuda_request_without_gpu_fails_fast():
     assert elapsed < 60, f"took {elapsed:.1f} s"
 
 
+def _thread_safe_simulator_shared():
+    """Serialise the simulator's shared-array allocation (a race in numba-cuda <= 0.30).
+
+    The simulator runs each GPU thread of a block as a Python thread and hands
+    every thread of the block the same NumPy array for ``cuda.shared.array`` by
+    a check-then-insert on a dict, without a lock. Two threads that interleave
+    there get two different (uninitialised, ``np.empty``) arrays, so a block
+    reduction then reads garbage: the bounding box of the neighbour list once came
+    back ~1e300 in CI. Real GPUs are not affected; the kernels are unchanged.
+    """
+    import threading
+
+    from numba.cuda.simulator import kernelapi
+
+    lock = threading.Lock()
+    allocate = kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype, alignment=None):
+        if shape == 0:  # dynamic shared memory: one buffer, no race
+            return allocate(self, shape, dtype, alignment)
+        # the simulator keys static arrays by the calling line; keep that key (not this wrapper's line)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                if isinstance(dtype, kernelapi.types.Type):
+                    dtype = kernelapi.numpy_support.as_dtype(dtype)
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    kernelapi.FakeCUDAShared.array = array
+
+
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         raise SystemExit("usage: NUMBA_ENABLE_CUDASIM=1 python tests/core/test_cuda.py OUT.npz  (or --gpu on a GPU)")
     if os.environ.get("NUMBA_ENABLE_CUDASIM") != "1" and "--gpu" not in sys.argv:
         raise SystemExit("set NUMBA_ENABLE_CUDASIM=1 (simulator) or pass --gpu (real device)")
     sys.path.insert(0, str(ROOT))
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        _thread_safe_simulator_shared()
     run_device(sys.argv[1])
