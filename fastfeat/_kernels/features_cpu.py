@@ -9,17 +9,29 @@ Two kernels share the per-neighbour and per-pair arithmetic:
 - ``features_cells``: straight from the cell list, no pair list is stored
   (one-shot featurization: less memory, one pass).
 
-Parallel over chunks of centre atoms; G4 over unordered pairs of neighbours
-inside the angular cutoff. Accumulation in float64, one write per output
-element. No checks.
+Both gather the neighbours of a centre atom inside the cutoff into short
+arrays sorted by species; ``_atom_terms`` then computes everything from those
+arrays, one loop over the neighbours per quantity, so the compiler vectorises
+over neighbours: the Gaussians of an equally spaced grid are a ladder (two
+exps per neighbour, then two multiplications per grid point) and the exps are a
+polynomial (``_fexp``) instead of scalar libm calls. G4 over unordered pairs
+of neighbours inside the angular cutoff.
+
+Parallel over chunks of centre atoms. Accumulation in float64, one write per
+output element. No checks.
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from .neighbors_cpu import _bin_r2, _max_bin, _wrap_index
+
+#: reassociation lets neighbour sums vectorise; no assumptions about NaN/inf
+_FASTMATH = {"reassoc", "contract"}
 
 __all__ = ["features", "features_cells"]
 
@@ -34,50 +46,152 @@ def _chunk_size(n):
     return max(8, min(_CHUNK, (n + 31) // 32))
 
 
-@njit(inline="always")
-def _gaussian_ladders(d, lad_eta, lad_rs0, lad_delta, lad_cnt, lad_start, lad_q, lad_c, out_q):
-    """out_q[q] = exp(-eta_q (d - rs_q)^2) for every parameter q.
+@intrinsic
+def _bits_as_float(typingctx, x):
+    """The float64 whose bit pattern is the int64 x."""
+    if x != types.int64:
+        return None
 
-    Parameters sharing eta with equally spaced r_s form a ladder: the term
-    nearest to d is one exp, its neighbours follow by multiplying with ratios
-    that only shrink (no overflow), so a ladder of any length costs 3 exps.
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+@intrinsic
+def _float_as_bits(typingctx, x):
+    """The int64 bit pattern of the float64 x."""
+    if x != types.float64:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+_LOG2E = 1.4426950408889634
+_LN2_HI = 0.6931471803691238  # ln 2 split in two (Cody-Waite): exact k * _LN2_HI for |k| < 2^20
+_LN2_LO = 1.9082149292705877e-10
+_ROUND = 6755399441055744.0  # 1.5 * 2^52: adding it rounds to an integer held in the low mantissa bits
+_ROUND_BITS = 0x4338000000000000  # bit pattern of _ROUND
+#: Taylor coefficients of exp(r), n = 0..13: below 1e-17 relative for |r| <= ln(2) / 2
+_EXP = tuple(1.0 / math.factorial(n) for n in range(14))
+
+
+@njit(inline="always")
+def _fexp(x):
+    """exp(x) for x <= 0 to within 2 ulp, as plain arithmetic (vectorises); x < -708 gives exp(-708)."""
+    x = max(x, -708.0)
+    t = x * _LOG2E + _ROUND
+    k = t - _ROUND  # nearest integer to x / ln 2
+    r = x - k * _LN2_HI - k * _LN2_LO
+    c = _EXP
+    r2 = r * r
+    r4 = r2 * r2
+    r8 = r4 * r4
+    p01 = c[0] + c[1] * r
+    p23 = c[2] + c[3] * r
+    p45 = c[4] + c[5] * r
+    p67 = c[6] + c[7] * r
+    p89 = c[8] + c[9] * r
+    pab = c[10] + c[11] * r
+    pcd = c[12] + c[13] * r
+    p03 = p01 + p23 * r2
+    p47 = p45 + p67 * r2
+    p8b = p89 + pab * r2
+    p07 = p03 + p47 * r4
+    p8d = p8b + pcd * r4
+    p = p07 + p8d * r8
+    # 2^k from its exponent bits
+    return p * _bits_as_float((_float_as_bits(t) - _ROUND_BITS + 1023) << 52)
+
+
+#: a ladder runs from its first grid point while exponents stay below this (no under/overflow)
+_LADDER_EXPONENT = 600.0
+
+
+@njit(inline="always")
+def _ladder_safe(eta, rs0, delta, cnt, cutoff):
+    """Whether every exp of the ladder recurrence from its first point stays in range for d < cutoff."""
+    t = max(rs0, cutoff - rs0)
+    return cnt > 1 and eta * t * t <= _LADDER_EXPONENT and 2.0 * eta * delta * t <= _LADDER_EXPONENT
+
+
+@njit(inline="always")
+def _ladder_radial(k0, k1, nd, nw, eta, rs0, delta, cnt, start, lad_q, c, safe, gl, rl, acc, base):
+    """acc[base + lad_q[start + q]] += sum_k exp(-eta (d_k - rs0 - q delta)^2) w_k over neighbours k0..k1.
+
+    From the first grid point: g_(q+1) = g_q R_q, R_(q+1) = R_q c, with
+    R_0 = exp(2 eta delta t - eta delta^2), c = exp(-2 eta delta^2) (two exps
+    per neighbour); ladders that could leave the exponent range use one exp per point.
     """
-    for l in range(lad_eta.shape[0]):
-        eta = lad_eta[l]
-        cnt = lad_cnt[l]
-        s0 = lad_start[l]
-        delta = lad_delta[l]
-        t = d - lad_rs0[l]
-        if cnt == 1:
-            out_q[lad_q[s0]] = math.exp(-eta * t * t)
-            continue
-        qs = int(math.floor(t / delta + 0.5))
-        if qs < 0:
-            qs = 0
-        elif qs > cnt - 1:
-            qs = cnt - 1
-        u = t - qs * delta
-        val = math.exp(-eta * u * u)
-        out_q[lad_q[s0 + qs]] = val
-        c = lad_c[l]
-        r_up = math.exp(2.0 * eta * delta * u - eta * delta * delta)
-        r = r_up
-        v = val
-        for q in range(qs + 1, cnt):
-            v *= r
-            r *= c
-            out_q[lad_q[s0 + q]] = v
-        # downward ratio: exp(-2 eta delta u - eta delta^2) = c / (upward ratio); one exp fewer,
-        # unless c underflows (very steep ladders)
-        if c > 1e-250:
-            r = c / r_up
-        else:
-            r = math.exp(-2.0 * eta * delta * u - eta * delta * delta)
-        v = val
-        for q in range(qs - 1, -1, -1):
-            v *= r
-            r *= c
-            out_q[lad_q[s0 + q]] = v
+    if not safe:
+        for q in range(cnt):
+            rs = rs0 + q * delta
+            s = 0.0
+            for k in range(k0, k1):
+                t = nd[k] - rs
+                s += _fexp(-eta * t * t) * nw[k]
+            acc[base + lad_q[start + q]] += s
+        return
+    b = 2.0 * eta * delta
+    e0 = eta * delta * delta
+    for k in range(k0, k1):
+        t = nd[k] - rs0
+        gl[k] = _fexp(-eta * t * t) * nw[k]
+        rl[k] = _fexp(b * t - e0)
+    for q in range(cnt):
+        s = 0.0
+        for k in range(k0, k1):
+            s += gl[k]
+            gl[k] *= rl[k]
+            rl[k] *= c
+        acc[base + lad_q[start + q]] += s
+
+
+@njit(inline="always")
+def _ladder_vector(k0, k1, nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c, safe, gl, rl, acc, base):
+    """As _ladder_radial with a vector weight: acc[base + lad_q[start + q], :] += sum_k g_q(d_k) u_k."""
+    if not safe:
+        for q in range(cnt):
+            rs = rs0 + q * delta
+            sx = 0.0
+            sy = 0.0
+            sz = 0.0
+            for k in range(k0, k1):
+                t = nd[k] - rs
+                g = _fexp(-eta * t * t)
+                sx += g * ux[k]
+                sy += g * uy[k]
+                sz += g * uz[k]
+            row = base + lad_q[start + q]
+            acc[row, 0] += sx
+            acc[row, 1] += sy
+            acc[row, 2] += sz
+        return
+    b = 2.0 * eta * delta
+    e0 = eta * delta * delta
+    for k in range(k0, k1):
+        t = nd[k] - rs0
+        gl[k] = _fexp(-eta * t * t)
+        rl[k] = _fexp(b * t - e0)
+    for q in range(cnt):
+        sx = 0.0
+        sy = 0.0
+        sz = 0.0
+        for k in range(k0, k1):
+            g = gl[k]
+            sx += g * ux[k]
+            sy += g * uy[k]
+            sz += g * uz[k]
+            gl[k] = g * rl[k]
+            rl[k] *= c
+        row = base + lad_q[start + q]
+        acc[row, 0] += sx
+        acc[row, 1] += sy
+        acc[row, 2] += sz
+
 
 #: Taylor coefficients of cos(sqrt(y)) = sum_n (-y)^n / (2n)!, n = 0..13: for y <= pi^2 the
 #: truncation error is below 3e-16, so the cosine cutoff needs neither sqrt nor cos
@@ -132,12 +246,12 @@ def _from_bits(sq, srow, bits, brow, nbits):
 def _exp_table(r2, eta_u, ebits_u, enb_u, sq, out, row):
     """out[row, u] = exp(-eta_u r2). When eta_u is an integer multiple n of eta_u[0]
     it is exp(-eta_u[0] r2) ** n, from a table of repeated squares (no exp)."""
-    _squares(math.exp(-eta_u[0] * r2), sq, 0)
+    _squares(_fexp(-eta_u[0] * r2), sq, 0)
     for u in range(eta_u.shape[0]):
         if enb_u[u] > 0:
             out[row, u] = _from_bits(sq, 0, ebits_u, u, enb_u[u])
         else:
-            out[row, u] = math.exp(-eta_u[u] * r2)
+            out[row, u] = _fexp(-eta_u[u] * r2)
 
 
 @njit(forceinline=True, cache=True)
@@ -209,6 +323,106 @@ def _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_rad
                 g_nf[i, col + q] = acc_a[base + q]
 
 
+@njit(inline="always")
+def _sort_by_species(m, tx, ty, tz, tr2, tsp, n_sp, seg, cur, nx, ny, nz, nr2, nsp):
+    """Counting sort of the m gathered neighbours by species (stable): species a is seg[a]:seg[a + 1]."""
+    for a in range(n_sp + 1):
+        seg[a] = 0
+    for k in range(m):
+        seg[tsp[k] + 1] += 1
+    for a in range(n_sp):
+        seg[a + 1] += seg[a]
+        cur[a] = seg[a]
+    for k in range(m):
+        a = tsp[k]
+        p = cur[a]
+        cur[a] = p + 1
+        nx[p] = tx[k]
+        ny[p] = ty[k]
+        nz[p] = tz[k]
+        nr2[p] = tr2[k]
+        nsp[p] = a
+
+
+@njit(cache=True)
+def _ladders_safe(lad_eta, lad_rs0, lad_delta, lad_cnt, cutoff):
+    out = np.empty(lad_eta.shape[0], np.bool_)
+    for l in range(lad_eta.shape[0]):
+        out[l] = _ladder_safe(lad_eta[l], lad_rs0[l], lad_delta[l], lad_cnt[l], cutoff)
+    return out
+
+
+@njit(cache=True, fastmath=_FASTMATH)
+def _atom_terms(
+    m, nx, ny, nz, nr2, nsp, seg, n_sp, cutoff, acut,
+    n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rl_safe,
+    n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe,
+    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
+    pair_ab, n_ang,
+    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, asp, ae, pu, tv, sq_e, sq_b,
+    acc_r, acc_v, acc_a,
+):
+    """G2, V and G4 sums of one centre atom from its m neighbours (sorted by species, inside the cutoff)."""
+    w2c = (math.pi / cutoff) ** 2
+    for k in range(m):
+        r2 = nr2[k]
+        d = math.sqrt(r2)
+        fc = _cutoff_r2(r2, w2c)
+        fcd = fc / d
+        nd[k] = d
+        nw[k] = fc
+        ux[k] = nx[k] * fcd
+        uy[k] = ny[k] * fcd
+        uz[k] = nz[k] * fcd
+    for a in range(n_sp):
+        k0 = seg[a]
+        k1 = seg[a + 1]
+        if k1 == k0:
+            continue
+        for l in range(rl_eta.shape[0]):
+            _ladder_radial(k0, k1, nd, nw, rl_eta[l], rl_rs0[l], rl_delta[l], rl_cnt[l], rl_start[l], rl_q,
+                           rl_c[l], rl_safe[l], gl, rl, acc_r, a * n_rad)
+        for l in range(cl_eta.shape[0]):
+            _ladder_vector(k0, k1, nd, ux, uy, uz, cl_eta[l], cl_rs0[l], cl_delta[l], cl_cnt[l], cl_start[l],
+                           cl_q, cl_c[l], cl_safe[l], gl, rl, acc_v, a * n_cov)
+    if n_ang == 0:
+        return
+    w2a = (math.pi / acut) ** 2
+    mm = 0
+    for k in range(m):
+        if nd[k] < acut:
+            ax[mm] = nx[k]
+            ay[mm] = ny[k]
+            az[mm] = nz[k]
+            ad[mm] = 1.0 / nd[k]
+            asp[mm] = nsp[k]
+            fca = _cutoff_r2(nr2[k], w2a)
+            _exp_table(nr2[k], eta_u, ebits_u, enb_u, sq_e, ae, mm)
+            for u in range(eta_u.shape[0]):
+                ae[mm, u] *= fca
+            mm += 1
+    _angular_terms(
+        mm, acut, math.pi / acut, ax, ay, az, ad, asp, ae,
+        eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
+        pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
+    )
+
+
+@njit(inline="always")
+def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v):
+    """Per-chunk work arrays for up to `cap` neighbours per atom."""
+    f = np.empty((15, cap))  # gathered, sorted and derived per-neighbour columns
+    ints = np.empty((3, cap), np.int64)
+    seg = np.empty(n_sp + 1, np.int64)
+    cur = np.empty(n_sp, np.int64)
+    ae = np.empty((cap, n_u))
+    pu = np.empty((1, n_u))
+    tv = np.empty(n_v)
+    sq_e = np.empty((1, max(ebits_u.shape[1], 1)))
+    sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
+    return f, ints, seg, cur, ae, pu, tv, sq_e, sq_b
+
+
 @njit(parallel=True, cache=True)
 def features(
     pos_nc, species_n, start_n, j_p, shiftvec_pc,
@@ -227,29 +441,18 @@ def features(
     n_uv = n_u * n_v
     n_sp = pair_ab.shape[0]
     n_pairs = n_sp * (n_sp + 1) // 2
-    pi_rc = math.pi / cutoff
-    pi_ra = math.pi / acut
     rc2 = cutoff * cutoff
+    rl_safe = _ladders_safe(rl_eta, rl_rs0, rl_delta, rl_cnt, cutoff)
+    cl_safe = _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
         i0 = c * chunk
         i1 = min(n, i0 + chunk)
-        maxdeg = 0
+        cap = 1
         for i in range(i0, i1):
-            maxdeg = max(maxdeg, start_n[i + 1] - start_n[i])
-        ax = np.empty(maxdeg)
-        ay = np.empty(maxdeg)
-        az = np.empty(maxdeg)
-        ad = np.empty(maxdeg)
-        asp = np.empty(maxdeg, np.int64)
-        ae = np.empty((maxdeg, n_u))
-        rad_q = np.empty(n_rad)
-        cov_q = np.empty(n_cov)
-        pu = np.empty((1, n_u))
-        tv = np.empty(n_v)
-        sq_e = np.empty((1, max(ebits_u.shape[1], 1)))
-        sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
+            cap = max(cap, start_n[i + 1] - start_n[i])
+        f, ints, seg, cur, ae, pu, tv, sq_e, sq_b = _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v)
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
@@ -270,41 +473,24 @@ def features(
                 r2 = dx * dx + dy * dy + dz * dz
                 if r2 >= rc2:
                     continue
-                d = math.sqrt(r2)
-                if d < 1e-6:
+                if r2 < 1e-12:
                     overlap_n[i] = j
                     continue
-                a = species_n[j]
-                # --- per-neighbour terms (kept textually identical in both kernels: numba inlines
-                # nested helper calls only at this level) ---
-                fc = _cutoff_r2(r2, pi_rc * pi_rc)
-                _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
-                base = a * n_rad
-                for q in range(n_rad):
-                    acc_r[base + q] += rad_q[q] * fc
-                _gaussian_ladders(d, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cov_q)
-                base = a * n_cov
-                fcd = fc / d
-                for q in range(n_cov):
-                    w = cov_q[q] * fcd
-                    acc_v[base + q, 0] += w * dx
-                    acc_v[base + q, 1] += w * dy
-                    acc_v[base + q, 2] += w * dz
-                if n_ang > 0 and d < acut:
-                    fca = _cutoff_r2(r2, pi_ra * pi_ra)
-                    ax[m] = dx
-                    ay[m] = dy
-                    az[m] = dz
-                    ad[m] = 1.0 / d
-                    asp[m] = a
-                    _exp_table(r2, eta_u, ebits_u, enb_u, sq_e, ae, m)
-                    for u in range(eta_u.shape[0]):
-                        ae[m, u] *= fca
-                    m += 1
-            _angular_terms(
-                m, acut, pi_ra, ax, ay, az, ad, asp, ae,
+                f[0, m] = dx
+                f[1, m] = dy
+                f[2, m] = dz
+                f[3, m] = r2
+                ints[0, m] = species_n[j]
+                m += 1
+            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg, cur, f[4], f[5], f[6], f[7], ints[1])
+            _atom_terms(
+                m, f[4], f[5], f[6], f[7], ints[1], seg, n_sp, cutoff, acut,
+                n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rl_safe,
+                n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe,
                 eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-                pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
+                pair_ab, n_ang,
+                f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], ints[2], ae, pu, tv, sq_e, sq_b,
+                acc_r, acc_v, acc_a,
             )
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
@@ -331,9 +517,9 @@ def features_cells(
     n_uv = n_u * n_v
     n_sp = pair_ab.shape[0]
     n_pairs = n_sp * (n_sp + 1) // 2
-    pi_rc = math.pi / cutoff
-    pi_ra = math.pi / acut
     rc2 = cutoff * cutoff
+    rl_safe = _ladders_safe(rl_eta, rl_rs0, rl_delta, rl_cnt, cutoff)
+    cl_safe = _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff)
     max_bin = _max_bin(start_b)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
@@ -343,18 +529,7 @@ def features_cells(
         cap = 1
         for k in range(i0, i1):
             cap = max(cap, _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b))
-        ax = np.empty(cap)
-        ay = np.empty(cap)
-        az = np.empty(cap)
-        ad = np.empty(cap)
-        asp = np.empty(cap, np.int64)
-        ae = np.empty((cap, n_u))
-        rad_q = np.empty(n_rad)
-        cov_q = np.empty(n_cov)
-        pu = np.empty((1, n_u))
-        tv = np.empty(n_v)
-        sq_e = np.empty((1, max(ebits_u.shape[1], 1)))
-        sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
+        f, ints, seg, cur, ae, pu, tv, sq_e, sq_b = _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v)
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
@@ -394,47 +569,26 @@ def features_cells(
                             r2 = r2_b[q - q0]
                             if r2 >= rc2 or (same_image and q == k):
                                 continue
-                            dx = poss_nc[q, 0] + sx - xi
-                            dy = poss_nc[q, 1] + sy - yi
-                            dz = poss_nc[q, 2] + sz - zi
-                            d = math.sqrt(r2)
-                            if d < 1e-6:
+                            if r2 < 1e-12:
                                 overlap_n[i] = order_n[q]
                                 continue
-                            a = species_s[q]
-                            # --- per-neighbour terms (kept textually identical in both kernels: numba inlines
-                            # nested helper calls only at this level) ---
-                            fc = _cutoff_r2(r2, pi_rc * pi_rc)
-                            _gaussian_ladders(d, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rad_q)
-                            base = a * n_rad
-                            for q in range(n_rad):
-                                acc_r[base + q] += rad_q[q] * fc
-                            _gaussian_ladders(d, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cov_q)
-                            base = a * n_cov
-                            fcd = fc / d
-                            for q in range(n_cov):
-                                w = cov_q[q] * fcd
-                                acc_v[base + q, 0] += w * dx
-                                acc_v[base + q, 1] += w * dy
-                                acc_v[base + q, 2] += w * dz
-                            if n_ang > 0 and d < acut:
-                                fca = _cutoff_r2(r2, pi_ra * pi_ra)
-                                ax[m] = dx
-                                ay[m] = dy
-                                az[m] = dz
-                                ad[m] = 1.0 / d
-                                asp[m] = a
-                                _exp_table(r2, eta_u, ebits_u, enb_u, sq_e, ae, m)
-                                for u in range(eta_u.shape[0]):
-                                    ae[m, u] *= fca
-                                m += 1
-            _angular_terms(
-                m, acut, pi_ra, ax, ay, az, ad, asp, ae,
+                            f[0, m] = poss_nc[q, 0] + sx - xi
+                            f[1, m] = poss_nc[q, 1] + sy - yi
+                            f[2, m] = poss_nc[q, 2] + sz - zi
+                            f[3, m] = r2
+                            ints[0, m] = species_s[q]
+                            m += 1
+            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg, cur, f[4], f[5], f[6], f[7], ints[1])
+            _atom_terms(
+                m, f[4], f[5], f[6], f[7], ints[1], seg, n_sp, cutoff, acut,
+                n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rl_safe,
+                n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe,
                 eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-                pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
+                pair_ab, n_ang,
+                f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], ints[2], ae, pu, tv, sq_e, sq_b,
+                acc_r, acc_v, acc_a,
             )
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
-
 
 
 @njit(cache=True)
