@@ -223,84 +223,113 @@ def _cutoff_r2(r2, w2):
     return 0.5 * (p + 1.0)
 
 
-# The helpers below index 2-D scratch arrays by row instead of taking row views: a view in the
-# innermost loops costs a reference-count update per use.
-@njit(inline="always")
-def _squares(x, sq, row):
-    """sq[row, k] = x ** (2 ** k)."""
-    sq[row, 0] = x
-    for k in range(1, sq.shape[1]):
-        sq[row, k] = sq[row, k - 1] * sq[row, k - 1]
+#: neighbour pairs (triplets i, j, k) per block of the vectorised G4 passes
+_PAIR_BLOCK = 64
 
 
-@njit(inline="always")
-def _from_bits(sq, srow, bits, brow, nbits):
-    """Product of sq[srow, bits[brow, t]] for t < nbits: x ** n from the binary digits of n."""
-    r = sq[srow, bits[brow, 0]]
-    for t in range(1, nbits):
-        r *= sq[srow, bits[brow, t]]
-    return r
+@njit(forceinline=True, cache=True, fastmath=_FASTMATH)
+def _angular_terms(mm, w2a, acut2, angular_nbr, ang, pair_work, acc_a):
+    """G4 over unordered pairs (k1 < k2) of the mm angular neighbours (ad holds 1 / r; ae[u, k] = exp(-eta_u r^2) fc(r)).
 
-
-@njit(inline="always")
-def _exp_table(r2, eta_u, ebits_u, enb_u, sq, out, row):
-    """out[row, u] = exp(-eta_u r2). When eta_u is an integer multiple n of eta_u[0]
-    it is exp(-eta_u[0] r2) ** n, from a table of repeated squares (no exp)."""
-    _squares(_fexp(-eta_u[0] * r2), sq, 0)
-    for u in range(eta_u.shape[0]):
-        if enb_u[u] > 0:
-            out[row, u] = _from_bits(sq, 0, ebits_u, u, enb_u[u])
-        else:
-            out[row, u] = _fexp(-eta_u[u] * r2)
-
-
-@njit(forceinline=True, cache=True)
-def _angular_terms(
-    m, acut, pi_ra, ax, ay, az, ad, asp, ae,
-    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-    pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
-):
-    """G4 over unordered pairs (k1 < k2) of the m stored neighbours (ad holds 1 / r)."""
+    Pairs with r_jk inside the angular cutoff are collected in blocks of
+    _PAIR_BLOCK; every factor is then one loop over the block (vectorised):
+    pu[u, t] = exp(-eta_u (r_ij^2 + r_ik^2 + r_jk^2)) fc fc fc and
+    tv[v, t] = 2^(1-zeta) (1 + lambda cos)^zeta; the products go to the species
+    pair's block of G4 (the outer product pu x tv for a (nearly) full grid).
+    """
+    ax, ay, az, ad, asp, ae = angular_nbr
+    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q, pair_ab, n_ang = ang
+    tr2, tfc, tcos, tpt, tw, sqe, pu, sqb, tv, tt = pair_work
     n_u = eta_u.shape[0]
     n_v = zeta_v.shape[0]
     n_uv = n_u * n_v
-    for k1 in range(m):
-        for k2 in range(k1 + 1, m):
+    n_l = lam_l.shape[0]
+    eta0 = eta_u[0]
+    k1 = 0
+    k2 = 1
+    while k1 < mm - 1:
+        # collect a block of pairs inside the angular cutoff
+        nt = 0
+        while nt < _PAIR_BLOCK and k1 < mm - 1:
             ex = ax[k2] - ax[k1]
             ey = ay[k2] - ay[k1]
             ez = az[k2] - az[k1]
-            djk2 = ex * ex + ey * ey + ez * ez
-            if djk2 >= acut * acut:
-                continue
-            fcjk = _cutoff_r2(djk2, pi_ra * pi_ra)
-            cos_t = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) * (ad[k1] * ad[k2])
-            _exp_table(djk2, eta_u, ebits_u, enb_u, sq_e, pu, 0)
-            for u in range(n_u):
-                pu[0, u] *= ae[k1, u] * ae[k2, u] * fcjk
-            for l in range(lam_l.shape[0]):
-                b = 1.0 + lam_l[l] * cos_t
-                if b < 0.0:
-                    b = 0.0
-                _squares(b, sq_b, l)
-            for v in range(n_v):
-                l = lam_idx_v[v]
-                if znb_v[v] > 0:
-                    tv[v] = pref_v[v] * _from_bits(sq_b, l, zbits_v, v, znb_v[v])
-                else:
-                    tv[v] = pref_v[v] * sq_b[l, 0] ** zeta_v[v]
-            pt = pair_ab[asp[k1], asp[k2]]
-            if use_grid:
-                # outer product P[u] * T[v], contiguous in v
-                base = pt * n_uv
+            r2 = ex * ex + ey * ey + ez * ez
+            if r2 < acut2:
+                tr2[nt] = r2
+                tcos[nt] = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) * (ad[k1] * ad[k2])
+                tpt[nt] = pair_ab[asp[k1], asp[k2]]
                 for u in range(n_u):
-                    w = pu[0, u]
+                    tw[u, nt] = ae[u, k1] * ae[u, k2]
+                nt += 1
+            k2 += 1
+            if k2 == mm:
+                k1 += 1
+                k2 = k1 + 1
+        # radial factors
+        for t in range(nt):
+            r2 = tr2[t]
+            tfc[t] = _cutoff_r2(r2, w2a)
+            sqe[0, t] = _fexp(-eta0 * r2)
+        for b in range(1, sqe.shape[0]):
+            for t in range(nt):
+                sqe[b, t] = sqe[b - 1, t] * sqe[b - 1, t]
+        for u in range(n_u):
+            nb = enb_u[u]
+            if nb > 0:
+                b0 = ebits_u[u, 0]
+                for t in range(nt):
+                    pu[u, t] = tw[u, t] * tfc[t] * sqe[b0, t]
+                for j in range(1, nb):
+                    bj = ebits_u[u, j]
+                    for t in range(nt):
+                        pu[u, t] *= sqe[bj, t]
+            else:
+                eta = eta_u[u]
+                for t in range(nt):
+                    pu[u, t] = tw[u, t] * tfc[t] * _fexp(-eta * tr2[t])
+        # angular factors
+        for l in range(n_l):
+            lam = lam_l[l]
+            for t in range(nt):
+                b = 1.0 + lam * tcos[t]
+                sqb[l, 0, t] = b if b > 0.0 else 0.0
+            for j in range(1, sqb.shape[1]):
+                for t in range(nt):
+                    sqb[l, j, t] = sqb[l, j - 1, t] * sqb[l, j - 1, t]
+        for v in range(n_v):
+            l = lam_idx_v[v]
+            pref = pref_v[v]
+            nb = znb_v[v]
+            if nb > 0:
+                b0 = zbits_v[v, 0]
+                for t in range(nt):
+                    tv[v, t] = pref * sqb[l, b0, t]
+                for j in range(1, nb):
+                    bj = zbits_v[v, j]
+                    for t in range(nt):
+                        tv[v, t] *= sqb[l, bj, t]
+            else:
+                z = zeta_v[v]
+                for t in range(nt):
+                    tv[v, t] = pref * sqb[l, 0, t] ** z
+        # accumulate
+        if use_grid:
+            for v in range(n_v):
+                for t in range(nt):
+                    tt[t, v] = tv[v, t]
+            for t in range(nt):
+                base = tpt[t] * n_uv
+                for u in range(n_u):
+                    w = pu[u, t]
                     row = base + u * n_v
                     for v in range(n_v):
-                        acc_a[row + v] += w * tv[v]
-            else:
-                base = pt * n_ang
+                        acc_a[row + v] += w * tt[t, v]
+        else:
+            for t in range(nt):
+                base = tpt[t] * n_ang
                 for q in range(n_ang):
-                    acc_a[base + q] += tv[ang_v_q[q]] * pu[0, ang_u_q[q]]
+                    acc_a[base + q] += pu[ang_u_q[q], t] * tv[ang_v_q[q], t]
 
 
 @njit(forceinline=True, cache=True)
@@ -352,17 +381,19 @@ def _ladders_safe(lad_eta, lad_rs0, lad_delta, lad_cnt, cutoff):
     return out
 
 
-@njit(cache=True, fastmath=_FASTMATH)
-def _atom_terms(
-    m, nx, ny, nz, nr2, nsp, seg, n_sp, cutoff, acut,
-    n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rl_safe,
-    n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe,
-    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-    pair_ab, n_ang,
-    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, asp, ae, pu, tv, sq_e, sq_b,
-    acc_r, acc_v, acc_a,
-):
-    """G2, V and G4 sums of one centre atom from its m neighbours (sorted by species, inside the cutoff)."""
+@njit(inline="always")
+def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, work, pair_work, acc_r, acc_v, acc_a):
+    """G2, V and G4 sums of one centre atom from its m neighbours (sorted by species, inside the cutoff).
+
+    Arguments are grouped in tuples: CPython compiles a call with more than 30
+    arguments as a *args call, which Numba cannot inline.
+    """
+    nx, ny, nz, nr2, nsp = nbr
+    rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rl_safe = rad
+    cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe = cov
+    eta_u = ang[0]
+    n_ang = ang[13]
+    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, ar2, asp, ae = work
     w2c = (math.pi / cutoff) ** 2
     for k in range(m):
         r2 = nr2[k]
@@ -395,35 +426,36 @@ def _atom_terms(
             ay[mm] = ny[k]
             az[mm] = nz[k]
             ad[mm] = 1.0 / nd[k]
+            ar2[mm] = nr2[k]
             asp[mm] = nsp[k]
-            fca = _cutoff_r2(nr2[k], w2a)
-            _exp_table(nr2[k], eta_u, ebits_u, enb_u, sq_e, ae, mm)
-            for u in range(eta_u.shape[0]):
-                ae[mm, u] *= fca
             mm += 1
-    _angular_terms(
-        mm, acut, math.pi / acut, ax, ay, az, ad, asp, ae,
-        eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-        pair_ab, n_ang, pu, tv, sq_e, sq_b, acc_a,
-    )
+    for u in range(eta_u.shape[0]):
+        eta = eta_u[u]
+        for k in range(mm):
+            ae[u, k] = _fexp(-eta * ar2[k]) * _cutoff_r2(ar2[k], w2a)
+    _angular_terms(mm, w2a, acut * acut, (ax, ay, az, ad, asp, ae), ang, pair_work, acc_a)
 
 
 @njit(inline="always")
 def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v):
     """Per-chunk work arrays for up to `cap` neighbours per atom."""
-    f = np.empty((15, cap))  # gathered, sorted and derived per-neighbour columns
+    f = np.empty((16, cap))  # gathered, sorted and derived per-neighbour columns
     ints = np.empty((3, cap), np.int64)
-    seg = np.empty(n_sp + 1, np.int64)
-    cur = np.empty(n_sp, np.int64)
-    ae = np.empty((cap, n_u))
-    pu = np.empty((1, n_u))
-    tv = np.empty(n_v)
-    sq_e = np.empty((1, max(ebits_u.shape[1], 1)))
-    sq_b = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1)))
-    return f, ints, seg, cur, ae, pu, tv, sq_e, sq_b
+    seg = np.empty((2, n_sp + 1), np.int64)
+    ae = np.empty((n_u, cap))
+    # per block of neighbour pairs
+    tf = np.empty((3, _PAIR_BLOCK))
+    tpt = np.empty(_PAIR_BLOCK, np.int64)
+    tw = np.empty((n_u, _PAIR_BLOCK))
+    sqe = np.empty((max(ebits_u.shape[1], 1), _PAIR_BLOCK))
+    pu = np.empty((n_u, _PAIR_BLOCK))
+    sqb = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1), _PAIR_BLOCK))
+    tv = np.empty((n_v, _PAIR_BLOCK))
+    tt = np.empty((_PAIR_BLOCK, n_v))
+    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tpt, tw, sqe, pu, sqb, tv, tt)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def features(
     pos_nc, species_n, start_n, j_p, shiftvec_pc,
     cutoff, acut,
@@ -442,8 +474,12 @@ def features(
     n_sp = pair_ab.shape[0]
     n_pairs = n_sp * (n_sp + 1) // 2
     rc2 = cutoff * cutoff
-    rl_safe = _ladders_safe(rl_eta, rl_rs0, rl_delta, rl_cnt, cutoff)
-    cl_safe = _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff)
+    rad = (rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
+           _ladders_safe(rl_eta, rl_rs0, rl_delta, rl_cnt, cutoff))
+    cov = (cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
+           _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff))
+    ang = (eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
+           pair_ab, n_ang)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
@@ -452,7 +488,7 @@ def features(
         cap = 1
         for i in range(i0, i1):
             cap = max(cap, start_n[i + 1] - start_n[i])
-        f, ints, seg, cur, ae, pu, tv, sq_e, sq_b = _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v)
+        f, ints, seg, ae, pair_work = _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v)
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
@@ -482,16 +518,10 @@ def features(
                 f[3, m] = r2
                 ints[0, m] = species_n[j]
                 m += 1
-            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg, cur, f[4], f[5], f[6], f[7], ints[1])
-            _atom_terms(
-                m, f[4], f[5], f[6], f[7], ints[1], seg, n_sp, cutoff, acut,
-                n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rl_safe,
-                n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe,
-                eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-                pair_ab, n_ang,
-                f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], ints[2], ae, pu, tv, sq_e, sq_b,
-                acc_r, acc_v, acc_a,
-            )
+            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
+            _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
+                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], ints[2], ae),
+                        pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
 
@@ -518,8 +548,12 @@ def features_cells(
     n_sp = pair_ab.shape[0]
     n_pairs = n_sp * (n_sp + 1) // 2
     rc2 = cutoff * cutoff
-    rl_safe = _ladders_safe(rl_eta, rl_rs0, rl_delta, rl_cnt, cutoff)
-    cl_safe = _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff)
+    rad = (rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
+           _ladders_safe(rl_eta, rl_rs0, rl_delta, rl_cnt, cutoff))
+    cov = (cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
+           _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff))
+    ang = (eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
+           pair_ab, n_ang)
     max_bin = _max_bin(start_b)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
@@ -529,7 +563,7 @@ def features_cells(
         cap = 1
         for k in range(i0, i1):
             cap = max(cap, _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b))
-        f, ints, seg, cur, ae, pu, tv, sq_e, sq_b = _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v)
+        f, ints, seg, ae, pair_work = _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v)
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
@@ -578,16 +612,10 @@ def features_cells(
                             f[3, m] = r2
                             ints[0, m] = species_s[q]
                             m += 1
-            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg, cur, f[4], f[5], f[6], f[7], ints[1])
-            _atom_terms(
-                m, f[4], f[5], f[6], f[7], ints[1], seg, n_sp, cutoff, acut,
-                n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rl_safe,
-                n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe,
-                eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-                pair_ab, n_ang,
-                f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], ints[2], ae, pu, tv, sq_e, sq_b,
-                acc_r, acc_v, acc_a,
-            )
+            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
+            _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
+                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], ints[2], ae),
+                        pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
 
