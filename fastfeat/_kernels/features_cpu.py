@@ -227,109 +227,125 @@ def _cutoff_r2(r2, w2):
 _PAIR_BLOCK = 64
 
 
-@njit(forceinline=True, cache=True, fastmath=_FASTMATH)
-def _angular_terms(mm, w2a, acut2, angular_nbr, ang, pair_work, acc_a):
-    """G4 over unordered pairs (k1 < k2) of the mm angular neighbours (ad holds 1 / r; ae[u, k] = exp(-eta_u r^2) fc(r)).
-
-    Pairs with r_jk inside the angular cutoff are collected in blocks of
-    _PAIR_BLOCK; every factor is then one loop over the block (vectorised):
-    pu[u, t] = exp(-eta_u (r_ij^2 + r_ik^2 + r_jk^2)) fc fc fc and
-    tv[v, t] = 2^(1-zeta) (1 + lambda cos)^zeta; the products go to the species
-    pair's block of G4 (the outer product pu x tv for a (nearly) full grid).
-    """
-    ax, ay, az, ad, asp, ae = angular_nbr
-    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q, pair_ab, n_ang = ang
-    tr2, tfc, tcos, tpt, tw, sqe, pu, sqb, tv, tt = pair_work
-    n_u = eta_u.shape[0]
-    n_v = zeta_v.shape[0]
-    n_uv = n_u * n_v
-    n_l = lam_l.shape[0]
+@njit(inline="always")
+def _pair_factors(nt, w2a, ang, pair_work):
+    """pu[u, t] and tv[v, t] of the nt pairs in the block (tw, tr2, tcos filled), one loop over t per factor."""
+    eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v = ang[:9]
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv = pair_work
     eta0 = eta_u[0]
-    k1 = 0
-    k2 = 1
-    while k1 < mm - 1:
-        # collect a block of pairs inside the angular cutoff
-        nt = 0
-        while nt < _PAIR_BLOCK and k1 < mm - 1:
-            ex = ax[k2] - ax[k1]
-            ey = ay[k2] - ay[k1]
-            ez = az[k2] - az[k1]
-            r2 = ex * ex + ey * ey + ez * ez
-            if r2 < acut2:
-                tr2[nt] = r2
-                tcos[nt] = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) * (ad[k1] * ad[k2])
-                tpt[nt] = pair_ab[asp[k1], asp[k2]]
-                for u in range(n_u):
-                    tw[u, nt] = ae[u, k1] * ae[u, k2]
-                nt += 1
-            k2 += 1
-            if k2 == mm:
-                k1 += 1
-                k2 = k1 + 1
-        # radial factors
+    # exp(-eta_u r_jk^2) fc(r_jk) times the i-j and i-k factors
+    for t in range(nt):
+        r2 = tr2[t]
+        tfc[t] = _cutoff_r2(r2, w2a)
+        sqe[0, t] = _fexp(-eta0 * r2)
+    for b in range(1, sqe.shape[0]):
         for t in range(nt):
-            r2 = tr2[t]
-            tfc[t] = _cutoff_r2(r2, w2a)
-            sqe[0, t] = _fexp(-eta0 * r2)
-        for b in range(1, sqe.shape[0]):
+            sqe[b, t] = sqe[b - 1, t] * sqe[b - 1, t]
+    for u in range(eta_u.shape[0]):
+        nb = enb_u[u]
+        if nb > 0:  # eta_u an integer multiple of eta_u[0]: a product of repeated squares
+            b0 = ebits_u[u, 0]
             for t in range(nt):
-                sqe[b, t] = sqe[b - 1, t] * sqe[b - 1, t]
-        for u in range(n_u):
-            nb = enb_u[u]
-            if nb > 0:
-                b0 = ebits_u[u, 0]
+                pu[u, t] = tw[u, t] * tfc[t] * sqe[b0, t]
+            for j in range(1, nb):
+                bj = ebits_u[u, j]
                 for t in range(nt):
-                    pu[u, t] = tw[u, t] * tfc[t] * sqe[b0, t]
-                for j in range(1, nb):
-                    bj = ebits_u[u, j]
-                    for t in range(nt):
-                        pu[u, t] *= sqe[bj, t]
-            else:
-                eta = eta_u[u]
-                for t in range(nt):
-                    pu[u, t] = tw[u, t] * tfc[t] * _fexp(-eta * tr2[t])
-        # angular factors
-        for l in range(n_l):
-            lam = lam_l[l]
-            for t in range(nt):
-                b = 1.0 + lam * tcos[t]
-                sqb[l, 0, t] = b if b > 0.0 else 0.0
-            for j in range(1, sqb.shape[1]):
-                for t in range(nt):
-                    sqb[l, j, t] = sqb[l, j - 1, t] * sqb[l, j - 1, t]
-        for v in range(n_v):
-            l = lam_idx_v[v]
-            pref = pref_v[v]
-            nb = znb_v[v]
-            if nb > 0:
-                b0 = zbits_v[v, 0]
-                for t in range(nt):
-                    tv[v, t] = pref * sqb[l, b0, t]
-                for j in range(1, nb):
-                    bj = zbits_v[v, j]
-                    for t in range(nt):
-                        tv[v, t] *= sqb[l, bj, t]
-            else:
-                z = zeta_v[v]
-                for t in range(nt):
-                    tv[v, t] = pref * sqb[l, 0, t] ** z
-        # accumulate
-        if use_grid:
-            for v in range(n_v):
-                for t in range(nt):
-                    tt[t, v] = tv[v, t]
-            for t in range(nt):
-                base = tpt[t] * n_uv
-                for u in range(n_u):
-                    w = pu[u, t]
-                    row = base + u * n_v
-                    for v in range(n_v):
-                        acc_a[row + v] += w * tt[t, v]
+                    pu[u, t] *= sqe[bj, t]
         else:
+            eta = eta_u[u]
             for t in range(nt):
-                base = tpt[t] * n_ang
-                for q in range(n_ang):
-                    acc_a[base + q] += pu[ang_u_q[q], t] * tv[ang_v_q[q], t]
+                pu[u, t] = tw[u, t] * tfc[t] * _fexp(-eta * tr2[t])
+    # 2^(1 - zeta) (1 + lambda cos)^zeta
+    for l in range(lam_l.shape[0]):
+        lam = lam_l[l]
+        for t in range(nt):
+            b = 1.0 + lam * tcos[t]
+            sqb[l, 0, t] = b if b > 0.0 else 0.0
+        for j in range(1, sqb.shape[1]):
+            for t in range(nt):
+                sqb[l, j, t] = sqb[l, j - 1, t] * sqb[l, j - 1, t]
+    for v in range(zeta_v.shape[0]):
+        l = lam_idx_v[v]
+        pref = pref_v[v]
+        nb = znb_v[v]
+        if nb > 0:  # integral zeta: a product of repeated squares
+            b0 = zbits_v[v, 0]
+            for t in range(nt):
+                tv[v, t] = pref * sqb[l, b0, t]
+            for j in range(1, nb):
+                bj = zbits_v[v, j]
+                for t in range(nt):
+                    tv[v, t] *= sqb[l, bj, t]
+        else:
+            z = zeta_v[v]
+            for t in range(nt):
+                tv[v, t] = pref * sqb[l, 0, t] ** z
+
+
+@njit(forceinline=True, cache=True, fastmath=_FASTMATH)
+def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
+    """G4 over unordered pairs of the angular neighbours (sorted by species: species a is aseg[a]:aseg[a + 1];
+    ad holds 1 / r; ae[u, k] = exp(-eta_u r^2) fc(r)).
+
+    Species pair by species pair, the neighbour pairs with r_jk inside the
+    angular cutoff are collected in blocks of _PAIR_BLOCK; every factor is one
+    loop over the block (vectorised, see _pair_factors), and each G4 column of
+    the species pair gets one sum over the block.
+    """
+    ax, ay, az, ad, aseg, ae = angular_nbr
+    use_grid, ang_u_q, ang_v_q, pair_ab, n_ang = ang[9:]
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv = pair_work
+    n_u = ae.shape[0]
+    n_v = tv.shape[0]
+    n_uv = n_u * n_v
+    for a in range(n_sp):
+        a0 = aseg[a]
+        a1 = aseg[a + 1]
+        for b in range(a, n_sp):
+            b0 = aseg[b]
+            b1 = aseg[b + 1]
+            if a1 == a0 or b1 == b0:
+                continue
+            same = a == b
+            base = pair_ab[a, b] * (n_uv if use_grid else n_ang)
+            k1 = a0
+            k2 = k1 + 1 if same else b0
+            while k1 < a1:
+                nt = 0
+                while nt < _PAIR_BLOCK and k1 < a1:
+                    if k2 >= b1:
+                        k1 += 1
+                        k2 = k1 + 1 if same else b0
+                        continue
+                    ex = ax[k2] - ax[k1]
+                    ey = ay[k2] - ay[k1]
+                    ez = az[k2] - az[k1]
+                    r2 = ex * ex + ey * ey + ez * ez
+                    if r2 < acut2:
+                        tr2[nt] = r2
+                        tcos[nt] = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) * (ad[k1] * ad[k2])
+                        for u in range(n_u):
+                            tw[u, nt] = ae[u, k1] * ae[u, k2]
+                        nt += 1
+                    k2 += 1
+                if nt == 0:
+                    continue
+                _pair_factors(nt, w2a, ang, pair_work)
+                if use_grid:
+                    for u in range(n_u):
+                        for v in range(n_v):
+                            acc = 0.0
+                            for t in range(nt):
+                                acc += pu[u, t] * tv[v, t]
+                            acc_a[base + u * n_v + v] += acc
+                else:
+                    for q in range(n_ang):
+                        u = ang_u_q[q]
+                        v = ang_v_q[q]
+                        acc = 0.0
+                        for t in range(nt):
+                            acc += pu[u, t] * tv[v, t]
+                        acc_a[base + q] += acc
 
 
 @njit(forceinline=True, cache=True)
@@ -393,7 +409,7 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe = cov
     eta_u = ang[0]
     n_ang = ang[13]
-    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, ar2, asp, ae = work
+    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, ar2, aseg, ae = work
     w2c = (math.pi / cutoff) ** 2
     for k in range(m):
         r2 = nr2[k]
@@ -420,6 +436,8 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
         return
     w2a = (math.pi / acut) ** 2
     mm = 0
+    for a in range(n_sp + 1):
+        aseg[a] = 0
     for k in range(m):
         if nd[k] < acut:
             ax[mm] = nx[k]
@@ -427,32 +445,32 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
             az[mm] = nz[k]
             ad[mm] = 1.0 / nd[k]
             ar2[mm] = nr2[k]
-            asp[mm] = nsp[k]
+            aseg[nsp[k] + 1] += 1
             mm += 1
+    for a in range(n_sp):
+        aseg[a + 1] += aseg[a]
     for u in range(eta_u.shape[0]):
         eta = eta_u[u]
         for k in range(mm):
             ae[u, k] = _fexp(-eta * ar2[k]) * _cutoff_r2(ar2[k], w2a)
-    _angular_terms(mm, w2a, acut * acut, (ax, ay, az, ad, asp, ae), ang, pair_work, acc_a)
+    _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae), n_sp, ang, pair_work, acc_a)
 
 
 @njit(inline="always")
 def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v):
     """Per-chunk work arrays for up to `cap` neighbours per atom."""
     f = np.empty((16, cap))  # gathered, sorted and derived per-neighbour columns
-    ints = np.empty((3, cap), np.int64)
-    seg = np.empty((2, n_sp + 1), np.int64)
+    ints = np.empty((2, cap), np.int64)
+    seg = np.empty((3, n_sp + 1), np.int64)
     ae = np.empty((n_u, cap))
     # per block of neighbour pairs
     tf = np.empty((3, _PAIR_BLOCK))
-    tpt = np.empty(_PAIR_BLOCK, np.int64)
     tw = np.empty((n_u, _PAIR_BLOCK))
     sqe = np.empty((max(ebits_u.shape[1], 1), _PAIR_BLOCK))
     pu = np.empty((n_u, _PAIR_BLOCK))
     sqb = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1), _PAIR_BLOCK))
     tv = np.empty((n_v, _PAIR_BLOCK))
-    tt = np.empty((_PAIR_BLOCK, n_v))
-    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tpt, tw, sqe, pu, sqb, tv, tt)
+    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv)
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -520,7 +538,7 @@ def features(
                 m += 1
             _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
             _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
-                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], ints[2], ae),
+                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae),
                         pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
@@ -614,7 +632,7 @@ def features_cells(
                             m += 1
             _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
             _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
-                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], ints[2], ae),
+                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae),
                         pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 

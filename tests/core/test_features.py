@@ -14,8 +14,17 @@ SPEC_IRREGULAR = fastfeat.FeatureSpec(
     angular=[(0.1, 1, 1), (0.05, 2, -1), (0.02, 1.5, 1), (0.3, 4, 1), (0.4, 8, -1)],
     covariant=[(0.3, 1.0), (1.0, 2.5), (0.3, 2.0)],
 )
+# steep ladders: the CPU kernel's ladder recurrence would leave the exponent range, so it takes
+# one exp per grid point (fastfeat._kernels.features_cpu._ladder_safe)
+SPEC_STEEP = fastfeat.FeatureSpec(
+    ("H", "O", "C"), 4.5, 3.0,
+    radial=[(40.0, 0.5 + 0.5 * k) for k in range(8)],
+    angular=[(0.1, 1, 1), (0.2, 2, -1)],
+    covariant=[(45.0, 0.6 + 0.4 * k) for k in range(9)],
+)
 SPECS = {
     "irregular": SPEC_IRREGULAR,
+    "steep": SPEC_STEEP,
     "default": fastfeat.FeatureSpec.default(("H", "O", "C")),
     "ani1x": fastfeat.FeatureSpec.default(("H", "O", "C"), preset="ani1x"),
 }

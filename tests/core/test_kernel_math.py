@@ -1,0 +1,47 @@
+"""The CPU kernels' own arithmetic: the polynomial exp and the cosine cutoff from r^2."""
+
+import math
+
+import numpy as np
+from numba import njit
+
+from fastfeat._kernels.features_cpu import _cutoff_r2, _fexp
+
+
+@njit(cache=False)
+def _fexp_all(x):
+    out = np.empty_like(x)
+    for k in range(x.shape[0]):
+        out[k] = _fexp(x[k])
+    return out
+
+
+@njit(cache=False)
+def _cutoff_all(r, rc):
+    out = np.empty_like(r)
+    for k in range(r.shape[0]):
+        out[k] = _cutoff_r2(r[k] * r[k], (math.pi / rc) ** 2)
+    return out
+
+
+def test_fexp_within_two_ulp_of_exp():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([-rng.random(100_000) * 708.0, -rng.random(10_000) * 1e-3, [0.0, -1e-300, -0.5 * math.log(2),
+                        -708.0, -1.0, -2.0, -30.0]])
+    ref = np.exp(x)
+    got = _fexp_all(x)
+    ulp = np.abs(got - ref) / np.spacing(ref)
+    assert ulp.max() <= 2.0, f"x = {x[np.argmax(ulp)]!r}: {ulp.max():.1f} ulp"
+
+
+def test_fexp_clamps_below_the_normal_range():
+    # exp(-708) is the smallest argument kept; below it the kernels never need the value (a Gaussian
+    # that small is zero against any other term), and a denormal would slow the arithmetic down
+    got = _fexp_all(np.array([-709.0, -745.0, -1e6]))
+    np.testing.assert_allclose(got, np.exp(-708.0), rtol=3e-16, atol=0)
+
+
+def test_cosine_cutoff_from_r_squared():
+    rc = 5.2
+    r = np.linspace(1e-6, rc * (1 - 1e-12), 20_001)
+    np.testing.assert_allclose(_cutoff_all(r, rc), 0.5 * (np.cos(np.pi * r / rc) + 1.0), rtol=0, atol=1e-15)
