@@ -525,17 +525,15 @@ def features(
                 dy = pos_nc[j, 1] - yi + shiftvec_pc[p, 1]
                 dz = pos_nc[j, 2] - zi + shiftvec_pc[p, 2]
                 r2 = dx * dx + dy * dy + dz * dz
-                if r2 >= rc2:
-                    continue
-                if r2 < 1e-12:
-                    overlap_n[i] = j
-                    continue
+                # written unconditionally, kept by advancing m: no unpredictable branch
                 f[0, m] = dx
                 f[1, m] = dy
                 f[2, m] = dz
                 f[3, m] = r2
                 ints[0, m] = species_n[j]
-                m += 1
+                if r2 < 1e-12:
+                    overlap_n[i] = j
+                m += (r2 < rc2) & (r2 >= 1e-12)
             _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
             _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
                         (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae),
