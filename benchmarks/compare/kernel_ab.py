@@ -1,0 +1,105 @@
+"""Interleaved A/B timing of the CPU feature kernels against an earlier git revision.
+
+    python -m benchmarks.compare.kernel_ab REV [REV ...] [--atoms N] [--threads T]
+
+Each revision's ``fastfeat/_kernels/features_cpu.py`` is loaded from git (``git show``) as a
+separate module next to the working tree's, the same inputs (water box, ANI-1x-sized spec, and the
+spec without G4, and with one G2 + one V) go through every version's ``features`` (list reused,
+skin 1 Å) and ``features_cells`` (one-shot) kernels, rounds interleaved, best of 12 rounds.
+Outputs are checked to agree before timing. Kernel calls only: no binning, no Python set-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_revision(rev, folder):
+    src = subprocess.run(["git", "show", f"{rev}:fastfeat/_kernels/features_cpu.py"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    src = src.replace("from .neighbors_cpu import", "from fastfeat._kernels.neighbors_cpu import")
+    path = Path(folder) / f"features_cpu_{rev.replace('~', '_').replace('^', '_')}.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("revisions", nargs="+", help="git revisions to compare with the working tree")
+    p.add_argument("--atoms", type=int, default=3000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=12)
+    args = p.parse_args(argv)
+
+    import numba
+
+    numba.set_num_threads(args.threads)
+    import fastfeat
+    from fastfeat._features import bin_atoms
+    from fastfeat._kernels import features_cpu
+
+    from benchmarks.common import ani1x_spec, water_system
+
+    tmp = tempfile.TemporaryDirectory()
+    versions = [("working tree", features_cpu)] + [(r, _load_revision(r, tmp.name)) for r in args.revisions]
+    spec = ani1x_spec()
+    atoms = water_system(args.atoms)
+    cases = {
+        "full": spec,
+        "no G4": dataclasses.replace(spec, angular=()),
+        "1 G2 + 1 V": dataclasses.replace(spec, angular=(), radial=spec.radial[:1], covariant=spec.covariant[:1]),
+    }
+    print(f"water {len(atoms)} atoms, ANI-1x-sized spec, {args.threads} thread(s), best of {args.rounds} rounds "
+          "(us per atom, kernel call only)")
+    print(f"{'case':12s} {'kernel':8s} " + " ".join(f"{name:>14s}" for name, _ in versions))
+    for cname, s in cases.items():
+        fz = fastfeat.Featurizer(s, skin=1.0)
+        fz(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
+        pos, species, cell, pbc = fz._prepare(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
+        params = fz._cache.params
+        g, v = fz._g.copy(), fz._v.copy()
+        overlap = np.empty(len(pos), np.int64)
+        reuse = (pos, species, fz._start, fz._j, fz._shiftvec, *params.args(), g, v, overlap)
+        cl = bin_atoms(pos, cell, pbc, params.cutoff)
+        cells = (cl.poss, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
+                 cl.start, cl.order, *params.args(), g, v, overlap)
+        ref = None
+        for name, mod in versions:
+            for kernel, a in (("features", reuse), ("features_cells", cells)):
+                getattr(mod, kernel)(*a)
+                out = (g.copy(), v.copy())
+                if ref is None:
+                    ref = out
+                for x, y in zip(out, ref):
+                    if not np.allclose(x, y, rtol=1e-4, atol=1e-5 * np.abs(y).max()):
+                        raise SystemExit(f"{cname}: {name} {kernel} disagrees with the working tree")
+        best = {}
+        for _ in range(args.rounds):
+            for name, mod in versions:
+                for kind, kernel, a in (("reuse", mod.features, reuse), ("one-shot", mod.features_cells, cells)):
+                    t0 = time.perf_counter()
+                    kernel(*a)
+                    dt = time.perf_counter() - t0
+                    best[(name, kind)] = min(best.get((name, kind), np.inf), dt)
+        for kind in ("reuse", "one-shot"):
+            row = " ".join(f"{best[(name, kind)] / len(atoms) * 1e6:14.2f}" for name, _ in versions)
+            print(f"{cname:12s} {kind:8s} {row}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
