@@ -28,7 +28,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .neighbors_cpu import _bin_r2, _max_bin, _wrap_index
+from .neighbors_cpu import _wrap_index
 
 #: reassociation lets neighbour sums vectorise; no assumptions about NaN/inf
 _FASTMATH = {"reassoc", "contract"}
@@ -570,7 +570,6 @@ def features_cells(
            _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff))
     ang = (eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
            pair_ab, n_ang)
-    max_bin = _max_bin(start_b)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
@@ -583,51 +582,71 @@ def features_cells(
         acc_r = np.empty(n_radial_total)
         acc_v = np.empty((v_nfc.shape[1], 3))
         acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
-        r2_b = np.empty(max_bin)
+        # candidates of the current bin: every atom of the visited (bin, image) cells, image-shifted
+        cand = np.empty((3, cap))
+        cand_sp = np.empty(cap, np.int64)
+        cand_q = np.empty(cap, np.int64)
+        cand_img = np.empty(cap, np.bool_)
+        cand_r2 = np.empty(cap)
+        nc = 0
+        cur = (-1, -1, -1)
         for k in range(i0, i1):
             i = order_n[k]
             acc_r[:] = 0.0
             acc_v[:] = 0.0
             acc_a[:] = 0.0
             overlap_n[i] = -1
+            here = (bin3s_nc[k, 0], bin3s_nc[k, 1], bin3s_nc[k, 2])
+            if here != cur:  # atoms in bin order: one gather serves every atom of the bin
+                cur = here
+                nc = 0
+                for d0 in range(-search_c[0], search_c[0] + 1):
+                    b0, t0, ok0 = _wrap_index(here[0] + d0, nbins_c[0], periodic_c[0])
+                    if not ok0:
+                        continue
+                    for d1 in range(-search_c[1], search_c[1] + 1):
+                        b1, t1, ok1 = _wrap_index(here[1] + d1, nbins_c[1], periodic_c[1])
+                        if not ok1:
+                            continue
+                        for d2 in range(-search_c[2], search_c[2] + 1):
+                            b2, t2, ok2 = _wrap_index(here[2] + d2, nbins_c[2], periodic_c[2])
+                            if not ok2:
+                                continue
+                            sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
+                            sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
+                            sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
+                            shifted = t0 != 0 or t1 != 0 or t2 != 0
+                            bb = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
+                            for q in range(start_b[bb], start_b[bb + 1]):
+                                cand[0, nc] = poss_nc[q, 0] + sx
+                                cand[1, nc] = poss_nc[q, 1] + sy
+                                cand[2, nc] = poss_nc[q, 2] + sz
+                                cand_sp[nc] = species_s[q]
+                                cand_q[nc] = q
+                                cand_img[nc] = shifted
+                                nc += 1
             m = 0
             xi = poss_nc[k, 0]
             yi = poss_nc[k, 1]
             zi = poss_nc[k, 2]
-            for d0 in range(-search_c[0], search_c[0] + 1):
-                b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
-                if not ok0:
-                    continue
-                for d1 in range(-search_c[1], search_c[1] + 1):
-                    b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
-                    if not ok1:
+            for t in range(nc):  # distances to every candidate first (vectorises), then the hits
+                dx = cand[0, t] - xi
+                dy = cand[1, t] - yi
+                dz = cand[2, t] - zi
+                cand_r2[t] = dx * dx + dy * dy + dz * dz
+            for t in range(nc):
+                r2 = cand_r2[t]
+                if r2 < rc2:
+                    if r2 < 1e-12:
+                        if cand_q[t] != k or cand_img[t]:
+                            overlap_n[i] = order_n[cand_q[t]]
                         continue
-                    for d2 in range(-search_c[2], search_c[2] + 1):
-                        b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
-                        if not ok2:
-                            continue
-                        sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
-                        sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
-                        sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
-                        same_image = t0 == 0 and t1 == 0 and t2 == 0
-                        b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
-                        q0 = start_b[b]
-                        q1 = start_b[b + 1]
-                        # distances of the whole bin first (a vectorisable loop), then the hits
-                        _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b)
-                        for q in range(q0, q1):
-                            r2 = r2_b[q - q0]
-                            if r2 >= rc2 or (same_image and q == k):
-                                continue
-                            if r2 < 1e-12:
-                                overlap_n[i] = order_n[q]
-                                continue
-                            f[0, m] = poss_nc[q, 0] + sx - xi
-                            f[1, m] = poss_nc[q, 1] + sy - yi
-                            f[2, m] = poss_nc[q, 2] + sz - zi
-                            f[3, m] = r2
-                            ints[0, m] = species_s[q]
-                            m += 1
+                    f[0, m] = cand[0, t] - xi
+                    f[1, m] = cand[1, t] - yi
+                    f[2, m] = cand[2, t] - zi
+                    f[3, m] = r2
+                    ints[0, m] = cand_sp[t]
+                    m += 1
             _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
             _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
                         (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae),
