@@ -541,7 +541,7 @@ def features(
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def features_cells(
     poss_nc, species_s, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n,
     cutoff, acut,
