@@ -28,7 +28,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .neighbors_cpu import _wrap_index
+from .neighbors_cpu import _count_starts, _wrap_index
 
 #: reassociation lets neighbour sums vectorise; no assumptions about NaN/inf
 _FASTMATH = {"reassoc", "contract"}
@@ -70,6 +70,28 @@ def _float_as_bits(typingctx, x):
     return types.int64(types.float64), codegen
 
 
+@njit(inline="always")
+def _poly13(c, x):
+    """c[0] + c[1] x + ... + c[13] x^13 by Estrin's scheme (short dependency chains instead of one
+    13-step Horner chain); shared by _fexp and _cutoff_r2."""
+    x2 = x * x
+    x4 = x2 * x2
+    x8 = x4 * x4
+    p01 = c[0] + c[1] * x
+    p23 = c[2] + c[3] * x
+    p45 = c[4] + c[5] * x
+    p67 = c[6] + c[7] * x
+    p89 = c[8] + c[9] * x
+    pab = c[10] + c[11] * x
+    pcd = c[12] + c[13] * x
+    p03 = p01 + p23 * x2
+    p47 = p45 + p67 * x2
+    p8b = p89 + pab * x2
+    p07 = p03 + p47 * x4
+    p8d = p8b + pcd * x4
+    return p07 + p8d * x8
+
+
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.6931471803691238  # ln 2 split in two (Cody-Waite): exact k * _LN2_HI for |k| < 2^20
 _LN2_LO = 1.9082149292705877e-10
@@ -86,25 +108,8 @@ def _fexp(x):
     t = x * _LOG2E + _ROUND
     k = t - _ROUND  # nearest integer to x / ln 2
     r = x - k * _LN2_HI - k * _LN2_LO
-    c = _EXP
-    r2 = r * r
-    r4 = r2 * r2
-    r8 = r4 * r4
-    p01 = c[0] + c[1] * r
-    p23 = c[2] + c[3] * r
-    p45 = c[4] + c[5] * r
-    p67 = c[6] + c[7] * r
-    p89 = c[8] + c[9] * r
-    pab = c[10] + c[11] * r
-    pcd = c[12] + c[13] * r
-    p03 = p01 + p23 * r2
-    p47 = p45 + p67 * r2
-    p8b = p89 + pab * r2
-    p07 = p03 + p47 * r4
-    p8d = p8b + pcd * r4
-    p = p07 + p8d * r8
     # 2^k from its exponent bits
-    return p * _bits_as_float((_float_as_bits(t) - _ROUND_BITS + 1023) << 52)
+    return _poly13(_EXP, r) * _bits_as_float((_float_as_bits(t) - _ROUND_BITS + 1023) << 52)
 
 
 #: a ladder runs from its first grid point while exponents stay below this (no under/overflow)
@@ -201,26 +206,7 @@ _COS_SQRT = tuple((-1.0) ** n / math.factorial(2 * n) for n in range(14))
 @njit(inline="always")
 def _cutoff_r2(r2, w2):
     """0.5 (cos(pi r / rc) + 1) from r^2 (r < rc), with w2 = (pi / rc)^2."""
-    # Estrin's scheme: short dependency chains instead of one 13-step Horner chain
-    c = _COS_SQRT
-    y = w2 * r2
-    y2 = y * y
-    y4 = y2 * y2
-    y8 = y4 * y4
-    p01 = c[0] + c[1] * y
-    p23 = c[2] + c[3] * y
-    p45 = c[4] + c[5] * y
-    p67 = c[6] + c[7] * y
-    p89 = c[8] + c[9] * y
-    pab = c[10] + c[11] * y
-    pcd = c[12] + c[13] * y
-    p03 = p01 + p23 * y2
-    p47 = p45 + p67 * y2
-    p8b = p89 + pab * y2
-    p07 = p03 + p47 * y4
-    p8d = p8b + pcd * y4
-    p = p07 + p8d * y8
-    return 0.5 * (p + 1.0)
+    return 0.5 * (_poly13(_COS_SQRT, w2 * r2) + 1.0)
 
 
 #: neighbour pairs (triplets i, j, k) per block of the vectorised G4 passes
@@ -371,12 +357,8 @@ def _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_rad
 @njit(inline="always")
 def _sort_by_species(m, tx, ty, tz, tr2, tsp, n_sp, seg, cur, nx, ny, nz, nr2, nsp):
     """Counting sort of the m gathered neighbours by species (stable): species a is seg[a]:seg[a + 1]."""
-    for a in range(n_sp + 1):
-        seg[a] = 0
-    for k in range(m):
-        seg[tsp[k] + 1] += 1
+    _count_starts(tsp, m, n_sp, seg)
     for a in range(n_sp):
-        seg[a + 1] += seg[a]
         cur[a] = seg[a]
     for k in range(m):
         a = tsp[k]

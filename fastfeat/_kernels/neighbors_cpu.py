@@ -47,16 +47,22 @@ def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, nbins
             )
 
 
+@njit(inline="always")
+def _count_starts(key, m, n_keys, start):
+    """start[k] = number of key[:m] entries below k (k = 0..n_keys): the segments of a counting sort."""
+    for b in range(n_keys + 1):
+        start[b] = 0
+    for i in range(m):
+        start[key[i] + 1] += 1
+    for b in range(n_keys):
+        start[b + 1] += start[b]
+
+
 @njit(cache=True)
 def cell_starts(bin_n, n_cells, start_b, order_n):
     """Counting sort of atoms by bin: atoms of bin b are order_n[start_b[b]:start_b[b+1]]."""
     n = bin_n.shape[0]
-    for b in range(n_cells + 1):
-        start_b[b] = 0
-    for i in range(n):
-        start_b[bin_n[i] + 1] += 1
-    for b in range(n_cells):
-        start_b[b + 1] += start_b[b]
+    _count_starts(bin_n, n, n_cells, start_b)
     fill = start_b[:-1].copy()
     for i in range(n):
         b = bin_n[i]
