@@ -439,8 +439,8 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
 
 
 @njit(inline="always")
-def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v):
-    """Per-chunk work arrays for up to `cap` neighbours per atom."""
+def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov_total, n_acc_a):
+    """Per-chunk work arrays for up to `cap` neighbours per atom, and the per-atom accumulators."""
     f = np.empty((16, cap))  # gathered, sorted and derived per-neighbour columns
     ints = np.empty((2, cap), np.int64)
     seg = np.empty((3, n_sp + 1), np.int64)
@@ -452,7 +452,10 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v):
     pu = np.empty((n_u, _PAIR_BLOCK))
     sqb = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1), _PAIR_BLOCK))
     tv = np.empty((n_v, _PAIR_BLOCK))
-    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv)
+    acc_r = np.empty(n_radial_total)
+    acc_v = np.empty((n_cov_total, 3))
+    acc_a = np.empty(n_acc_a)
+    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv), acc_r, acc_v, acc_a
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -488,10 +491,9 @@ def features(
         cap = 1
         for i in range(i0, i1):
             cap = max(cap, start_n[i + 1] - start_n[i])
-        f, ints, seg, ae, pair_work = _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v)
-        acc_r = np.empty(n_radial_total)
-        acc_v = np.empty((v_nfc.shape[1], 3))
-        acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
+        f, ints, seg, ae, pair_work, acc_r, acc_v, acc_a = _scratch(
+            cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
+            n_pairs * (n_uv if use_grid else n_ang))
         for i in range(i0, i1):
             acc_r[:] = 0.0
             acc_v[:] = 0.0
@@ -560,10 +562,9 @@ def features_cells(
         cap = 1
         for k in range(i0, i1):
             cap = max(cap, _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b))
-        f, ints, seg, ae, pair_work = _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v)
-        acc_r = np.empty(n_radial_total)
-        acc_v = np.empty((v_nfc.shape[1], 3))
-        acc_a = np.empty(n_pairs * (n_uv if use_grid else n_ang))
+        f, ints, seg, ae, pair_work, acc_r, acc_v, acc_a = _scratch(
+            cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
+            n_pairs * (n_uv if use_grid else n_ang))
         # candidates of the current bin: every atom of the visited (bin, image) cells, image-shifted
         cand = np.empty((3, cap))
         cand_sp = np.empty(cap, np.int64)
