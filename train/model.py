@@ -56,6 +56,8 @@ EPS_REL = 1e-1
 EPS_ABS = 1e-6
 #: soft clip of standardised inputs, z -> c·tanh(z/c) (see StaggeredNetwork)
 INPUT_CLIP = 5.0
+#: Relative floor of RMS|V_k| in the basis head's output scale (see ``set_statistics``).
+BASIS_V_FLOOR = 0.1
 
 
 def _activation(name: str) -> nn.Module:
@@ -242,7 +244,9 @@ class StaggeredNetwork(nn.Module):
         -----
         The projection head's output scale of element ``e``, output ``k`` is
         the RMS of ``F_i · V_ik`` over that element's atoms; the basis head's
-        is ``RMS|F| / (sqrt(K) · RMS|V_k|)``. Elements absent from the data
+        is ``RMS|F| / (sqrt(K) · max(RMS|V_k|, BASIS_V_FLOOR · max_l RMS|V_l|))``
+        (the floor keeps columns that the data hardly populates from getting a
+        scale that would blow up on an unseen neighbour distance). Elements absent from the data
         keep mean 0, std 1, scale 1.
         """
         v = np.asarray(v_nkc, dtype=np.float64)
@@ -271,7 +275,11 @@ class StaggeredNetwork(nn.Module):
             else:
                 f_rms = np.sqrt((te**2).sum(axis=1).mean())
                 v_rms = np.sqrt((ve**2).sum(axis=2).mean(axis=0))
-                sc = f_rms / (np.sqrt(n_k) * np.maximum(v_rms, 1e-12))
+                # covariant columns (almost) empty in the data (a distance shell no pair of this
+                # element reaches) must not get a huge scale: one such neighbour at inference
+                # would otherwise multiply an untrained coefficient by it
+                v_floor = max(float(v_rms.max()), 1e-12) * BASIS_V_FLOOR
+                sc = f_rms / (np.sqrt(n_k) * np.maximum(v_rms, v_floor))
             top = max(float(sc.max()), 1e-12)
             scale[e] = np.maximum(sc, 1e-3 * top)
         dt = self.feature_mean.dtype

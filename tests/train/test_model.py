@@ -118,6 +118,29 @@ def test_statistics_standardise_per_element():
     np.testing.assert_allclose(model.output_scale[0].numpy(), np.sqrt((proj**2).mean(axis=0)), rtol=1e-5)
 
 
+def test_basis_scale_of_an_empty_covariant_column_stays_bounded():
+    # a covariant column that the training data (almost) never populates -- a distance shell no
+    # pair reaches -- must not get an output scale ~ 1/RMS|V_k|: one neighbour in that shell at
+    # inference would multiply an untrained coefficient by it (seen: forces of 1e5 eV/Å)
+    from fastfeat.train.model import BASIS_V_FLOOR
+
+    spec = small_spec()
+    model = StaggeredNetwork(spec, hidden=(8,), head="basis").double()
+    fs = random_features(spec, 40, np.random.default_rng(9))
+    fs.covariant[:, 0, :] *= 1e-9
+    model.set_statistics(fs.invariant, fs.covariant, fs.species, fs.target)
+    for e in range(2):
+        m = fs.species == e
+        f_rms = np.sqrt((fs.target[m] ** 2).sum(axis=1).mean())
+        v_rms = np.sqrt((fs.covariant[m] ** 2).sum(axis=2).mean(axis=0))
+        scale = model.output_scale[e].numpy()
+        cap = f_rms / (np.sqrt(spec.n_covariant) * BASIS_V_FLOOR * v_rms.max())
+        assert scale[0] <= cap * (1 + 1e-6), (e, scale[0], cap)
+        np.testing.assert_allclose(scale[1:], np.where(v_rms[1:] >= BASIS_V_FLOOR * v_rms.max(),
+                                                       f_rms / (np.sqrt(spec.n_covariant) * v_rms[1:]), cap),
+                                   rtol=1e-6)
+
+
 def test_constructor_rejects_bad_arguments():
     spec = small_spec()
     with pytest.raises(ValueError, match="`head`"):
