@@ -24,6 +24,8 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 
+from fastfeat._spec import SPEC_PRESETS
+
 from .model import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS, INPUT_CLIP
 
 __all__ = ["TrainConfig", "load_config", "SCHEDULES", "DTYPES"]
@@ -80,7 +82,7 @@ class TrainConfig:
         Gradient-norm clip (0 = off).
     cache_dir : str
         Where feature caches go ("" = $FASTFEAT_CACHE or ~/.cache/fastfeat).
-    spec_preset : str
+    spec_preset : {"default", "dense", "ani1x"}
         FeatureSpec.default preset used when no [spec] is given.
     spec : dict
         FeatureSpec fields (optional ``species``).
@@ -146,6 +148,7 @@ class TrainConfig:
             if not isinstance(v, str):
                 raise TypeError(f"config `{key}` must be a string, got {type(v).__name__} {v!r}")
         need(self.head in HEADS, "head", f"one of {list(HEADS)}")
+        need(self.spec_preset in SPEC_PRESETS, "spec_preset", f"one of {list(SPEC_PRESETS)}")
         need(self.activation in ACTIVATIONS, "activation", f"one of {list(ACTIVATIONS)}")
         need(self.schedule in SCHEDULES, "schedule", f"one of {list(SCHEDULES)}")
         need(self.dtype in DTYPES, "dtype", f"one of {list(DTYPES)}")

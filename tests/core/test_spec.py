@@ -15,6 +15,13 @@ def test_sizes_and_labels():
     assert spec.invariant_labels[-1].startswith("G4[O,O;")
     d = FeatureSpec.default(("H", "O"))
     assert d.n_invariant == 2 * 12 + 3 * 16 and d.n_covariant == 16
+    dense = FeatureSpec.default(("H", "O"), preset="dense")
+    assert dense.radial == d.radial and dense.angular == d.angular and dense.n_covariant == 32
+    rs = np.array([c[1] for c in dense.covariant])
+    np.testing.assert_allclose(rs, np.linspace(0.8, 4.6, 16))
+    np.testing.assert_allclose([c[0] for c in dense.covariant], 1.0 / (2.0 * (rs[1] - rs[0]) ** 2))
+    with pytest.raises(ValueError, match="`preset` must be one of"):
+        FeatureSpec.default(("H",), preset="fine")
 
 
 def test_json_round_trip():

@@ -300,3 +300,20 @@ def test_relabel_gives_fresh_single_points_and_resumes(tmp_path):
     assert part.stat().st_mtime_ns == stamp  # resumed: nothing appended
     with pytest.raises(ValueError, match="`source` must be an existing file"):
         relabel.relabel(tmp_path / "missing.extxyz", out)
+
+
+@pytest.mark.parametrize("k, sizes", [(2, (1, 0, 1)), (3, (1, 1, 1)), (10, (7, 1, 2)), (36, (24, 3, 9)),
+                                      (64, (43, 5, 16))])
+def test_split_sizes_follow_the_documented_rule(k, sizes):
+    from ase import Atoms
+
+    frames = []
+    for t in range(k):
+        a = Atoms("H")
+        a.info["trajectory"] = 100 + 3 * t
+        frames.append(a)
+    split = datasets.split_trajectories(frames)
+    assert tuple(len(split[s]) for s in ("train", "val", "test")) == sizes
+    # the newest trajectories are the test set, the ones before them validation
+    assert split["test"] == [100 + 3 * t for t in range(k - sizes[2], k)]
+    assert split["val"] == [100 + 3 * t for t in range(sizes[0], sizes[0] + sizes[1])]

@@ -5,8 +5,8 @@ XYZ). Every frame carries energy (eV), forces (eV/Å), momenta and ``atoms.info`
 (``system``, ``method``, ``temperature`` K, ``seed``, ``step`` fs, ``trajectory``).
 
 Splits are made of whole trajectories, so the test set holds trajectories never seen in training:
-with K trajectories (sorted ids), the last ``max(1, K // 4)`` are ``"test"``, the one before them
-is ``"val"`` and the rest are ``"train"`` (see :func:`split_trajectories`).
+with K trajectories (sorted ids), the last ``max(1, K // 4)`` are ``"test"``, the ``max(1, K // 12)``
+before them are ``"val"`` and the rest are ``"train"`` (see :func:`split_trajectories`).
 """
 
 from __future__ import annotations
@@ -163,8 +163,10 @@ def _cached(path: str) -> tuple:
 def split_trajectories(frames) -> dict:
     """Assign whole trajectories (``atoms.info["trajectory"]``) to train/val/test.
 
-    With K distinct trajectory ids in sorted order, the last ``max(1, K // 4)`` are test, the one
-    before them is val (when K >= 3; else none), the others train.
+    With K distinct trajectory ids in sorted order, the last ``max(1, K // 4)`` are test, the
+    ``max(1, K // 12)`` before them are val (when K >= 3; else none), the others train. Model
+    selection needs several independent structures once there are many: with one short
+    trajectory the best validation epoch is mostly noise.
 
     Returns
     -------
@@ -180,7 +182,7 @@ def split_trajectories(frames) -> dict:
     if len(ids) < 2:
         raise ValueError(f"a split needs at least 2 trajectories, got {len(ids)}")
     n_test = max(1, len(ids) // 4)
-    n_val = 1 if len(ids) >= 3 else 0
+    n_val = max(1, len(ids) // 12) if len(ids) >= 3 else 0
     return {"train": ids[: len(ids) - n_test - n_val], "val": ids[len(ids) - n_test - n_val: len(ids) - n_test],
             "test": ids[len(ids) - n_test:]}
 
