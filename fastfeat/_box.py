@@ -66,12 +66,13 @@ def binning_box(cell, pbc):
     return box
 
 
-def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None):
+def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, divisions=1):
     """Bin counts and search ranges for a cell list.
 
     Either `positions` (host array) or the per-axis fractional bounds
     `smin`/`smax` (from a device reduction) give the extent of the
-    non-periodic axes. The number of bins is capped at O(n_atoms), so a huge,
+    non-periodic axes. Bins are at least ``cutoff / divisions`` wide, so the
+    search reaches ``divisions`` bins (or more) to each side. The number of bins is capped at O(n_atoms), so a huge,
     sparse box allocates little.
     """
     box = binning_box(cell, pbc)
@@ -96,7 +97,7 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None):
         else:
             extent[a] = max(smax[a] - smin[a], 0.0)
             height[a] = extent[a]
-    width = cutoff * (1.0 + _SLACK)
+    width = cutoff * (1.0 + _SLACK) / divisions
     nbins = np.array([max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height], dtype=np.int64)
     limit = max(8 * int(n_atoms), 27)
     while int(np.prod(nbins)) > limit:
@@ -108,7 +109,9 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None):
             w = height[a] / nbins[a]
             search[a] = int(math.ceil(cutoff * (1.0 + _SLACK) / w))
         else:
-            search[a] = min(1, nbins[a] - 1)
+            w = height[a] / nbins[a]
+            reach = int(math.ceil(cutoff * (1.0 + _SLACK) / w)) if w > 0 else 0
+            search[a] = min(reach, nbins[a] - 1)
     n_visit = int(np.prod(2 * search + 1))
     if n_visit > MAX_SEARCH_CELLS:
         raise ValueError(

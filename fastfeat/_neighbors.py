@@ -61,13 +61,22 @@ class CellList(NamedTuple):
     wraps: np.ndarray  # (N, 3) int64 cell shifts removed by wrapping, bin order
 
 
-def bin_atoms(positions, cell, pbc, cutoff):
-    """Wrap and bin validated positions (N >= 1) for the CPU cell-list kernels."""
+#: Bins per cutoff length of the CPU neighbour list: bins of cutoff/2 visit (5/2)³/3³ ≈ 0.58 of the
+#: candidate volume of cutoff-wide bins, and the kernels read each row of bins as one contiguous run
+#: of atoms, so the extra bins cost little (3000-atom water, 5.2 Å: 8.7 ms vs 9.8 ms per build).
+NL_BIN_DIVISIONS = 2
+
+
+def bin_atoms(positions, cell, pbc, cutoff, divisions=1):
+    """Wrap and bin validated positions (N >= 1) for the CPU cell-list kernels.
+
+    Bins are at least ``cutoff / divisions`` wide (see :func:`fastfeat._box.bin_grid`).
+    """
     from ._kernels import neighbors_cpu as k
 
     n = positions.shape[0]
     pos64 = positions.astype(np.float64, copy=False)
-    grid = bin_grid(cell, pbc, cutoff, n, positions=pos64)
+    grid = bin_grid(cell, pbc, cutoff, n, positions=pos64, divisions=divisions)
     posw = np.empty((n, 3), np.float64)
     wrap = np.empty((n, 3), np.int64)
     bin3 = np.empty((n, 3), np.int64)
@@ -91,7 +100,7 @@ def build_cpu(positions, cell, pbc, cutoff):
             np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3), np.int32),
             np.zeros((0, 3), dtype), np.zeros(0, dtype),
         )
-    cl = bin_atoms(positions, cell, pbc, cutoff)
+    cl = bin_atoms(positions, cell, pbc, cutoff, NL_BIN_DIVISIONS)
     grid, start, order, poss, bin3s, wraps = cl.grid, cl.start, cl.order, cl.poss, cl.bin3s, cl.wraps
     count = np.empty(n, np.int64)
     k.count_pairs(poss, cell, grid.periodic, grid.nbins, grid.search, bin3s, start, order, cutoff, count)

@@ -100,20 +100,36 @@ def _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b):
         r2_b[q - q0] = ex * ex + ey * ey + ez * ez
 
 
+@njit(inline="always")
+def _z_range(bz, search, n, periodic):
+    """Bins bz - search .. bz + search along the innermost axis as (first, last, first image, last
+    image): image t covers the unwrapped bins max(first, t n) .. min(last, t n + n - 1), which are
+    the consecutive bins (u - t n) and so, in bin order, one contiguous run of atoms per image."""
+    lo = bz - search
+    hi = bz + search
+    if periodic:
+        return lo, hi, lo // n, hi // n
+    return max(lo, 0), min(hi, n - 1), 0, 0
+
+
 @njit(parallel=True, cache=True)
 def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, cutoff, count_n):
     """Number of neighbours (all images) of every atom within `cutoff`.
 
     `poss_nc` and `bin3s_nc` are wrapped positions and bins in bin order
     (row k is atom order_n[k]): centres and neighbours are visited in space
-    order, so neighbour positions are read from contiguous memory.
+    order, so neighbour positions are read from contiguous memory. Along the
+    innermost bin axis the bins of one image are consecutive, so each (row of
+    bins, image) is one contiguous run of atoms.
     """
     n = poss_nc.shape[0]
     rc2 = cutoff * cutoff
+    nz = nbins_c[2]
     for k in prange(n):
         i = order_n[k]
         cnt = 0
         xi, yi, zi = poss_nc[k, 0], poss_nc[k, 1], poss_nc[k, 2]
+        zlo, zhi, tz0, tz1 = _z_range(bin3s_nc[k, 2], search_c[2], nz, periodic_c[2])
         for d0 in range(-search_c[0], search_c[0] + 1):
             b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
             if not ok0:
@@ -122,16 +138,13 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
                 b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
                 if not ok1:
                     continue
-                for d2 in range(-search_c[2], search_c[2] + 1):
-                    b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
-                    if not ok2:
-                        continue
+                row = (b0 * nbins_c[1] + b1) * nz
+                for t2 in range(tz0, tz1 + 1):
                     sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
                     sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
                     sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
-                    b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
-                    q0 = start_b[b]
-                    q1 = start_b[b + 1]
+                    q0 = start_b[row + max(zlo, t2 * nz) - t2 * nz]
+                    q1 = start_b[row + min(zhi, t2 * nz + nz - 1) - t2 * nz + 1]
                     # branch-free (vectorisable) count, the same arithmetic as fill_pairs (so both
                     # agree on every borderline pair); the centre itself is taken off below
                     for q in range(q0, q1):
@@ -156,14 +169,16 @@ def fill_pairs(
     """
     n = poss_nc.shape[0]
     rc2 = cutoff * cutoff
-    max_bin = _max_bin(start_b)
+    nz = nbins_c[2]
+    max_run = _max_bin(start_b) * min(2 * search_c[2] + 1, nz)
     n_chunks = (n + _FILL_CHUNK - 1) // _FILL_CHUNK
     for c in prange(n_chunks):
-        r2_b = np.empty(max_bin)
+        r2_b = np.empty(max_run)
         for k in range(c * _FILL_CHUNK, min(n, (c + 1) * _FILL_CHUNK)):
             i = order_n[k]
             p = offset_n[i]
             xi, yi, zi = poss_nc[k, 0], poss_nc[k, 1], poss_nc[k, 2]
+            zlo, zhi, tz0, tz1 = _z_range(bin3s_nc[k, 2], search_c[2], nz, periodic_c[2])
             for d0 in range(-search_c[0], search_c[0] + 1):
                 b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
                 if not ok0:
@@ -172,18 +187,15 @@ def fill_pairs(
                     b1, t1, ok1 = _wrap_index(bin3s_nc[k, 1] + d1, nbins_c[1], periodic_c[1])
                     if not ok1:
                         continue
-                    for d2 in range(-search_c[2], search_c[2] + 1):
-                        b2, t2, ok2 = _wrap_index(bin3s_nc[k, 2] + d2, nbins_c[2], periodic_c[2])
-                        if not ok2:
-                            continue
+                    row = (b0 * nbins_c[1] + b1) * nz
+                    for t2 in range(tz0, tz1 + 1):
                         sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
                         sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
                         sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
                         same_image = t0 == 0 and t1 == 0 and t2 == 0
-                        b = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
-                        q0 = start_b[b]
-                        q1 = start_b[b + 1]
-                        # squared distances of the whole bin first, then the writes for the pairs inside
+                        q0 = start_b[row + max(zlo, t2 * nz) - t2 * nz]
+                        q1 = start_b[row + min(zhi, t2 * nz + nz - 1) - t2 * nz + 1]
+                        # squared distances of the whole run first, then the writes for the pairs inside
                         _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b)
                         u0 = t0 + wraps_nc[k, 0]
                         u1 = t1 + wraps_nc[k, 1]
