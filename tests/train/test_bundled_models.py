@@ -42,9 +42,14 @@ def test_bundled_model_contract_and_recorded_accuracy(name):
     assert test["n_atoms"] > 1000 and np.isfinite(test["rel_rmse"]) and test["cosine"] > 0.7
 
 
-@pytest.mark.xfail(strict=False, reason="the bundled models miss the issue-4 accuracy targets on the trajectory "
-                                        "test splits (README, \"Bundled models\"; benchmarks/results/models.json)")
-@pytest.mark.parametrize("name", sorted(TARGETS))
+#: bundled models whose recorded test error meets the issue target; the others are strict xfails, so
+#: a retrained model that starts meeting its target makes this list out of date (a failure)
+MEETS_TARGET = {"peo"}
+_SHORT = pytest.mark.xfail(strict=True, reason="misses the issue-4 accuracy target on the trajectory test split "
+                                               "(README, \"Bundled models\"; benchmarks/results/models.json)")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in MEETS_TARGET else _SHORT) for n in sorted(TARGETS)])
 def test_bundled_model_meets_issue_target(name):
     _, m = _model(name)
     test = json.loads(m.metadata["fastfeat.validation"])["test"]
