@@ -224,3 +224,15 @@ def test_evaluate_errors(trained, workdir, capsys):
     assert cli(["evaluate", str(trained), str(workdir / "noforces2.extxyz"), "--target", "forces"]) == 2
     err = capsys.readouterr().err
     assert "frame 0" in err and "forces" in err and "noforces2.extxyz" in err
+
+
+def test_example_config_is_the_bundled_models_config():
+    import os
+
+    from fastfeat.train.bundle_models import bundled_config
+    from fastfeat.train.config import load_config
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "bundled.toml")
+    if not os.path.exists(path):
+        pytest.skip("examples/ is not part of an installed package")
+    assert load_config(path, threads=1) == bundled_config("basis")
