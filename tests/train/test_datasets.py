@@ -317,3 +317,20 @@ def test_split_sizes_follow_the_documented_rule(k, sizes):
     # the newest trajectories are the test set, the ones before them validation
     assert split["test"] == [100 + 3 * t for t in range(k - sizes[2], k)]
     assert split["val"] == [100 + 3 * t for t in range(sizes[0], sizes[0] + sizes[1])]
+
+
+@pytest.mark.parametrize("limit, stored", [(0.5, 2), (3.0, 0)])
+def test_generator_ends_a_trajectory_below_the_minimum_distance(tmp_path, monkeypatch, limit, stored):
+    """A frame closer than MIN_PAIR_DISTANCE (li4p2o7 once formed an O-O bond of 1.24 Å) is not
+    stored: the trajectory ends there. A cheap EMT copper crystal stands in for tblite."""
+    gen = pytest.importorskip("fastfeat.train.datasets.generate")
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    monkeypatch.setattr(gen.builders, "build", lambda system, rng: bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2))
+    monkeypatch.setattr(gen, "_calculator", EMT)
+    monkeypatch.setitem(gen.builders.MIN_PAIR_DISTANCE, "peo", limit)  # Cu-Cu is 2.55 Å
+    (plan,) = gen.plan_trajectories("peo", 2, [300.0], 1, 2, tmp_path / "parts", relax_steps=2)
+    (tmp_path / "parts").mkdir()
+    assert gen.run_trajectory(plan) == stored
+    assert len(datasets.read(plan.path)) == stored if plan.path.exists() else stored == 0

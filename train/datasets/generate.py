@@ -196,6 +196,14 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
                 forces_nc = atoms.get_forces()
                 if not (np.isfinite(energy) and np.all(np.isfinite(forces_nc))):
                     raise RuntimeError("non-finite energy or forces")
+                closest = builders.min_pair_distance(atoms)
+                if closest < builders.MIN_PAIR_DISTANCE.get(plan.system, 0.0):
+                    # new chemistry (li4p2o7: an O-O bond, 1.24 Å) or a collapse: the frame would
+                    # break the data set's documented minimum distance, so the trajectory ends here
+                    log.warning("%s t%02d step %d: closest pair %.3f Å < %.2f Å (MIN_PAIR_DISTANCE); "
+                                "trajectory ended with %d frames", plan.system, plan.index, step, closest,
+                                builders.MIN_PAIR_DISTANCE[plan.system], n_stored)
+                    return n_stored
                 _append(plan.path, _frame(atoms, energy, forces_nc, plan, step))
                 n_stored += 1
                 failures = 0
