@@ -72,8 +72,8 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     Either `positions` (host array) or the per-axis fractional bounds
     `smin`/`smax` (from a device reduction) give the extent of the
     non-periodic axes. Bins are at least ``cutoff / divisions`` wide, so the
-    search reaches ``divisions`` bins (or more) to each side. The number of bins is capped at O(n_atoms), so a huge,
-    sparse box allocates little.
+    search reaches ``divisions`` bins (or more) to each side. The number of
+    bins is capped at O(n_atoms), so a huge, sparse box allocates little.
     """
     box = binning_box(cell, pbc)
     inv_box = np.linalg.inv(box)
@@ -105,13 +105,10 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
         nbins[a] = max(1, nbins[a] // 2)
     search = np.empty(3, dtype=np.int64)
     for a in range(3):
-        if pbc[a]:
-            w = height[a] / nbins[a]
-            search[a] = int(math.ceil(cutoff * (1.0 + _SLACK) / w))
-        else:
-            w = height[a] / nbins[a]
-            reach = int(math.ceil(cutoff * (1.0 + _SLACK) / w)) if w > 0 else 0
-            search[a] = min(reach, nbins[a] - 1)
+        w = height[a] / nbins[a]  # > 0 on periodic axes (non-singular cell)
+        reach = int(math.ceil(cutoff * (1.0 + _SLACK) / w)) if w > 0 else 0
+        # a periodic axis visits every image in reach; a bounded one has no bins beyond its last
+        search[a] = reach if pbc[a] else min(reach, nbins[a] - 1)
     n_visit = int(np.prod(2 * search + 1))
     if n_visit > MAX_SEARCH_CELLS:
         raise ValueError(

@@ -200,25 +200,24 @@ def _structure_arrays(atoms=None, positions=None, numbers=None, cell=None, pbc=N
 class _SpecCache:
     """Kernel parameters and species lookup of a spec (read-only arrays, shared between calls)."""
 
-    def __new__(cls, spec):
-        if not isinstance(spec, FeatureSpec):
-            raise TypeError(f"`spec` must be a fastfeat.FeatureSpec, got {type(spec).__name__}")
-        return _spec_cache(spec)
-
-    @classmethod
-    def _make(cls, spec):
-        self = object.__new__(cls)
+    def __init__(self, spec):
         self.spec = spec
         self.params = kernel_params(spec)
         self.table = species_lookup(spec.numbers)
-        return self
+
+
+def spec_cache(spec) -> _SpecCache:
+    """The (cached) kernel parameters of ``spec``; a TypeError for anything but a FeatureSpec."""
+    if not isinstance(spec, FeatureSpec):
+        raise TypeError(f"`spec` must be a fastfeat.FeatureSpec, got {type(spec).__name__}")
+    return _cached_spec(spec)
 
 
 @functools.lru_cache(maxsize=32)
-def _spec_cache(spec):
+def _cached_spec(spec):
     # FeatureSpec is frozen and hashable: one set of kernel parameters per spec (building them took
     # ~0.5 ms, a third of a warm featurize call on 100 atoms)
-    return _SpecCache._make(spec)
+    return _SpecCache(spec)
 
 
 def _prepare(spec_cache, positions, numbers, cell, pbc, dtype):
@@ -260,7 +259,7 @@ def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, position
     """
     if spec is None:
         raise TypeError("featurize needs a `spec` (fastfeat.FeatureSpec)")
-    cache = _SpecCache(spec)
+    cache = spec_cache(spec)
     dev = check_device(device)
     dtype = check_dtype(dtype)
     if isinstance(atoms, (list, tuple)):
@@ -342,7 +341,7 @@ class Featurizer:
     """
 
     def __init__(self, spec, device="cpu", dtype=np.float32, skin=1.0):
-        self._cache = _SpecCache(spec)
+        self._cache = spec_cache(spec)
         self.spec = spec
         self.device = check_device(device)
         self.dtype = check_dtype(dtype)

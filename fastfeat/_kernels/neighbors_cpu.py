@@ -112,6 +112,12 @@ def _z_range(bz, search, n, periodic):
     return max(lo, 0), min(hi, n - 1), 0, 0
 
 
+@njit(inline="always")
+def _z_run(start_b, row, zlo, zhi, t, n):
+    """Atom rows q0:q1 of image t of the z-range (see _z_range) in the row of bins starting at `row`."""
+    return start_b[row + max(zlo, t * n) - t * n], start_b[row + min(zhi, t * n + n - 1) - t * n + 1]
+
+
 @njit(parallel=True, cache=True)
 def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, cutoff, count_n):
     """Number of neighbours (all images) of every atom within `cutoff`.
@@ -143,8 +149,7 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
                     sx = t0 * cell_cc[0, 0] + t1 * cell_cc[1, 0] + t2 * cell_cc[2, 0]
                     sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
                     sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
-                    q0 = start_b[row + max(zlo, t2 * nz) - t2 * nz]
-                    q1 = start_b[row + min(zhi, t2 * nz + nz - 1) - t2 * nz + 1]
+                    q0, q1 = _z_run(start_b, row, zlo, zhi, t2, nz)
                     # branch-free (vectorisable) count, the same arithmetic as fill_pairs (so both
                     # agree on every borderline pair); the centre itself is taken off below
                     for q in range(q0, q1):
@@ -193,8 +198,7 @@ def fill_pairs(
                         sy = t0 * cell_cc[0, 1] + t1 * cell_cc[1, 1] + t2 * cell_cc[2, 1]
                         sz = t0 * cell_cc[0, 2] + t1 * cell_cc[1, 2] + t2 * cell_cc[2, 2]
                         same_image = t0 == 0 and t1 == 0 and t2 == 0
-                        q0 = start_b[row + max(zlo, t2 * nz) - t2 * nz]
-                        q1 = start_b[row + min(zhi, t2 * nz + nz - 1) - t2 * nz + 1]
+                        q0, q1 = _z_run(start_b, row, zlo, zhi, t2, nz)
                         # squared distances of the whole run first, then the writes for the pairs inside
                         _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b)
                         u0 = t0 + wraps_nc[k, 0]
