@@ -124,8 +124,10 @@ def _ladder_safe(eta, rs0, delta, cnt, cutoff):
 
 
 @njit(inline="always")
-def _ladder_radial(k0, k1, nd, nw, eta, rs0, delta, cnt, start, lad_q, c, safe, gl, rl, acc, base):
-    """acc[base + lad_q[start + q]] += sum_k exp(-eta (d_k - rs0 - q delta)^2) w_k over neighbours k0..k1.
+def _ladder_radial(nd, nw, eta, rs0, delta, cnt, start, lad_q, c, safe, gl, rl, acc, base):
+    """acc[base + lad_q[start + q]] += sum_k exp(-eta (d_k - rs0 - q delta)^2) w_k over the neighbours k of
+    the views nd, nw (work views gl, rl of the same length). Views, so that every loop is `range(n)`
+    from 0, which Numba vectorises (`range(nd.shape[0])` keeps an index wrap-around check in the loop).
 
     From the first grid point: g_(q+1) = g_q R_q, R_(q+1) = R_q c, with
     R_0 = exp(2 eta delta t - eta delta^2), c = exp(-2 eta delta^2) (two exps
@@ -135,20 +137,20 @@ def _ladder_radial(k0, k1, nd, nw, eta, rs0, delta, cnt, start, lad_q, c, safe, 
         for q in range(cnt):
             rs = rs0 + q * delta
             s = 0.0
-            for k in range(k0, k1):
+            for k in range(nd.shape[0]):
                 t = nd[k] - rs
                 s += _fexp(-eta * t * t) * nw[k]
             acc[base + lad_q[start + q]] += s
         return
     b = 2.0 * eta * delta
     e0 = eta * delta * delta
-    for k in range(k0, k1):
+    for k in range(nd.shape[0]):
         t = nd[k] - rs0
         gl[k] = _fexp(-eta * t * t) * nw[k]
         rl[k] = _fexp(b * t - e0)
     for q in range(cnt):
         s = 0.0
-        for k in range(k0, k1):
+        for k in range(nd.shape[0]):
             s += gl[k]
             gl[k] *= rl[k]
             rl[k] *= c
@@ -156,7 +158,7 @@ def _ladder_radial(k0, k1, nd, nw, eta, rs0, delta, cnt, start, lad_q, c, safe, 
 
 
 @njit(inline="always")
-def _ladder_vector(k0, k1, nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c, safe, gl, rl, acc, base):
+def _ladder_vector(nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c, safe, gl, rl, acc, base):
     """As _ladder_radial with a vector weight: acc[base + lad_q[start + q], :] += sum_k g_q(d_k) u_k."""
     if not safe:
         for q in range(cnt):
@@ -164,7 +166,7 @@ def _ladder_vector(k0, k1, nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c
             sx = 0.0
             sy = 0.0
             sz = 0.0
-            for k in range(k0, k1):
+            for k in range(nd.shape[0]):
                 t = nd[k] - rs
                 g = _fexp(-eta * t * t)
                 sx += g * ux[k]
@@ -177,7 +179,7 @@ def _ladder_vector(k0, k1, nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c
         return
     b = 2.0 * eta * delta
     e0 = eta * delta * delta
-    for k in range(k0, k1):
+    for k in range(nd.shape[0]):
         t = nd[k] - rs0
         gl[k] = _fexp(-eta * t * t)
         rl[k] = _fexp(b * t - e0)
@@ -185,7 +187,7 @@ def _ladder_vector(k0, k1, nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c
         sx = 0.0
         sy = 0.0
         sz = 0.0
-        for k in range(k0, k1):
+        for k in range(nd.shape[0]):
             g = gl[k]
             sx += g * ux[k]
             sy += g * uy[k]
@@ -209,15 +211,16 @@ def _cutoff_r2(r2, w2):
     return 0.5 * (_poly13(_COS_SQRT, w2 * r2) + 1.0)
 
 
-#: neighbour pairs (triplets i, j, k) per block of the vectorised G4 passes
-_PAIR_BLOCK = 64
+#: neighbour pairs (triplets i, j, k) per block of the vectorised G4 passes (a block may overrun
+#: this by one row of partners)
+_PAIR_BLOCK = 128
 
 
 @njit(inline="always")
 def _pair_factors(nt, w2a, ang, pair_work):
     """pu[u, t] and tv[v, t] of the nt pairs in the block (tw, tr2, tcos filled), one loop over t per factor."""
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v = ang[:9]
-    tr2, tfc, tcos, tw, sqe, pu, sqb, tv = pair_work
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg = pair_work
     eta0 = eta_u[0]
     # exp(-eta_u r_jk^2) fc(r_jk) times the i-j and i-k factors
     for t in range(nt):
@@ -273,17 +276,19 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
     """G4 over unordered pairs of the angular neighbours (sorted by species: species a is aseg[a]:aseg[a + 1];
     ad holds 1 / r; ae[u, k] = exp(-eta_u r^2) fc(r)).
 
-    Species pair by species pair, the neighbour pairs with r_jk inside the
-    angular cutoff are collected in blocks of _PAIR_BLOCK; every factor is one
-    loop over the block (vectorised, see _pair_factors), and each G4 column of
-    the species pair gets one sum over the block.
+    The neighbour pairs with r_jk inside the angular cutoff are collected,
+    species pair after species pair, into one block of about _PAIR_BLOCK pairs
+    (all species pairs of an atom usually fit in one); every factor is one loop
+    over the whole block (vectorised, see _pair_factors), and each G4 column
+    gets one sum over each species pair's segment of the block.
     """
     ax, ay, az, ad, aseg, ae = angular_nbr
-    use_grid, ang_u_q, ang_v_q, pair_ab, n_ang = ang[9:]
-    tr2, tfc, tcos, tw, sqe, pu, sqb, tv = pair_work
+    use_grid, pair_ab, n_ang = ang[9], ang[12], ang[13]
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg = pair_work
     n_u = ae.shape[0]
-    n_v = tv.shape[0]
-    n_uv = n_u * n_v
+    n_uv = n_u * tv.shape[0]
+    nt = 0
+    n_seg = 0
     for a in range(n_sp):
         a0 = aseg[a]
         a1 = aseg[a + 1]
@@ -294,44 +299,73 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
                 continue
             same = a == b
             base = pair_ab[a, b] * (n_uv if use_grid else n_ang)
-            k1 = a0
-            k2 = k1 + 1 if same else b0
-            while k1 < a1:
-                nt = 0
-                while nt < _PAIR_BLOCK and k1 < a1:
-                    if k2 >= b1:
-                        k1 += 1
-                        k2 = k1 + 1 if same else b0
-                        continue
-                    ex = ax[k2] - ax[k1]
-                    ey = ay[k2] - ay[k1]
-                    ez = az[k2] - az[k1]
+            tseg[0, n_seg] = base
+            tseg[1, n_seg] = nt
+            for k1 in range(a0, a1):
+                # every partner k2 of k1 is written; only those inside the angular cutoff are kept
+                # (nt advances by the test: no unpredictable branch)
+                x1 = ax[k1]
+                y1 = ay[k1]
+                z1 = az[k1]
+                d1 = ad[k1]
+                for k2 in range(k1 + 1 if same else b0, b1):
+                    ex = ax[k2] - x1
+                    ey = ay[k2] - y1
+                    ez = az[k2] - z1
                     r2 = ex * ex + ey * ey + ez * ez
-                    if r2 < acut2:
-                        tr2[nt] = r2
-                        tcos[nt] = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) * (ad[k1] * ad[k2])
-                        for u in range(n_u):
-                            tw[u, nt] = ae[u, k1] * ae[u, k2]
-                        nt += 1
-                    k2 += 1
-                if nt == 0:
-                    continue
-                _pair_factors(nt, w2a, ang, pair_work)
-                if use_grid:
+                    tr2[nt] = r2
+                    tcos[nt] = (x1 * ax[k2] + y1 * ay[k2] + z1 * az[k2]) * (d1 * ad[k2])
                     for u in range(n_u):
-                        for v in range(n_v):
-                            acc = 0.0
-                            for t in range(nt):
-                                acc += pu[u, t] * tv[v, t]
-                            acc_a[base + u * n_v + v] += acc
-                else:
-                    for q in range(n_ang):
-                        u = ang_u_q[q]
-                        v = ang_v_q[q]
-                        acc = 0.0
-                        for t in range(nt):
-                            acc += pu[u, t] * tv[v, t]
-                        acc_a[base + q] += acc
+                        tw[u, nt] = ae[u, k1] * ae[u, k2]
+                    nt += r2 < acut2
+                if nt >= _PAIR_BLOCK:  # block full: sum it, the species pair goes on in a new block
+                    tseg[2, n_seg] = nt
+                    _pair_sums(nt, n_seg + 1, w2a, ang, pair_work, acc_a)
+                    nt = 0
+                    n_seg = 0
+                    tseg[0, 0] = base
+                    tseg[1, 0] = 0
+            tseg[2, n_seg] = nt
+            n_seg += 1
+    if nt > 0:
+        _pair_sums(nt, n_seg, w2a, ang, pair_work, acc_a)
+
+
+@njit(inline="always")
+def _pair_sums(nt, n_seg, w2a, ang, pair_work, acc_a):
+    """G4 sums of a block of nt pairs: factors over the whole block, then one sum per G4 column over each
+    species pair's segment tseg[1, s]:tseg[2, s] into acc_a[tseg[0, s] + column]."""
+    use_grid, ang_u_q, ang_v_q = ang[9:12]
+    n_ang = ang[13]
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg = pair_work
+    _pair_factors(nt, w2a, ang, pair_work)
+    n_u = pu.shape[0]
+    n_v = tv.shape[0]
+    for s in range(n_seg):
+        base = tseg[0, s]
+        t0 = tseg[1, s]
+        t1 = tseg[2, s]
+        if t1 == t0:
+            continue
+        # loops over views from 0: Numba vectorises `range(n)` over a view, not `range(t0, t1)`
+        # (a possibly negative start keeps the index wrap-around check in the loop)
+        if use_grid:
+            for u in range(n_u):
+                pu_t = pu[u, t0:t1]
+                for v in range(n_v):
+                    tv_t = tv[v, t0:t1]
+                    acc = 0.0
+                    for t in range(t1 - t0):
+                        acc += pu_t[t] * tv_t[t]
+                    acc_a[base + u * n_v + v] += acc
+        else:
+            for q in range(n_ang):
+                pu_t = pu[ang_u_q[q], t0:t1]
+                tv_t = tv[ang_v_q[q], t0:t1]
+                acc = 0.0
+                for t in range(t1 - t0):
+                    acc += pu_t[t] * tv_t[t]
+                acc_a[base + q] += acc
 
 
 @njit(forceinline=True, cache=True)
@@ -408,12 +442,15 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
         k1 = seg[a + 1]
         if k1 == k0:
             continue
+        nd_a = nd[k0:k1]
+        gl_a = gl[k0:k1]
+        rl_a = rl[k0:k1]
         for l in range(rl_eta.shape[0]):
-            _ladder_radial(k0, k1, nd, nw, rl_eta[l], rl_rs0[l], rl_delta[l], rl_cnt[l], rl_start[l], rl_q,
-                           rl_c[l], rl_safe[l], gl, rl, acc_r, a * n_rad)
+            _ladder_radial(nd_a, nw[k0:k1], rl_eta[l], rl_rs0[l], rl_delta[l], rl_cnt[l], rl_start[l], rl_q,
+                           rl_c[l], rl_safe[l], gl_a, rl_a, acc_r, a * n_rad)
         for l in range(cl_eta.shape[0]):
-            _ladder_vector(k0, k1, nd, ux, uy, uz, cl_eta[l], cl_rs0[l], cl_delta[l], cl_cnt[l], cl_start[l],
-                           cl_q, cl_c[l], cl_safe[l], gl, rl, acc_v, a * n_cov)
+            _ladder_vector(nd_a, ux[k0:k1], uy[k0:k1], uz[k0:k1], cl_eta[l], cl_rs0[l], cl_delta[l], cl_cnt[l],
+                           cl_start[l], cl_q, cl_c[l], cl_safe[l], gl_a, rl_a, acc_v, a * n_cov)
     if n_ang == 0:
         return
     w2a = (math.pi / acut) ** 2
@@ -446,16 +483,18 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     seg = np.empty((3, n_sp + 1), np.int64)
     ae = np.empty((n_u, cap))
     # per block of neighbour pairs
-    tf = np.empty((3, _PAIR_BLOCK))
-    tw = np.empty((n_u, _PAIR_BLOCK))
-    sqe = np.empty((max(ebits_u.shape[1], 1), _PAIR_BLOCK))
-    pu = np.empty((n_u, _PAIR_BLOCK))
-    sqb = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1), _PAIR_BLOCK))
-    tv = np.empty((n_v, _PAIR_BLOCK))
+    block = _PAIR_BLOCK + cap  # a full block plus one row of partners
+    tf = np.empty((3, block))
+    tw = np.empty((n_u, block))
+    sqe = np.empty((max(ebits_u.shape[1], 1), block))
+    pu = np.empty((n_u, block))
+    sqb = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1), block))
+    tv = np.empty((n_v, block))
     acc_r = np.empty(n_radial_total)
     acc_v = np.empty((n_cov_total, 3))
     acc_a = np.empty(n_acc_a)
-    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv), acc_r, acc_v, acc_a
+    tseg = np.empty((3, n_sp * (n_sp + 1) // 2), np.int64)  # species-pair segments of a block
+    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg), acc_r, acc_v, acc_a
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
