@@ -148,13 +148,42 @@ def _ladder_radial(nd, nw, eta, rs0, delta, cnt, start, lad_q, c, safe, gl, rl, 
         t = nd[k] - rs0
         gl[k] = _fexp(-eta * t * t) * nw[k]
         rl[k] = _fexp(b * t - e0)
-    for q in range(cnt):
+    # four grid points per pass over the neighbours (the ladder state stays in registers): a
+    # pass per point would pay a short loop's set-up and reduction cnt times
+    q = 0
+    while q + 4 <= cnt:
+        s0 = 0.0
+        s1 = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        for k in range(nd.shape[0]):
+            g = gl[k]
+            r = rl[k]
+            s0 += g
+            g *= r
+            r *= c
+            s1 += g
+            g *= r
+            r *= c
+            s2 += g
+            g *= r
+            r *= c
+            s3 += g
+            gl[k] = g * r
+            rl[k] = r * c
+        acc[base + lad_q[start + q]] += s0
+        acc[base + lad_q[start + q + 1]] += s1
+        acc[base + lad_q[start + q + 2]] += s2
+        acc[base + lad_q[start + q + 3]] += s3
+        q += 4
+    while q < cnt:
         s = 0.0
         for k in range(nd.shape[0]):
             s += gl[k]
             gl[k] *= rl[k]
             rl[k] *= c
         acc[base + lad_q[start + q]] += s
+        q += 1
 
 
 @njit(inline="always")
@@ -183,7 +212,40 @@ def _ladder_vector(nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c, safe, 
         t = nd[k] - rs0
         gl[k] = _fexp(-eta * t * t)
         rl[k] = _fexp(b * t - e0)
-    for q in range(cnt):
+    q = 0
+    while q + 2 <= cnt:  # two grid points per pass (as _ladder_radial; six sums in registers)
+        sx0 = 0.0
+        sy0 = 0.0
+        sz0 = 0.0
+        sx1 = 0.0
+        sy1 = 0.0
+        sz1 = 0.0
+        for k in range(nd.shape[0]):
+            g = gl[k]
+            r = rl[k]
+            x = ux[k]
+            y = uy[k]
+            z = uz[k]
+            sx0 += g * x
+            sy0 += g * y
+            sz0 += g * z
+            g *= r
+            r *= c
+            sx1 += g * x
+            sy1 += g * y
+            sz1 += g * z
+            gl[k] = g * r
+            rl[k] = r * c
+        row = base + lad_q[start + q]
+        acc[row, 0] += sx0
+        acc[row, 1] += sy0
+        acc[row, 2] += sz0
+        row = base + lad_q[start + q + 1]
+        acc[row, 0] += sx1
+        acc[row, 1] += sy1
+        acc[row, 2] += sz1
+        q += 2
+    while q < cnt:
         sx = 0.0
         sy = 0.0
         sz = 0.0
@@ -198,6 +260,7 @@ def _ladder_vector(nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c, safe, 
         acc[row, 0] += sx
         acc[row, 1] += sy
         acc[row, 2] += sz
+        q += 1
 
 
 #: Taylor coefficients of cos(sqrt(y)) = sum_n (-y)^n / (2n)!, n = 0..13: for y <= pi^2 the
@@ -220,7 +283,7 @@ _PAIR_BLOCK = 128
 def _pair_factors(nt, w2a, ang, pair_work):
     """pu[u, t] and tv[v, t] of the nt pairs in the block (tw, tr2, tcos filled), one loop over t per factor."""
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v = ang[:9]
-    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg = pair_work
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk = pair_work
     eta0 = eta_u[0]
     # exp(-eta_u r_jk^2) fc(r_jk) times the i-j and i-k factors
     for t in range(nt):
@@ -284,7 +347,7 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
     """
     ax, ay, az, ad, aseg, ae = angular_nbr
     use_grid, pair_ab, n_ang = ang[9], ang[12], ang[13]
-    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg = pair_work
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk = pair_work
     n_u = ae.shape[0]
     n_uv = n_u * tv.shape[0]
     nt = 0
@@ -302,25 +365,24 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
             tseg[0, n_seg] = base
             tseg[1, n_seg] = nt
             for k1 in range(a0, a1):
-                # every partner k2 of k1 is written; only those inside the angular cutoff are kept
-                # (nt advances by the test: no unpredictable branch)
+                # every partner of k1 is written, those inside the angular cutoff are kept (nt
+                # advances by the test: no unpredictable branch); a plain scalar loop, as rows are
+                # short. Cosines and weights are gathered per block in _pair_sums.
                 x1 = ax[k1]
                 y1 = ay[k1]
                 z1 = az[k1]
-                d1 = ad[k1]
                 for k2 in range(k1 + 1 if same else b0, b1):
                     ex = ax[k2] - x1
                     ey = ay[k2] - y1
                     ez = az[k2] - z1
                     r2 = ex * ex + ey * ey + ez * ez
                     tr2[nt] = r2
-                    tcos[nt] = (x1 * ax[k2] + y1 * ay[k2] + z1 * az[k2]) * (d1 * ad[k2])
-                    for u in range(n_u):
-                        tw[u, nt] = ae[u, k1] * ae[u, k2]
+                    tk[0, nt] = k1
+                    tk[1, nt] = k2
                     nt += r2 < acut2
                 if nt >= _PAIR_BLOCK:  # block full: sum it, the species pair goes on in a new block
                     tseg[2, n_seg] = nt
-                    _pair_sums(nt, n_seg + 1, w2a, ang, pair_work, acc_a)
+                    _pair_sums(nt, n_seg + 1, w2a, angular_nbr, ang, pair_work, acc_a)
                     nt = 0
                     n_seg = 0
                     tseg[0, 0] = base
@@ -328,18 +390,32 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
             tseg[2, n_seg] = nt
             n_seg += 1
     if nt > 0:
-        _pair_sums(nt, n_seg, w2a, ang, pair_work, acc_a)
+        _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a)
 
 
 @njit(inline="always")
-def _pair_sums(nt, n_seg, w2a, ang, pair_work, acc_a):
-    """G4 sums of a block of nt pairs: factors over the whole block, then one sum per G4 column over each
+def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a):
+    """G4 sums of a block of nt pairs (neighbours tk[0, t], tk[1, t]; r_jk^2 in tr2): cosines and
+    neighbour weights gathered, factors over the whole block, then one sum per G4 column over each
     species pair's segment tseg[1, s]:tseg[2, s] into acc_a[tseg[0, s] + column]."""
+    ax, ay, az, ad, aseg, ae = angular_nbr
     use_grid, ang_u_q, ang_v_q = ang[9:12]
     n_ang = ang[13]
-    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg = pair_work
-    _pair_factors(nt, w2a, ang, pair_work)
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk = pair_work
+    # unsigned indices: no wrap-around check, the gathers vectorise
+    k1s = tk[0, :nt]
+    k2s = tk[1, :nt]
+    for t in range(nt):
+        k1 = k1s[t]
+        k2 = k2s[t]
+        tcos[t] = (ax[k1] * ax[k2] + ay[k1] * ay[k2] + az[k1] * az[k2]) * (ad[k1] * ad[k2])
     n_u = pu.shape[0]
+    for u in range(n_u):
+        ae_u = ae[u]
+        tw_u = tw[u]
+        for t in range(nt):
+            tw_u[t] = ae_u[k1s[t]] * ae_u[k2s[t]]
+    _pair_factors(nt, w2a, ang, pair_work)
     n_v = tv.shape[0]
     for s in range(n_seg):
         base = tseg[0, s]
@@ -494,7 +570,8 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     acc_v = np.empty((n_cov_total, 3))
     acc_a = np.empty(n_acc_a)
     tseg = np.empty((3, n_sp * (n_sp + 1) // 2), np.int64)  # species-pair segments of a block
-    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg), acc_r, acc_v, acc_a
+    tk = np.empty((2, block), np.uint32)  # the two neighbours of each pair in a block
+    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg, tk), acc_r, acc_v, acc_a
 
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)

@@ -47,6 +47,29 @@ def test_equal_numpy_reference(name, seed):
     np.testing.assert_allclose(f32.covariant, V, rtol=2e-5, atol=2e-5 * np.abs(V).max())
 
 
+def test_many_angular_pairs_and_uneven_ladders():
+    """Dense neighbourhoods (thousands of neighbour pairs per atom: the CPU kernel's G4 block is
+    summed and refilled many times) and equally spaced grids whose point counts are not multiples
+    of the ladder passes (7 G2, 5 V per species), against the NumPy reference."""
+    spec = fastfeat.FeatureSpec(
+        ("H", "O", "C"), 5.0, 5.0,
+        radial=[(2.0, 0.8 + 0.55 * k) for k in range(7)],
+        angular=[(0.05, 1, 1), (0.1, 2, -1), (0.02, 4, 1)],
+        covariant=[(1.5, 0.9 + 0.7 * k) for k in range(5)],
+    )
+    rng = np.random.default_rng(7)
+    pos, Z, cell = random_structure(rng, 40, species=(1, 8, 6), scale=6.0)
+    G, V = features_ref(pos, Z, cell, np.array([True, True, False]), spec)
+    f = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=[True, True, False], spec=spec,
+                           dtype=np.float64)
+    np.testing.assert_allclose(f.invariant, G, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(f.covariant, V, rtol=1e-10, atol=1e-12)
+    fz = fastfeat.Featurizer(spec, dtype=np.float64, skin=0.5)
+    g, v = fz(pos, Z, cell, [True, True, False])
+    np.testing.assert_allclose(g, G, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(v, V, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("periodic", [True, False])
 def test_equal_dscribe_acsf(periodic):
     dscribe = pytest.importorskip("dscribe.descriptors")
