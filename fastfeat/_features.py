@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _device
-from ._neighbors import bin_atoms, build_cpu
+from ._neighbors import bin_atoms, build_csr_cpu
 from ._spec import FeatureSpec
 from ._validation import (
     check_cell,
@@ -398,12 +398,9 @@ class Featurizer:
         n = pos.shape[0]
         spec = self.spec
         if self._needs_rebuild(pos, species, cell, pbc):
-            nl = build_cpu(pos, cell, pbc, spec.cutoff + self.skin)
-            counts = np.bincount(nl.i, minlength=n)
-            self._start = np.zeros(n + 1, np.int64)
-            np.cumsum(counts, out=self._start[1:])
-            self._j = nl.j
-            self._shiftvec = (nl.shifts @ cell).astype(self.dtype)
+            if n > 0:
+                self._start, self._j, self._shiftvec = build_csr_cpu(pos, cell, pbc, spec.cutoff + self.skin,
+                                                                     self.dtype)
             self._pos_ref = pos.copy()
             self._key = (n, cell, pbc, species)  # validated copies, never handed out
             self._g = np.empty((n, spec.n_invariant), self.dtype)

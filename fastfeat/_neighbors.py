@@ -89,10 +89,30 @@ def bin_atoms(positions, cell, pbc, cutoff, divisions=1):
     return CellList(grid, start, order, posw[order], bin3[order], wrap[order])
 
 
-def build_cpu(positions, cell, pbc, cutoff):
-    """Neighbour list on the CPU for validated inputs (no checks)."""
+def _binned_counts(positions, cell, pbc, cutoff):
+    """Cell list and CSR offsets (neighbours of i at offset[i]:offset[i+1]) of validated positions, N >= 1."""
     from ._kernels import neighbors_cpu as k
 
+    n = positions.shape[0]
+    cl = bin_atoms(positions, cell, pbc, cutoff, NL_BIN_DIVISIONS)
+    count = np.empty(n, np.int64)
+    k.count_pairs(cl.poss, cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start, cl.order,
+                  cutoff, count)
+    offset = np.zeros(n + 1, np.int64)
+    np.cumsum(count, out=offset[1:])
+    return cl, offset
+
+
+def _fill(cl, cell, cutoff, offset, i_p, j_p, shift, r, d, csr):
+    from ._kernels import neighbors_cpu as k
+
+    g = cl.grid
+    k.fill_pairs(cl.poss, cell, cl.wraps, g.periodic, g.nbins, g.search, cl.bin3s, cl.start, cl.order, cutoff,
+                 offset, i_p, j_p, shift, r, d, csr)
+
+
+def build_cpu(positions, cell, pbc, cutoff):
+    """Neighbour list on the CPU for validated inputs (no checks)."""
     n = positions.shape[0]
     dtype = positions.dtype
     if n == 0:
@@ -100,12 +120,7 @@ def build_cpu(positions, cell, pbc, cutoff):
             np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros((0, 3), np.int32),
             np.zeros((0, 3), dtype), np.zeros(0, dtype),
         )
-    cl = bin_atoms(positions, cell, pbc, cutoff, NL_BIN_DIVISIONS)
-    grid, start, order, poss, bin3s, wraps = cl.grid, cl.start, cl.order, cl.poss, cl.bin3s, cl.wraps
-    count = np.empty(n, np.int64)
-    k.count_pairs(poss, cell, grid.periodic, grid.nbins, grid.search, bin3s, start, order, cutoff, count)
-    offset = np.zeros(n + 1, np.int64)
-    np.cumsum(count, out=offset[1:])
+    cl, offset = _binned_counts(positions, cell, pbc, cutoff)
     n_pairs = int(offset[-1])
     _check_memory(_estimate_pair_bytes(n_pairs, 8), f"the neighbour list ({n_pairs} pairs)")
     i_p = np.empty(n_pairs, np.int32)
@@ -113,12 +128,25 @@ def build_cpu(positions, cell, pbc, cutoff):
     shift = np.empty((n_pairs, 3), np.int32)
     r = np.empty((n_pairs, 3), np.float64)
     d = np.empty(n_pairs, np.float64)
-    k.fill_pairs(poss, cell, wraps, grid.periodic, grid.nbins, grid.search, bin3s, start, order, cutoff,
-                 offset, i_p, j_p, shift, r, d)
+    _fill(cl, cell, cutoff, offset, i_p, j_p, shift, r, d, False)
     if dtype != np.float64:
         r = r.astype(dtype)
         d = d.astype(dtype)
     return NeighborList(i_p, j_p, shift, r, d)
+
+
+def build_csr_cpu(positions, cell, pbc, cutoff, dtype):
+    """What the CSR feature kernel reads, for validated inputs (N >= 1): ``start`` (N + 1) with the
+    neighbours of i at start[i]:start[i+1], ``j`` and the shift vectors shift @ cell in ``dtype``
+    (no i, integer shifts, vectors or distances are written)."""
+    cl, start = _binned_counts(positions, cell, pbc, cutoff)
+    n_pairs = int(start[-1])
+    _check_memory(n_pairs * (4 + 3 * np.dtype(dtype).itemsize), f"the neighbour list ({n_pairs} pairs)")
+    j_p = np.empty(n_pairs, np.int32)
+    shiftvec = np.empty((n_pairs, 3), dtype)
+    _fill(cl, cell, cutoff, start, np.empty(0, np.int32), j_p, np.empty((0, 3), np.int32), shiftvec,
+          np.empty(0, dtype), True)
+    return start, j_p, shiftvec
 
 
 def sort_pairs(nl):

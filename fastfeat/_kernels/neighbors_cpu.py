@@ -165,12 +165,14 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
 @njit(parallel=True, cache=True)
 def fill_pairs(
     poss_nc, cell_cc, wraps_nc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, cutoff,
-    offset_n, i_p, j_p, shift_pc, r_pc, d_p,
+    offset_n, i_p, j_p, shift_pc, r_pc, d_p, csr=False,
 ):
     """Write pairs of atom i at offset_n[i]:offset_n[i+1] (inputs in bin order, as count_pairs).
 
     Shifts refer to the *unwrapped* input positions:
     r_ij = pos[j] - pos[i] + shift @ cell.
+    With ``csr`` only what the CSR feature kernel reads is written: j_p, and
+    r_pc = shift @ cell (in r_pc's dtype); i_p, shift_pc and d_p are not touched.
     """
     n = poss_nc.shape[0]
     rc2 = cutoff * cutoff
@@ -208,13 +210,21 @@ def fill_pairs(
                             r2 = r2_b[q - q0]
                             if r2 >= rc2 or (same_image and q == k):
                                 continue
-                            i_p[p] = i
                             j_p[p] = order_n[q]
-                            shift_pc[p, 0] = u0 - wraps_nc[q, 0]
-                            shift_pc[p, 1] = u1 - wraps_nc[q, 1]
-                            shift_pc[p, 2] = u2 - wraps_nc[q, 2]
-                            r_pc[p, 0] = poss_nc[q, 0] + sx - xi
-                            r_pc[p, 1] = poss_nc[q, 1] + sy - yi
-                            r_pc[p, 2] = poss_nc[q, 2] + sz - zi
-                            d_p[p] = np.sqrt(r2)
+                            s0 = u0 - wraps_nc[q, 0]
+                            s1 = u1 - wraps_nc[q, 1]
+                            s2 = u2 - wraps_nc[q, 2]
+                            if csr:
+                                for e in range(3):
+                                    r_pc[p, e] = s0 * cell_cc[0, e] + s1 * cell_cc[1, e] + s2 * cell_cc[2, e]
+                            else:
+                                i_p[p] = i
+                                shift_pc[p, 0] = s0
+                                shift_pc[p, 1] = s1
+                                shift_pc[p, 2] = s2
+                                r_pc[p, 0] = poss_nc[q, 0] + sx - xi
+                                r_pc[p, 1] = poss_nc[q, 1] + sy - yi
+                                r_pc[p, 2] = poss_nc[q, 2] + sz - zi
+                                d_p[p] = np.sqrt(r2)
                             p += 1
+
