@@ -93,11 +93,12 @@ def _max_bin(start_b):
 def _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b):
     """r2_b[q - q0] = |poss[q] + s - x_i|^2 for the atoms q0 <= q < q1 of one bin: a vectorisable
     pass; the arithmetic is that of count_pairs, so callers agree with it on borderline pairs."""
-    for q in range(q0, q1):
-        ex = poss_nc[q, 0] + sx - xi
-        ey = poss_nc[q, 1] + sy - yi
-        ez = poss_nc[q, 2] + sz - zi
-        r2_b[q - q0] = ex * ex + ey * ey + ez * ez
+    run = poss_nc[q0:q1]  # a view, so that the loop runs from 0 (no index wrap-around check: vectorises)
+    for t in range(q1 - q0):
+        ex = run[t, 0] + sx - xi
+        ey = run[t, 1] + sy - yi
+        ez = run[t, 2] + sz - zi
+        r2_b[t] = ex * ex + ey * ey + ez * ez
 
 
 @njit(inline="always")
@@ -152,10 +153,11 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
                     q0, q1 = _z_run(start_b, row, zlo, zhi, t2, nz)
                     # branch-free (vectorisable) count, the same arithmetic as fill_pairs (so both
                     # agree on every borderline pair); the centre itself is taken off below
-                    for q in range(q0, q1):
-                        dx = poss_nc[q, 0] + sx - xi
-                        dy = poss_nc[q, 1] + sy - yi
-                        dz = poss_nc[q, 2] + sz - zi
+                    run = poss_nc[q0:q1]
+                    for t in range(q1 - q0):
+                        dx = run[t, 0] + sx - xi
+                        dy = run[t, 1] + sy - yi
+                        dz = run[t, 2] + sz - zi
                         cnt += dx * dx + dy * dy + dz * dz < rc2
                     if t0 == 0 and t1 == 0 and t2 == 0 and q0 <= k < q1:
                         cnt -= 1
