@@ -286,7 +286,7 @@ def _cutoff_r2(r2, w2):
 
 
 #: neighbour pairs (triplets i, j, k) per block of the vectorised G4 passes (a block may overrun
-#: this by one row of partners)
+#: this by one pass of partners, at most _PAIR_BLOCK)
 _PAIR_BLOCK = 128
 
 
@@ -376,28 +376,33 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
             tseg[0, n_seg] = base
             tseg[1, n_seg] = nt
             for k1 in range(a0, a1):
-                # every partner of k1 is written, those inside the angular cutoff are kept (nt
-                # advances by the test: no unpredictable branch); a plain scalar loop, as rows are
-                # short. Cosines and weights are gathered per block in _pair_sums.
                 x1 = ax[k1]
                 y1 = ay[k1]
                 z1 = az[k1]
-                for k2 in range(k1 + 1 if same else b0, b1):
-                    ex = ax[k2] - x1
-                    ey = ay[k2] - y1
-                    ez = az[k2] - z1
-                    r2 = ex * ex + ey * ey + ez * ez
-                    tr2[nt] = r2
-                    tk[0, nt] = k1
-                    tk[1, nt] = k2
-                    nt += r2 < acut2
-                if nt >= _PAIR_BLOCK:  # block full: sum it, the species pair goes on in a new block
-                    tseg[2, n_seg] = nt
-                    _pair_sums(nt, n_seg + 1, w2a, angular_nbr, ang, pair_work, acc_a)
-                    nt = 0
-                    n_seg = 0
-                    tseg[0, 0] = base
-                    tseg[1, 0] = 0
+                k2 = k1 + 1 if same else b0
+                while k2 < b1:
+                    # up to _PAIR_BLOCK partners of k1 per pass: every one is written, those inside
+                    # the angular cutoff are kept (nt advances by the test: no unpredictable branch);
+                    # a plain scalar loop, as rows are short. Cosines and weights are gathered per
+                    # block in _pair_sums.
+                    k2_end = min(b1, k2 + _PAIR_BLOCK)
+                    for k in range(k2, k2_end):
+                        ex = ax[k] - x1
+                        ey = ay[k] - y1
+                        ez = az[k] - z1
+                        r2 = ex * ex + ey * ey + ez * ez
+                        tr2[nt] = r2
+                        tk[0, nt] = k1
+                        tk[1, nt] = k
+                        nt += r2 < acut2
+                    k2 = k2_end
+                    if nt >= _PAIR_BLOCK:  # block full: sum it, the species pair goes on in a new block
+                        tseg[2, n_seg] = nt
+                        _pair_sums(nt, n_seg + 1, w2a, angular_nbr, ang, pair_work, acc_a)
+                        nt = 0
+                        n_seg = 0
+                        tseg[0, 0] = base
+                        tseg[1, 0] = 0
             tseg[2, n_seg] = nt
             n_seg += 1
     if nt > 0:
@@ -570,7 +575,7 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     seg = np.empty((3, n_sp + 1), np.int64)
     ae = np.empty((n_u, cap))
     # per block of neighbour pairs
-    block = _PAIR_BLOCK + cap  # a full block plus one row of partners
+    block = 2 * _PAIR_BLOCK  # a block fills up to _PAIR_BLOCK - 1 pairs, then one pass adds at most _PAIR_BLOCK
     tf = np.empty((3, block))
     tw = np.empty((n_u, block))
     sqe = np.empty((max(ebits_u.shape[1], 1), block))
