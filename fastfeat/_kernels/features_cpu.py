@@ -549,21 +549,24 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     mm = 0
     for a in range(n_sp + 1):
         aseg[a] = 0
-    for k in range(m):
-        if nd[k] < acut:
-            ax[mm] = nx[k]
-            ay[mm] = ny[k]
-            az[mm] = nz[k]
-            ad[mm] = 1.0 / nd[k]
-            ar2[mm] = nr2[k]
-            aseg[nsp[k] + 1] += 1
-            mm += 1
+    for k in range(m):  # written unconditionally, kept by advancing mm: no unpredictable branch
+        ax[mm] = nx[k]
+        ay[mm] = ny[k]
+        az[mm] = nz[k]
+        ad[mm] = 1.0 / nd[k]
+        ar2[mm] = nr2[k]
+        inside = nd[k] < acut
+        aseg[nsp[k] + 1] += inside
+        mm += inside
     for a in range(n_sp):
         aseg[a + 1] += aseg[a]
+    afc = gl  # free once the ladders are done
+    for k in range(mm):
+        afc[k] = _cutoff_r2(ar2[k], w2a)
     for u in range(eta_u.shape[0]):
         eta = eta_u[u]
         for k in range(mm):
-            ae[u, k] = _fexp(-eta * ar2[k]) * _cutoff_r2(ar2[k], w2a)
+            ae[u, k] = _fexp(-eta * ar2[k]) * afc[k]
     _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae), n_sp, ang, pair_work, acc_a)
 
 
