@@ -151,7 +151,7 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
     """
     from ase import units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md import velocitydistribution as vd
     from ase.optimize import FIRE
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -175,8 +175,11 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
         except Exception as exc:  # noqa: BLE001 -- tblite raises plain exceptions on SCF failure
             log.warning("%s t%02d: relaxation failed (%s); starting MD from the last geometry",
                         plan.system, plan.index, exc)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=plan.temperature, rng=rng)
-        Stationary(atoms)
+        if hasattr(vd, "thermalize_momenta"):  # ase >= 3.29; MaxwellBoltzmannDistribution is deprecated there
+            vd.thermalize_momenta(atoms, plan.temperature, rng=rng)
+        else:
+            vd.MaxwellBoltzmannDistribution(atoms, temperature_K=plan.temperature, rng=rng)
+        vd.Stationary(atoms)
         step = 0
     n_stored = len(done)
     failures = 0
