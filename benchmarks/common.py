@@ -199,8 +199,13 @@ def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0):
     from fastfeat.train import export
 
     spec = fastfeat.FeatureSpec.default(tuple(species))
-    with open(export.__file__, "rb") as fh:  # a changed exporter makes a new graph
-        exporter = hashlib.sha256(fh.read()).hexdigest()
+    from fastfeat.train import model as network
+
+    exporter = hashlib.sha256()
+    for source in (export.__file__, network.__file__):  # a changed exporter or network makes a new graph
+        with open(source, "rb") as fh:
+            exporter.update(fh.read())
+    exporter = exporter.hexdigest()
     key = hashlib.sha256(f"{spec.to_json()}|{tuple(hidden)}|{seed}|{fastfeat.__version__}|{exporter}".encode()).hexdigest()[:16]
     path = _cache_dir("models") / f"random-{'-'.join(species)}-{key}.onnx"
     if not path.exists():

@@ -14,13 +14,16 @@ with constant factors folded in float64 (equal up to rounding):
   through its own element's network only;
 * the head: ``basis`` ``F = Σ_k c_k V_k``; ``projection``
   ``A = VᵀV + εI`` (ε relative to the trace), ``b = Vᵀp`` and
-  ``F = adj(A) b / det(A)`` on whole (n_atoms, ·) tensors: one ``Gemm``
-  regularises ``A`` and picks the factors of its cofactors.
+  ``F = adj(A) b / det(A)`` on whole (n_atoms, ·) tensors: the entries of ``A``
+  and ``b`` are row dot products of the components of ``V`` (and ``p``), one
+  ``Gemm`` regularises ``A`` and picks the factors of its cofactors.
 
 The node count matters: at ~100 atoms onnxruntime's cost per node is a large
-part of a call. So does the choice of operator: ``Gather`` along axis 1 and
-``ReduceSum`` cost several ns per element in onnxruntime (CPU), hence
-``GatherElements`` and ``MatMul`` with constant 0/1 matrices instead.
+part of a call. So does the choice of operator (onnxruntime, CPU): ``Gather``
+along axis 1 and ``ReduceSum`` over a middle axis cost several ns per element,
+and a batched ``MatMul`` of small (3, K) matrices ~0.2 µs per atom, while
+``ReduceSum`` over a contiguous last axis is cheap; hence ``GatherElements``,
+``MatMul`` with constant 0/1 matrices, and row dot products of components.
 
 Model contract (``model_format`` 1)
 -----------------------------------
@@ -145,13 +148,18 @@ def _element_network(b: _Builder, model: StaggeredNetwork, e: int, inv: str, spe
     return b.op("ScatterND", [acc, idx, x], f"acc_e{e}")
 
 
-def _solve_affine(eps_rel: float, eps_abs: float):
-    """Matrix ``W`` (12, 60) and offset ``c`` (60,) of the projection head's ``z W + c``.
+#: the distinct entries of ``z`` (see :func:`_solve_affine`) as products of two rows of
+#: ``[V_x, V_y, V_z, p]`` (each (n, K)): A_00, A_11, A_22, A_01, A_12, A_02, b_0, b_1, b_2
+_Z_PRODUCTS = ((0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (0, 2), (0, 3), (1, 3), (2, 3))
 
-    ``z`` (n, 12) holds ``A = VᵀV`` and ``b = Vᵀp``: ``A_ij`` in column
-    ``4i + j``, ``b_i`` in column ``4i + 3``. ``z W + c`` regularises ``A`` to
-    ``A + εI``, ``ε = eps_rel·tr(A)/3 + eps_abs`` (affine in ``A``), and copies
-    five blocks of 12 entries ``(i, j)``, ``i < 3``, ``j < 4``, out of it: the
+
+def _solve_affine(eps_rel: float, eps_abs: float):
+    """Matrix ``W`` (9, 60) and offset ``c`` (60,) of the projection head's ``z W + c``.
+
+    ``z`` (n, 9) holds the distinct entries of ``A = VᵀV`` and ``b = Vᵀp`` in
+    the order of ``_Z_PRODUCTS``. ``z W + c`` regularises ``A`` to ``A + εI``,
+    ``ε = eps_rel·tr(A)/3 + eps_abs`` (affine in ``A``), and copies five
+    blocks of 12 entries ``(i, j)``, ``i < 3``, ``j < 4``, out of it: the
     factors ``P, Q, R, S`` of the cofactors
     ``C_rc = A[r+1, c+1] A[r+2, c+2] - A[r+1, c+2] A[r+2, c+1]`` (indices mod 3,
     the products of :func:`~fastfeat.train.model.solve3_adjugate`), of ``C_ij``
@@ -159,12 +167,12 @@ def _solve_affine(eps_rel: float, eps_abs: float):
     and ``A_0i`` at ``j = 3``. Summed over ``i``, ``H·C`` is
     ``[adj(A) b, det(A)]``.
     """
-    def col_a(i, j):                     # column of A_ij in z, indices mod 3
+    def col_a(i, j):                     # column of A_ij in the full layout z12 (A_ij at 4i + j, b_i at 4i + 3)
         return 4 * (i % 3) + j % 3
 
     diag = np.zeros(12)
     diag[[col_a(0, 0), col_a(1, 1), col_a(2, 2)]] = 1.0
-    reg = np.eye(12) + (eps_rel / 3.0) * np.outer(diag, diag)      # z reg = [A + eps_rel·tr(A)/3 I | b]
+    reg = np.eye(12) + (eps_rel / 3.0) * np.outer(diag, diag)      # z12 reg = [A + eps_rel·tr(A)/3 I | b]
     select = np.zeros((12, 60))
     for i in range(3):
         for j in range(4):
@@ -173,21 +181,43 @@ def _solve_affine(eps_rel: float, eps_abs: float):
                        4 * i + 3 if j < 3 else col_a(0, i))                     # P, Q, R, S, H
             for blk, s in enumerate(sources):
                 select[s, 12 * blk + 4 * i + j] = 1.0
-    return reg @ select, (eps_abs * diag) @ select
+    expand = np.zeros((9, 12))                                     # z12 = z expand (A symmetric)
+    for q, (i, j) in enumerate(_Z_PRODUCTS):
+        if j == 3:
+            expand[q, 4 * i + 3] = 1.0
+        else:
+            expand[q, col_a(i, j)] = expand[q, col_a(j, i)] = 1.0
+    return expand @ reg @ select, (eps_abs * diag) @ select
+
+
+def _components(b: _Builder, cov: str) -> list:
+    """The three components of the covariant input, each (n, K) (``Gather`` of one index on axis 2)."""
+    return [b.op("Gather", [cov, b.const(f"axis_c{c}", np.int64(c), np.int64)], f"v{'xyz'[c]}", axis=2)
+            for c in range(3)]
+
+
+def _row_dots(b: _Builder, rows: list, products, stem: str, out=None) -> str:
+    """``Σ_k x_k y_k`` for each pair ``(x, y)`` of ``rows`` in ``products``, as columns of an (n, m) tensor
+    (``Mul`` + ``ReduceSum`` over the contiguous last axis, then ``Concat``)."""
+    axes = b.const("axes_1", [1], np.int64)
+    cols = [b.op("ReduceSum", [b.op("Mul", [rows[i], rows[j]]), axes], f"{stem}_{i}{j}", keepdims=1)
+            for i, j in products]
+    return b.op("Concat", cols, stem, axis=1, out=out)
 
 
 def _projection_head(b: _Builder, model: StaggeredNetwork, p: str, cov: str, out: str) -> str:
     """``F = adj(A) b / det(A)``, ``A = VᵀV + εI``, ``b = Vᵀp``, on whole (n, ·) tensors.
 
-    Entries are picked and regularised with one ``Gemm`` (see
-    :func:`_solve_affine`), sums over rows taken with a ``MatMul``: both are
-    much cheaper in onnxruntime than ``Gather`` along axis 1 and ``ReduceSum``.
+    The nine distinct entries of ``A`` and ``b`` are row dot products of the
+    components ``V_x, V_y, V_z`` and ``p`` (``Mul`` + ``ReduceSum`` over the
+    last axis: about 4x faster in onnxruntime than a batched (3, K) x (K, 4)
+    ``MatMul``); one ``Gemm`` regularises ``A`` and picks the factors of its
+    cofactors (see :func:`_solve_affine`), and the sum over rows is a
+    ``MatMul`` (``Gather`` along axis 1 and ``ReduceSum`` over a middle axis
+    are slow in onnxruntime).
     """
     w, c = _solve_affine(model.eps_rel, model.eps_abs)
-    pk1 = b.op("Unsqueeze", [p, b.const("ax2", [2], np.int64)], "pk1")             # (n, K, 1)
-    vp = b.op("Concat", [cov, pk1], "vp", axis=2)                                   # (n, K, 4): [V | p]
-    vt = b.op("Transpose", [cov], "vt", perm=[0, 2, 1])                            # (n, 3, K)
-    z = b.op("Reshape", [b.op("MatMul", [vt, vp], "z34"), b.const("shape_n12", [-1, 12], np.int64)], "z")
+    z = _row_dots(b, _components(b, cov) + [p], _Z_PRODUCTS, "z")                  # (n, 9)
     g = b.op("Gemm", [z, b.const("solve_w", w), b.const("solve_c", c)], "solve_g")  # (n, 60)
     fp, fq, fr, fs, h = b.op("Split", [g], "solve", n_out=5, axis=1)               # 5 x (n, 12)
     cof = b.op("Sub", [b.op("Mul", [fp, fq]), b.op("Mul", [fr, fs])], "cof")
@@ -198,10 +228,9 @@ def _projection_head(b: _Builder, model: StaggeredNetwork, p: str, cov: str, out
 
 
 def _basis_head(b: _Builder, c: str, cov: str, out: str) -> str:
-    """``F = Σ_k c_k V_k``."""
-    c1k = b.op("Unsqueeze", [c, b.const("ax1", [1], np.int64)], "c1k")
-    f13 = b.op("MatMul", [c1k, cov], "f13")
-    return b.op("Reshape", [f13, b.const("shape_n3", [-1, 3], np.int64)], out=out)
+    """``F = Σ_k c_k V_k``: one row dot product per component (as in the projection head)."""
+    rows = _components(b, cov) + [c]
+    return _row_dots(b, rows, ((0, 3), (1, 3), (2, 3)), "f", out=out)
 
 
 def model_to_onnx(model: StaggeredNetwork, *, target="forces", units=None, data_hash="", validation=None,

@@ -116,8 +116,10 @@ def test_per_element_dispatch_in_graph(gram):
     # MLP MatMuls consume gathered rows, never the full network input
     (full,) = net_in
     assert not any(n.op_type == "MatMul" and full in n.input for n in proto.graph.node)
-    # 3 layers per element + Vᵀ[V | p] and the row sums of the head (+ the Gram matrix)
-    assert ops.count("MatMul") == 4 * 3 + 2 + int(gram)
+    # 3 layers per element + the row sums of the head (+ the Gram matrix); the head's entries of VᵀV
+    # and Vᵀp are row dot products of the three components: no batched MatMul there
+    assert ops.count("MatMul") == 4 * 3 + 1 + int(gram)
+    assert ops.count("ReduceSum") == 9
 
 
 @pytest.mark.parametrize("head", ["projection", "basis"])
