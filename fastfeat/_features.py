@@ -399,8 +399,12 @@ class Featurizer:
         spec = self.spec
         if self._needs_rebuild(pos, species, cell, pbc):
             if n > 0:
-                self._start, self._j, self._shiftvec = build_csr_cpu(pos, cell, pbc, spec.cutoff + self.skin,
-                                                                     self.dtype)
+                from ._kernels.features_cpu import group_by_species
+
+                start, self._j, self._shiftvec = build_csr_cpu(pos, cell, pbc, spec.cutoff + self.skin, self.dtype)
+                # rows grouped by neighbour species once per build (the kernel then needs no sort per step)
+                self._seg = np.empty((n, spec.n_species + 1), np.int64)
+                group_by_species(start, self._j, self._shiftvec, species, self._seg)
             self._pos_ref = pos.copy()
             self._key = (n, cell, pbc, species)  # validated copies, never handed out
             self._g = np.empty((n, spec.n_invariant), self.dtype)
@@ -411,8 +415,7 @@ class Featurizer:
             return self._g, self._v
         from ._kernels.features_cpu import features as kernel
 
-        kernel(pos, species, self._start, self._j, self._shiftvec, *self._cache.params.args(),
-               self._g, self._v, self._overlap)
+        kernel(pos, self._seg, self._j, self._shiftvec, *self._cache.params.args(), self._g, self._v, self._overlap)
         if self._overlap.max() >= 0:
             _overlap_error(self._overlap)
         return self._g, self._v

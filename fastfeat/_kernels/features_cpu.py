@@ -2,7 +2,8 @@
 
 Two kernels share the per-neighbour and per-pair arithmetic:
 
-- ``features``: over a CSR neighbour list (i sorted) with shift vectors; it
+- ``features``: over a CSR neighbour list (i sorted, each row grouped by
+  species once per build: ``group_by_species``) with shift vectors; it
   recomputes r_ij = pos[j] - pos[i] + shiftvec from current positions, so a
   list built with a skin is reused across MD steps (pairs beyond the cutoff
   are skipped).
@@ -10,7 +11,8 @@ Two kernels share the per-neighbour and per-pair arithmetic:
   (one-shot featurization: less memory, one pass).
 
 Both gather the neighbours of a centre atom inside the cutoff into short
-arrays sorted by species; ``_atom_terms`` then computes everything from those
+arrays sorted by species (``features`` reads them in that order,
+``features_cells`` sorts them); ``_atom_terms`` then computes everything from those
 arrays, one loop over the neighbours per quantity, so the compiler vectorises
 over neighbours: the Gaussians of an equally spaced grid are a ladder (two
 exps per neighbour, then two multiplications per grid point) and the exps are a
@@ -44,7 +46,7 @@ from .neighbors_cpu import _count_starts, _wrap_index
 #: reassociation lets neighbour sums vectorise; no assumptions about NaN/inf
 _FASTMATH = {"reassoc", "contract"}
 
-__all__ = ["features", "features_cells"]
+__all__ = ["features", "features_cells", "group_by_species"]
 
 #: most atoms per parallel work item (scratch arrays are allocated once per chunk)
 _CHUNK = 64
@@ -593,9 +595,50 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg, tk), acc_r, acc_v, acc_a
 
 
+@njit(parallel=True, cache=True)
+def group_by_species(start_n, j_p, shiftvec_pc, species_n, seg_ns):
+    """Reorder every CSR row (neighbours j_p[start_n[i]:start_n[i+1]] and their shift vectors) so that
+    its neighbours come species by species, in their previous order within a species (a stable
+    counting sort); seg_ns[i, a] is where species a starts in row i, seg_ns[i, -1] = start_n[i + 1].
+    Done once per list build, it spares the feature kernel a sort per atom and step."""
+    n = start_n.shape[0] - 1
+    n_sp = seg_ns.shape[1] - 1
+    chunk = 256
+    for c in prange((n + chunk - 1) // chunk):
+        cap = 1
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            cap = max(cap, start_n[i + 1] - start_n[i])
+        js = np.empty(cap, j_p.dtype)
+        sv = np.empty((cap, 3), shiftvec_pc.dtype)
+        cur = np.empty(n_sp + 1, np.int64)
+        for i in range(c * chunk, min(n, (c + 1) * chunk)):
+            p0 = start_n[i]
+            m = start_n[i + 1] - p0
+            row_j = j_p[p0:p0 + m]
+            row_s = shiftvec_pc[p0:p0 + m]
+            cur[:] = 0
+            for p in range(m):
+                js[p] = row_j[p]
+                sv[p, 0] = row_s[p, 0]
+                sv[p, 1] = row_s[p, 1]
+                sv[p, 2] = row_s[p, 2]
+                cur[species_n[row_j[p]] + 1] += 1
+            for a in range(n_sp):
+                cur[a + 1] += cur[a]
+            for a in range(n_sp + 1):
+                seg_ns[i, a] = p0 + cur[a]
+            for p in range(m):
+                q = cur[species_n[js[p]]]
+                cur[species_n[js[p]]] = q + 1
+                row_j[q] = js[p]
+                row_s[q, 0] = sv[p, 0]
+                row_s[q, 1] = sv[p, 1]
+                row_s[q, 2] = sv[p, 2]
+
+
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def features(
-    pos_nc, species_n, start_n, j_p, shiftvec_pc,
+    pos_nc, seg_ns, j_p, shiftvec_pc,
     cutoff, acut,
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
@@ -603,7 +646,9 @@ def features(
     pair_ab, n_radial_total,
     g_nf, v_nfc, overlap_n,
 ):
-    """Features from a CSR neighbour list: neighbours of i are j_p[start_n[i]:start_n[i+1]]."""
+    """Features from a CSR neighbour list grouped by species (see group_by_species): the neighbours
+    of i of species a are j_p[seg_ns[i, a]:seg_ns[i, a + 1]], so the gathered neighbours come out
+    sorted by species without a sort."""
     n = pos_nc.shape[0]
     n_ang = grid_q.shape[0]
     n_u = eta_u.shape[0]
@@ -625,7 +670,7 @@ def features(
         i1 = min(n, i0 + chunk)
         cap = 1
         for i in range(i0, i1):
-            cap = max(cap, start_n[i + 1] - start_n[i])
+            cap = max(cap, seg_ns[i, n_sp] - seg_ns[i, 0])
         f, ints, seg, ae, pair_work, acc_r, acc_v, acc_a = _scratch(
             cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
             n_pairs * (n_uv if use_grid else n_ang))
@@ -638,23 +683,31 @@ def features(
             xi = pos_nc[i, 0]
             yi = pos_nc[i, 1]
             zi = pos_nc[i, 2]
-            for p in range(start_n[i], start_n[i + 1]):
-                j = j_p[p]
-                dx = pos_nc[j, 0] - xi + shiftvec_pc[p, 0]
-                dy = pos_nc[j, 1] - yi + shiftvec_pc[p, 1]
-                dz = pos_nc[j, 2] - zi + shiftvec_pc[p, 2]
-                r2 = dx * dx + dy * dy + dz * dz
-                # written unconditionally, kept by advancing m: no unpredictable branch
-                f[0, m] = dx
-                f[1, m] = dy
-                f[2, m] = dz
-                f[3, m] = r2
-                ints[0, m] = species_n[j]
-                if r2 < 1e-12:
-                    overlap_n[i] = j
-                m += (r2 < rc2) & (r2 >= 1e-12)
-            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
-            _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
+            sg = seg[0]
+            nx, ny, nz, nr2, nsp = f[4], f[5], f[6], f[7], ints[1]
+            for a in range(n_sp):
+                sg[a] = m
+                p0 = seg_ns[i, a]
+                p1 = seg_ns[i, a + 1]
+                js = j_p[p0:p1]
+                sv = shiftvec_pc[p0:p1]
+                for p in range(p1 - p0):
+                    j = js[p]
+                    dx = pos_nc[j, 0] - xi + sv[p, 0]
+                    dy = pos_nc[j, 1] - yi + sv[p, 1]
+                    dz = pos_nc[j, 2] - zi + sv[p, 2]
+                    r2 = dx * dx + dy * dy + dz * dz
+                    # written unconditionally, kept by advancing m: no unpredictable branch
+                    nx[m] = dx
+                    ny[m] = dy
+                    nz[m] = dz
+                    nr2[m] = r2
+                    nsp[m] = a
+                    if r2 < 1e-12:
+                        overlap_n[i] = j
+                    m += (r2 < rc2) & (r2 >= 1e-12)
+            sg[n_sp] = m
+            _atom_terms(m, (nx, ny, nz, nr2, nsp), sg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
                         (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae),
                         pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)

@@ -220,3 +220,24 @@ def test_deterministic_bitwise():
     a = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec)
     b = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec)
     assert np.array_equal(a.invariant, b.invariant) and np.array_equal(a.covariant, b.covariant)
+
+
+def test_group_by_species_is_a_stable_grouping_of_each_row():
+    # the Featurizer's list: each row reordered species by species, order kept within a species
+    from fastfeat._kernels.features_cpu import group_by_species
+    from fastfeat._neighbors import build_csr_cpu
+
+    rng = np.random.default_rng(12)
+    pos, Z, cell = random_structure(rng, 60, species=(1, 8, 6), scale=7.0)
+    species = np.searchsorted([1, 6, 8], Z)  # any index 0..2 per atom
+    start, j, sv = build_csr_cpu(pos, cell, np.array([True, True, False]), 4.0, np.float64)
+    j2, sv2 = j.copy(), sv.copy()
+    seg = np.full((len(pos), 4), -1, np.int64)
+    group_by_species(start, j2, sv2, species, seg)
+    for i in range(len(pos)):
+        row = slice(start[i], start[i + 1])
+        order = np.argsort(species[j[row]], kind="stable")
+        np.testing.assert_array_equal(j2[row], j[row][order], err_msg=f"row {i}")
+        np.testing.assert_array_equal(sv2[row], sv[row][order], err_msg=f"row {i}")
+        counts = np.bincount(species[j[row]], minlength=3)
+        np.testing.assert_array_equal(seg[i], start[i] + np.concatenate(([0], np.cumsum(counts))), err_msg=f"row {i}")
