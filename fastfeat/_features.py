@@ -50,6 +50,8 @@ class KernelParams:
     ang_v_q: np.ndarray
     pair_ab: np.ndarray
     n_radial_total: int
+    wang_p4: np.ndarray  # angular covariant vectors: (eta, zeta, lambda, 2^(1 - zeta)) per parameter
+    mixed_ab: np.ndarray  # (S, S): index of the unlike species pair (a, b), a < b, among such pairs; -1 else
 
     def args(self):
         return (
@@ -57,7 +59,7 @@ class KernelParams:
             self.eta_u, self.ebits_u, self.enb_u, self.zeta_v, self.lam_l, self.lam_idx_v, self.zbits_v, self.znb_v,
             self.pref_v, self.grid_q, self.use_grid,
             self.ang_u_q, self.ang_v_q,
-            self.pair_ab, self.n_radial_total,
+            self.pair_ab, self.n_radial_total, self.wang_p4, self.mixed_ab,
         )
 
 
@@ -131,11 +133,16 @@ def kernel_params(spec: FeatureSpec) -> KernelParams:
     pref_v = 2.0 ** (1.0 - zeta_v)
     grid_q = ang_u * len(zeta_v) + ang_v
     use_grid = len(eta_u) * len(zeta_v) <= max(2 * len(spec.angular), 8)
+    wang_p4 = np.array([(e, z, l, 2.0 ** (1.0 - z)) for e, z, l in spec.covariant_angular], np.float64).reshape(-1, 4)
+    s = spec.n_species
+    mixed_ab = np.full((s, s), -1, np.int64)
+    for m, (a, b) in enumerate((a, b) for a in range(s) for b in range(a + 1, s)):
+        mixed_ab[a, b] = m
     return KernelParams(
         spec.cutoff, spec.angular_cutoff, gaussian_ladders(spec.radial), gaussian_ladders(spec.covariant),
         eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q.astype(np.int64),
         bool(use_grid), ang_u, ang_v,
-        spec.pair_index(), spec.n_radial,
+        spec.pair_index(), spec.n_radial, wang_p4, mixed_ab,
     )
 
 
@@ -206,6 +213,14 @@ class _SpecCache:
         self.table = species_lookup(spec.numbers)
 
 
+def _check_cuda_spec(spec):
+    """The CUDA kernels do not compute angular covariant vectors yet: a clear error, not a silent gap."""
+    if spec.covariant_angular:
+        raise NotImplementedError(
+            "angular covariant vectors (FeatureSpec.covariant_angular) are computed on the CPU only in this "
+            "version of fastfeat; use device='cpu' or a spec without them")
+
+
 def spec_cache(spec) -> _SpecCache:
     """The (cached) kernel parameters of ``spec``; a TypeError for anything but a FeatureSpec."""
     if not isinstance(spec, FeatureSpec):
@@ -269,6 +284,7 @@ def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, position
     if dev == "cuda" or any(_device.is_device_array(s[0]) for s in structures):
         if dev != "cuda":
             raise TypeError("`positions` is a CUDA array but device='cpu'; pass NumPy arrays or device='cuda'")
+        _check_cuda_spec(spec)
         _device.require_cuda()
         from ._features_cuda import featurize_cuda
 
@@ -352,6 +368,7 @@ class Featurizer:
         self._key = None
         self._inputs = None  # raw (numbers, cell, pbc) of the last call and their validated forms
         if self.device == "cuda":
+            _check_cuda_spec(spec)
             _device.require_cuda()
             from ._features_cuda import CudaFeaturizerState
 

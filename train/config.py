@@ -82,7 +82,7 @@ class TrainConfig:
         Gradient-norm clip (0 = off).
     cache_dir : str
         Where feature caches go ("" = $FASTFEAT_CACHE or ~/.cache/fastfeat).
-    spec_preset : {"default", "dense", "ani1x"}
+    spec_preset : {"default", "dense", "angular", "ani1x"}
         FeatureSpec.default preset used when no [spec] is given.
     spec : dict
         FeatureSpec fields (optional ``species``).
@@ -174,7 +174,7 @@ class TrainConfig:
         need(self.target != "", "target", "a non-empty key")
         if not isinstance(self.spec, dict):
             raise TypeError(f"config `spec` must be a table of FeatureSpec fields, got {type(self.spec).__name__}")
-        spec_keys = {"species", "cutoff", "angular_cutoff", "radial", "angular", "covariant"}
+        spec_keys = {"species", "cutoff", "angular_cutoff", "radial", "angular", "covariant", "covariant_angular"}
         unknown = sorted(set(self.spec) - spec_keys)
         if unknown:
             raise ValueError(f"unknown config key `spec.{unknown[0]}`; valid keys of [spec]: {sorted(spec_keys)}")

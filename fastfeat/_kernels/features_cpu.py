@@ -18,7 +18,10 @@ over neighbours: the Gaussians of an equally spaced grid are a ladder (two
 exps per neighbour, then two multiplications per grid point) and the exps are a
 polynomial (``_fexp``) instead of scalar libm calls. G4 over unordered pairs
 of neighbours inside the angular cutoff, all species pairs of an atom in one
-block of pairs (one loop per factor over the whole block).
+block of pairs (one loop per factor over the whole block); the optional angular
+covariant vectors (FeatureSpec.covariant_angular) from the same blocks: one
+weight per pair and parameter, then the weighted sum and difference of the two
+unit vectors over each species pair's segment (``_pair_sums``).
 
 Two rules keep the loops vectorised and short-loop overhead low (measured;
 most loops here run over 10-60 elements):
@@ -296,7 +299,7 @@ _PAIR_BLOCK = 128
 def _pair_factors(nt, w2a, ang, pair_work):
     """pu[u, t] and tv[v, t] of the nt pairs in the block (tw, tr2, tcos filled), one loop over t per factor."""
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v = ang[:9]
-    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk = pair_work
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk, tws = pair_work
     eta0 = eta_u[0]
     # exp(-eta_u r_jk^2) fc(r_jk) times the i-j and i-k factors
     for t in range(nt):
@@ -348,7 +351,7 @@ def _pair_factors(nt, w2a, ang, pair_work):
 
 
 @njit(forceinline=True, cache=True, fastmath=_FASTMATH)
-def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
+def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a, acc_v, w_base):
     """G4 over unordered pairs of the angular neighbours (sorted by species: species a is aseg[a]:aseg[a + 1];
     ad holds 1 / r; ae[u, k] = exp(-eta_u r^2) fc(r)).
 
@@ -358,9 +361,9 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
     over the whole block (vectorised, see _pair_factors), and each G4 column
     gets one sum over each species pair's segment of the block.
     """
-    ax, ay, az, ad, aseg, ae = angular_nbr
-    use_grid, pair_ab, n_ang = ang[9], ang[12], ang[13]
-    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk = pair_work
+    ax, ay, az, ad, aseg, ae, aw = angular_nbr
+    use_grid, pair_ab, n_ang, mixed_ab = ang[9], ang[12], ang[13], ang[15]
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk, tws = pair_work
     n_u = ae.shape[0]
     n_uv = n_u * tv.shape[0]
     nt = 0
@@ -377,6 +380,8 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
             base = pair_ab[a, b] * (n_uv if use_grid else n_ang)
             tseg[0, n_seg] = base
             tseg[1, n_seg] = nt
+            tseg[3, n_seg] = pair_ab[a, b]
+            tseg[4, n_seg] = mixed_ab[a, b]
             for k1 in range(a0, a1):
                 x1 = ax[k1]
                 y1 = ay[k1]
@@ -400,26 +405,30 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a):
                     k2 = k2_end
                     if nt >= _PAIR_BLOCK:  # block full: sum it, the species pair goes on in a new block
                         tseg[2, n_seg] = nt
-                        _pair_sums(nt, n_seg + 1, w2a, angular_nbr, ang, pair_work, acc_a)
+                        _pair_sums(nt, n_seg + 1, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base)
                         nt = 0
                         n_seg = 0
                         tseg[0, 0] = base
                         tseg[1, 0] = 0
+                        tseg[3, 0] = pair_ab[a, b]
+                        tseg[4, 0] = mixed_ab[a, b]
             tseg[2, n_seg] = nt
             n_seg += 1
     if nt > 0:
-        _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a)
+        _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base)
 
 
 @njit(inline="always")
-def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a):
+def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base):
     """G4 sums of a block of nt pairs (neighbours tk[0, t], tk[1, t]; r_jk^2 in tr2): cosines and
     neighbour weights gathered, factors over the whole block, then one sum per G4 column over each
-    species pair's segment tseg[1, s]:tseg[2, s] into acc_a[tseg[0, s] + column]."""
-    ax, ay, az, ad, aseg, ae = angular_nbr
+    species pair's segment tseg[1, s]:tseg[2, s] into acc_a[tseg[0, s] + column]; then the angular
+    covariant vectors (bisector and difference of the two unit vectors, weighted) into
+    acc_v[w_base + ...] (layout of FeatureSpec.covariant_labels)."""
+    ax, ay, az, ad, aseg, ae, aw = angular_nbr
     use_grid, ang_u_q, ang_v_q = ang[9:12]
     n_ang = ang[13]
-    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk = pair_work
+    tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk, tws = pair_work
     # unsigned indices: no wrap-around check, the gathers vectorise
     k1s = tk[0, :nt]
     k2s = tk[1, :nt]
@@ -460,6 +469,62 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a):
                 for t in range(t1 - t0):
                     acc += pu_t[t] * tv_t[t]
                 acc_a[base + q] += acc
+    wang_p4 = ang[14]
+    n_w = wang_p4.shape[0]
+    if n_w == 0:
+        return
+    n_pairs = ang[12].shape[0] * (ang[12].shape[0] + 1) // 2
+    for p in range(n_w):
+        eta = wang_p4[p, 0]
+        zeta = wang_p4[p, 1]
+        lam = wang_p4[p, 2]
+        pref = wang_p4[p, 3]
+        aw_p = aw[p]
+        for t in range(nt):
+            b = 1.0 + lam * tcos[t]
+            b = b if b > 0.0 else 0.0
+            tws[t] = pref * b**zeta * aw_p[k1s[t]] * aw_p[k2s[t]] * tfc[t] * _fexp(-eta * tr2[t])
+        for s in range(n_seg):
+            t0 = tseg[1, s]
+            t1 = tseg[2, s]
+            if t1 == t0:
+                continue
+            w_t = tws[t0:t1]
+            k1_t = k1s[t0:t1]
+            k2_t = k2s[t0:t1]
+            bx = 0.0
+            by = 0.0
+            bz = 0.0
+            dx = 0.0
+            dy = 0.0
+            dz = 0.0
+            for t in range(t1 - t0):
+                k1 = k1_t[t]
+                k2 = k2_t[t]
+                w1 = w_t[t] * ad[k1]
+                w2 = w_t[t] * ad[k2]
+                ux1 = w1 * ax[k1]
+                uy1 = w1 * ay[k1]
+                uz1 = w1 * az[k1]
+                ux2 = w2 * ax[k2]
+                uy2 = w2 * ay[k2]
+                uz2 = w2 * az[k2]
+                bx += ux1 + ux2
+                by += uy1 + uy2
+                bz += uz1 + uz2
+                dx += ux1 - ux2
+                dy += uy1 - uy2
+                dz += uz1 - uz2
+            col = w_base + tseg[3, s] * n_w + p
+            acc_v[col, 0] += bx
+            acc_v[col, 1] += by
+            acc_v[col, 2] += bz
+            mx = tseg[4, s]
+            if mx >= 0:  # unlike species: k1 of the lower species index, k2 of the other
+                col = w_base + (n_pairs + mx) * n_w + p
+                acc_v[col, 0] += dx
+                acc_v[col, 1] += dy
+                acc_v[col, 2] += dz
 
 
 @njit(forceinline=True, cache=True)
@@ -519,7 +584,8 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe = cov
     eta_u = ang[0]
     n_ang = ang[13]
-    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, ar2, aseg, ae = work
+    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, ar2, aseg, ae, aw = work
+    n_w = ang[14].shape[0]
     w2c = (math.pi / cutoff) ** 2
     for k in range(m):
         r2 = nr2[k]
@@ -545,7 +611,7 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
         for l in range(cl_eta.shape[0]):
             _ladder_vector(nd_a, ux[k0:k1], uy[k0:k1], uz[k0:k1], cl_eta[l], cl_rs0[l], cl_delta[l], cl_cnt[l],
                            cl_start[l], cl_q, cl_c[l], cl_safe[l], gl_a, rl_a, acc_v, a * n_cov)
-    if n_ang == 0:
+    if n_ang == 0 and n_w == 0:
         return
     w2a = (math.pi / acut) ** 2
     mm = 0
@@ -569,16 +635,23 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
         eta = eta_u[u]
         for k in range(mm):
             ae[u, k] = _fexp(-eta * ar2[k]) * afc[k]
-    _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae), n_sp, ang, pair_work, acc_a)
+    wang_p4 = ang[14]
+    for p in range(n_w):
+        eta = wang_p4[p, 0]
+        for k in range(mm):
+            aw[p, k] = _fexp(-eta * ar2[k]) * afc[k]
+    _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae, aw), n_sp, ang, pair_work, acc_a, acc_v,
+                   n_sp * n_cov)
 
 
 @njit(inline="always")
-def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov_total, n_acc_a):
+def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov_total, n_acc_a, n_w):
     """Per-chunk work arrays for up to `cap` neighbours per atom, and the per-atom accumulators."""
     f = np.empty((16, cap))  # gathered, sorted and derived per-neighbour columns
     ints = np.empty((2, cap), np.int64)
     seg = np.empty((3, n_sp + 1), np.int64)
     ae = np.empty((n_u, cap))
+    aw = np.empty((n_w, cap))  # exp(-eta r^2) fc(r) of the angular covariant parameters
     # per block of neighbour pairs
     block = 2 * _PAIR_BLOCK  # a block fills up to _PAIR_BLOCK - 1 pairs, then one pass adds at most _PAIR_BLOCK
     tf = np.empty((3, block))
@@ -590,9 +663,10 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     acc_r = np.empty(n_radial_total)
     acc_v = np.empty((n_cov_total, 3))
     acc_a = np.empty(n_acc_a)
-    tseg = np.empty((3, n_sp * (n_sp + 1) // 2), np.int64)  # species-pair segments of a block
+    tseg = np.empty((5, n_sp * (n_sp + 1) // 2), np.int64)  # species-pair segments of a block
     tk = np.empty((2, block), np.uint32)  # the two neighbours of each pair in a block
-    return f, ints, seg, ae, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg, tk), acc_r, acc_v, acc_a
+    tws = np.empty(block)  # weights of the angular covariant vectors
+    return f, ints, seg, (ae, aw), (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg, tk, tws), acc_r, acc_v, acc_a
 
 
 @njit(parallel=True, cache=True)
@@ -643,7 +717,7 @@ def features(
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q, use_grid, ang_u_q, ang_v_q,
-    pair_ab, n_radial_total,
+    pair_ab, n_radial_total, wang_p4, mixed_ab,
     g_nf, v_nfc, overlap_n,
 ):
     """Features from a CSR neighbour list grouped by species (see group_by_species): the neighbours
@@ -662,7 +736,7 @@ def features(
     cov = (cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
            _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff))
     ang = (eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-           pair_ab, n_ang)
+           pair_ab, n_ang, wang_p4, mixed_ab)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
@@ -671,9 +745,9 @@ def features(
         cap = 1
         for i in range(i0, i1):
             cap = max(cap, seg_ns[i, n_sp] - seg_ns[i, 0])
-        f, ints, seg, ae, pair_work, acc_r, acc_v, acc_a = _scratch(
+        f, ints, seg, (ae, aw), pair_work, acc_r, acc_v, acc_a = _scratch(
             cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
-            n_pairs * (n_uv if use_grid else n_ang))
+            n_pairs * (n_uv if use_grid else n_ang), wang_p4.shape[0])
         for i in range(i0, i1):
             acc_r[:] = 0.0
             acc_v[:] = 0.0
@@ -708,7 +782,7 @@ def features(
                     m += (r2 < rc2) & (r2 >= 1e-12)
             sg[n_sp] = m
             _atom_terms(m, (nx, ny, nz, nr2, nsp), sg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
-                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae),
+                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae, aw),
                         pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
@@ -720,7 +794,7 @@ def features_cells(
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q, use_grid, ang_u_q, ang_v_q,
-    pair_ab, n_radial_total,
+    pair_ab, n_radial_total, wang_p4, mixed_ab,
     g_nf, v_nfc, overlap_n,
 ):
     """Features straight from a cell list (see neighbors_cpu).
@@ -741,7 +815,7 @@ def features_cells(
     cov = (cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
            _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff))
     ang = (eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-           pair_ab, n_ang)
+           pair_ab, n_ang, wang_p4, mixed_ab)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
@@ -750,9 +824,9 @@ def features_cells(
         cap = 1
         for k in range(i0, i1):
             cap = max(cap, _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b))
-        f, ints, seg, ae, pair_work, acc_r, acc_v, acc_a = _scratch(
+        f, ints, seg, (ae, aw), pair_work, acc_r, acc_v, acc_a = _scratch(
             cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
-            n_pairs * (n_uv if use_grid else n_ang))
+            n_pairs * (n_uv if use_grid else n_ang), wang_p4.shape[0])
         # candidates of the current bin: every atom of the visited (bin, image) cells, image-shifted
         cand = np.empty((3, cap))
         cand_sp = np.empty(cap, np.int64)
@@ -820,7 +894,7 @@ def features_cells(
                     m += 1
             _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
             _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
-                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae),
+                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae, aw),
                         pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 

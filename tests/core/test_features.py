@@ -22,8 +22,20 @@ SPEC_STEEP = fastfeat.FeatureSpec(
     angular=[(0.1, 1, 1), (0.2, 2, -1)],
     covariant=[(45.0, 0.6 + 0.4 * k) for k in range(9)],
 )
+# angular covariant vectors (bisector and difference) with and without G4, uneven parameters
+SPEC_WANG = fastfeat.FeatureSpec(
+    ("H", "O", "C"), 4.5, 3.8,
+    radial=[(0.5, 1.0), (1.0, 2.0)],
+    angular=[(0.1, 1, 1), (0.05, 2, -1)],
+    covariant=[(0.3, 1.0), (1.0, 2.5)],
+    covariant_angular=[(0.02, 1, 1), (0.3, 4, -1), (0.1, 1.5, 1)],
+)
 SPECS = {
     "irregular": SPEC_IRREGULAR,
+    "angular_covariant": SPEC_WANG,
+    "angular_covariant_no_g4": fastfeat.FeatureSpec(("H", "O", "C"), 4.5, 3.8, radial=SPEC_WANG.radial,
+                                                   covariant=SPEC_WANG.covariant,
+                                                   covariant_angular=SPEC_WANG.covariant_angular),
     "steep": SPEC_STEEP,
     "default": fastfeat.FeatureSpec.default(("H", "O", "C")),
     "ani1x": fastfeat.FeatureSpec.default(("H", "O", "C"), preset="ani1x"),
@@ -132,6 +144,20 @@ def test_rotation_translation_float64(seed):
 @pytest.mark.parametrize("seed", range(2))
 def test_rotation_translation_float32(seed):
     _check_rotation(SPECS["default"], seed, np.float32, 5e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_angular_covariant_vectors_rotate_and_follow_the_reference(seed):
+    # W -> W R^T under rotation; the CSR (MD) kernel agrees with the NumPy reference too
+    _check_rotation(SPEC_WANG, seed, np.float64, 1e-10)
+    rng = np.random.default_rng(100 + seed)
+    pos, Z, cell = random_structure(rng, 24, species=(1, 8, 6), scale=6.0)
+    G, V = features_ref(pos, Z, cell, np.array([True, False, True]), SPEC_WANG)
+    g, v = fastfeat.Featurizer(SPEC_WANG, dtype=np.float64, skin=0.7)(pos, Z, cell, [True, False, True])
+    np.testing.assert_allclose(g, G, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(v, V, rtol=1e-10, atol=1e-12)
+    w = V[:, SPEC_WANG.n_covariant_radial:]
+    assert np.abs(w).max() > 0.1  # the vectors are populated in these structures
 
 
 def test_permutation_and_rewrapping():

@@ -24,6 +24,25 @@ def test_sizes_and_labels():
         FeatureSpec.default(("H",), preset="fine")
 
 
+def test_angular_covariant_sizes_labels_and_json():
+    spec = FeatureSpec.default(("Li", "O", "P"), preset="angular")
+    # 16 V per species; 8 W parameters x (6 species pairs for the bisector + 3 unlike pairs for the difference)
+    assert spec.n_covariant_radial == 48 and spec.n_covariant_angular == 8 * (6 + 3) == 72
+    assert spec.n_covariant == 120 and spec.angular_cutoff == 4.5
+    labels = spec.covariant_labels
+    assert len(labels) == spec.n_covariant == len(set(labels))
+    assert labels[48].startswith("Wsum[Li,Li;") and labels[48 + 6 * 8].startswith("Wdiff[Li,O;")
+    assert labels[-1].startswith("Wdiff[O,P;")
+    again = FeatureSpec.from_json(spec.to_json())
+    assert again == spec and again.to_json() == spec.to_json()
+    # a spec without them is written in the older layout (version 1, no extra key): older readers keep working
+    import json
+
+    plain = json.loads(FeatureSpec.default(("H",), preset="dense").to_json())
+    assert plain["format_version"] == 1 and "covariant_angular" not in plain
+    assert json.loads(spec.to_json())["format_version"] == fastfeat.SPEC_FORMAT_VERSION == 2
+
+
 def test_json_round_trip():
     spec = FeatureSpec(("O", "H"), 5.0, 3.0, [(0.5, 1.0)], [(0.1, 2.0, -1.0)], [(0.2, 1.5), (0.3, 2.5)])
     again = FeatureSpec.from_json(spec.to_json())
@@ -55,6 +74,9 @@ def test_newer_format_refused():
         (dict(angular=[(0.1, 1.0, 0.5)]), ValueError, "`lambda` must be \\+1 or -1"),
         (dict(covariant=[]), ValueError, "at least one covariant"),
         (dict(radial=[(-1.0, 1.0)]), ValueError, "`eta` must be >= 0"),
+        (dict(covariant_angular=[(0.1, 0.5, 1.0)]), ValueError, "covariant_angular `zeta` must be >= 1"),
+        (dict(covariant_angular=[(0.1, 1.0, 0.0)]), ValueError, "covariant_angular `lambda` must be"),
+        (dict(covariant_angular=[(0.1, 1.0)]), ValueError, "`covariant_angular` must be a sequence of 3-tuples"),
     ],
 )
 def test_bad_spec(kwargs, exc, match):

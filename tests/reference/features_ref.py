@@ -46,4 +46,25 @@ def features_ref(positions, numbers, cell, pbc, spec):
                 for q, (eta, zeta, lam) in enumerate(spec.angular):
                     G[i, col + q] += 2.0 ** (1 - zeta) * max(1 + lam * cos, 0.0) ** zeta * np.exp(
                         -eta * (da[k1] ** 2 + da[k2] ** 2 + rjk**2)) * cut
+                # angular covariant vectors: bisector for every species pair, difference (neighbour of
+                # the lower species index minus the other) for unlike species
+                a, b = sp[ja[k1]], sp[ja[k2]]
+                u1, u2 = ra_vec[k1] / da[k1], ra_vec[k2] / da[k2]
+                if a > b:
+                    a, b, u1, u2 = b, a, u2, u1
+                for q, (eta, zeta, lam) in enumerate(spec.covariant_angular):
+                    w = 2.0 ** (1 - zeta) * max(1 + lam * cos, 0.0) ** zeta * np.exp(
+                        -eta * (da[k1] ** 2 + da[k2] ** 2 + rjk**2)) * cut
+                    V[i, _w_index(spec, a, b, q, True)] += w * (u1 + u2)
+                    if a != b:
+                        V[i, _w_index(spec, a, b, q, False)] += w * (u1 - u2)
     return G, V
+
+
+def _w_index(spec, a, b, q, bisector):
+    """Column of the angular covariant vector (a <= b, parameter q) in the covariant layout."""
+    S, nW = spec.n_species, len(spec.covariant_angular)
+    if bisector:
+        return spec.n_covariant_radial + spec.pair_index()[a, b] * nW + q
+    mixed = [(x, y) for x in range(S) for y in range(x + 1, S)].index((a, b))
+    return spec.n_covariant_radial + spec.n_pairs * nW + mixed * nW + q

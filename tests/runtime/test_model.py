@@ -160,6 +160,26 @@ def test_rotation_covariance(model64_path):
     np.testing.assert_allclose(f1, f0 @ rot.T, atol=1e-10, err_msg=f"rotation {rot.tolist()}")
 
 
+def test_model_on_angular_covariant_spec_loads_and_rotates(spec, tmp_path):
+    # a spec with angular covariant vectors (FeatureSpec JSON format 2) round-trips through the model file;
+    # the runtime computes them (CPU) and the forces rotate with the structure
+    import dataclasses
+
+    wspec = dataclasses.replace(spec, covariant_angular=((0.05, 1.0, 1.0), (0.2, 2.0, -1.0)))
+    model = ForceModel.load(make_basis_model(tmp_path / "w.onnx", wspec, dtype="float64"))
+    assert model.spec == wspec and model.spec.n_covariant > spec.n_covariant
+    atoms = random_water_box(seed=7, pbc=False)
+    f = fastfeat.featurize(atoms, wspec, dtype=np.float64)
+    f0 = model.forces(atoms)
+    np.testing.assert_allclose(f0, reference_forces(wspec, f.invariant, f.covariant, f.species), rtol=1e-10,
+                               atol=1e-12)
+    rot = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]) @ \
+        np.array([[1.0, 0.0, 0.0], [0.0, 0.6, -0.8], [0.0, 0.8, 0.6]])
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ rot.T
+    np.testing.assert_allclose(model.forces(rotated), f0 @ rot.T, atol=1e-10)
+
+
 def test_rotation_covariance_periodic_float32(model_path):
     model = ForceModel.load(model_path)
     atoms = random_water_box(seed=6)
