@@ -38,6 +38,31 @@ def _load_revision(rev, folder):
     return mod
 
 
+def _arguments(mod, fz, pos, species, cell, pbc, params, g, v, overlap):
+    """(reuse-kernel args, one-shot-kernel args) for one revision's kernels.
+
+    The reuse kernel reads the list as the Featurizer keeps it (rows grouped by species); revisions
+    before the grouping (no ``group_by_species``) take the CSR starts and species and sort each row
+    themselves. Revisions before the angular covariant vectors take two kernel parameters fewer.
+    """
+    import inspect
+
+    from fastfeat._features import bin_atoms
+
+    kargs = params.args()
+    if "wang_p4" not in inspect.signature(mod.features.py_func).parameters:
+        kargs = kargs[:-2]
+    if hasattr(mod, "group_by_species"):
+        reuse = (pos, fz._seg, fz._j, fz._shiftvec, *kargs, g, v, overlap)
+    else:
+        start = np.append(fz._seg[:, 0], fz._seg[-1, -1])
+        reuse = (pos, species, start, fz._j, fz._shiftvec, *kargs, g, v, overlap)
+    cl = bin_atoms(pos, cell, pbc, params.cutoff)
+    cells = (cl.poss, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
+             cl.start, cl.order, *kargs, g, v, overlap)
+    return reuse, cells
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("revisions", nargs="+", help="git revisions to compare with the working tree")
@@ -50,7 +75,6 @@ def main(argv=None):
 
     numba.set_num_threads(args.threads)
     import fastfeat
-    from fastfeat._features import bin_atoms
     from fastfeat._kernels import features_cpu
 
     from benchmarks.common import ani1x_spec, water_system
@@ -74,18 +98,10 @@ def main(argv=None):
         params = fz._cache.params
         g, v = fz._g.copy(), fz._v.copy()
         overlap = np.empty(len(pos), np.int64)
-        # the list as the Featurizer keeps it (rows grouped by species); revisions before the grouping
-        # (no group_by_species) take the CSR starts and species instead and sort each row themselves
-        reuse = (pos, fz._seg, fz._j, fz._shiftvec, *params.args(), g, v, overlap)
-        start = np.append(fz._seg[:, 0], fz._seg[-1, -1])
-        reuse_sorting = (pos, species, start, fz._j, fz._shiftvec, *params.args(), g, v, overlap)
-        cl = bin_atoms(pos, cell, pbc, params.cutoff)
-        cells = (cl.poss, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
-                 cl.start, cl.order, *params.args(), g, v, overlap)
         ref = None
+        calls = {name: _arguments(mod, fz, pos, species, cell, pbc, params, g, v, overlap) for name, mod in versions}
         for name, mod in versions:
-            for kernel, a in (("features", reuse if hasattr(mod, "group_by_species") else reuse_sorting),
-                              ("features_cells", cells)):
+            for kernel, a in (("features", calls[name][0]), ("features_cells", calls[name][1])):
                 getattr(mod, kernel)(*a)
                 out = (g.copy(), v.copy())
                 if ref is None:
@@ -96,7 +112,7 @@ def main(argv=None):
         best = {}
         for _ in range(args.rounds):
             for name, mod in versions:
-                a_reuse = reuse if hasattr(mod, "group_by_species") else reuse_sorting
+                a_reuse, cells = calls[name]
                 for kind, kernel, a in (("reuse", mod.features, a_reuse), ("one-shot", mod.features_cells, cells)):
                     t0 = time.perf_counter()
                     kernel(*a)
