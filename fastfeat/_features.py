@@ -134,15 +134,11 @@ def kernel_params(spec: FeatureSpec) -> KernelParams:
     grid_q = ang_u * len(zeta_v) + ang_v
     use_grid = len(eta_u) * len(zeta_v) <= max(2 * len(spec.angular), 8)
     wang_p4 = np.array([(e, z, l, 2.0 ** (1.0 - z)) for e, z, l in spec.covariant_angular], np.float64).reshape(-1, 4)
-    s = spec.n_species
-    mixed_ab = np.full((s, s), -1, np.int64)
-    for m, (a, b) in enumerate((a, b) for a in range(s) for b in range(a + 1, s)):
-        mixed_ab[a, b] = m
     return KernelParams(
         spec.cutoff, spec.angular_cutoff, gaussian_ladders(spec.radial), gaussian_ladders(spec.covariant),
         eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q.astype(np.int64),
         bool(use_grid), ang_u, ang_v,
-        spec.pair_index(), spec.n_radial, wang_p4, mixed_ab,
+        spec.pair_index(), spec.n_radial, wang_p4, spec.mixed_pair_index(),
     )
 
 

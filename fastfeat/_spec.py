@@ -185,6 +185,18 @@ class FeatureSpec:
                 p += 1
         return out
 
+    def mixed_pair_index(self) -> np.ndarray:
+        """(S, S) int64 matrix: position of the unlike species pair (a, b), a < b, among such pairs (the
+        block order of the difference W vectors); -1 where a >= b."""
+        s = self.n_species
+        out = np.full((s, s), -1, dtype=np.int64)
+        m = 0
+        for a in range(s):
+            for b in range(a + 1, s):
+                out[a, b] = m
+                m += 1
+        return out
+
     # ----------------------------------------------------------------- labels
     @property
     def invariant_labels(self) -> list:

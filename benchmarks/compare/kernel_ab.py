@@ -38,7 +38,7 @@ def _load_revision(rev, folder):
     return mod
 
 
-def _arguments(mod, fz, pos, species, cell, pbc, params, g, v, overlap):
+def _arguments(mod, fz, pos, species, cell, cl, params, g, v, overlap):
     """(reuse-kernel args, one-shot-kernel args) for one revision's kernels.
 
     The reuse kernel reads the list as the Featurizer keeps it (rows grouped by species); revisions
@@ -46,8 +46,6 @@ def _arguments(mod, fz, pos, species, cell, pbc, params, g, v, overlap):
     themselves. Revisions before the angular covariant vectors take two kernel parameters fewer.
     """
     import inspect
-
-    from fastfeat._features import bin_atoms
 
     kargs = params.args()
     if "wang_p4" not in inspect.signature(mod.features.py_func).parameters:
@@ -57,7 +55,6 @@ def _arguments(mod, fz, pos, species, cell, pbc, params, g, v, overlap):
     else:
         start = np.append(fz._seg[:, 0], fz._seg[-1, -1])
         reuse = (pos, species, start, fz._j, fz._shiftvec, *kargs, g, v, overlap)
-    cl = bin_atoms(pos, cell, pbc, params.cutoff)
     cells = (cl.poss, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
              cl.start, cl.order, *kargs, g, v, overlap)
     return reuse, cells
@@ -75,6 +72,7 @@ def main(argv=None):
 
     numba.set_num_threads(args.threads)
     import fastfeat
+    from fastfeat._features import bin_atoms
     from fastfeat._kernels import features_cpu
 
     from benchmarks.common import ani1x_spec, water_system
@@ -99,7 +97,8 @@ def main(argv=None):
         g, v = fz._g.copy(), fz._v.copy()
         overlap = np.empty(len(pos), np.int64)
         ref = None
-        calls = {name: _arguments(mod, fz, pos, species, cell, pbc, params, g, v, overlap) for name, mod in versions}
+        cl = bin_atoms(pos, cell, pbc, params.cutoff)
+        calls = {name: _arguments(mod, fz, pos, species, cell, cl, params, g, v, overlap) for name, mod in versions}
         for name, mod in versions:
             for kernel, a in (("features", calls[name][0]), ("features_cells", calls[name][1])):
                 getattr(mod, kernel)(*a)

@@ -362,10 +362,8 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a, acc_v, 
     gets one sum over each species pair's segment of the block.
     """
     ax, ay, az, ad, aseg, ae, aw = angular_nbr
-    use_grid, pair_ab, n_ang, mixed_ab = ang[9], ang[12], ang[13], ang[15]
+    pair_ab, mixed_ab = ang[12], ang[15]
     tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk, tws = pair_work
-    n_u = ae.shape[0]
-    n_uv = n_u * tv.shape[0]
     nt = 0
     n_seg = 0
     for a in range(n_sp):
@@ -377,11 +375,9 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a, acc_v, 
             if a1 == a0 or b1 == b0:
                 continue
             same = a == b
-            base = pair_ab[a, b] * (n_uv if use_grid else n_ang)
-            tseg[0, n_seg] = base
+            tseg[0, n_seg] = pair_ab[a, b]
             tseg[1, n_seg] = nt
-            tseg[3, n_seg] = pair_ab[a, b]
-            tseg[4, n_seg] = mixed_ab[a, b]
+            tseg[3, n_seg] = mixed_ab[a, b]
             for k1 in range(a0, a1):
                 x1 = ax[k1]
                 y1 = ay[k1]
@@ -408,10 +404,9 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a, acc_v, 
                         _pair_sums(nt, n_seg + 1, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base)
                         nt = 0
                         n_seg = 0
-                        tseg[0, 0] = base
+                        tseg[0, 0] = pair_ab[a, b]
                         tseg[1, 0] = 0
-                        tseg[3, 0] = pair_ab[a, b]
-                        tseg[4, 0] = mixed_ab[a, b]
+                        tseg[3, 0] = mixed_ab[a, b]
             tseg[2, n_seg] = nt
             n_seg += 1
     if nt > 0:
@@ -422,7 +417,8 @@ def _angular_terms(w2a, acut2, angular_nbr, n_sp, ang, pair_work, acc_a, acc_v, 
 def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base):
     """G4 sums of a block of nt pairs (neighbours tk[0, t], tk[1, t]; r_jk^2 in tr2): cosines and
     neighbour weights gathered, factors over the whole block, then one sum per G4 column over each
-    species pair's segment tseg[1, s]:tseg[2, s] into acc_a[tseg[0, s] + column]; then the angular
+    species pair's segment tseg[1, s]:tseg[2, s] (species pair tseg[0, s], unlike-pair index tseg[3, s]
+    or -1) into that pair's block of acc_a; then the angular
     covariant vectors (bisector and difference of the two unit vectors, weighted) into
     acc_v[w_base + ...] (layout of FeatureSpec.covariant_labels)."""
     ax, ay, az, ad, aseg, ae, aw = angular_nbr
@@ -444,8 +440,9 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
             tw_u[t] = ae_u[k1s[t]] * ae_u[k2s[t]]
     _pair_factors(nt, w2a, ang, pair_work)
     n_v = tv.shape[0]
+    width = n_u * n_v if use_grid else n_ang  # accumulator entries per species pair
     for s in range(n_seg):
-        base = tseg[0, s]
+        base = tseg[0, s] * width
         t0 = tseg[1, s]
         t1 = tseg[2, s]
         if t1 == t0:
@@ -515,11 +512,11 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
                 dx += ux1 - ux2
                 dy += uy1 - uy2
                 dz += uz1 - uz2
-            col = w_base + tseg[3, s] * n_w + p
+            col = w_base + tseg[0, s] * n_w + p
             acc_v[col, 0] += bx
             acc_v[col, 1] += by
             acc_v[col, 2] += bz
-            mx = tseg[4, s]
+            mx = tseg[3, s]
             if mx >= 0:  # unlike species: k1 of the lower species index, k2 of the other
                 col = w_base + (n_pairs + mx) * n_w + p
                 acc_v[col, 0] += dx
@@ -663,7 +660,8 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     acc_r = np.empty(n_radial_total)
     acc_v = np.empty((n_cov_total, 3))
     acc_a = np.empty(n_acc_a)
-    tseg = np.empty((5, n_sp * (n_sp + 1) // 2), np.int64)  # species-pair segments of a block
+    # species-pair segments of a block: pair index, first and end pair, unlike-pair index (or -1)
+    tseg = np.empty((4, n_sp * (n_sp + 1) // 2), np.int64)
     tk = np.empty((2, block), np.uint32)  # the two neighbours of each pair in a block
     tws = np.empty(block)  # weights of the angular covariant vectors
     return f, ints, seg, (ae, aw), (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg, tk, tws), acc_r, acc_v, acc_a

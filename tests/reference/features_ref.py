@@ -63,8 +63,7 @@ def features_ref(positions, numbers, cell, pbc, spec):
 
 def _w_index(spec, a, b, q, bisector):
     """Column of the angular covariant vector (a <= b, parameter q) in the covariant layout."""
-    S, nW = spec.n_species, len(spec.covariant_angular)
+    nW = len(spec.covariant_angular)
     if bisector:
         return spec.n_covariant_radial + spec.pair_index()[a, b] * nW + q
-    mixed = [(x, y) for x in range(S) for y in range(x + 1, S)].index((a, b))
-    return spec.n_covariant_radial + spec.n_pairs * nW + mixed * nW + q
+    return spec.n_covariant_radial + (spec.n_pairs + spec.mixed_pair_index()[a, b]) * nW + q
