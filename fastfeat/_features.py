@@ -209,14 +209,6 @@ class _SpecCache:
         self.table = species_lookup(spec.numbers)
 
 
-def _check_cuda_spec(spec):
-    """The CUDA kernels do not compute angular covariant vectors yet: a clear error, not a silent gap."""
-    if spec.covariant_angular:
-        raise NotImplementedError(
-            "angular covariant vectors (FeatureSpec.covariant_angular) are computed on the CPU only in this "
-            "version of fastfeat; use device='cpu' or a spec without them")
-
-
 def spec_cache(spec) -> _SpecCache:
     """The (cached) kernel parameters of ``spec``; a TypeError for anything but a FeatureSpec."""
     if not isinstance(spec, FeatureSpec):
@@ -280,7 +272,6 @@ def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, position
     if dev == "cuda" or any(_device.is_device_array(s[0]) for s in structures):
         if dev != "cuda":
             raise TypeError("`positions` is a CUDA array but device='cpu'; pass NumPy arrays or device='cuda'")
-        _check_cuda_spec(spec)
         _device.require_cuda()
         from ._features_cuda import featurize_cuda
 
@@ -364,7 +355,6 @@ class Featurizer:
         self._key = None
         self._inputs = None  # raw (numbers, cell, pbc) of the last call and their validated forms
         if self.device == "cuda":
-            _check_cuda_spec(spec)
             _device.require_cuda()
             from ._features_cuda import CudaFeaturizerState
 

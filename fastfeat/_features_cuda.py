@@ -58,8 +58,11 @@ class _DeviceParams:
     """A FeatureSpec's kernel parameters on the device, in the compute dtype."""
 
     scalars: tuple  # cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny
-    arrays: tuple  # rad_eta, rad_rs, cov_eta, cov_rs, ang_eta, ang_zeta, ang_lam, ang_zint, ang_pref, pair_ab
+    # rad_eta, rad_rs, cov_eta, cov_rs, ang_eta, ang_zeta, ang_lam, ang_zint, ang_pref, pair_ab, mixed_ab;
+    # the ang_* arrays hold the G4 parameters, then those of the angular covariant vectors W
+    arrays: tuple
     n_radial_total: int
+    n_g4: int  # G4 parameters at the head of the ang_* arrays
     table: object  # atomic number -> species index, int64 device array
 
 
@@ -76,17 +79,19 @@ def _device_params(spec_cache, dtype, stream):
     f = np.dtype(dtype).type
     rad = np.array(spec.radial, np.float64).reshape(-1, 2)
     cov = np.array(spec.covariant, np.float64).reshape(-1, 2)
-    ang = np.array(spec.angular, np.float64).reshape(-1, 3)
+    ang = np.concatenate([np.array(spec.angular, np.float64).reshape(-1, 3),
+                          np.array(spec.covariant_angular, np.float64).reshape(-1, 3)])
     zint = np.array([int(z) if float(z).is_integer() and z <= 1024 else 0 for z in ang[:, 1]], np.int32)
     host = (rad[:, 0], rad[:, 1], cov[:, 0], cov[:, 1], ang[:, 0], ang[:, 1], ang[:, 2])
     arrays = tuple(upload(np.asarray(a, dtype), stream) for a in host) + (
         upload(zint, stream),
         upload(np.asarray(2.0 ** (1.0 - ang[:, 1]), dtype), stream),
         upload(np.asarray(spec.pair_index(), np.int32), stream),
+        upload(np.asarray(spec.mixed_pair_index(), np.int32), stream),
     )
     scalars = (float(spec.cutoff), float(spec.angular_cutoff), f(0.0), f(1.0), f(0.5), f(math.pi / spec.cutoff),
                f(math.pi / spec.angular_cutoff), 1e-6)
-    params = _DeviceParams(scalars, arrays, int(spec.n_radial), upload(spec_cache.table, stream))
+    params = _DeviceParams(scalars, arrays, int(spec.n_radial), len(spec.angular), upload(spec_cache.table, stream))
     _PARAM_CACHE[key] = params
     while len(_PARAM_CACHE) > 8:
         _PARAM_CACHE.popitem(last=False)
@@ -111,7 +116,8 @@ def _run_features(params, spec, pos, species, offset_n, j_p, shiftvec, order_n, 
     dtype = np.dtype(pos.dtype)
     fill(out.status, 0, stream)
     cap = int(ANGULAR_CAPACITY if capacity is None else capacity)
-    per_warp = k.shared_floats_per_warp(spec.n_species, len(spec.radial), len(spec.covariant), spec.n_angular, cap)
+    per_warp = k.shared_floats_per_warp(spec.n_species, len(spec.radial), len(spec.covariant), spec.n_angular, cap,
+                                        spec.n_covariant_angular)
     lanes, _ = k.radial_split(len(spec.radial), len(spec.covariant))
     wpb = min(1 if k.SIMULATOR else WARPS_PER_BLOCK, _SHARED_LIMIT // (per_warp * dtype.itemsize))
     common = (pos, species, offset_n, j_p, shiftvec, order_n)
@@ -123,7 +129,7 @@ def _run_features(params, spec, pos, species, offset_n, j_p, shiftvec, order_n, 
         blocks = (n + wpb - 1) // wpb
         with quiet():
             kernel[blocks, wpb * k.WARP, stream, wpb * per_warp * dtype.itemsize](
-                *common, *params.scalars, *params.arrays, params.n_radial_total, cap, per_warp, lanes,
+                *common, *params.scalars, *params.arrays, params.n_radial_total, params.n_g4, cap, per_warp, lanes,
                 out.g, out.v, out.overlap_p, out.overflow_n, out.status,
             )
         status = download(out.status, stream)
@@ -133,7 +139,7 @@ def _run_features(params, spec, pos, species, offset_n, j_p, shiftvec, order_n, 
         only_flagged = False
     if not only_flagged or status[1] > 0:
         launch(k.features_thread, n, stream, *common, only_flagged, *params.scalars, *params.arrays,
-               params.n_radial_total, out.g, out.v, out.overlap_p, out.overflow_n, out.status)
+               params.n_radial_total, params.n_g4, out.g, out.v, out.overlap_p, out.overflow_n, out.status)
         status = download(out.status, stream)
     return int(status[0])
 

@@ -21,7 +21,12 @@ approximate exp/cos/pow/sqrt/division):
 * angular pass: the m (m - 1) / 2 neighbour pairs (k1 < k2) are tested 32 at
   a time, the valid triplets (r_jk < angular cutoff) compacted into shared
   memory, then each lane adds its own G4 column(s) for each triplet, in
-  (k1, k2) order;
+  (k1, k2) order. The parameters of the angular covariant vectors W follow
+  the G4 ones in the ``ang_*`` arrays (``n_g4`` G4 parameters first): a lane
+  with a W parameter adds the same weight times r̂_ij + r̂_ik (and, for an
+  unlike species pair, times r̂_ij - r̂_ik, j of the lower species index) to
+  its W vectors; such triplets carry those two unit-vector sums in shared
+  memory (``_TRI_FIELDS_W``);
 * the row is written to global memory once, coalesced.
 
 An atom with more than ``cap`` angular neighbours is flagged (``overflow_n``)
@@ -82,6 +87,9 @@ _FULL_MASK = 0xFFFFFFFF
 _CHUNK_FIELDS = 6  # dx, dy, dz, d, fc, species
 _ANG_FIELDS = 6  # dx, dy, dz, d, fc_angular, species
 _TRI_FIELDS = 4  # s = r_ij^2 + r_ik^2 + r_jk^2, fc product, cos theta, pair block
+#: with angular covariant vectors W, per triplet also: unlike-pair index (-1: like species),
+#: r̂_ij + r̂_ik and r̂_ij - r̂_ik (j the neighbour of the lower species index)
+_TRI_FIELDS_W = 11
 
 
 def radial_split(n_radial_params, n_covariant_params):
@@ -104,12 +112,17 @@ def _copy_stride(per_copy, lanes):
     return per_copy + (lanes - per_copy) % WARP
 
 
-def shared_floats_per_warp(n_species, n_radial_params, n_covariant_params, n_angular_total, cap):
-    """Floats of dynamic shared memory one warp of features_warp_* uses."""
+def shared_floats_per_warp(n_species, n_radial_params, n_covariant_params, n_angular_total, cap,
+                           n_angular_covariant_total=0):
+    """Floats of dynamic shared memory one warp of features_warp_* uses.
+
+    ``n_angular_total``: G4 columns; ``n_angular_covariant_total``: W vectors.
+    """
     lanes, copies = radial_split(n_radial_params, n_covariant_params)
     per_copy = n_species * (n_radial_params + 3 * n_covariant_params)
-    return (copies * _copy_stride(per_copy, lanes) + n_angular_total + _CHUNK_FIELDS * WARP
-            + _ANG_FIELDS * cap + _TRI_FIELDS * WARP)
+    tri = _TRI_FIELDS_W if n_angular_covariant_total else _TRI_FIELDS
+    return (copies * _copy_stride(per_copy, lanes) + n_angular_total + 3 * n_angular_covariant_total
+            + _CHUNK_FIELDS * WARP + _ANG_FIELDS * cap + tri * WARP)
 
 
 if SIMULATOR:
@@ -177,7 +190,7 @@ def _features_warp_py(
     pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
     cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
     rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, mixed_ab, n_radial_total, n_g4,
     cap, per_warp, lanes_per_nb,
     g_nf, v_nfc, overlap_p, overflow_n, status,
 ):
@@ -193,22 +206,28 @@ def _features_warp_py(
     n_cov = v_nfc.shape[1]
     n_rad = rad_eta_q.shape[0]
     n_covp = cov_eta_q.shape[0]
-    n_ang = ang_eta_q.shape[0]
+    n_q = ang_eta_q.shape[0]  # n_g4 G4 parameters, then the W parameters
+    n_w = n_q - n_g4
+    n_species = pair_ab.shape[0]
+    n_pairs = n_species * (n_species + 1) // 2
+    n_cov_rad = n_species * n_covp  # V vectors; the W vectors follow them
     n_task = max(n_rad, n_covp)
     copies = WARP // lanes_per_nb
     grp = lane // lanes_per_nb  # this lane's radial copy / neighbour offset
     sub = lane % lanes_per_nb
-    per_copy = n_radial_total + 3 * n_cov
+    per_copy = n_radial_total + 3 * n_cov_rad
     per_copy = per_copy + (lanes_per_nb - per_copy) % WARP  # stride: see _copy_stride
     base = wib * per_warp
     rad = base  # copies of [G2 columns | V columns]
     angacc = rad + copies * per_copy  # G4 columns
-    chunk = angacc + (n_inv - n_radial_total)
+    wacc = angacc + (n_inv - n_radial_total)  # W vectors (x, y, z)
+    chunk = wacc + 3 * (n_cov - n_cov_rad)
     ang = chunk + _CHUNK_FIELDS * WARP
     tri = ang + _ANG_FIELDS * cap
+    tri_fields = _TRI_FIELDS_W if n_w > 0 else _TRI_FIELDS
     fbase = wib * WARP
 
-    for f in range(lane, copies * per_copy + n_inv - n_radial_total, WARP):
+    for f in range(lane, chunk - base, WARP):
         sh[base + f] = zero
     if lane == 0:
         overlap_p[i] = -1
@@ -242,7 +261,7 @@ def _features_warp_py(
                     ovl = p
                 else:
                     valid = True
-                    is_ang = n_ang > 0 and d < acut
+                    is_ang = n_q > 0 and d < acut
         slot = chunk + lane * _CHUNK_FIELDS
         sh[slot] = dx
         sh[slot + 1] = dy
@@ -314,7 +333,7 @@ def _features_warp_py(
     if lane == 0:
         overflow_n[i] = 0
     n_tri = m * (m - 1) // 2
-    if n_ang > 0 and n_tri > 0:
+    if n_q > 0 and n_tri > 0:
         for c0 in range(0, n_tri, WARP):
             t = c0 + lane
             valid = False
@@ -336,20 +355,32 @@ def _features_warp_py(
                 a2 = ang + k2 * _ANG_FIELDS
                 d1 = sh[a1 + 3]
                 d2 = sh[a2 + 3]
-                tb = tri + below * _TRI_FIELDS
+                tb = tri + below * tri_fields
+                s1 = int(sh[a1 + 5])
+                s2 = int(sh[a2 + 5])
                 sh[tb] = d1 * d1 + d2 * d2 + djk * djk
                 sh[tb + 1] = sh[a1 + 4] * sh[a2 + 4] * (half * (math.cos(pi_ra * djk) + one))
                 sh[tb + 2] = (sh[a1] * sh[a2] + sh[a1 + 1] * sh[a2 + 1] + sh[a1 + 2] * sh[a2 + 2]) / (d1 * d2)
-                sh[tb + 3] = pair_ab[int(sh[a1 + 5]), int(sh[a2 + 5])]
+                sh[tb + 3] = pair_ab[s1, s2]
+                if n_w > 0:
+                    if s1 > s2:  # the difference vector points from the higher to the lower species index
+                        a1, a2 = a2, a1
+                        d1, d2 = d2, d1
+                    sh[tb + 4] = mixed_ab[min(s1, s2), max(s1, s2)]
+                    for c in range(3):
+                        u1 = sh[a1 + c] / d1
+                        u2 = sh[a2 + c] / d2
+                        sh[tb + 5 + c] = u1 + u2
+                        sh[tb + 8 + c] = u1 - u2
             _sync()
-            for q in range(lane, n_ang, WARP):
+            for q in range(lane, n_q, WARP):  # lane q: G4 column q, or W parameter q - n_g4
                 eta = ang_eta_q[q]
                 lam = ang_lam_q[q]
                 zint = ang_zint_q[q]
                 zeta = ang_zeta_q[q]
                 pref = ang_pref_q[q]
                 for tt in range(total):
-                    tb = tri + tt * _TRI_FIELDS
+                    tb = tri + tt * tri_fields
                     b = one + lam * sh[tb + 2]
                     if b < zero:
                         b = zero
@@ -357,8 +388,20 @@ def _features_warp_py(
                         tv = _ipow(b, zint, one)
                     else:
                         tv = b ** zeta
-                    col = angacc + int(sh[tb + 3]) * n_ang + q
-                    sh[col] += pref * tv * (math.exp(-eta * sh[tb]) * sh[tb + 1])
+                    val = pref * tv * (math.exp(-eta * sh[tb]) * sh[tb + 1])
+                    if q < n_g4:
+                        sh[angacc + int(sh[tb + 3]) * n_g4 + q] += val
+                    else:
+                        col = wacc + (int(sh[tb + 3]) * n_w + q - n_g4) * 3
+                        sh[col] += val * sh[tb + 5]
+                        sh[col + 1] += val * sh[tb + 6]
+                        sh[col + 2] += val * sh[tb + 7]
+                        mix = int(sh[tb + 4])
+                        if mix >= 0:
+                            col = wacc + ((n_pairs + mix) * n_w + q - n_g4) * 3
+                            sh[col] += val * sh[tb + 8]
+                            sh[col + 1] += val * sh[tb + 9]
+                            sh[col + 2] += val * sh[tb + 10]
             _sync()
 
     # ------------------------------------------------------------- write out
@@ -370,11 +413,13 @@ def _features_warp_py(
         g_nf[i, f] = acc
     for f in range(lane, n_inv - n_radial_total, WARP):
         g_nf[i, n_radial_total + f] = sh[angacc + f]
-    for f in range(lane, 3 * n_cov, WARP):
+    for f in range(lane, 3 * n_cov_rad, WARP):
         acc = sh[rad + n_radial_total + f]
         for h in range(1, copies):
             acc += sh[rad + h * per_copy + n_radial_total + f]
         v_nfc[i, f // 3, f % 3] = acc
+    for f in range(lane, 3 * (n_cov - n_cov_rad), WARP):
+        v_nfc[i, n_cov_rad + f // 3, f % 3] = sh[wacc + f]
 
 
 _features_warp_body = cuda.jit(device=True)(_features_warp_py)
@@ -386,7 +431,7 @@ def features_warp_f32(
     pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
     cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
     rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, mixed_ab, n_radial_total, n_g4,
     cap, per_warp, lanes_per_nb,
     g_nf, v_nfc, overlap_p, overflow_n, status,
 ):
@@ -397,7 +442,7 @@ def features_warp_f32(
         sh, flags, pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
         cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
         rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, mixed_ab, n_radial_total, n_g4,
         cap, per_warp, lanes_per_nb, g_nf, v_nfc, overlap_p, overflow_n, status,
     )
 
@@ -407,7 +452,7 @@ def features_warp_f32_fast(
     pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
     cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
     rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, mixed_ab, n_radial_total, n_g4,
     cap, per_warp, lanes_per_nb,
     g_nf, v_nfc, overlap_p, overflow_n, status,
 ):
@@ -418,7 +463,7 @@ def features_warp_f32_fast(
         sh, flags, pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
         cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
         rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, mixed_ab, n_radial_total, n_g4,
         cap, per_warp, lanes_per_nb, g_nf, v_nfc, overlap_p, overflow_n, status,
     )
 
@@ -428,7 +473,7 @@ def features_warp_f64(
     pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
     cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
     rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, mixed_ab, n_radial_total, n_g4,
     cap, per_warp, lanes_per_nb,
     g_nf, v_nfc, overlap_p, overflow_n, status,
 ):
@@ -439,7 +484,7 @@ def features_warp_f64(
         sh, flags, pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n,
         cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
         rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+        ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, mixed_ab, n_radial_total, n_g4,
         cap, per_warp, lanes_per_nb, g_nf, v_nfc, overlap_p, overflow_n, status,
     )
 
@@ -458,7 +503,7 @@ def features_thread(
     pos_nc, species_n, start_n, j_p, shiftvec_pc, atom_order_n, only_flagged,
     cutoff, acut, zero, one, half, pi_rc, pi_ra, tiny,
     rad_eta_q, rad_rs_q, cov_eta_q, cov_rs_q,
-    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, n_radial_total,
+    ang_eta_q, ang_zeta_q, ang_lam_q, ang_zint_q, ang_pref_q, pair_ab, mixed_ab, n_radial_total, n_g4,
     g_nf, v_nfc, overlap_p, overflow_n, status,
 ):
     """One thread per atom, accumulating in global memory; no capacity limit.
@@ -476,7 +521,11 @@ def features_thread(
     overflow_n[i] = 0
     n_rad = rad_eta_q.shape[0]
     n_covp = cov_eta_q.shape[0]
-    n_ang = ang_eta_q.shape[0]
+    n_q = ang_eta_q.shape[0]  # n_g4 G4 parameters, then the W parameters
+    n_w = n_q - n_g4
+    n_species = pair_ab.shape[0]
+    n_pairs = n_species * (n_species + 1) // 2
+    n_cov_rad = n_species * n_covp
     for f in range(g_nf.shape[1]):
         g_nf[i, f] = zero
     for f in range(v_nfc.shape[1]):
@@ -508,7 +557,7 @@ def features_thread(
             v_nfc[i, a * n_covp + q, 0] += wgt * dx
             v_nfc[i, a * n_covp + q, 1] += wgt * dy
             v_nfc[i, a * n_covp + q, 2] += wgt * dz
-        if n_ang == 0 or d >= acut:
+        if n_q == 0 or d >= acut:
             continue
         fca = half * (math.cos(pi_ra * d) + one)
         for p2 in range(p + 1, p1):
@@ -524,8 +573,19 @@ def features_thread(
             ssum = d * d + d2 * d2 + djk * djk
             fprod = fca * (half * (math.cos(pi_ra * d2) + one)) * (half * (math.cos(pi_ra * djk) + one))
             cos_t = (dx * ex + dy * ey + dz * ez) / (d * d2)
-            col = n_radial_total + pair_ab[a, species_n[j2]] * n_ang
-            for q in range(n_ang):
+            a2 = species_n[j2]
+            pair = pair_ab[a, a2]
+            col = n_radial_total + pair * n_g4
+            # W: r̂_ij + r̂_ik and (neighbour of the lower species index) - (the other)
+            sgn = one if a <= a2 else -one
+            ux = dx / d
+            uy = dy / d
+            uz = dz / d
+            wx = ex / d2
+            wy = ey / d2
+            wz = ez / d2
+            mix = mixed_ab[min(a, a2), max(a, a2)]
+            for q in range(n_q):
                 b = one + ang_lam_q[q] * cos_t
                 if b < zero:
                     b = zero
@@ -533,7 +593,19 @@ def features_thread(
                     tv = _ipow(b, ang_zint_q[q], one)
                 else:
                     tv = b ** ang_zeta_q[q]
-                g_nf[i, col + q] += ang_pref_q[q] * tv * (math.exp(-ang_eta_q[q] * ssum) * fprod)
+                val = ang_pref_q[q] * tv * (math.exp(-ang_eta_q[q] * ssum) * fprod)
+                if q < n_g4:
+                    g_nf[i, col + q] += val
+                    continue
+                f = n_cov_rad + pair * n_w + q - n_g4
+                v_nfc[i, f, 0] += val * (ux + wx)
+                v_nfc[i, f, 1] += val * (uy + wy)
+                v_nfc[i, f, 2] += val * (uz + wz)
+                if mix >= 0:
+                    f = n_cov_rad + (n_pairs + mix) * n_w + q - n_g4
+                    v_nfc[i, f, 0] += sgn * val * (ux - wx)
+                    v_nfc[i, f, 1] += sgn * val * (uy - wy)
+                    v_nfc[i, f, 2] += sgn * val * (uz - wz)
     overlap_p[i] = ovl
     if ovl >= 0:
         cuda.atomic.add(status, 0, 1)

@@ -34,6 +34,8 @@ SPEC_KW = dict(
     angular=[(0.1, 1.0, 1.0), (0.2, 2.0, -1.0), (0.1, 1.5, 1.0), (0.05, 4.0, -1.0)],
     covariant=[(1.0, 1.5), (0.3, 2.5)],
 )
+#: with angular covariant vectors W (a non-integral zeta among them)
+W_PARAMS = [(0.1, 1.0, 1.0), (0.2, 2.0, -1.0), (0.05, 1.5, 1.0)]
 
 
 # ----------------------------------------------------------------- the cases
@@ -113,6 +115,15 @@ def spec():
     return fastfeat.FeatureSpec(**SPEC_KW)
 
 
+def spec_w(with_g4=True):
+    import fastfeat
+
+    kw = dict(SPEC_KW, covariant_angular=W_PARAMS)
+    if not with_g4:
+        kw["angular"] = []
+    return fastfeat.FeatureSpec(**kw)
+
+
 def _catch(fn):
     try:
         fn()
@@ -190,6 +201,30 @@ def run_device(out_path):
                            device="cuda", dtype=np.float32)
     res["ani/g"], res["ani/v"] = host(f.invariant), host(f.covariant)
     times["ani"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # angular covariant vectors W: warp kernel, overflow and thread paths, no G4
+    k = c["feat"]
+    for label, kw, cap, limit in (("warp/float64", {}, 64, 48 * 1024), ("warp/float32", {}, 64, 48 * 1024),
+                                  ("overflow/float64", {}, 2, 48 * 1024), ("thread/float32", {}, 64, 0),
+                                  ("nog4/float32", dict(with_g4=False), 64, 48 * 1024)):
+        _features_cuda.ANGULAR_CAPACITY, _features_cuda._SHARED_LIMIT = cap, limit
+        try:
+            f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"],
+                                   spec=spec_w(**kw), device="cuda", dtype=label.split("/")[1])
+        finally:
+            _features_cuda.ANGULAR_CAPACITY, _features_cuda._SHARED_LIMIT = 64, 48 * 1024
+        res[f"w/{label}/g"], res[f"w/{label}/v"] = host(f.invariant), host(f.covariant)
+    k = c["ani"]  # the "angular" preset, four species (six unlike pairs)
+    f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"],
+                           spec=fastfeat.FeatureSpec.default(("H", "C", "N", "O"), preset="angular"),
+                           device="cuda", dtype=np.float32)
+    res["w/ani/g"], res["w/ani/v"] = host(f.invariant), host(f.covariant)
+    m = c["md"]
+    fz = fastfeat.Featurizer(spec_w(), device="cuda", dtype=np.float64, skin=m["skin"])
+    for s in range(3):
+        g, v = fz(m["steps"][s], m["zs"][s], m["cells"][s], m["pbc"])
+        res[f"w/md/{s}/g"], res[f"w/md/{s}/v"] = host(g), host(v)
+    times["w"] = time.perf_counter() - t
 
     t = time.perf_counter()
     atoms = [_atoms(s) for s in c["batch"]]
@@ -371,6 +406,52 @@ def test_ani1x_spec_equals_cpu(device):
     assert np.abs(ref.invariant[:, sp.n_radial:]).max() > 1e-3
     _close(res["ani/g"], ref.invariant, np.float32, "invariant")
     _close(res["ani/v"], ref.covariant, np.float32, "covariant")
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("label", ["warp/float64", "warp/float32", "overflow/float64", "thread/float32",
+                                   "nog4/float32"])
+def test_angular_covariant_vectors_equal_cpu(device, label):
+    """W vectors of every CUDA path (warp, angular overflow, thread per atom; with and without G4)."""
+    import fastfeat
+
+    res, _ = device
+    k = cases()["feat"]
+    sp = spec_w(with_g4=not label.startswith("nog4"))
+    dtype = label.split("/")[1]
+    ref = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp, dtype=dtype)
+    w = ref.covariant[:, sp.n_covariant_radial:]
+    assert np.abs(w).max() > 1e-3, "the case must have W terms"
+    assert np.abs(w[:, -len(W_PARAMS):]).max() > 1e-3, "and difference vectors of an unlike pair"
+    _close(res[f"w/{label}/g"], ref.invariant, dtype, "invariant")
+    _close(res[f"w/{label}/v"], ref.covariant, dtype, "covariant")
+
+
+@pytest.mark.cudasim
+def test_angular_preset_equals_cpu(device):
+    import fastfeat
+
+    res, _ = device
+    k = cases()["ani"]
+    sp = fastfeat.FeatureSpec.default(("H", "C", "N", "O"), preset="angular")
+    ref = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp,
+                             dtype=np.float32)
+    assert np.abs(ref.covariant[:, sp.n_covariant_radial:]).max() > 1e-3
+    _close(res["w/ani/g"], ref.invariant, np.float32, "invariant")
+    _close(res["w/ani/v"], ref.covariant, np.float32, "covariant")
+
+
+@pytest.mark.cudasim
+def test_angular_covariant_vectors_featurizer_equals_cpu(device):
+    import fastfeat
+
+    res, _ = device
+    m = cases()["md"]
+    fz = fastfeat.Featurizer(spec_w(), dtype=np.float64, skin=m["skin"])
+    for s in range(3):
+        g, v = fz(m["steps"][s], m["zs"][s], m["cells"][s], m["pbc"])
+        _close(res[f"w/md/{s}/g"], g, np.float64, f"step {s} invariant")
+        _close(res[f"w/md/{s}/v"], v, np.float64, f"step {s} covariant")
 
 
 @pytest.mark.cudasim

@@ -122,15 +122,6 @@ def test_cuda_without_gpu_is_a_clear_error_without_hanging():
     assert "device='cuda' was requested but CUDA is not usable" in text, out.stdout + out.stderr
 
 
-def test_angular_covariant_vectors_on_cuda_are_refused_clearly():
-    # computed on the CPU only for now: a clear error, whether or not a GPU is present
-    spec = fastfeat.FeatureSpec.default(("H",), preset="angular")
-    with pytest.raises(NotImplementedError, match="covariant_angular.*CPU only"):
-        fastfeat.featurize(positions=np.zeros((1, 3)), numbers=[1], spec=spec, device="cuda")
-    with pytest.raises(NotImplementedError, match="covariant_angular.*CPU only"):
-        fastfeat.Featurizer(spec, device="cuda")
-
-
 def test_huge_structure_refused_before_allocating():
     # a 600-million-atom view costs no memory; it must be refused before anything is allocated
     huge = np.broadcast_to(np.zeros(3), (600_000_000, 3))
