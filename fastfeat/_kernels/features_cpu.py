@@ -628,17 +628,19 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     afc = gl  # free once the ladders are done
     for k in range(mm):
         afc[k] = _cutoff_r2(ar2[k], w2a)
-    for u in range(eta_u.shape[0]):
-        eta = eta_u[u]
-        for k in range(mm):
-            ae[u, k] = _fexp(-eta * ar2[k]) * afc[k]
-    wang_p4 = ang[14]
-    for p in range(n_w):
-        eta = wang_p4[p, 0]
-        for k in range(mm):
-            aw[p, k] = _fexp(-eta * ar2[k]) * afc[k]
+    _gaussian_rows(eta_u, ar2, afc, mm, ae)
+    _gaussian_rows(ang[14][:, 0], ar2, afc, mm, aw)  # the etas of the angular covariant parameters
     _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae, aw), n_sp, ang, pair_work, acc_a, acc_v,
                    n_sp * n_cov)
+
+
+@njit(inline="always")
+def _gaussian_rows(eta_q, r2, fc, m, out):
+    """out[q, k] = exp(-eta_q[q] r2[k]) fc[k] for k < m: the neighbour factors of the angular terms."""
+    for q in range(eta_q.shape[0]):
+        eta = eta_q[q]
+        for k in range(m):
+            out[q, k] = _fexp(-eta * r2[k]) * fc[k]
 
 
 @njit(inline="always")
