@@ -50,7 +50,9 @@ class KernelParams:
     ang_v_q: np.ndarray
     pair_ab: np.ndarray
     n_radial_total: int
-    wang_p4: np.ndarray  # angular covariant vectors: (eta, zeta, lambda, 2^(1 - zeta)) per parameter
+    # angular covariant vectors, per parameter: eta, zeta, lambda, 2^(1 - zeta), first parameter with the
+    # same eta, first with the same (zeta, lambda), integral zeta (0: not integral)
+    wang_p: np.ndarray
     mixed_ab: np.ndarray  # (S, S): index of the unlike species pair (a, b), a < b, among such pairs; -1 else
 
     def args(self):
@@ -59,7 +61,7 @@ class KernelParams:
             self.eta_u, self.ebits_u, self.enb_u, self.zeta_v, self.lam_l, self.lam_idx_v, self.zbits_v, self.znb_v,
             self.pref_v, self.grid_q, self.use_grid,
             self.ang_u_q, self.ang_v_q,
-            self.pair_ab, self.n_radial_total, self.wang_p4, self.mixed_ab,
+            self.pair_ab, self.n_radial_total, self.wang_p, self.mixed_ab,
         )
 
 
@@ -133,12 +135,17 @@ def kernel_params(spec: FeatureSpec) -> KernelParams:
     pref_v = 2.0 ** (1.0 - zeta_v)
     grid_q = ang_u * len(zeta_v) + ang_v
     use_grid = len(eta_u) * len(zeta_v) <= max(2 * len(spec.angular), 8)
-    wang_p4 = np.array([(e, z, l, 2.0 ** (1.0 - z)) for e, z, l in spec.covariant_angular], np.float64).reshape(-1, 4)
+    wang = spec.covariant_angular
+    wang_p = np.array([(e, z, l, 2.0 ** (1.0 - z),
+                        next(k for k, w in enumerate(wang) if w[0] == e),  # first parameter with this eta
+                        next(k for k, w in enumerate(wang) if w[1:] == (z, l)),  # ... with this (zeta, lambda)
+                        int(z) if float(z).is_integer() and z <= 1024 else 0)
+                       for e, z, l in wang], np.float64).reshape(-1, 7)
     return KernelParams(
         spec.cutoff, spec.angular_cutoff, gaussian_ladders(spec.radial), gaussian_ladders(spec.covariant),
         eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q.astype(np.int64),
         bool(use_grid), ang_u, ang_v,
-        spec.pair_index(), spec.n_radial, wang_p4, spec.mixed_pair_index(),
+        spec.pair_index(), spec.n_radial, wang_p, spec.mixed_pair_index(),
     )
 
 

@@ -43,12 +43,16 @@ def _arguments(mod, fz, pos, species, cell, cl, params, g, v, overlap):
 
     The reuse kernel reads the list as the Featurizer keeps it (rows grouped by species); revisions
     before the grouping (no ``group_by_species``) take the CSR starts and species and sort each row
-    themselves. Revisions before the angular covariant vectors take two kernel parameters fewer.
+    themselves. Revisions before the angular covariant vectors take two kernel parameters fewer; those
+    before their factorised weights (``wang_p4``) four columns of the parameters.
     """
     import inspect
 
     kargs = params.args()
-    if "wang_p4" not in inspect.signature(mod.features.py_func).parameters:
+    names = inspect.signature(mod.features.py_func).parameters
+    if "wang_p4" in names:  # four columns per angular covariant parameter then
+        kargs = (*kargs[:-2], np.ascontiguousarray(kargs[-2][:, :4]), kargs[-1])
+    elif "wang_p" not in names:
         kargs = kargs[:-2]
     if hasattr(mod, "group_by_species"):
         reuse = (pos, fz._seg, fz._j, fz._shiftvec, *kargs, g, v, overlap)

@@ -466,62 +466,102 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
                 for t in range(t1 - t0):
                     acc += pu_t[t] * tv_t[t]
                 acc_a[base + q] += acc
-    wang_p4 = ang[14]
-    n_w = wang_p4.shape[0]
+    wang = ang[14]
+    n_w = wang.shape[0]
     if n_w == 0:
         return
     n_pairs = ang[12].shape[0] * (ang[12].shape[0] + 1) // 2
+    # rows of tws: radial factor per distinct eta, angular factor per distinct (zeta, lambda), the
+    # weight, then the two unit vectors of every pair of the block
+    o = 2 * n_w
+    wt = tws[o]
+    u1x = tws[o + 1]
+    u1y = tws[o + 2]
+    u1z = tws[o + 3]
+    u2x = tws[o + 4]
+    u2y = tws[o + 5]
+    u2z = tws[o + 6]
+    for t in range(nt):
+        k1 = k1s[t]
+        k2 = k2s[t]
+        u1x[t] = ax[k1] * ad[k1]
+        u1y[t] = ay[k1] * ad[k1]
+        u1z[t] = az[k1] * ad[k1]
+        u2x[t] = ax[k2] * ad[k2]
+        u2y[t] = ay[k2] * ad[k2]
+        u2z[t] = az[k2] * ad[k2]
     for p in range(n_w):
-        eta = wang_p4[p, 0]
-        zeta = wang_p4[p, 1]
-        lam = wang_p4[p, 2]
-        pref = wang_p4[p, 3]
-        aw_p = aw[p]
+        if int(wang[p, 4]) == p:  # first parameter with this eta
+            eta = wang[p, 0]
+            aw_p = aw[p]
+            r_t = tws[p]
+            for t in range(nt):
+                r_t[t] = aw_p[k1s[t]] * aw_p[k2s[t]] * tfc[t] * _fexp(-eta * tr2[t])
+        if int(wang[p, 5]) == p:  # first parameter with this (zeta, lambda)
+            lam = wang[p, 2]
+            zeta = wang[p, 1]
+            zint = int(wang[p, 6])
+            a_t = tws[n_w + p]
+            for t in range(nt):
+                b = 1.0 + lam * tcos[t]
+                a_t[t] = b if b > 0.0 else 0.0
+            if zint == 0:
+                for t in range(nt):
+                    a_t[t] = a_t[t] ** zeta
+            elif zint > 1:
+                for t in range(nt):
+                    x = a_t[t]
+                    r = 1.0
+                    n = zint
+                    while n > 0:
+                        if n & 1:
+                            r *= x
+                        x *= x
+                        n >>= 1
+                    a_t[t] = r
+    for p in range(n_w):
+        pref = wang[p, 3]
+        r_t = tws[int(wang[p, 4])]
+        a_t = tws[n_w + int(wang[p, 5])]
         for t in range(nt):
-            b = 1.0 + lam * tcos[t]
-            b = b if b > 0.0 else 0.0
-            tws[t] = pref * b**zeta * aw_p[k1s[t]] * aw_p[k2s[t]] * tfc[t] * _fexp(-eta * tr2[t])
+            wt[t] = pref * r_t[t] * a_t[t]
         for s in range(n_seg):
             t0 = tseg[1, s]
             t1 = tseg[2, s]
             if t1 == t0:
                 continue
-            w_t = tws[t0:t1]
-            k1_t = k1s[t0:t1]
-            k2_t = k2s[t0:t1]
-            bx = 0.0
-            by = 0.0
-            bz = 0.0
-            dx = 0.0
-            dy = 0.0
-            dz = 0.0
+            # loops over views from 0 (see above)
+            w_t = wt[t0:t1]
+            v1x = u1x[t0:t1]
+            v1y = u1y[t0:t1]
+            v1z = u1z[t0:t1]
+            v2x = u2x[t0:t1]
+            v2y = u2y[t0:t1]
+            v2z = u2z[t0:t1]
+            s1x = 0.0
+            s1y = 0.0
+            s1z = 0.0
+            s2x = 0.0
+            s2y = 0.0
+            s2z = 0.0
             for t in range(t1 - t0):
-                k1 = k1_t[t]
-                k2 = k2_t[t]
-                w1 = w_t[t] * ad[k1]
-                w2 = w_t[t] * ad[k2]
-                ux1 = w1 * ax[k1]
-                uy1 = w1 * ay[k1]
-                uz1 = w1 * az[k1]
-                ux2 = w2 * ax[k2]
-                uy2 = w2 * ay[k2]
-                uz2 = w2 * az[k2]
-                bx += ux1 + ux2
-                by += uy1 + uy2
-                bz += uz1 + uz2
-                dx += ux1 - ux2
-                dy += uy1 - uy2
-                dz += uz1 - uz2
+                w = w_t[t]
+                s1x += w * v1x[t]
+                s1y += w * v1y[t]
+                s1z += w * v1z[t]
+                s2x += w * v2x[t]
+                s2y += w * v2y[t]
+                s2z += w * v2z[t]
             col = w_base + tseg[0, s] * n_w + p
-            acc_v[col, 0] += bx
-            acc_v[col, 1] += by
-            acc_v[col, 2] += bz
+            acc_v[col, 0] += s1x + s2x
+            acc_v[col, 1] += s1y + s2y
+            acc_v[col, 2] += s1z + s2z
             mx = tseg[3, s]
             if mx >= 0:  # unlike species: k1 of the lower species index, k2 of the other
                 col = w_base + (n_pairs + mx) * n_w + p
-                acc_v[col, 0] += dx
-                acc_v[col, 1] += dy
-                acc_v[col, 2] += dz
+                acc_v[col, 0] += s1x - s2x
+                acc_v[col, 1] += s1y - s2y
+                acc_v[col, 2] += s1z - s2z
 
 
 @njit(forceinline=True, cache=True)
@@ -665,7 +705,7 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     # species-pair segments of a block: pair index, first and end pair, unlike-pair index (or -1)
     tseg = np.empty((4, n_sp * (n_sp + 1) // 2), np.int64)
     tk = np.empty((2, block), np.uint32)  # the two neighbours of each pair in a block
-    tws = np.empty(block)  # weights of the angular covariant vectors
+    tws = np.empty((2 * n_w + 7, block))  # angular covariant vectors: factors, weights, unit vectors
     return f, ints, seg, (ae, aw), (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg, tk, tws), acc_r, acc_v, acc_a
 
 
@@ -717,7 +757,7 @@ def features(
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q, use_grid, ang_u_q, ang_v_q,
-    pair_ab, n_radial_total, wang_p4, mixed_ab,
+    pair_ab, n_radial_total, wang_p, mixed_ab,
     g_nf, v_nfc, overlap_n,
 ):
     """Features from a CSR neighbour list grouped by species (see group_by_species): the neighbours
@@ -736,7 +776,7 @@ def features(
     cov = (cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
            _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff))
     ang = (eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-           pair_ab, n_ang, wang_p4, mixed_ab)
+           pair_ab, n_ang, wang_p, mixed_ab)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
@@ -747,7 +787,7 @@ def features(
             cap = max(cap, seg_ns[i, n_sp] - seg_ns[i, 0])
         f, ints, seg, (ae, aw), pair_work, acc_r, acc_v, acc_a = _scratch(
             cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
-            n_pairs * (n_uv if use_grid else n_ang), wang_p4.shape[0])
+            n_pairs * (n_uv if use_grid else n_ang), wang_p.shape[0])
         for i in range(i0, i1):
             acc_r[:] = 0.0
             acc_v[:] = 0.0
@@ -794,7 +834,7 @@ def features_cells(
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, grid_q, use_grid, ang_u_q, ang_v_q,
-    pair_ab, n_radial_total, wang_p4, mixed_ab,
+    pair_ab, n_radial_total, wang_p, mixed_ab,
     g_nf, v_nfc, overlap_n,
 ):
     """Features straight from a cell list (see neighbors_cpu).
@@ -815,7 +855,7 @@ def features_cells(
     cov = (cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
            _ladders_safe(cl_eta, cl_rs0, cl_delta, cl_cnt, cutoff))
     ang = (eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v, use_grid, ang_u_q, ang_v_q,
-           pair_ab, n_ang, wang_p4, mixed_ab)
+           pair_ab, n_ang, wang_p, mixed_ab)
     chunk = _chunk_size(n)
     n_chunks = (n + chunk - 1) // chunk
     for c in prange(n_chunks):
@@ -826,7 +866,7 @@ def features_cells(
             cap = max(cap, _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b))
         f, ints, seg, (ae, aw), pair_work, acc_r, acc_v, acc_a = _scratch(
             cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
-            n_pairs * (n_uv if use_grid else n_ang), wang_p4.shape[0])
+            n_pairs * (n_uv if use_grid else n_ang), wang_p.shape[0])
         # candidates of the current bin: every atom of the visited (bin, image) cells, image-shifted
         cand = np.empty((3, cap))
         cand_sp = np.empty(cap, np.int64)
