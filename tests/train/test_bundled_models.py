@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastfeat
-from fastfeat.train.bundle_models import BUNDLED_HEAD
+from fastfeat.train.bundle_models import BUNDLED_HEAD, BUNDLED_PRESET
 from fastfeat.train.evaluate import OnnxForceModel
 
 from ._helpers import random_rotation
@@ -35,7 +35,7 @@ def test_bundled_model_contract_and_recorded_accuracy(name):
     assert meta["fastfeat.format_version"] == "1"
     assert meta["fastfeat.head"] == BUNDLED_HEAD and meta["fastfeat.target"] == "forces"
     assert json.loads(meta["fastfeat.species"]) == SPECIES[name]
-    assert m.spec == fastfeat.FeatureSpec.default(tuple(SPECIES[name]), preset="dense")
+    assert m.spec == fastfeat.FeatureSpec.default(tuple(SPECIES[name]), preset=BUNDLED_PRESET[name])
     assert json.loads(meta["fastfeat.units"]) == {"length": "Å", "force": "eV/Å"}
     assert len(meta["fastfeat.data_hash"]) == 64
     test = json.loads(meta["fastfeat.validation"])["test"]

@@ -236,5 +236,3 @@ def test_example_config_is_the_bundled_models_config():
     if not os.path.exists(path):
         pytest.skip("examples/ is not part of an installed package")
     assert load_config(path, threads=1) == bundled_config("basis")
-    angular = os.path.join(os.path.dirname(path), "angular.toml")
-    assert load_config(angular, threads=1) == bundled_config("basis", spec_preset="angular")
