@@ -510,15 +510,7 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
                     a_t[t] = a_t[t] ** zeta
             elif zint > 1:
                 for t in range(nt):
-                    x = a_t[t]
-                    r = 1.0
-                    n = zint
-                    while n > 0:
-                        if n & 1:
-                            r *= x
-                        x *= x
-                        n >>= 1
-                    a_t[t] = r
+                    a_t[t] = _ipow(a_t[t], zint)
     for p in range(n_w):
         pref = wang[p, 3]
         r_t = tws[int(wang[p, 4])]
@@ -672,6 +664,18 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     _gaussian_rows(ang[14][:, 0], ar2, afc, mm, aw)  # the etas of the angular covariant parameters
     _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae, aw), n_sp, ang, pair_work, acc_a, acc_v,
                    n_sp * n_cov)
+
+
+@njit(inline="always")
+def _ipow(x, n):
+    """x ** n for an integer n >= 1 by repeated squaring (no libm pow)."""
+    r = 1.0
+    while n > 0:
+        if n & 1:
+            r *= x
+        x *= x
+        n >>= 1
+    return r
 
 
 @njit(inline="always")

@@ -395,17 +395,22 @@ def test_features_thread_per_atom_path(device):
 
 
 @pytest.mark.cudasim
-def test_ani1x_spec_equals_cpu(device):
+@pytest.mark.parametrize("preset, key", [("ani1x", "ani"), ("angular", "w/ani")])
+def test_four_species_preset_equals_cpu(device, preset, key):
+    """The benchmark's spec (16 lanes per neighbour, 32 G4 columns per pair block) and the "angular"
+    preset (W of six unlike pairs) on the 4-species case."""
     import fastfeat
 
     res, _ = device
     k = cases()["ani"]
-    sp = fastfeat.FeatureSpec.default(("H", "C", "N", "O"), preset="ani1x")
+    sp = fastfeat.FeatureSpec.default(("H", "C", "N", "O"), preset=preset)
     ref = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp,
                              dtype=np.float32)
     assert np.abs(ref.invariant[:, sp.n_radial:]).max() > 1e-3
-    _close(res["ani/g"], ref.invariant, np.float32, "invariant")
-    _close(res["ani/v"], ref.covariant, np.float32, "covariant")
+    if sp.covariant_angular:
+        assert np.abs(ref.covariant[:, sp.n_covariant_radial:]).max() > 1e-3
+    _close(res[f"{key}/g"], ref.invariant, np.float32, "invariant")
+    _close(res[f"{key}/v"], ref.covariant, np.float32, "covariant")
 
 
 @pytest.mark.cudasim
@@ -427,31 +432,26 @@ def test_angular_covariant_vectors_equal_cpu(device, label):
     _close(res[f"w/{label}/v"], ref.covariant, dtype, "covariant")
 
 
-@pytest.mark.cudasim
-def test_angular_preset_equals_cpu(device):
+def _replay_md_on_cpu(res, prefix, sp, n_steps=None):
+    """Run the "md" case's steps through a CPU Featurizer, compare each step with the device results
+    res[f"{prefix}/{step}/g" | "/v"]; returns the rebuild count after each step."""
     import fastfeat
 
-    res, _ = device
-    k = cases()["ani"]
-    sp = fastfeat.FeatureSpec.default(("H", "C", "N", "O"), preset="angular")
-    ref = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp,
-                             dtype=np.float32)
-    assert np.abs(ref.covariant[:, sp.n_covariant_radial:]).max() > 1e-3
-    _close(res["w/ani/g"], ref.invariant, np.float32, "invariant")
-    _close(res["w/ani/v"], ref.covariant, np.float32, "covariant")
+    m = cases()["md"]
+    fz = fastfeat.Featurizer(sp, dtype=np.float64, skin=m["skin"])
+    rebuilds = []
+    for s, (pos, z, cell) in enumerate(list(zip(m["steps"], m["zs"], m["cells"]))[:n_steps]):
+        g, v = fz(pos, z, cell, m["pbc"])
+        _close(res[f"{prefix}/{s}/g"], g, np.float64, f"step {s} invariant")
+        _close(res[f"{prefix}/{s}/v"], v, np.float64, f"step {s} covariant")
+        rebuilds.append(fz.n_rebuilds)
+    return rebuilds
 
 
 @pytest.mark.cudasim
 def test_angular_covariant_vectors_featurizer_equals_cpu(device):
-    import fastfeat
-
     res, _ = device
-    m = cases()["md"]
-    fz = fastfeat.Featurizer(spec_w(), dtype=np.float64, skin=m["skin"])
-    for s in range(3):
-        g, v = fz(m["steps"][s], m["zs"][s], m["cells"][s], m["pbc"])
-        _close(res[f"w/md/{s}/g"], g, np.float64, f"step {s} invariant")
-        _close(res[f"w/md/{s}/v"], v, np.float64, f"step {s} covariant")
+    _replay_md_on_cpu(res, "w/md", spec_w(), n_steps=3)
 
 
 @pytest.mark.cudasim
@@ -467,17 +467,8 @@ def test_batch_equals_cpu(device):
 
 @pytest.mark.cudasim
 def test_featurizer_skin_reuse_equals_cpu(device):
-    import fastfeat
-
     res, meta = device
-    m = cases()["md"]
-    fz = fastfeat.Featurizer(spec(), dtype=np.float64, skin=m["skin"])
-    rebuilds = []
-    for s, (pos, z, cell) in enumerate(zip(m["steps"], m["zs"], m["cells"])):
-        g, v = fz(pos, z, cell, m["pbc"])
-        _close(res[f"md/{s}/g"], g, np.float64, f"step {s} invariant")
-        _close(res[f"md/{s}/v"], v, np.float64, f"step {s} covariant")
-        rebuilds.append(fz.n_rebuilds)
+    rebuilds = _replay_md_on_cpu(res, "md", spec())
     assert meta["md_rebuilds"] == rebuilds
     assert 1 < rebuilds[4] < 5, f"the trajectory must both reuse and rebuild the list: {rebuilds}"
     assert rebuilds[6] == rebuilds[5] + 1 == rebuilds[4] + 2, rebuilds
