@@ -31,7 +31,7 @@ __all__ = ["main", "BUNDLED", "BUNDLED_PRESET", "bundled_config"]
 BUNDLED = ("peo", "li4p2o7", "li4p2o7-water")
 #: FeatureSpec preset of each bundled model. The oxides need the angular covariant vectors (test rel.
 #: RMSE 0.49 / 0.435 -> 0.37 / 0.34); peo meets its target without them (0.089; with them 0.059) and
-#: keeps the dense preset, whose features cost a third as much per MD step (`fastfeat demo`).
+#: keeps the dense preset, whose features cost under a third as much per MD step (benchmarks/compare/preset_cost.py).
 BUNDLED_PRESET = {"peo": "dense", "li4p2o7": "angular", "li4p2o7-water": "angular"}
 
 
