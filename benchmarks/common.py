@@ -184,11 +184,12 @@ def _cache_dir(*parts):
     return path
 
 
-def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0):
+def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0, preset="default", head="projection"):
     """An ONNX force model with random weights, for timing only (needs torch: fastfeat[train]).
 
-    The graph is exactly what ``fastfeat train`` exports for ``FeatureSpec.default(species)``
-    with the given hidden widths (projection head); only the weights are untrained, and the
+    The graph is exactly what ``fastfeat train`` exports for ``FeatureSpec.default(species, preset)``
+    with the given hidden widths and head (the projection head with Gram inputs, the basis head
+    without, as the bundled models); only the weights are untrained, and the
     output scale is 1e-3 so that the forces stay small (MD timings without blow-up). The file
     is cached under ``~/.cache/fastfeat-bench/models``.
     """
@@ -198,7 +199,7 @@ def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0):
 
     from fastfeat.train import export
 
-    spec = fastfeat.FeatureSpec.default(tuple(species))
+    spec = fastfeat.FeatureSpec.default(tuple(species), preset=preset)
     from fastfeat.train import model as network
 
     exporter = hashlib.sha256()
@@ -206,7 +207,7 @@ def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0):
         with open(source, "rb") as fh:
             exporter.update(fh.read())
     exporter = exporter.hexdigest()
-    key = hashlib.sha256(f"{spec.to_json()}|{tuple(hidden)}|{seed}|{fastfeat.__version__}|{exporter}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{spec.to_json()}|{tuple(hidden)}|{head}|{seed}|{fastfeat.__version__}|{exporter}".encode()).hexdigest()[:16]
     path = _cache_dir("models") / f"random-{'-'.join(species)}-{key}.onnx"
     if not path.exists():
         import torch
@@ -215,7 +216,7 @@ def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0):
         from fastfeat.train.model import StaggeredNetwork
 
         torch.manual_seed(seed)
-        net = StaggeredNetwork(spec, hidden=hidden)
+        net = StaggeredNetwork(spec, hidden=hidden, head=head, gram=head == "projection")
         with torch.no_grad():
             net.output_scale.fill_(1e-3)
         tmp = path.with_suffix(f".{os.getpid()}.onnx")

@@ -18,7 +18,7 @@ SPEC_FORMAT_VERSION = 2
 #: A spec without angular covariant vectors is written as version 1 (readable by older fastfeat).
 _PLAIN_FORMAT_VERSION = 1
 #: Names accepted by :meth:`FeatureSpec.default`.
-SPEC_PRESETS = ("default", "dense", "angular", "ani1x")
+SPEC_PRESETS = ("default", "dense", "angular", "angular-short", "ani1x")
 
 
 def _as_param_list(value, width, name):
@@ -297,13 +297,20 @@ class FeatureSpec:
         head with the bundled training settings: peo 0.088 -> 0.058, li4p2o7
         0.49 -> 0.37 (README, "Why the oxide models stop near 0.5").
 
+        ``preset="angular-short"``: ``"angular"`` with the angular cutoff of
+        ``"dense"`` (3.5 Å, G4 and W): about a third of the angular neighbour
+        pairs, so per MD step it costs about 1.5× ``"dense"`` instead of 3×
+        (``benchmarks/compare/preset_cost.py``). Enough where the bending
+        partners are close (peo: test rel. RMSE 0.058, as with 4.5 Å; the
+        bundled peo model uses it), not for the oxides (li4p2o7 0.37-0.39 against 0.35-0.36).
+
         ``preset="ani1x"``: the ANI-1x-sized benchmark set (cutoff 5.2 Å,
         angular 3.5 Å): 16 G2 per species (r_s = 0.9 … 4.93 Å, eta = 16),
         32 G4 per species pair (eta ∈ {0.01, 0.04, 0.1, 0.4} × zeta ∈
         {1, 2, 4, 8} × lambda = ±1) and 16 V per species. For H C N O this is
         384 invariants, exactly as many as ANI-1x's AEV.
         """
-        if preset in ("default", "dense", "angular"):
+        if preset in ("default", "dense", "angular", "angular-short"):
             rs = np.linspace(0.8, 4.8, 12)
             eta = 1.0 / (2.0 * (rs[1] - rs[0]) ** 2)
             radial = [(eta, r) for r in rs]
@@ -311,9 +318,9 @@ class FeatureSpec:
             rc = np.linspace(0.8, 4.6, 8 if preset == "default" else 16)
             etac = 1.0 / (2.0 * (rc[1] - rc[0]) ** 2)
             covariant = [(etac, r) for r in rc]
-            if preset == "angular":
+            if preset in ("angular", "angular-short"):
                 wang = [(e, z, l) for e in (0.02, 0.3) for z in (1.0, 4.0) for l in (1.0, -1.0)]
-                return cls(species, 5.2, 4.5, radial, angular, covariant, wang)
+                return cls(species, 5.2, 4.5 if preset == "angular" else 3.5, radial, angular, covariant, wang)
             return cls(species, 5.2, 3.5, radial, angular, covariant)
         if preset == "ani1x":
             rs = 0.9 + 0.26875 * np.arange(16)

@@ -12,6 +12,7 @@ single-process step on the same global batch.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -95,6 +96,13 @@ def _build_model(cfg: TrainConfig, spec, train: FeatureSet) -> StaggeredNetwork:
     return model
 
 
+@torch.no_grad()
+def _ema_update(ema: StaggeredNetwork, model: StaggeredNetwork, decay: float):
+    """ema <- decay * ema + (1 - decay) * model, parameter by parameter (buffers are fixed statistics)."""
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.mul_(decay).add_(pm.detach(), alpha=1.0 - decay)
+
+
 def _scheduler(cfg: TrainConfig, opt):
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.lr * cfg.min_lr_ratio)
@@ -157,6 +165,9 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
     g_t, v_t, s_t, t_t = _tensors(train, dtype)
     vg_t, vv_t, vs_t, vt_t = _tensors(val, dtype)
     start_epoch, best_val, best_epoch, bad_epochs = 0, math.inf, -1, 0
+    # validated, kept and exported: the exponential moving average of the weights when cfg.ema_decay > 0
+    ema = copy.deepcopy(model) if cfg.ema_decay else None
+    judged = ema if ema is not None else model
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     history = []
     if resume:
@@ -170,6 +181,10 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
             raise ValueError(f"checkpoint {checkpoint!r} was trained on other data (hash {ck['data_hash'][:12]}…, "
                              f"now {data_sha[:12]}…); cannot resume")
         model.load_state_dict(ck["model"])
+        if ema is not None:
+            if ck.get("ema") is None:
+                raise ValueError(f"checkpoint {checkpoint!r} was written without `ema_decay`; cannot resume with it")
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         best_state, best_val, best_epoch = ck["best_state"], ck["best_val"], ck["best_epoch"]
@@ -199,16 +214,18 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            if ema is not None:
+                _ema_update(ema, model, cfg.ema_decay)
             sum_loss += float(loss.detach()) / dctx.world
             n_batches += 1
         (train_loss,) = dctx.all_sum([sum_loss])
         train_loss /= max(n_batches, 1)
         # validation: every rank takes a share of the structures; sums all-reduced
-        model.eval()
+        judged.eval()
         mine = np.arange(val.n_structures)[dctx.rank::dctx.world]
         with torch.no_grad():
             rows = torch.from_numpy(atom_rows(val.offsets, mine))
-            err = model(vg_t.index_select(0, rows), vv_t.index_select(0, rows), vs_t.index_select(0, rows)) \
+            err = judged(vg_t.index_select(0, rows), vv_t.index_select(0, rows), vs_t.index_select(0, rows)) \
                 - vt_t.index_select(0, rows)
             sums = [float(err.abs().double().sum()), float((err.double() ** 2).sum()), 3.0 * len(rows)]
         abs_sum, sq_sum, count = dctx.all_sum(sums)
@@ -221,7 +238,7 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
         improved = val_rmse < best_val * (1 - 1e-6)
         if improved:
             best_val, best_epoch, bad_epochs = val_rmse, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
         else:
             bad_epochs += 1
         dt_epoch = time.perf_counter() - t0
@@ -231,6 +248,7 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
             f"val RMSE {val_rmse:.4f}  lr {lr:.2e}  {dt_epoch:.1f}s{'  *' if improved else ''}")
         if checkpoint and dctx.is_main:
             _save(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "ema": None if ema is None else ema.state_dict(),
                                "scheduler": sched.state_dict(), "best_state": best_state, "best_val": best_val,
                                "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
                                "hyperparameters": hp, "config": cfg.to_dict(), "data_hash": data_sha})

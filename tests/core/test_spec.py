@@ -24,6 +24,14 @@ def test_sizes_and_labels():
         FeatureSpec.default(("H",), preset="fine")
 
 
+def test_angular_short_preset_is_angular_with_the_dense_angular_cutoff():
+    sp = ("H", "C", "O")
+    short, full, dense = (FeatureSpec.default(sp, preset=p) for p in ("angular-short", "angular", "dense"))
+    assert short.angular_cutoff == dense.angular_cutoff == 3.5 and full.angular_cutoff == 4.5
+    assert short.covariant_angular == full.covariant_angular and len(short.covariant_angular) == 8
+    assert (short.radial, short.angular, short.covariant) == (full.radial, full.angular, full.covariant)
+
+
 def test_angular_covariant_sizes_labels_and_json():
     spec = FeatureSpec.default(("Li", "O", "P"), preset="angular")
     # 16 V per species; 8 W parameters x (6 species pairs for the bisector + 3 unlike pairs for the difference)

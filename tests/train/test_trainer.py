@@ -44,10 +44,10 @@ def test_same_seed_same_model(data):
     assert not torch.equal(a.model.nets[0][0].weight, c.model.nets[0][0].weight)
 
 
-@pytest.mark.parametrize("schedule", ["cosine", "plateau"])
-def test_resume_continues_exactly(data, tmp_path, schedule):
+@pytest.mark.parametrize("schedule, ema", [("cosine", 0.0), ("plateau", 0.0), ("cosine", 0.9)])
+def test_resume_continues_exactly(data, tmp_path, schedule, ema):
     spec, tr, va = data
-    cfg = TrainConfig(epochs=6, batch_size=8, hidden=[8], threads=1, schedule=schedule, patience=0)
+    cfg = TrainConfig(epochs=6, batch_size=8, hidden=[8], threads=1, schedule=schedule, patience=0, ema_decay=ema)
     full = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=str(tmp_path / "full.pt"))
     ck = str(tmp_path / "part.pt")
     train_model(tr, va, spec, cfg.replace(epochs=6, time_limit=1e-9), log=_quiet, checkpoint=ck)  # stops after 1 epoch
@@ -58,6 +58,30 @@ def test_resume_continues_exactly(data, tmp_path, schedule):
                                rtol=1e-6)
     for (k, x), y in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7, msg=k)
+
+
+def test_weight_average(data, tmp_path):
+    """ema_decay -> the validated, kept weights are the running average: with a decay of ~0 they are the
+    last weights, with ~1 still the initial ones; the best epoch's validation RMSE is that of the result."""
+    spec, tr, va = data
+    cfg = TrainConfig(head="basis", hidden=[16], epochs=4, batch_size=4, threads=1, patience=0, schedule="constant")
+    plain = train_model(tr, va, spec, cfg, log=_quiet)
+    tiny = train_model(tr, va, spec, cfg.replace(ema_decay=1e-9), log=_quiet)
+    for (k, x), y in zip(plain.model.state_dict().items(), tiny.model.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
+    frozen = train_model(tr, va, spec, cfg.replace(ema_decay=1 - 1e-9, epochs=1), log=_quiet)
+    init = train_model(tr, va, spec, cfg.replace(lr=1e-12, epochs=1), log=_quiet)
+    for (k, x), y in zip(init.model.state_dict().items(), frozen.model.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
+    avg = train_model(tr, va, spec, cfg.replace(ema_decay=0.9), log=_quiet)
+    assert not torch.equal(avg.model.nets[0][0].weight, plain.model.nets[0][0].weight)
+    rmse = np.sqrt(((predict(avg.model, va) - va.target) ** 2).mean())
+    np.testing.assert_allclose(rmse, avg.best_val, rtol=1e-4)
+    assert avg.best_val < avg.history[0]["val_rmse"] or avg.best_epoch == 0
+    ck = str(tmp_path / "plain.pt")
+    train_model(tr, va, spec, cfg.replace(epochs=1), log=_quiet, checkpoint=ck)
+    with pytest.raises(ValueError, match="without `ema_decay`"):
+        train_model(tr, va, spec, cfg.replace(ema_decay=0.9), log=_quiet, checkpoint=ck, resume=True)
 
 
 def test_resume_refuses_other_model_or_data(data, tmp_path):
@@ -126,6 +150,7 @@ def test_config_unknown_key_lists_valid_keys(tmp_path):
     ("hidden", [0], ValueError, "`hidden`"),
     ("val_fraction", 1.0, ValueError, "`val_fraction`"),
     ("schedule", "step", ValueError, "`schedule`"),
+    ("ema_decay", 1.0, ValueError, "`ema_decay`"),
 ])
 def test_config_bad_values(key, value, exc, match):
     with pytest.raises(exc, match=match):
