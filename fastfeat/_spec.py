@@ -295,7 +295,7 @@ class FeatureSpec:
         cutoff of 4.5 Å (G4 and W). They let the force heads represent
         three-body (bending) forces; test relative force RMSE of the basis
         head with the bundled training settings: peo 0.088 -> 0.058, li4p2o7
-        0.49 -> 0.37 (README, "Why the oxide models stop near 0.5").
+        0.49 -> 0.35 (README, "Why the oxide models fall short").
 
         ``preset="angular-short"``: ``"angular"`` with the angular cutoff of
         ``"dense"`` (3.5 Å, G4 and W): about a third of the angular neighbour

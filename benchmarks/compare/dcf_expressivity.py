@@ -52,7 +52,7 @@ ANGULAR_V = dict(cutoff=4.5, params=[(e, z, l) for e in (0.02, 0.3) for z in (1.
 
 #: the bundled training settings this diagnosis was made with (the dense preset, hidden 64-64; the bundled
 #: models have since moved on: README, "Bundled models")
-_SETTINGS = dict(spec_preset="dense", hidden=[64, 64])
+_SETTINGS = dict(spec_preset="dense", hidden=[64, 64], ema_decay=0.0)
 
 
 def _fc(r, rc):
