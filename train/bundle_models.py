@@ -45,8 +45,9 @@ def bundled_config(head=BUNDLED_HEAD, name=None, **changes):
 
     ``FeatureSpec.default(species, preset=BUNDLED_PRESET[name])``: ``"angular"`` (16 covariant shells
     per species and 8 angular covariant vectors per species pair and per unlike pair, angular cutoff
-    4.5 Å) for the oxides, ``"angular-short"`` (the same inside 3.5 Å) for peo; hidden 64-64-64 (li4p2o7 / li4p2o7-water test rel. RMSE 0.37 / 0.34
-    against 0.37-0.38 / 0.355 with 64-64, two seeds); the basis head without Gram inputs, the
+    4.5 Å) for the oxides, ``"angular-short"`` (the same inside 3.5 Å) for peo; hidden 64-64-64
+    (li4p2o7 / li4p2o7-water test rel. RMSE 0.37 / 0.34 against 0.37-0.38 / 0.355 with 64-64, two
+    seeds); the basis head without Gram inputs, the
     projection head with them (without them it is markedly worse); a 60-epoch cosine schedule
     (longer ones overfit: peo test rel. RMSE 0.089 / 0.095 / 0.101 after 60 / 150 / 784 epochs); the
     weights averaged with ``ema_decay = 0.99`` (li4p2o7 test rel. RMSE 0.371 / 0.366 -> 0.353 / 0.355 for seeds 0 / 1).
