@@ -19,10 +19,13 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torc
                                 reason="torch.distributed with gloo is not available")
 
 
-def test_two_processes_equal_one(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_two_processes_equal_one(tmp_path, ema_decay):
     ase.io.write(tmp_path / "syn.extxyz", synthetic_frames(24, seed=7))
     (tmp_path / "spec.json").write_text(small_spec().to_json())
+    (tmp_path / "cfg.toml").write_text(f"ema_decay = {ema_decay}\n")  # the averaged weights are the same on every rank
     common = ["train", "--data", str(tmp_path / "syn.extxyz"), "--spec", str(tmp_path / "spec.json"),
+              "--config", str(tmp_path / "cfg.toml"),
               "--epochs", "3", "--batch-size", "5", "--dtype", "float64", "--export-dtype", "float64",
               "--threads", "1", "--cache-dir", str(tmp_path / "cache")]
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
@@ -50,3 +53,6 @@ def test_two_processes_equal_one(tmp_path):
     np.testing.assert_allclose(f2, f1, rtol=1e-9, atol=1e-12 * np.abs(f1).max())
     # and training did change the model (the comparison is not vacuous)
     assert h1[-1]["val_rmse"] < h1[0]["val_rmse"]
+    # the config reached the trainer: the checkpoint holds averaged weights exactly when asked for
+    ck = torch.load(tmp_path / "two.onnx.ckpt", weights_only=False)
+    assert (ck["ema"] is not None) == (ema_decay > 0)
