@@ -62,3 +62,30 @@ class FeaturizerStep:
     def time_featurizer_step(self, n_atoms, device):
         self.fz(self.positions, self.numbers, self.cell, self.pbc)
         synchronize(device)
+
+
+class PresetFeaturizerStep:
+    """Featurizer call on a PEO frame (112 atoms, H C O; neighbour list reused) per FeatureSpec preset:
+    the features of the bundled models ("angular-short": peo, "angular": the oxides) against "dense"."""
+
+    params = (["dense", "angular-short", "angular"], devices())
+    param_names = ["preset", "device"]
+    timeout = 600
+
+    def setup(self, preset, device):
+        try:
+            from fastfeat.train import datasets
+        except ImportError as exc:  # an install without the data loader
+            raise NotImplementedError(f"fastfeat.train.datasets unavailable: {exc}") from None
+        atoms = datasets.load("peo", split="test")[0]
+        spec = fastfeat.FeatureSpec.default(("H", "C", "O"), preset=preset)
+        self.fz = fastfeat.Featurizer(spec, device=device, dtype=np.float32, skin=0.5)
+        self.args = (to_device(np.ascontiguousarray(atoms.positions), device), atoms.numbers, atoms.cell.array,
+                     atoms.pbc)
+        self.device = device
+        self.fz(*self.args)  # build the list, JIT warm-up
+        synchronize(device)
+
+    def time_featurizer_step(self, preset, device):
+        self.fz(*self.args)
+        synchronize(device)
