@@ -4,7 +4,8 @@
 
 Each revision's ``fastfeat/_kernels/features_cpu.py`` is loaded from git (``git show``) as a
 separate module next to the working tree's, the same inputs (water box, ANI-1x-sized spec, and the
-spec without G4, and with one G2 + one V) go through every version's ``features`` (list reused,
+spec without G4, and with one G2 + one V; then the H/O ``"angular"`` and ``"angular-short"`` presets,
+with the angular covariant vectors W, for revisions that have them) go through every version's ``features`` (list reused,
 skin 1 Å) and ``features_cells`` (one-shot) kernels, rounds interleaved, best of 12 rounds.
 Outputs are checked to agree before timing. Kernel calls only: no binning, no Python set-up (the
 list's grouping by species, once per build, is not timed either).
@@ -64,6 +65,13 @@ def _arguments(mod, fz, pos, species, cell, cl, params, g, v, overlap):
     return reuse, cells
 
 
+def _has_w(mod):
+    import inspect
+
+    names = inspect.signature(mod.features.py_func).parameters
+    return "wang_p" in names or "wang_p4" in names
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("revisions", nargs="+", help="git revisions to compare with the working tree")
@@ -89,11 +97,18 @@ def main(argv=None):
         "full": spec,
         "no G4": dataclasses.replace(spec, angular=()),
         "1 G2 + 1 V": dataclasses.replace(spec, angular=(), radial=spec.radial[:1], covariant=spec.covariant[:1]),
+        "angular": fastfeat.FeatureSpec.default(("H", "O"), preset="angular"),
+        "ang-short": fastfeat.FeatureSpec.default(("H", "O"), preset="angular-short"),
     }
     print(f"water {len(atoms)} atoms, ANI-1x-sized spec, {args.threads} thread(s), best of {args.rounds} rounds "
           "(us per atom, kernel call only)")
     print(f"{'case':12s} {'kernel':8s} " + " ".join(f"{name:>14s}" for name, _ in versions))
     for cname, s in cases.items():
+        if s.covariant_angular:
+            skipped = [name for name, mod in versions if not _has_w(mod)]
+            if skipped:
+                print(f"{cname:12s} (not timed: {', '.join(skipped)} without angular covariant vectors)")
+                continue
         fz = fastfeat.Featurizer(s, skin=1.0)
         fz(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
         pos, species, cell, pbc = fz._prepare(atoms.positions, atoms.numbers, atoms.cell.array, atoms.pbc)
