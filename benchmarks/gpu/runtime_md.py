@@ -54,3 +54,17 @@ for _ in range(20): ev._fz(x, ev._numbers_arg, ev.cell, ev.pbc)
 cp.cuda.Device().synchronize()
 tf = (time.perf_counter() - t) / 20
 print(f"{len(big)} atoms: evaluator {te*1e3:.2f} ms, featurizer {tf*1e3:.2f} ms", flush=True)
+
+# the bundled peo model: angular covariant vectors W inside 3.5 Å, so the CUDA W kernels on a real GPU
+from fastfeat.train import datasets
+
+frame = datasets.load("peo", split="test")[0]
+frame.calc = None
+cpu_p, gpu_p = ForceModel.pretrained("peo"), ForceModel.pretrained("peo", device="cuda")
+fc, fg = cpu_p.forces(frame), gpu_p.forces(frame)
+print("bundled peo: max |F_cpu - F_gpu|", np.abs(fc - fg).max(), "max |F|", np.abs(fc).max(), flush=True)
+for rep in (1, 4, 9):  # 112, 7 168 and 81 648 atoms
+    big = frame.repeat((rep, rep, rep))
+    r = run_md(gpu_p, big, 2000 if rep == 1 else 200, dt=0.5, temperature=300, every=100, seed=1)
+    print(f"cuda bundled peo {len(big)} atoms: {r.steps_per_s:.1f} steps/s {r.atom_steps_per_s:.3g} atom-steps/s",
+          flush=True)
