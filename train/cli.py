@@ -177,8 +177,12 @@ def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=Fals
     feats, spec, sha = prepare_features(data, cfg, spec_path=spec_path, log=log, dist_ctx=dctx)
     say(f"features ready in {time.perf_counter() - t0:.1f} s: n_invariant={spec.n_invariant}, "
         f"n_covariant={spec.n_covariant}, species={list(spec.species)}")
-    return train_and_export(feats, spec, sha, out, cfg, checkpoint=checkpoint, resume=resume, log=log, quiet=quiet,
-                            dist_ctx=dctx)
+    summary = train_and_export(feats, spec, sha, out, cfg, checkpoint=checkpoint, resume=resume, log=log,
+                               quiet=quiet, dist_ctx=dctx)
+    # on success only (after an error another rank may be inside a collective: destroying would hang it):
+    # every rank waits for the main rank's export, then the group goes before the interpreter does
+    dctx.close()
+    return summary
 
 
 def train_main(argv) -> int:

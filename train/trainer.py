@@ -48,6 +48,14 @@ class Distributed:
         if self.enabled:
             dist.barrier()
 
+    def close(self):
+        """Leave the process group after a successful run: wait for every rank, then destroy it. A rank
+        whose interpreter exits with the gloo group alive can abort in its teardown ("terminate called
+        without an active exception", pytorch/pytorch#190489)."""
+        if self.enabled and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def all_sum(self, values):
         """Sum a list of floats over ranks (float64)."""
         t = torch.tensor(values, dtype=torch.float64)
