@@ -47,10 +47,8 @@ def _arguments(mod, fz, pos, species, cell, cl, params, g, v, overlap):
     themselves. Revisions before the angular covariant vectors take two kernel parameters fewer; those
     before their factorised weights (``wang_p4``) four columns of the parameters.
     """
-    import inspect
-
     kargs = params.args()
-    names = inspect.signature(mod.features.py_func).parameters
+    names = _kernel_parameters(mod)
     if "wang_p4" in names:  # four columns per angular covariant parameter then
         kargs = (*kargs[:-2], np.ascontiguousarray(kargs[-2][:, :4]), kargs[-1])
     elif "wang_p" not in names:
@@ -65,10 +63,15 @@ def _arguments(mod, fz, pos, species, cell, cl, params, g, v, overlap):
     return reuse, cells
 
 
-def _has_w(mod):
+def _kernel_parameters(mod):
+    """Parameter names of a revision's reuse kernel (what its argument list looks like)."""
     import inspect
 
-    names = inspect.signature(mod.features.py_func).parameters
+    return inspect.signature(mod.features.py_func).parameters
+
+
+def _has_w(mod):
+    names = _kernel_parameters(mod)
     return "wang_p" in names or "wang_p4" in names
 
 

@@ -81,6 +81,7 @@ def run(data, seeds, epochs, rc):
     from fastfeat.train import datasets
     from fastfeat.train.bundle_models import bundled_config
     from fastfeat.train.cli import prepare_features
+    from fastfeat.train.trainer import _ema_update
 
     feats, spec, _ = prepare_features(data, bundled_config("basis", data), log=lambda m: None)
     sets = {}
@@ -128,9 +129,7 @@ def run(data, seeds, epochs, rc):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                with torch.no_grad():
-                    for pe, pm in zip(ema.parameters(), model.parameters()):
-                        pe.mul_(0.99).add_(pm, alpha=0.01)
+                _ema_update(ema, model, 0.99)
             sched.step()
             val = metrics(ema, sets["val"])[1]
             if val < best[0]:
