@@ -38,13 +38,14 @@ class BinGrid:
 def _orthonormal_complement(vectors):
     """Unit vectors completing the orthonormal basis of span(vectors)."""
     basis = []
-    for v in list(vectors) + list(np.eye(3)):
-        w = np.array(v, dtype=np.float64)
+    for v in [[float(x) for x in v] for v in vectors] + [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]:
+        w = v
         for b in basis:
-            w = w - (w @ b) * b
-        n = np.linalg.norm(w)
+            p = _dot(w, b)
+            w = [w[0] - p * b[0], w[1] - p * b[1], w[2] - p * b[2]]
+        n = math.sqrt(_dot(w, w))
         if n > 1e-8:
-            basis.append(w / n)
+            basis.append([w[0] / n, w[1] / n, w[2] / n])
         if len(basis) == 3:
             break
     return basis
@@ -52,6 +53,8 @@ def _orthonormal_complement(vectors):
 
 def binning_box(cell, pbc):
     """(3, 3) rows: periodic cell vectors, unit orthogonal vectors elsewhere."""
+    if pbc[0] and pbc[1] and pbc[2]:
+        return np.array(cell, dtype=np.float64)
     per = [cell[a] for a in range(3) if pbc[a]]
     basis = _orthonormal_complement(per)
     extra = basis[len(per):]
@@ -75,46 +78,56 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     search reaches ``divisions`` bins (or more) to each side. The number of
     bins is capped at O(n_atoms), so a huge, sparse box allocates little.
     """
+    # 3 x 3 arithmetic in Python floats: NumPy's per-call overhead on such tiny arrays (np.cross
+    # alone ~16 us) made this a third of a neighbour list of 100 atoms
+    pbc = [bool(p) for p in pbc]
     box = binning_box(cell, pbc)
     inv_box = np.linalg.inv(box)
-    if positions is not None:
-        if len(positions):
-            s = np.asarray(positions, dtype=np.float64) @ inv_box
-            smin, smax = s.min(axis=0), s.max(axis=0)
-        else:
-            smin = smax = np.zeros(3)
-    smin = np.array(smin, dtype=np.float64)
-    smax = np.array(smax, dtype=np.float64)
-    # heights: perpendicular widths of the periodic cell, extents elsewhere
-    vol = abs(np.linalg.det(box))
-    height = np.empty(3)
-    extent = np.ones(3)
+    smin = [0.0, 0.0, 0.0] if smin is None else [float(x) for x in smin]
+    smax = [0.0, 0.0, 0.0] if smax is None else [float(x) for x in smax]
+    if positions is not None and not all(pbc) and len(positions):
+        s = np.asarray(positions, dtype=np.float64) @ inv_box
+        smin, smax = s.min(axis=0).tolist(), s.max(axis=0).tolist()
+    b = box.tolist()
+    # heights: perpendicular widths of the periodic cell (volume / |b x c|), extents elsewhere
+    vol = abs(_dot(b[0], _cross(b[1], b[2])))
+    height = [0.0, 0.0, 0.0]
+    extent = [1.0, 1.0, 1.0]
     for a in range(3):
         if pbc[a]:
-            b, c = box[(a + 1) % 3], box[(a + 2) % 3]
-            height[a] = vol / np.linalg.norm(np.cross(b, c))
+            height[a] = vol / math.sqrt(_dot(*(2 * [_cross(b[(a + 1) % 3], b[(a + 2) % 3])])))
             smin[a] = 0.0
         else:
             extent[a] = max(smax[a] - smin[a], 0.0)
             height[a] = extent[a]
     width = cutoff * (1.0 + _SLACK) / divisions
-    nbins = np.array([max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height], dtype=np.int64)
+    nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
     limit = max(8 * int(n_atoms), 27)
-    while int(np.prod(nbins)) > limit:
-        a = int(np.argmax(nbins))
+    while nbins[0] * nbins[1] * nbins[2] > limit:
+        a = nbins.index(max(nbins))
         nbins[a] = max(1, nbins[a] // 2)
-    search = np.empty(3, dtype=np.int64)
+    search = [0, 0, 0]
     for a in range(3):
         w = height[a] / nbins[a]  # > 0 on periodic axes (non-singular cell)
         reach = int(math.ceil(cutoff * (1.0 + _SLACK) / w)) if w > 0 else 0
         # a periodic axis visits every image in reach; a bounded one has no bins beyond its last
         search[a] = reach if pbc[a] else min(reach, nbins[a] - 1)
-    n_visit = int(np.prod(2 * search + 1))
+    n_visit = (2 * search[0] + 1) * (2 * search[1] + 1) * (2 * search[2] + 1)
     if n_visit > MAX_SEARCH_CELLS:
         raise ValueError(
             f"`cutoff` {cutoff} Å is too large for this periodic cell (perpendicular widths "
-            f"{np.round(height[pbc], 4).tolist()} Å): every atom would see {n_visit} cell images, more than "
-            f"the limit of {MAX_SEARCH_CELLS}; use a larger (supercell) cell or a smaller cutoff"
+            f"{[round(h, 4) for h, p in zip(height, pbc) if p]} Å): every atom would see {n_visit} cell images, "
+            f"more than the limit of {MAX_SEARCH_CELLS}; use a larger (supercell) cell or a smaller cutoff"
         )
-    extent = np.where(pbc, 1.0, np.where(extent > 0, extent, 1.0))
-    return BinGrid(inv_box, np.asarray(pbc, dtype=bool), smin, extent, nbins, search)
+    extent = [1.0 if pbc[a] else (extent[a] if extent[a] > 0 else 1.0) for a in range(3)]
+    return BinGrid(inv_box, np.array(pbc, dtype=bool), np.array(smin, dtype=np.float64),
+                   np.array(extent, dtype=np.float64), np.array(nbins, dtype=np.int64),
+                   np.array(search, dtype=np.int64))
+
+
+def _cross(u, v):
+    return [u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0]]
+
+
+def _dot(u, v):
+    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
