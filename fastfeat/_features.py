@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _device
-from ._neighbors import bin_atoms, build_csr_cpu
+from ._neighbors import bin_atoms, build_csr_cpu, one_shot_grid
 from ._spec import FeatureSpec
 from ._validation import (
     check_cell,
@@ -298,7 +298,7 @@ def _cells_cpu(params, pos, species, cell, pbc, g, v):
     """One structure straight from the cell list (no pair list stored)."""
     from ._kernels.features_cpu import features_cells
 
-    cl = bin_atoms(pos, cell, pbc, params.cutoff)
+    cl = bin_atoms(pos, cell, pbc, params.cutoff, grid=one_shot_grid(pos, cell, pbc, params.cutoff))
     overlap = np.empty(pos.shape[0], np.int64)
     features_cells(cl.poss, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
                    cl.start, cl.order, *params.args(), g, v, overlap)

@@ -267,3 +267,39 @@ def test_group_by_species_is_a_stable_grouping_of_each_row():
         np.testing.assert_array_equal(sv2[row], sv[row][order], err_msg=f"row {i}")
         counts = np.bincount(species[j[row]], minlength=3)
         np.testing.assert_array_equal(seg[i], start[i] + np.concatenate(([0], np.cumsum(counts))), err_msg=f"row {i}")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_one_shot_features_do_not_depend_on_the_bin_grid(seed, monkeypatch):
+    """The one-shot kernel on cutoff-wide and on half-cutoff bins (the two grids one_shot_grid picks
+    from): same features, mixed periodicity, triclinic cell."""
+    import fastfeat._features as feats
+    from fastfeat._box import bin_grid
+
+    rng = np.random.default_rng(seed)
+    pos, Z, cell = random_structure(rng, 40, species=(1, 8, 6), scale=9.0)
+    pbc = np.array([True, bool(seed), True])
+    spec = SPECS["angular_covariant"]
+    out = []
+    for div in (1, 2):
+        monkeypatch.setattr(feats, "one_shot_grid",
+                            lambda p, c, b, cut, d=div: bin_grid(c, b, cut, p.shape[0], positions=p, divisions=d))
+        out.append(fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=pbc, spec=spec, dtype=np.float64))
+    np.testing.assert_allclose(out[0].invariant, out[1].invariant, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(out[0].covariant, out[1].covariant, rtol=1e-12, atol=1e-13)
+
+
+def test_one_shot_grid_halves_bins_in_small_cells_only():
+    from fastfeat._neighbors import one_shot_grid
+
+    rng = np.random.default_rng(0)
+
+    def lattice(n_side, spacing):
+        g = np.stack(np.meshgrid(*3 * [np.arange(n_side)], indexing="ij"), -1).reshape(-1, 3) * spacing
+        return g + rng.normal(scale=0.1, size=g.shape), np.eye(3) * n_side * spacing
+
+    pbc = np.array([True, True, True])
+    pos, cell = lattice(5, 2.0)  # 125 atoms, 10 Å: one or two cutoff-wide bins per axis
+    assert one_shot_grid(pos, cell, pbc, 5.2).search.tolist() == [2, 2, 2]
+    pos, cell = lattice(15, 2.1)  # 3375 atoms, 31.5 Å: a gather per bin serves ~25 centres
+    assert one_shot_grid(pos, cell, pbc, 5.2).search.tolist() == [1, 1, 1]
