@@ -411,7 +411,13 @@ class Featurizer:
             if n > 0:
                 from ._kernels.features_cpu import group_by_species
 
-                start, self._j, self._shiftvec = build_csr_cpu(pos, cell, pbc, spec.cutoff + self.skin, self.dtype)
+                try:
+                    start, self._j, self._shiftvec = build_csr_cpu(pos, cell, pbc, spec.cutoff + self.skin, self.dtype)
+                except ValueError as exc:
+                    if self.skin > 0 and "too large for this periodic cell" in str(exc):
+                        raise ValueError(f"{exc} (the list reaches the spec's cutoff {spec.cutoff} Å plus the "
+                                         f"neighbour-list skin {self.skin} Å)") from None
+                    raise
                 # rows grouped by neighbour species once per build (the kernel then needs no sort per step)
                 self._seg = np.empty((n, spec.n_species + 1), np.int64)
                 group_by_species(start, self._j, self._shiftvec, species, self._seg)

@@ -44,7 +44,10 @@ def spec_from_model(model):
         if not os.path.exists(bundled):
             raise ValueError(f"`--model` must be an .onnx file or a bundled model name, got {path!r}")
         path = bundled
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    try:
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file
+        raise ValueError(f"`--model` {path!r} is not a readable ONNX model: {type(exc).__name__}: {exc}") from None
     meta = sess.get_modelmeta().custom_metadata_map
     if "fastfeat.spec" not in meta:
         raise ValueError(f"`--model` {path!r} has no `fastfeat.spec` metadata; it was not exported by fastfeat")
@@ -72,7 +75,7 @@ def main(argv) -> int:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--spec", help="FeatureSpec JSON file")
     g.add_argument("--model", help="exported .onnx model (or bundled name): use its FeatureSpec")
-    p.add_argument("--out", required=True, help="output .npz")
+    p.add_argument("--out", required=True, help="output .npz (the suffix is added when missing)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     args = p.parse_args(argv)
     try:
@@ -85,15 +88,18 @@ def main(argv) -> int:
                 spec = FeatureSpec.from_json(fh.read())
         else:
             spec = spec_from_model(args.model)
-        if not os.path.exists(args.structures):
-            raise FileNotFoundError(f"`STRUCTURES` file {args.structures!r} does not exist")
-        import ase.io
+        from ._io import read_structures
 
-        frames = ase.io.read(args.structures, index=":")
-        f = write_features(frames, spec, args.out, dtype=np.dtype(args.dtype))
+        # np.savez appends .npz to any other name: check and report the file actually written
+        out = args.out if args.out.endswith(".npz") else args.out + ".npz"
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"`--out` {args.out!r}: folder {folder!r} does not exist")
+        frames = read_structures(args.structures, what="`STRUCTURES` file")
+        f = write_features(frames, spec, out, dtype=np.dtype(args.dtype))
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"fastfeat featurize: error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}: {len(f.offsets) - 1} structures, {len(f)} atoms, "
+    print(f"wrote {out}: {len(f.offsets) - 1} structures, {len(f)} atoms, "
           f"{spec.n_invariant} invariant + {spec.n_covariant} covariant features")
     return 0

@@ -121,6 +121,10 @@ def test_tiny_periodic_box_with_large_cutoff_is_bounded_or_refused():
     assert len(nl.i) == expected
     with pytest.raises(ValueError, match="too large for this periodic cell"):
         fastfeat.neighbor_list(np.zeros((1, 3)), np.eye(3) * 0.01, True, 6.0)
+    # a Featurizer's list reaches cutoff + skin: the message says so (6.2 Å would puzzle a 5.2 Å model's user)
+    fz = fastfeat.Featurizer(fastfeat.FeatureSpec.default(("H",)), skin=1.0)
+    with pytest.raises(ValueError, match=r"`cutoff` 6.2 Å is too large.*cutoff 5.2 Å plus the neighbour-list skin 1.0"):
+        fz(np.zeros((1, 3)), [1], np.eye(3) * 0.02, True)
 
 
 def test_empty_and_single_atom():

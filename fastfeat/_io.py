@@ -1,0 +1,84 @@
+"""Reading structure files (one place for every command and loader): clear errors, fast compressed text.
+
+``ase.io.read`` reads the formats; this adds what a command line needs around it: a missing path,
+a folder, an empty file, a file ASE cannot parse and a file without structures each raise one
+``FileNotFoundError`` / ``ValueError`` naming the file, instead of a traceback from inside ASE.
+Compressed text (``.xz``, ``.gz``, ``.bz2``) of extxyz/xyz is decompressed once in memory: ASE's
+extxyz reader seeks back and forth, and every seek on a compressed stream decompresses from the
+start (minutes for a bundled data set).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+
+__all__ = ["read_structures"]
+
+_OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+
+
+def read_structures(path, index=":", format=None, what="structure file"):
+    """Structures of a file that ``ase.io`` reads.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    index : str, int or slice
+        ``ase.io.read`` syntax; ``":"`` (default) reads every frame.
+    format : str, optional
+        ``ase.io`` format name; guessed from the file name when None (for a compressed file, from
+        the name without the compression suffix).
+    what : str
+        How messages name the file (e.g. "`--data` file").
+
+    Returns
+    -------
+    list of ase.Atoms (at least one) for a slice or ``":"``; one ase.Atoms for an integer index.
+
+    Raises
+    ------
+    FileNotFoundError
+        `path` does not exist.
+    ValueError
+        `path` is a folder or an empty file, ASE cannot read it, it holds no structures, or an
+        integer `index` is out of range.
+    """
+    import ase.io
+    from ase.io.formats import filetype
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path!r} is a folder, not a structure file")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{what} {path!r} is empty (no structures)")
+    source, fmt = path, format
+    stem, suffix = os.path.splitext(path)
+    try:
+        if suffix in _OPENERS and (format or filetype(stem, read=False)) in ("extxyz", "xyz"):
+            fmt = format or filetype(stem, read=False)
+            with _OPENERS[suffix](path, "rt", encoding="utf-8") as fh:
+                source = io.StringIO(fh.read())
+            if not source.getvalue().strip():
+                source = None
+        if source is not None:
+            out = ase.io.read(source, index=index, format=fmt)
+    except (IndexError, StopIteration):
+        if isinstance(index, int):
+            raise ValueError(f"{what} {path!r} has no frame {index}") from None
+        raise ValueError(f"cannot read {what} {path!r}: no structure found") from None
+    except Exception as exc:  # ASE raises many types (XYZError, ParseError, KeyError, UnicodeDecodeError, ...)
+        raise ValueError(f"cannot read {what} {path!r}: {type(exc).__name__}: {exc}") from None
+    if source is None:
+        raise ValueError(f"{what} {path!r} is empty (no structures)")
+    if isinstance(index, int):
+        return out
+    frames = list(out)
+    if not frames:
+        raise ValueError(f"{what} {path!r} holds no structures")
+    return frames

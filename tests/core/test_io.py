@@ -1,0 +1,73 @@
+"""Structure files: fastfeat._io.read_structures (every command's reader) and `fastfeat featurize`."""
+
+import lzma
+
+import ase.build
+import ase.io
+import numpy as np
+import pytest
+
+import fastfeat
+from fastfeat._io import read_structures
+from fastfeat.cli import main as cli
+
+
+@pytest.fixture
+def files(tmp_path):
+    frames = [ase.build.molecule("H2O"), ase.build.molecule("CH4")]
+    ase.io.write(tmp_path / "ok.extxyz", frames)
+    (tmp_path / "ok.extxyz.xz").write_bytes(lzma.compress((tmp_path / "ok.extxyz").read_bytes()))
+    (tmp_path / "empty.extxyz").write_text("")
+    (tmp_path / "blank.extxyz.xz").write_bytes(lzma.compress(b"\n\n"))
+    (tmp_path / "notes.txt").write_text("hello\n")
+    (tmp_path / "truncated.extxyz").write_text("3\n\nH 0 0 0\n")
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+def test_reads_plain_and_compressed_frames(files):
+    for name in ("ok.extxyz", "ok.extxyz.xz"):
+        frames = read_structures(files / name)
+        assert [a.get_chemical_formula() for a in frames] == ["H2O", "CH4"]
+    assert read_structures(files / "ok.extxyz.xz", index=1).get_chemical_formula() == "CH4"
+    assert len(read_structures(files / "ok.extxyz", index="1:")) == 1
+
+
+@pytest.mark.parametrize("name, error, match", [
+    ("missing.extxyz", FileNotFoundError, "does not exist"),
+    ("folder", ValueError, "is a folder"),
+    ("empty.extxyz", ValueError, "is empty"),
+    ("blank.extxyz.xz", ValueError, "is empty"),
+    ("notes.txt", ValueError, "cannot read .*notes.txt"),
+    ("truncated.extxyz", ValueError, "cannot read .*truncated.extxyz.*expected 3"),
+])
+def test_bad_files_raise_one_clear_error(files, name, error, match):
+    with pytest.raises(error, match=match):
+        read_structures(files / name, what="`--data` file")
+
+
+def test_frame_out_of_range(files):
+    with pytest.raises(ValueError, match="has no frame 5"):
+        read_structures(files / "ok.extxyz", index=5)
+
+
+def test_featurize_cli_adds_npz_suffix_and_rejects_bad_files(files, capsys):
+    spec = fastfeat.FeatureSpec.default(("H", "C", "O"))
+    (files / "spec.json").write_text(spec.to_json())
+    args = ["--spec", str(files / "spec.json"), "--out"]
+    assert cli(["featurize", str(files / "ok.extxyz"), *args, str(files / "feats")]) == 0
+    assert f"wrote {files / 'feats.npz'}:" in capsys.readouterr().out
+    with np.load(files / "feats.npz") as z:
+        assert z["offsets"].tolist() == [0, 3, 8]
+    for name, match in [("empty.extxyz", "is empty"), ("notes.txt", "cannot read"), ("folder", "is a folder"),
+                        ("truncated.extxyz", "cannot read")]:
+        assert cli(["featurize", str(files / name), *args, str(files / "x.npz")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fastfeat featurize: error:") and match in err and "Traceback" not in err
+    # an output folder that does not exist is refused before any work
+    assert cli(["featurize", str(files / "ok.extxyz"), *args, str(files / "nowhere" / "x.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    # a file that is not an ONNX model
+    assert cli(["featurize", str(files / "ok.extxyz"), "--model", str(files / "notes.txt"), "--out",
+                str(files / "x.npz")]) == 2
+    assert "not a readable ONNX model" in capsys.readouterr().err
