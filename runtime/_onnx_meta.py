@@ -69,8 +69,10 @@ class ModelInfo:
     dtype : numpy.dtype
         float32 or float64: dtype of ``invariant``, ``covariant``, ``forces``.
     head, target, version, data_hash : str
-        Head ("projection" | "basis"), learned target (e.g. "forces"),
-        fastfeat version that wrote it, sha256 of the training data.
+        Head ("projection" | "basis"), learned target (e.g. "forces"; the
+        runtime uses only "forces" models as force fields, see
+        ``ForceModel.target``), fastfeat version that wrote it, sha256 of the
+        training data.
     units : dict
         e.g. ``{"length": "Å", "force": "eV/Å"}``.
     validation : dict

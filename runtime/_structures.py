@@ -1,26 +1,23 @@
 """Structures for the command line: a file ``ase.io`` reads, or a bundled data set.
 
 ``STRUCTURE`` arguments accept a file path (``--frame`` picks the frame) or a
-bundled data set written as ``NAME[:SPLIT]`` (e.g. ``peo`` or ``peo:test``;
-split default "test").
+bundled data set written as ``NAME[:SPLIT]`` (e.g. ``peo``, ``peo:test`` or
+``peo:all``; split "train", "val", "test" (default) or "all": every frame).
 """
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
-import lzma
 import os
 from pathlib import Path
 
 import fastfeat
+from fastfeat._io import read_structures
 
 __all__ = ["DATASETS_DIR", "bundled_dataset_names", "bundled_frames", "load_structure", "read_frames"]
 
 #: folder of the bundled data sets (fastfeat/data/datasets/<name>.extxyz.xz)
 DATASETS_DIR = Path(fastfeat.__file__).resolve().parent / "data" / "datasets"
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "all")
 
 
 def bundled_dataset_names() -> list:
@@ -43,6 +40,7 @@ def bundled_frames(name: str, split: str = "test") -> list:
 
     Uses ``fastfeat.train.datasets.load`` (torch-free) for the split; if that
     package is missing, reads the bundled file with ``ase.io`` (all frames).
+    ``split="all"``: every frame.
     """
     if split not in SPLITS:
         raise ValueError(f"`split` must be one of {list(SPLITS)}, got {split!r}")
@@ -56,20 +54,9 @@ def bundled_frames(name: str, split: str = "test") -> list:
 
 
 def read_frames(path) -> list:
-    """All frames of an extxyz file, plain or compressed (.xz/.gz/.bz2).
-
-    Compressed files are decompressed once in memory: ``ase.io.read`` on a
-    compressed file seeks back and forth, which is very slow for many frames.
-    """
-    import ase.io
-
-    path = str(path)
-    opener = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}.get(os.path.splitext(path)[1])
-    if opener is None:
-        return list(ase.io.read(path, index=":"))
-    with opener(path, "rt", encoding="utf-8") as fh:
-        text = fh.read()
-    return list(ase.io.read(io.StringIO(text), index=":", format="extxyz"))
+    """All frames of a structure file (see :func:`fastfeat._io.read_structures`: plain or compressed,
+    clear errors for a missing, empty or unreadable file)."""
+    return read_structures(path)
 
 
 def load_structure(text: str, frame: int = 0):
@@ -82,16 +69,8 @@ def load_structure(text: str, frame: int = 0):
     ValueError
         The file cannot be read, or ``frame`` is out of range.
     """
-    import ase.io
-
     if os.path.exists(text):
-        try:
-            atoms = ase.io.read(text, index=frame)
-        except (IndexError, StopIteration):
-            raise ValueError(f"structure file {text!r} has no frame {frame}") from None
-        except Exception as exc:
-            raise ValueError(f"cannot read structure file {text!r}: {type(exc).__name__}: {exc}") from None
-        return atoms
+        return read_structures(text, index=frame)
     name, _, split = text.partition(":")
     if name in bundled_dataset_names():
         frames = bundled_frames(name, split or "test")

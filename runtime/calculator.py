@@ -11,9 +11,11 @@ __all__ = ["Calculator", "DIRECT_FORCES_NOTE"]
 
 DIRECT_FORCES_NOTE = (
     "a fastfeat model predicts forces directly (Mailoa et al. 2019); they are not the gradient of an "
-    "energy, so there is no potential energy, and no stress or virial either. Use forces only: "
-    "thermostatted MD (`fastfeat md --ensemble langevin`) or force-based optimisers such as FIRE with "
-    "an energy-free criterion; `fastfeat check-conservation` measures how far the forces are from conservative"
+    "energy, so there is no potential energy, and no stress or virial either. Works: fastfeat's MD "
+    "(`fastfeat md`, `fastfeat.runtime.run_md`) and ASE MD integrators (VelocityVerlet, Langevin) without "
+    "a logfile or MDLogger, with observers added by `dyn.attach`. ASE optimizers (FIRE, BFGS, ...) and "
+    "MDLogger call get_potential_energy() and need an energy; `fastfeat check-conservation` measures how far "
+    "the forces are from conservative"
 )
 
 
@@ -27,12 +29,20 @@ class Calculator(_ASECalculator):
     device : {"cpu", "cuda"}
         Used only when ``model`` is a path or a name.
 
+    Raises
+    ------
+    ValueError
+        The model does not predict forces (its ``fastfeat.target`` is e.g. "dipole").
+
     Notes
     -----
     ``implemented_properties = ["forces"]``; asking for ``energy``,
     ``free_energy``, ``energies``, ``stress`` or ``stresses`` raises
     :class:`ase.calculators.calculator.PropertyNotImplementedError` with an
-    explanation: direct forces are not the gradient of an energy.
+    explanation: direct forces are not the gradient of an energy. So ASE
+    optimizers and ``MDLogger`` (which log the energy) fail; ASE MD
+    integrators without a logfile, with observers via ``dyn.attach``, work,
+    as do :func:`fastfeat.runtime.run_md` and ``fastfeat md``.
     Each thread uses its own featurizer and buffers, so calculators sharing
     one model may run in different threads.
     """
@@ -42,6 +52,7 @@ class Calculator(_ASECalculator):
     def __init__(self, model, device="cpu", **kwargs):
         super().__init__(**kwargs)
         self.model = resolve_model(model, device=device)
+        self.model.require_forces()
 
     def get_property(self, name, atoms=None, allow_calculation=True):
         if name not in self.implemented_properties:

@@ -40,6 +40,27 @@ def _force_fn(model, atoms, device="cpu"):
     return lambda x: ev(ev.xp.asarray(x)).get()
 
 
+def _check_h(h):
+    """``h`` as a float if it is a finite number > 0 (Å), else TypeError/ValueError."""
+    if isinstance(h, bool) or not isinstance(h, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`h` must be a number (finite-difference step in Å), got {type(h).__name__}")
+    if not (math.isfinite(float(h)) and h > 0):
+        raise ValueError(f"`h` must be a finite number > 0 (finite-difference step in Å), got {h}")
+    return float(h)
+
+
+def _check_int(name, value, minimum, note=""):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}{note}, got {value}")
+    return int(value)
+
+
+#: fewest NVE steps nve_drift accepts: the drift is a fit over >= 3 recorded temperatures
+MIN_NVE_STEPS = 2
+
+
 def _default_h(model):
     """0.002 Å for float64 models, 0.01 Å otherwise (float32 noise ~1e-7 |F| / h)."""
     dtype = getattr(model, "dtype", None)
@@ -66,6 +87,7 @@ def jacobian(force_fn, positions, indices, h):
     (3M, 3M) float64 ndarray, eV/Å²
         ``J[(i, a), (j, b)] = -(F_ia(x + h e_jb) - F_ia(x - h e_jb)) / 2h``.
     """
+    h = _check_h(h)
     x = np.array(positions, dtype=np.float64)
     idx = np.asarray(indices, dtype=np.int64)
     m = len(idx)
@@ -88,20 +110,20 @@ def jacobian_asymmetry(model, atoms, *, h=None, max_atoms=24, seed=0, device="cp
     model : ForceModel, path, bundled name, or callable force function
     atoms : ase.Atoms
     h : float, optional
-        Finite-difference step in Å (default 0.01 for float32 models and
-        callables, 0.002 for float64 models).
+        Finite-difference step in Å, finite and > 0 (default 0.01 for float32
+        models and callables, 0.002 for float64 models).
     max_atoms : int
-        Use the square block of at most this many atoms (random, seeded)
-        for larger structures; cost 6 * max_atoms force calls.
+        Use the square block of at most this many atoms (>= 1; random,
+        seeded) for larger structures; cost 6 * max_atoms force calls.
 
     Returns
     -------
     dict
         ``lambda``, ``norm_J`` and ``norm_J_anti`` (eV/Å²), ``h``, ``atoms_used``.
     """
+    h = _default_h(model) if h is None else _check_h(h)
+    max_atoms = _check_int("max_atoms", max_atoms, 1)
     fn = _force_fn(model, atoms, device)
-    if h is None:
-        h = _default_h(model)
     n = len(atoms)
     if n <= max_atoms:
         idx = np.arange(n)
@@ -122,6 +144,10 @@ def jacobian_asymmetry(model, atoms, *, h=None, max_atoms=24, seed=0, device="cp
 def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, device="cpu", fit_ps=0.25) -> dict:
     """Temperature and energy drift of a short NVE (velocity Verlet) run.
 
+    ``steps`` must be >= 2 (the drifts are fits over >= 3 recorded points).
+    The run stops on unphysical forces (``max_force``) but not on a high
+    temperature: runaway heating is what it measures.
+
     Returns
     -------
     dict
@@ -133,9 +159,10 @@ def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, de
     """
     from .md import MDInstabilityError, MolecularDynamics
 
+    steps = _check_int("steps", steps, MIN_NVE_STEPS, " (the drift is a fit over >= 3 recorded points)")
     fn = _force_fn(model, atoms, device)
     md = MolecularDynamics(fn, atoms.positions, atoms.get_masses(), dt=dt, temperature=temperature,
-                           ensemble="nve", seed=seed)
+                           ensemble="nve", seed=seed, max_temperature=math.inf)
     every = max(1, steps // 200)
     stopped = reason = None
     try:
@@ -170,6 +197,12 @@ def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, de
 
 
 def _advice(lam, nve):
+    if nve is None:  # NVE skipped: λ alone
+        if lam < 0.01:
+            return ("the Jacobian is close to symmetric here (NVE drift not measured: --nve-steps 0); "
+                    "thermostatted MD (Langevin) remains the safe default for direct forces")
+        return ("forces are measurably non-conservative (λ): use thermostatted MD (`--ensemble langevin`, friction "
+                "≳ 0.05 1/fs); do not use NVE energies or fluctuations")
     drift = abs(nve["drift_K_per_ps"]) if not math.isnan(nve["drift_K_per_ps"]) else math.inf
     if nve["stopped_at"] is not None:
         return ("NVE became unstable: run thermostatted MD only (`--ensemble langevin`), and check the "
@@ -181,17 +214,56 @@ def _advice(lam, nve):
             "≳ 0.05 1/fs) so the thermostat removes the spurious heating; do not use NVE energies or fluctuations")
 
 
+def _check_options(h, max_atoms, nve_steps, names=("h", "max_atoms", "nve_steps")):
+    """Validated (h or None, max_atoms, nve_steps) of :func:`check_conservation`; ``names`` for messages."""
+    try:
+        h = None if h is None else _check_h(h)
+        max_atoms = _check_int("max_atoms", max_atoms, 1)
+        nve_steps = _check_int("nve_steps", nve_steps, 0, " (0 skips the NVE run)")
+        if 0 < nve_steps < MIN_NVE_STEPS:
+            raise ValueError(f"`nve_steps` must be 0 (skip the NVE run) or an int >= {MIN_NVE_STEPS} (the drift is "
+                             f"a fit over >= 3 recorded points), got {nve_steps}")
+    except (TypeError, ValueError) as exc:
+        msg = str(exc)
+        for api, cli in zip(("h", "max_atoms", "nve_steps"), names):
+            msg = msg.replace(f"`{api}`", f"`{cli}`")
+        raise type(exc)(msg) from None
+    return h, max_atoms, nve_steps
+
+
 def check_conservation(model, atoms, *, h=None, max_atoms=24, nve_steps=2000, dt=0.5, temperature=300.0,
                        seed=0, device="cpu") -> dict:
-    """Jacobian asymmetry, NVE drift, net force and advice, as a JSON-ready dict."""
+    """Jacobian asymmetry, NVE drift, net force and advice, as a JSON-ready dict.
+
+    Parameters
+    ----------
+    h : float, optional
+        Finite-difference step (Å, finite, > 0); see :func:`jacobian_asymmetry`.
+    max_atoms : int
+        Atoms in the Jacobian block (>= 1).
+    nve_steps : int
+        Steps of the NVE run (>= 2), or 0 to skip it: then ``report["nve"]``
+        is None and the advice rests on λ alone.
+    dt, temperature, seed
+        Of the NVE run (see :func:`nve_drift`).
+
+    Raises
+    ------
+    ValueError
+        A bad argument (checked before any force call), or a model that does
+        not predict forces.
+    """
     from .model import resolve_model
 
+    h, max_atoms, nve_steps = _check_options(h, max_atoms, nve_steps)
     if not callable(model):
         model = resolve_model(model, device=device)
     fn = _force_fn(model, atoms, device)
     f = np.asarray(fn(atoms.positions), dtype=np.float64).copy()
     lam = jacobian_asymmetry(fn, atoms, h=_default_h(model) if h is None else h, max_atoms=max_atoms, seed=seed)
-    nve = nve_drift(fn, atoms, steps=nve_steps, dt=dt, temperature=temperature, seed=seed)
+    nve = None
+    if nve_steps:
+        nve = nve_drift(fn, atoms, steps=nve_steps, dt=dt, temperature=temperature, seed=seed)
     return {
         "model": getattr(model, "path", repr(model)),
         "n_atoms": len(atoms),
@@ -204,17 +276,23 @@ def check_conservation(model, atoms, *, h=None, max_atoms=24, nve_steps=2000, dt
     }
 
 
+def _fmt(value, spec):
+    """``value`` formatted, or "n/a" for NaN (too few recorded points, e.g. a run that stopped at once)."""
+    return "n/a" if value is None or math.isnan(value) else format(value, spec)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="fastfeat check-conservation",
         description="Jacobian asymmetry λ = ‖J_anti‖/‖J‖ (finite differences) and NVE drift of a direct-force model.",
     )
     p.add_argument("model", help="model file (.onnx) or bundled model name")
-    p.add_argument("structure", help="structure file read by ase.io, or a bundled data set NAME[:SPLIT]")
+    p.add_argument("structure", help="structure file read by ase.io, or a bundled data set NAME[:SPLIT] "
+                                     "(SPLIT: train, val, test (default) or all)")
     p.add_argument("--frame", type=int, default=0)
-    p.add_argument("--h", type=float, default=None, help="finite-difference step in Å (default 0.01; 0.002 for float64 models)")
-    p.add_argument("--max-atoms", type=int, default=24, help="atoms in the Jacobian block (default 24; cost 6x that many force calls)")
-    p.add_argument("--nve-steps", type=int, default=2000, help="NVE steps for the drift (default 2000)")
+    p.add_argument("--h", type=float, default=None, help="finite-difference step in Å, > 0 (default 0.01; 0.002 for float64 models)")
+    p.add_argument("--max-atoms", type=int, default=24, help="atoms in the Jacobian block, >= 1 (default 24; cost 6x that many force calls)")
+    p.add_argument("--nve-steps", type=int, default=2000, help="NVE steps for the drift, >= 2 (default 2000); 0 skips the NVE run")
     p.add_argument("--dt", type=float, default=0.5, help="NVE time step in fs (default 0.5)")
     p.add_argument("--temperature", type=float, default=300.0, help="initial temperature in K (default 300)")
     p.add_argument("--seed", type=int, default=0)
@@ -225,8 +303,11 @@ def main(argv=None) -> int:
     from .model import resolve_model
 
     try:
+        # bad options fail before the structure or the model is loaded
+        _check_options(args.h, args.max_atoms, args.nve_steps, names=("--h", "--max-atoms", "--nve-steps"))
         atoms = load_structure(args.structure, args.frame)
         model = resolve_model(args.model, device=args.device)
+        model.require_forces()
         report = check_conservation(model, atoms, h=args.h, max_atoms=args.max_atoms, nve_steps=args.nve_steps,
                                     dt=args.dt, temperature=args.temperature, seed=args.seed, device=args.device)
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
@@ -237,14 +318,18 @@ def main(argv=None) -> int:
         return 0
     jac, nve = report["jacobian"], report["nve"]
     print(f"model {report['model']} on {report['formula']} ({report['n_atoms']} atoms)")
-    print(f"  Jacobian asymmetry λ = ‖J_anti‖/‖J‖ = {jac['lambda']:.4g}  "
+    print(f"  Jacobian asymmetry λ = ‖J_anti‖/‖J‖ = {_fmt(jac['lambda'], '.4g')}  "
           f"({jac['atoms_used']} atoms, h = {jac['h']:g} Å; 0 for conservative forces)")
-    print(f"  NVE {nve['steps']} steps x {nve['dt_fs']} fs: T {nve['temperature_start_K']:.1f} -> "
-          f"{nve['temperature_end_K']:.1f} K, drift {nve['drift_K_per_ps']:+.3g} K/ps over the first "
-          f"{nve['fit_ps']:g} ps, T doubled "
-          + (f"after {nve['doubling_time_ps']:g} ps " if nve["doubling_time_ps"] is not None else "never ")
-          + f"(integration check: KE - work drifts {nve['integration_drift_eV_per_atom_per_ps']:+.2g} eV/atom/ps)"
-          + (f"; STOPPED at step {nve['stopped_at']}: {nve['stop_reason']}" if nve["stopped_at"] else ""))
+    if nve is None:
+        print("  NVE drift: skipped (--nve-steps 0)")
+    else:
+        print(f"  NVE {nve['steps']} steps x {nve['dt_fs']} fs: T {nve['temperature_start_K']:.1f} -> "
+              f"{nve['temperature_end_K']:.1f} K, drift {_fmt(nve['drift_K_per_ps'], '+.3g')} K/ps over the first "
+              f"{nve['fit_ps']:g} ps, T doubled "
+              + (f"after {nve['doubling_time_ps']:g} ps " if nve["doubling_time_ps"] is not None else "never ")
+              + f"(integration check: KE - work drifts {_fmt(nve['integration_drift_eV_per_atom_per_ps'], '+.2g')} "
+                "eV/atom/ps)"
+              + (f"; STOPPED at step {nve['stopped_at']}: {nve['stop_reason']}" if nve["stopped_at"] else ""))
     print(f"  net force |ΣF| = {report['net_force_eV_per_A']:.3g} eV/Å (rms atomic force {report['rms_force_eV_per_A']:.3g})")
     print(f"  advice: {report['advice']}")
     return 0

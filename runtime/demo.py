@@ -195,7 +195,7 @@ def main(argv=None) -> int:
     p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
     p.add_argument("--temperature", type=float, default=300.0, help="Langevin temperature in K (default 300)")
     p.add_argument("--friction", type=float, default=0.05, help="Langevin friction in 1/fs (default 0.05: direct forces heat, the thermostat must remove it)")
-    p.add_argument("--max-frames", type=int, default=100, help="test frames used for accuracy (default 100)")
+    p.add_argument("--max-frames", type=int, default=100, help="test frames used for accuracy, >= 1 (default 100)")
     p.add_argument("--out", default="fastfeat-demo", help="output directory (default fastfeat-demo)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -209,6 +209,8 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     try:
+        if args.max_frames < 1:
+            raise ValueError(f"`--max-frames` must be >= 1 (test frames used for accuracy), got {args.max_frames}")
         try:  # fail now, not after the run, if the directory cannot be written
             os.makedirs(args.out, exist_ok=True)
             tempfile.TemporaryFile(dir=args.out).close()
@@ -216,6 +218,7 @@ def main(argv=None) -> int:
             raise type(exc)(f"cannot write to `--out` {args.out!r}: {exc.strerror}; nothing was run") from None
         device, note = _pick_device(args.device)
         model = resolve_model(args.model, device=device)
+        model.require_forces()
         bundled = args.model in pretrained_names() and not os.path.exists(args.model)
         data_label, frames = _load_frames(args.data, args.model if bundled else None)
         if not frames:

@@ -38,6 +38,8 @@ __all__ = [
     "temperature",
     "ExtxyzWriter",
     "check_writable",
+    "check_trajectory_path",
+    "default_max_temperature",
 ]
 
 #: eV/(Å·amu) -> Å/fs²
@@ -45,6 +47,8 @@ ACCEL = units.fs ** 2
 #: Boltzmann constant, eV/K
 KB = units.kB
 ENSEMBLES = ("langevin", "nve")
+#: extensions a trajectory may have: it is written as extended XYZ text (ASE picks the reader by extension)
+TRAJECTORY_EXTENSIONS = (".extxyz", ".xyz")
 
 
 # --------------------------------------------------------------------- helpers
@@ -94,7 +98,8 @@ def _host(a):
 
 
 class MDInstabilityError(RuntimeError):
-    """MD stopped because forces became non-finite or exceeded the limit.
+    """MD stopped: forces became non-finite or exceeded ``max_force``, the force
+    call failed, or the temperature exceeded ``max_temperature``.
 
     Attributes
     ----------
@@ -183,12 +188,13 @@ class ExtxyzWriter:
     info keys ``step``, ``time_fs``, ``temperature_K``.
 
     The file is opened (and created) at construction, so a path that cannot
-    be written fails before any MD step.
+    be written fails before any MD step. Its name must end in ``.extxyz`` or
+    ``.xyz`` (see :func:`check_trajectory_path`).
     """
 
-    def __init__(self, path, symbols, masses, cell, pbc):
-        self.path = os.fspath(path)
-        self._fh = _open_for_writing(self.path, "trajectory `out`")
+    def __init__(self, path, symbols, masses, cell, pbc, what="trajectory `out`"):
+        self.path = check_trajectory_path(path, what)
+        self._fh = _open_for_writing(self.path, what)
         self._symbols = np.asarray(symbols, dtype=object)
         self._p_scale = np.asarray(masses, dtype=np.float64)[:, None] / units.fs
         cell = np.asarray(cell, dtype=np.float64)
@@ -219,6 +225,29 @@ class ExtxyzWriter:
     def close(self):
         if not self._fh.closed:
             self._fh.close()
+
+
+def check_trajectory_path(path, what="trajectory `out`"):
+    """``path`` as a str if it ends in .extxyz or .xyz (any case), else ValueError naming ``what``.
+
+    Trajectories are written as extended XYZ text; ``ase.io.read`` picks its
+    reader from the extension, so e.g. a ``.traj`` file would not read back.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a file path, got {type(path).__name__}")
+    text = os.fspath(path)
+    if not text.lower().endswith(TRAJECTORY_EXTENSIONS):
+        ext = os.path.splitext(text)[1] or "no extension"
+        raise ValueError(
+            f"{what} {text!r} must end in .extxyz or .xyz, got {ext}: the trajectory is written as extended XYZ "
+            "text, and ASE reads a file in the format its extension names; nothing was run"
+        )
+    return text
+
+
+def default_max_temperature(temperature_K) -> float:
+    """The automatic ``max_temperature``: max(5000 K, 10 x the target temperature)."""
+    return max(5000.0, 10.0 * float(temperature_K))
 
 
 def check_writable(path, what="output"):
@@ -278,13 +307,18 @@ class MolecularDynamics:
     max_force : float
         Largest force component (eV/Å) accepted; beyond it, or on NaN/inf,
         the run stops cleanly (see :class:`MDInstabilityError`).
+    max_temperature : float, optional
+        Largest instantaneous kinetic temperature (K) accepted; beyond it
+        the run stops cleanly, like ``max_force`` (a time step too large for
+        the forces, or runaway heating). Default None: max(5000 K, 10 x
+        ``temperature``); ``math.inf`` disables the check.
     symbols, cell, pbc
         Only used to write trajectories (extxyz).
     """
 
     def __init__(self, force_fn, positions, masses, *, dt=1.0, temperature=300.0, ensemble="langevin",
                  friction=0.05, seed=0, velocities=None, remove_net_force=False, max_force=1000.0,
-                 symbols=None, cell=None, pbc=False):
+                 max_temperature=None, symbols=None, cell=None, pbc=False):
         if not callable(force_fn):
             raise TypeError(f"`force_fn` must be callable, got {type(force_fn).__name__}")
         positions = np.array(_host(positions), dtype=np.float64)
@@ -303,6 +337,10 @@ class MolecularDynamics:
         if ensemble == "langevin":
             _check_positive("friction", friction)
         _check_positive("max_force", max_force)
+        if max_temperature is None:
+            max_temperature = default_max_temperature(temperature)
+        else:
+            _check_positive("max_temperature", max_temperature, allow_inf=True)
         if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
             raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
 
@@ -315,6 +353,7 @@ class MolecularDynamics:
         self.friction = float(friction)
         self.remove_net_force = bool(remove_net_force)
         self.max_force = float(max_force)
+        self.max_temperature = float(max_temperature)
         self.masses = masses
         self.symbols = list(symbols) if symbols is not None else ["X"] * n
         self.cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
@@ -330,13 +369,18 @@ class MolecularDynamics:
                 raise ValueError(f"`velocities` must have shape ({n}, 3), got {v.shape}")
             if not np.isfinite(v).all():
                 raise ValueError("`velocities` must be finite")
+            t_start = 2.0 * kinetic_energy(v, masses) / (self.dof * KB)
+            if t_start > self.max_temperature:
+                raise ValueError(
+                    f"`velocities` correspond to {t_start:.4g} K, above `max_temperature`={self.max_temperature:g} K"
+                )
         if xp is np:
             self._noise_rng = rng
         else:
             self._noise_rng = xp.random.RandomState(int(rng.integers(2 ** 31)))
         self.x = xp.asarray(positions)
         self.v = xp.asarray(v)
-        self.f = None  # forces at self.x, computed at the first run
+        self.f = None  # forces at self.x, computed at the first run (its shape is checked then)
         self.step = 0
         self.work = 0.0  # work done by the forces since step 0 (eV), tracked in NVE
 
@@ -344,6 +388,13 @@ class MolecularDynamics:
     def _forces_into(self, out):
         """Evaluate forces at self.x into out; return max |component| (NaN if non-finite)."""
         f = self.force_fn(self.x)
+        shape = getattr(f, "shape", None)  # numpy or CuPy
+        if shape is None:
+            shape = np.shape(f)  # a list, a scalar ...
+        if tuple(shape) != (self.n_atoms, 3):
+            raise ValueError(
+                f"`force_fn` must return forces of shape ({self.n_atoms}, 3) (one row per atom), got {tuple(shape)}"
+            )
         out[...] = f
         if self.remove_net_force:
             out -= out.mean(axis=0)
@@ -361,8 +412,9 @@ class MolecularDynamics:
         steps : int
             Number of steps (>= 0).
         trajectory : str or os.PathLike, optional
-            extxyz file, (re)written by this call: the current frame, then one
-            every ``every`` steps (and the last good frame if the run stops).
+            extxyz file (name ending in .extxyz or .xyz), (re)written by this
+            call: the current frame, then one every ``every`` steps (and the
+            last good frame if the run stops).
         log : str or os.PathLike, optional
             Text log, one line every ``every`` steps.
         every : int
@@ -377,20 +429,26 @@ class MolecularDynamics:
 
         Raises
         ------
+        ValueError
+            ``trajectory`` does not end in .extxyz/.xyz (before any step), or
+            the first force call returned a shape other than (N, 3).
         OSError
             ``trajectory`` or ``log`` cannot be written (before any step).
         MDInstabilityError
-            Forces became NaN/inf or exceeded ``max_force``; the trajectory
-            and log hold everything up to the last good step.
+            Forces became NaN/inf or exceeded ``max_force``, the force call
+            failed, or the temperature exceeded ``max_temperature``; the
+            trajectory and log hold everything up to the last good step.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"`every` must be an int >= 1, got {every!r}")
+        if trajectory is not None:
+            check_trajectory_path(trajectory, "`trajectory`")
         writer = logfh = None
         try:
             if trajectory is not None:
-                writer = ExtxyzWriter(trajectory, self.symbols, self.masses, self.cell, self.pbc)
+                writer = ExtxyzWriter(trajectory, self.symbols, self.masses, self.cell, self.pbc, "`trajectory`")
             if log is not None:
                 logfh = _open_for_writing(os.fspath(log), "log")
             stream = sys.stderr if progress is True else (progress or None)
@@ -458,6 +516,12 @@ class MolecularDynamics:
         force_fn = self.force_fn
         remove_net = self.remove_net_force
         max_force = self.max_force
+        max_t = self.max_temperature
+        # T > max_t  <=>  sum(m v^2) > max_t * dof * kB * ACCEL (v in Å/fs, m in amu)
+        mv2_limit = max_t * self.dof * KB * ACCEL
+        m_flat = xp.asarray(np.repeat(self.masses, 3))
+        check_t = math.isfinite(max_t) and n > 0
+        work_prev = self.work
         on_host = xp is np
         start_step = self.step
         stop = None
@@ -496,12 +560,24 @@ class MolecularDynamics:
                 stop = (k, f"the forces became unphysical ({what})")
                 break
             if nve:
+                work_prev = self.work
                 xp.subtract(x, x_prev, out=tmp)
                 dx = tmp.ravel()
                 self.work += 0.5 * float(xp.vdot(f.ravel(), dx) + xp.vdot(f_new.ravel(), dx))
             f, f_new = f_new, f
             xp.multiply(f, kick, out=tmp)
             v += tmp
+            if check_t:
+                xp.multiply(v, v, out=tmp)
+                mv2 = float(xp.dot(m_flat, tmp.ravel()))
+                if not mv2 <= mv2_limit:  # also NaN
+                    t_bad = mv2 / (self.dof * KB * ACCEL)
+                    f, f_new = f_new, f  # f: the forces at x_prev again
+                    self.work = work_prev
+                    stop = (k, f"the temperature became unphysical ({t_bad:.4g} K > max_temperature={max_t:g} K); "
+                               f"the time step is probably too large for these forces: try a smaller dt "
+                               f"(`--dt`, now {dt:g} fs)")
+                    break
             if k % every == 0:
                 self.step = start_step + k
                 record(self.step, x, v, f, fmax)
@@ -573,17 +649,19 @@ def _check_number(name, value, minimum=None):
         raise ValueError(f"`{name}` must be a finite number >= {minimum}, got {value}")
 
 
-def _check_positive(name, value):
+def _check_positive(name, value, allow_inf=False):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"`{name}` must be a number, got {type(value).__name__}")
-    if not math.isfinite(float(value)) or value <= 0:
-        raise ValueError(f"`{name}` must be a finite number > 0, got {value}")
+    ok = float(value) > 0 and (math.isfinite(float(value)) or (allow_inf and float(value) == math.inf))
+    if not ok:
+        what = "a number > 0 (math.inf: no limit)" if allow_inf else "a finite number > 0"
+        raise ValueError(f"`{name}` must be {what}, got {value}")
 
 
 # ------------------------------------------------------------ convenience API
 def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin", friction=0.05, seed=0,
-           out=None, every=100, log=None, remove_net_force=False, max_force=1000.0, progress=False,
-           velocities=None, device="cpu") -> MDResult:
+           out=None, every=100, log=None, remove_net_force=False, max_force=1000.0, max_temperature=None,
+           progress=False, velocities=None, device="cpu") -> MDResult:
     """Run MD of ``atoms`` with a fastfeat model.
 
     Parameters
@@ -593,25 +671,54 @@ def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin
         function ``f(positions) -> forces``.
     atoms : ase.Atoms
         Initial structure (positions Å, masses amu, cell, pbc). Not modified.
-    steps, dt, temperature, ensemble, friction, seed, remove_net_force, max_force
+    steps, dt, temperature, ensemble, friction, seed, remove_net_force, max_force, max_temperature
         See :class:`MolecularDynamics`.
     out, log, every, progress
-        See :meth:`MolecularDynamics.run`. Output files are opened before the
-        model is loaded or any force is computed.
+        See :meth:`MolecularDynamics.run` (``out`` is its ``trajectory``: an
+        extxyz file whose name ends in .extxyz or .xyz). Output files are
+        checked and opened before the model is loaded or any force is computed.
     velocities : "atoms" or (N, 3) array, optional
-        "atoms" uses ``atoms.get_velocities()`` (converted to Å/fs); default
-        Maxwell-Boltzmann at ``temperature``.
+        "atoms" uses ``atoms.get_velocities()`` (converted to Å/fs); ValueError
+        if ``atoms`` has no stored momenta. Default Maxwell-Boltzmann at
+        ``temperature``.
     device : {"cpu", "cuda"}
         Used when ``model`` is a path or a name.
 
     Returns
     -------
     MDResult
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, ``out`` not ending in .extxyz/.xyz, ``velocities="atoms"``
+        without stored momenta, or a model that does not predict forces.
+    OSError
+        ``out`` or ``log`` cannot be written.
+    MDInstabilityError
+        See :meth:`MolecularDynamics.run`.
     """
+    from ase import Atoms
+
     from .model import resolve_model
 
+    if not isinstance(atoms, Atoms):
+        raise TypeError(f"`atoms` must be one ase.Atoms, got {type(atoms).__name__}")
     if atoms.constraints:
         raise ValueError(f"`atoms` has constraints {atoms.constraints}; fastfeat md does not apply constraints")
+    if out is not None:
+        check_trajectory_path(out, "trajectory `out`")
+    if not callable(model) and hasattr(model, "require_forces"):
+        model.require_forces()  # a loaded ForceModel: refuse a non-force target before creating files
+    if isinstance(velocities, str):
+        if velocities != "atoms":
+            raise ValueError(f"`velocities` must be 'atoms', an (N, 3) array or None, got {velocities!r}")
+        if not atoms.has("momenta"):
+            raise ValueError(
+                "`velocities`='atoms' (--keep-velocities) but the structure has no velocities (no momenta stored); "
+                "drop it to draw Maxwell-Boltzmann velocities at `temperature`"
+            )
+        velocities = atoms.get_velocities() * units.fs
     # fail on unwritable outputs before any expensive work
     check_writable(out, "trajectory `out`")
     check_writable(log, "`log`")
@@ -619,14 +726,11 @@ def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin
         force_fn = model
     else:
         model = resolve_model(model, device=device)
-        force_fn = model.evaluator(atoms.numbers, atoms.cell.array, atoms.pbc)
-    if isinstance(velocities, str):
-        if velocities != "atoms":
-            raise ValueError(f"`velocities` must be 'atoms', an (N, 3) array or None, got {velocities!r}")
-        velocities = atoms.get_velocities() * units.fs
+        force_fn = model.evaluator(atoms.numbers, atoms.cell.array, atoms.pbc)  # ValueError unless forces
     md = MolecularDynamics(
         force_fn, atoms.positions, atoms.get_masses(), dt=dt, temperature=temperature, ensemble=ensemble,
         friction=friction, seed=seed, velocities=velocities, remove_net_force=remove_net_force,
-        max_force=max_force, symbols=atoms.get_chemical_symbols(), cell=atoms.cell.array, pbc=atoms.pbc,
+        max_force=max_force, max_temperature=max_temperature, symbols=atoms.get_chemical_symbols(),
+        cell=atoms.cell.array, pbc=atoms.pbc,
     )
     return md.run(steps, trajectory=out, log=log, every=every, progress=progress)

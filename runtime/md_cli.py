@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Molecular dynamics with a fastfeat direct-force model (Langevin BAOAB or NVE velocity Verlet).",
     )
     p.add_argument("model", help="model file (.onnx) or bundled model name (peo, li4p2o7, li4p2o7-water)")
-    p.add_argument("structure", help="structure file read by ase.io, or a bundled data set NAME[:SPLIT]")
+    p.add_argument("structure", help="structure file read by ase.io, or a bundled data set NAME[:SPLIT] "
+                                     "(SPLIT: train, val, test (default) or all)")
     p.add_argument("--frame", type=int, default=0, help="frame of STRUCTURE to start from (default 0)")
     p.add_argument("--steps", type=int, required=True, help="number of MD steps")
     p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ensemble", choices=("langevin", "nve"), default="langevin")
     p.add_argument("--friction", type=float, default=0.05, help="Langevin friction in 1/fs (default 0.05: direct forces heat, the thermostat must remove it)")
     p.add_argument("--seed", type=int, default=0, help="seed of initial velocities and noise (default 0)")
-    p.add_argument("--out", default=None, help="trajectory file (extxyz)")
+    p.add_argument("--out", default=None, help="trajectory file, extended XYZ: its name must end in .extxyz or .xyz")
     p.add_argument("--every", type=int, default=100, help="write trajectory/log every k steps (default 100)")
     p.add_argument("--log", default=None, help="text log file")
     p.add_argument("--keep-velocities", action="store_true",
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--remove-net-force", action="store_true", help="make the total force zero every step")
     p.add_argument("--max-force", type=float, default=1000.0,
                    help="stop when a force component exceeds this (eV/Å, default 1000) or is NaN")
+    p.add_argument("--max-temperature", type=float, default=None,
+                   help="stop when the instantaneous temperature exceeds this (K; default max(5000, 10 x "
+                        "--temperature); inf: no limit): the time step is too large or the run is heating away")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1; 0: all cores)")
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin in Å (default 1.0)")
@@ -40,15 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ._structures import load_structure
-    from .md import MDInstabilityError, check_writable, run_md
+    from .md import MDInstabilityError, check_trajectory_path, check_writable, run_md
     from .model import ModelLoadError, resolve_model
 
     try:
-        # open outputs first: a bad path fails before the model is loaded or anything runs
+        # check outputs first: a bad path fails before the model is loaded or anything runs
+        if args.out is not None:
+            check_trajectory_path(args.out, "trajectory --out")
         check_writable(args.out, "trajectory --out")
         check_writable(args.log, "--log")
         atoms = load_structure(args.structure, args.frame)
         model = resolve_model(args.model, device=args.device, intra_op_threads=args.threads, skin=args.skin)
+        model.require_forces()
         if not args.quiet:
             print(f"fastfeat md: {model!r}", file=sys.stderr)
             print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}), {args.steps} steps of {args.dt} fs, "
@@ -56,7 +63,8 @@ def main(argv=None) -> int:
         result = run_md(
             model, atoms, args.steps, dt=args.dt, temperature=args.temperature, ensemble=args.ensemble,
             friction=args.friction, seed=args.seed, out=args.out, every=args.every, log=args.log,
-            remove_net_force=args.remove_net_force, max_force=args.max_force, progress=not args.quiet,
+            remove_net_force=args.remove_net_force, max_force=args.max_force,
+            max_temperature=args.max_temperature, progress=not args.quiet,
             velocities="atoms" if args.keep_velocities else None,
         )
     except MDInstabilityError as exc:

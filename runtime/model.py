@@ -107,6 +107,14 @@ class ForceModel:
         Precision of features and forces inside the model (float32 or float64).
     path : str
         File the model was read from.
+    target : str
+        The per-atom quantity the model learned (metadata ``fastfeat.target``,
+        "forces" when absent). A model of another target (e.g. "dipole") still
+        loads, so its metadata can be inspected, but every force method
+        (:meth:`forces`, :meth:`forces_batch`, :meth:`forces_from_features`,
+        :meth:`evaluator`), the Calculator, MD and check-conservation refuse it
+        with a ValueError: its outputs are not forces. ``fastfeat evaluate MODEL
+        DATA`` compares such a model's per-atom vectors with reference data.
 
     Notes
     -----
@@ -121,6 +129,7 @@ class ForceModel:
         self.spec = info.spec
         self.dtype = info.dtype
         self.path = path
+        self.target = info.target
         self.device = device
         self.skin = float(skin)
         self._lookup = species_lookup(self.spec.numbers)
@@ -208,12 +217,27 @@ class ForceModel:
 
     def __repr__(self):
         return (f"ForceModel({self.path!r}, device={self.device!r}, species={list(self.spec.species)}, "
-                f"head={self.info.head!r}, dtype={self.dtype.name})")
+                f"head={self.info.head!r}, dtype={self.dtype.name}"
+                + ("" if self.predicts_forces else f", target={self.target!r}") + ")")
 
     # ------------------------------------------------------------------- API
     @property
     def providers(self) -> list:
         return self._session.get_providers()
+
+    @property
+    def predicts_forces(self) -> bool:
+        """True when the model's target is "forces" (see :attr:`target`)."""
+        return self.target == "forces"
+
+    def require_forces(self) -> None:
+        """ValueError unless the model predicts forces (its ``fastfeat.target`` is "forces")."""
+        if not self.predicts_forces:
+            raise ValueError(
+                f"model {self.path!r} predicts {self.target!r}, not forces (metadata `fastfeat.target`); "
+                "it cannot be used as a force field (forces, Calculator, MD, check-conservation, demo); "
+                "`fastfeat evaluate MODEL DATA` compares its per-atom vectors with reference data"
+            )
 
     def species_index(self, numbers) -> np.ndarray:
         """(N,) int64 species indices of atomic numbers; ValueError naming an unknown symbol."""
@@ -224,7 +248,8 @@ class ForceModel:
     def evaluator(self, numbers, cell, pbc) -> "ForceEvaluator":
         """A low-overhead force function for one fixed system (MD).
 
-        See :class:`ForceEvaluator`.
+        See :class:`ForceEvaluator`. ValueError if the model does not predict
+        forces (see :attr:`target`).
         """
         return ForceEvaluator(self, numbers, cell, pbc)
 
@@ -239,7 +264,17 @@ class ForceModel:
         -------
         (N, 3) float64 ndarray
             Forces in eV/Å (the model's target unit), a new array.
+
+        Raises
+        ------
+        TypeError
+            ``atoms`` is not one ase.Atoms (use :meth:`forces_batch` for several).
+        ValueError
+            The model does not predict forces (see :attr:`target`), or an
+            element is not one of the model's species.
         """
+        self.require_forces()
+        _check_atoms(atoms, "atoms", "; for several structures use forces_batch(list_of_atoms)")
         numbers, cell, pbc = atoms.numbers, atoms.cell.array, atoms.pbc
         ev = getattr(self._local, "evaluator", None)
         if ev is None or not ev.same_system(numbers, cell, pbc):
@@ -261,7 +296,18 @@ class ForceModel:
         list of (N_i, 3) float64 ndarray
             eV/Å, one per structure.
         """
-        atoms_list = list(atoms_list)
+        self.require_forces()
+        from ase import Atoms
+
+        if isinstance(atoms_list, Atoms):
+            raise TypeError("`atoms_list` must be a sequence of ase.Atoms, got one ase.Atoms; "
+                            "use forces(atoms) for one structure")
+        try:
+            atoms_list = list(atoms_list)
+        except TypeError:
+            raise TypeError(f"`atoms_list` must be a sequence of ase.Atoms, got {type(atoms_list).__name__}") from None
+        for k, atoms in enumerate(atoms_list):
+            _check_atoms(atoms, f"atoms_list[{k}]")
         if not atoms_list:
             return []
         # featurize validates every structure (unknown species: "structure k: atom i is X ...")
@@ -289,6 +335,7 @@ class ForceModel:
         (N, 3) float64 ndarray
             Forces (eV/Å), on the host.
         """
+        self.require_forces()
         n = len(species)
         if n == 0:
             return np.zeros((0, 3))
@@ -315,6 +362,14 @@ class ForceModel:
 #: the process on concurrent parallel calls from two threads (the omp and tbb layers are safe)
 _WORKQUEUE_LOCK = threading.Lock()
 _UNKNOWN = object()
+
+
+def _check_atoms(atoms, name, hint=""):
+    """TypeError unless ``atoms`` is one ase.Atoms."""
+    from ase import Atoms
+
+    if not isinstance(atoms, Atoms):
+        raise TypeError(f"`{name}` must be one ase.Atoms, got {type(atoms).__name__}{hint}")
 
 
 def _parallel_lock():
@@ -366,6 +421,7 @@ class ForceEvaluator:
     """
 
     def __init__(self, model: ForceModel, numbers, cell, pbc):
+        model.require_forces()
         self.model = model
         self.numbers = np.array(numbers, dtype=np.int64)
         self.n_atoms = len(self.numbers)

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from fastfeat.runtime._onnx_meta import make_metadata
 
-__all__ = ["make_basis_model", "reference_forces"]
+__all__ = ["make_basis_model", "reference_forces", "with_metadata"]
 
 
 def _weights(spec, hidden, seed, scale):
@@ -86,3 +86,20 @@ def make_basis_model(path, spec, *, dtype="float32", hidden=8, seed=0, scale=0.5
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def with_metadata(src, dst, **items):
+    """Copy the model file ``src`` to ``dst`` with metadata ``fastfeat.<key>`` set to the given strings.
+
+    E.g. ``with_metadata(path, tmp / "dipole.onnx", target="dipole")`` makes what
+    ``fastfeat train --target dipole`` exports: same graph, another learned target.
+    """
+    model = onnx.load(str(src))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({f"fastfeat.{key}": str(value) for key, value in items.items()})
+    del model.metadata_props[:]
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(dst))
+    return dst

@@ -13,7 +13,7 @@ from ase import Atoms
 import fastfeat
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _models import make_basis_model  # noqa: E402
+from _models import make_basis_model, with_metadata  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +37,12 @@ def model_path(spec, tmp_path_factory):
 @pytest.fixture(scope="session")
 def model64_path(spec, tmp_path_factory):
     return make_basis_model(tmp_path_factory.mktemp("models") / "basis64.onnx", spec, dtype="float64")
+
+
+@pytest.fixture(scope="session")
+def dipole_model_path(model_path, tmp_path_factory):
+    """The float32 test model relabelled as a "dipole" model (metadata `fastfeat.target`)."""
+    return with_metadata(model_path, tmp_path_factory.mktemp("models") / "dipole.onnx", target="dipole")
 
 
 @pytest.fixture(scope="session")

@@ -115,3 +115,31 @@ print("ok")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip().endswith("ok")
+
+
+def test_non_force_model_is_refused(dipole_model_path):
+    with pytest.raises(ValueError, match="predicts 'dipole', not forces"):
+        Calculator(dipole_model_path)
+    with pytest.raises(ValueError, match="predicts 'dipole', not forces"):
+        Calculator(ForceModel.load(dipole_model_path))
+
+
+def test_energy_message_matches_what_ase_can_do(model, water):
+    """ASE 3.29 optimizers log the energy even with logfile=None: the message must not recommend them."""
+    from ase import units
+    from ase.md.verlet import VelocityVerlet
+    from ase.optimize import FIRE
+
+    water.calc = Calculator(model)
+    with pytest.raises(PropertyNotImplementedError) as info:
+        FIRE(water, logfile=None).run(fmax=0.5, steps=3)
+    msg = str(info.value)
+    assert "ASE optimizers (FIRE, BFGS, ...) and MDLogger call get_potential_energy() and need an energy" in msg
+    assert "run_md" in msg and "VelocityVerlet" in msg and "dyn.attach" in msg
+    assert "such as FIRE" not in msg
+    # what the message says works: an ASE integrator without a logfile, observers via attach
+    dyn = VelocityVerlet(water, timestep=0.5 * units.fs)
+    seen = []
+    dyn.attach(lambda: seen.append(water.get_forces().copy()))
+    dyn.run(3)
+    assert len(seen) == 4 and np.isfinite(seen[-1]).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from ase import Atoms
 
 from fastfeat.runtime import conservation
@@ -96,3 +97,96 @@ def test_check_conservation_cli_json(model_path, water_file, capsys):
 def test_check_conservation_cli_error(model_path, capsys):
     assert conservation.main([str(model_path), "no-such-structure.xyz"]) == 2
     assert "neither a file nor a bundled data set" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------- bad arguments
+@pytest.mark.parametrize("kwargs, message", [
+    ({"h": 0}, "`h` must be a finite number > 0"),
+    ({"h": -0.01}, "`h` must be a finite number > 0"),
+    ({"h": float("nan")}, "`h` must be a finite number > 0"),
+    ({"h": float("inf")}, "`h` must be a finite number > 0"),
+    ({"max_atoms": 0}, "`max_atoms` must be an int >= 1"),
+    ({"max_atoms": -3}, "`max_atoms` must be an int >= 1"),
+    ({"nve_steps": -1}, "`nve_steps` must be an int >= 0"),
+    ({"nve_steps": 1}, "`nve_steps` must be 0 .* or an int >= 2"),
+])
+def test_check_conservation_validates_before_any_force_call(kwargs, message):
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        return -x
+
+    with pytest.raises(ValueError, match=message):
+        conservation.check_conservation(f, _atoms(4), **kwargs)
+    assert not calls
+
+
+def test_lower_level_functions_validate():
+    atoms = _atoms(4)
+    f = _linear_force(np.eye(12), atoms.positions)
+    with pytest.raises(ValueError, match="`h` must be a finite number > 0"):
+        jacobian(f, atoms.positions, np.arange(4), h=0.0)
+    with pytest.raises(ValueError, match="`h` must be a finite number > 0"):
+        jacobian_asymmetry(f, atoms, h=-1.0)
+    with pytest.raises(ValueError, match="`max_atoms` must be an int >= 1, got 0"):
+        jacobian_asymmetry(f, atoms, max_atoms=0)
+    with pytest.raises(TypeError, match="`max_atoms` must be an int, got float"):
+        jacobian_asymmetry(f, atoms, max_atoms=2.5)
+    with pytest.raises(ValueError, match="`steps` must be an int >= 2"):
+        nve_drift(f, atoms, steps=0)
+
+
+def test_nve_steps_zero_skips_the_nve_run():
+    atoms = _atoms(6, seed=2)
+    report = conservation.check_conservation(_linear_force(np.eye(18), atoms.positions), atoms, nve_steps=0)
+    assert report["nve"] is None
+    assert report["jacobian"]["lambda"] < 1e-10
+    assert "NVE drift not measured" in report["advice"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--h", "0"], "`--h` must be a finite number > 0"),
+    (["--max-atoms", "0"], "`--max-atoms` must be an int >= 1, got 0"),
+    (["--max-atoms", "-3"], "`--max-atoms` must be an int >= 1, got -3"),
+    (["--nve-steps", "1"], "`--nve-steps` must be 0 (skip the NVE run) or an int >= 2"),
+])
+def test_check_conservation_cli_bad_options(model_path, water_file, capsys, args, message):
+    assert conservation.main([str(model_path), str(water_file), *args]) == 2
+    captured = capsys.readouterr()
+    assert f"fastfeat check-conservation: error: {message}" in captured.err
+    assert "nan" not in captured.out.lower() and "advice" not in captured.out
+
+
+def test_check_conservation_cli_skip_nve(model_path, water_file, capsys):
+    assert conservation.main([str(model_path), str(water_file), "--nve-steps", "0", "--max-atoms", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "NVE drift: skipped (--nve-steps 0)" in out and "nan" not in out.lower()
+    assert conservation.main([str(model_path), str(water_file), "--nve-steps", "0", "--max-atoms", "2",
+                              "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nve"] is None
+
+
+def test_nve_drift_is_not_cut_by_the_temperature_guard():
+    """Runaway heating is what nve_drift measures: it must run past 5000 K (unlike production MD)."""
+    atoms = _atoms(10, seed=5)
+    x0 = atoms.positions.copy()
+
+    def pumping(x):
+        d = x - x0
+        f = -4.0 * d
+        f[:, 0] += 6.0 * d[:, 1]
+        f[:, 1] -= 6.0 * d[:, 0]
+        return f
+
+    res = nve_drift(pumping, atoms, steps=30, dt=1.0, temperature=300.0)
+    assert res["stopped_at"] is None and res["temperature_end_K"] > 5000.0, res
+
+
+def test_non_force_model_refused(dipole_model_path, water, water_file, capsys):
+    with pytest.raises(ValueError, match="predicts 'dipole', not forces"):
+        conservation.check_conservation(dipole_model_path, water, nve_steps=10, max_atoms=2)
+    with pytest.raises(ValueError, match="predicts 'dipole', not forces"):
+        jacobian_asymmetry(dipole_model_path, water, max_atoms=2)
+    assert conservation.main([str(dipole_model_path), str(water_file)]) == 2
+    assert "predicts 'dipole', not forces" in capsys.readouterr().err

@@ -67,3 +67,20 @@ def test_demo_unwritable_out_fails_first(model_path, tmp_path, capsys):
     target = "/sys/fastfeat-demo" if os.access(ro, os.W_OK) else str(ro / "demo")
     assert demo.main(["--model", str(model_path), "--data", "x.extxyz", "--out", target, "--quiet"]) == 2
     assert "cannot write to `--out`" in capsys.readouterr().err
+
+
+def test_demo_max_frames_validated(model_path, tmp_path, capsys):
+    for bad in ("0", "-2"):
+        rc = demo.main(["--model", str(model_path), "--data", "x.extxyz", "--max-frames", bad,
+                        "--out", str(tmp_path / "d"), "--device", "cpu", "--quiet"])
+        assert rc == 2
+        assert f"fastfeat demo: error: `--max-frames` must be >= 1 (test frames used for accuracy), got {bad}" \
+            in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before anything is written
+
+
+def test_demo_refuses_non_force_model(dipole_model_path, tmp_path, capsys):
+    rc = demo.main(["--model", str(dipole_model_path), "--data", "x.extxyz", "--out", str(tmp_path / "d"),
+                    "--device", "cpu", "--quiet"])
+    assert rc == 2
+    assert "predicts 'dipole', not forces" in capsys.readouterr().err

@@ -212,8 +212,10 @@ def test_unwritable_output_fails_before_running(tmp_path, water):
     assert harmonic.calls == 0
     with pytest.raises(OSError, match="does not exist"):
         run_md(harmonic, water, 100, log=tmp_path / "missing" / "md.log")
+    a_dir = tmp_path / "dir.extxyz"
+    a_dir.mkdir()
     with pytest.raises(OSError, match="cannot write"):
-        MolecularDynamics(harmonic, water.positions, water.get_masses()).run(10, trajectory=tmp_path)
+        MolecularDynamics(harmonic, water.positions, water.get_masses()).run(10, trajectory=a_dir)
     assert harmonic.calls == 0
 
 
@@ -312,3 +314,135 @@ def test_device_branch_of_the_engine():
     np.testing.assert_array_equal(moved.positions, host.positions)
     langevin = MolecularDynamics(dev, x0, masses, dt=1.0, temperature=400.0, friction=0.05, seed=1).run(3000, every=10)
     assert abs(langevin.log["temperature_K"][100:].mean() - 400.0) < 40.0
+
+
+# --------------------------------------------------------- temperature guard
+def test_huge_time_step_stops_on_temperature(tmp_path):
+    f, x0, masses = _system(n=12, seed=8)
+    traj, log = tmp_path / "t.extxyz", tmp_path / "md.log"
+    # velocity Verlet is unstable for ω dt > 2: here ω up to 0.24 1/fs
+    md = MolecularDynamics(f, x0, masses, dt=40.0, temperature=300.0, ensemble="nve", max_force=1e12,
+                           symbols=["H"] * 12)
+    assert md.max_temperature == 5000.0
+    with pytest.raises(MDInstabilityError, match=r"MD stopped at step \d+: the temperature became unphysical "
+                       r"\(.* K > max_temperature=5000 K\).*smaller dt.*last good frame") as info:
+        md.run(1000, trajectory=traj, log=log, every=1)
+    err = info.value
+    assert err.reason.startswith("the temperature became unphysical")
+    assert err.result.stopped_at == err.step and err.result.steps_done == err.step - 1
+    frames = ase.io.read(traj, index=":")
+    assert frames[-1].info["step"] == err.step - 1
+    assert frames[-1].info["temperature_K"] <= 5000.0
+    np.testing.assert_allclose(frames[-1].positions, err.result.positions, atol=1e-9)
+    # the kept forces are those of the kept positions
+    np.testing.assert_allclose(err.result.forces, f(err.result.positions), rtol=1e-9, atol=1e-9)
+    assert f"stopped at step {err.step}" in log.read_text()
+
+
+def test_normal_run_does_not_trip_the_temperature_guard():
+    f, x0, masses = _system(n=30, seed=3)
+    md = MolecularDynamics(f, x0, masses, dt=1.0, temperature=1000.0, seed=1)
+    assert md.max_temperature == 10000.0  # max(5000, 10 x temperature)
+    result = md.run(300, every=10)
+    assert result.stopped_at is None and result.steps_done == 300
+
+
+def test_max_temperature_explicit_and_disabled():
+    f, x0, masses = _system(n=12, seed=8)
+    md = MolecularDynamics(f, x0, masses, dt=1.0, temperature=300.0, seed=1, max_temperature=305.0)
+    with pytest.raises(MDInstabilityError, match="max_temperature=305 K"):
+        md.run(2000)
+    # math.inf: no temperature limit (the run goes on heating)
+    hot = MolecularDynamics(f, x0, masses, dt=40.0, ensemble="nve", max_force=1e12, max_temperature=np.inf)
+    result = hot.run(4, every=1)
+    assert result.stopped_at is None and result.log["temperature_K"][-1] > 5000.0
+
+
+@pytest.mark.parametrize("bad", [0, -10.0, float("nan")])
+def test_max_temperature_validated(bad):
+    f, x0, masses = _system(n=4)
+    with pytest.raises(ValueError, match="`max_temperature` must be a number > 0"):
+        MolecularDynamics(f, x0, masses, max_temperature=bad)
+
+
+def test_max_temperature_type_and_initial_velocities():
+    f, x0, masses = _system(n=4)
+    with pytest.raises(TypeError, match="`max_temperature` must be a number"):
+        MolecularDynamics(f, x0, masses, max_temperature="hot")
+    v = maxwell_boltzmann(masses, 2000.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"`velocities` correspond to .* K, above `max_temperature`=1000 K"):
+        MolecularDynamics(f, x0, masses, velocities=v, max_temperature=1000.0)
+
+
+def test_md_cli_huge_dt_exits_3(model_path, water_file, tmp_path, capsys):
+    out = tmp_path / "t.extxyz"
+    rc = md_cli.main([str(model_path), str(water_file), "--steps", "400", "--dt", "200", "--out", str(out),
+                      "--every", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert "temperature became unphysical" in err and "max_temperature=5000 K" in err and "--dt" in err
+    assert ase.io.read(out, index=-1).info["temperature_K"] <= 5000.0
+    rc = md_cli.main([str(model_path), str(water_file), "--steps", "3", "--max-temperature", "-1", "--quiet"])
+    assert rc == 2 and "`max_temperature` must be a number > 0" in capsys.readouterr().err
+
+
+def test_run_md_passes_max_temperature(model, water):
+    with pytest.raises(MDInstabilityError, match="max_temperature=301 K"):
+        run_md(model, water, 500, dt=0.5, temperature=300.0, max_temperature=301.0)
+
+
+# ------------------------------------------------------ trajectory file names
+@pytest.mark.parametrize("name", ["t.traj", "t.extxyz.gz", "t", "t.xyz.bak"])
+def test_trajectory_must_be_extxyz(tmp_path, water, name):
+    harmonic = Harmonic(water.positions, np.ones(len(water)))
+    path = tmp_path / name
+    with pytest.raises(ValueError, match=r"trajectory `out` .* must end in \.extxyz or \.xyz.*nothing was run"):
+        run_md(harmonic, water, 5, out=path)
+    with pytest.raises(ValueError, match=r"`trajectory` .* must end in \.extxyz or \.xyz"):
+        MolecularDynamics(harmonic, water.positions, water.get_masses()).run(5, trajectory=path)
+    assert harmonic.calls == 0 and not path.exists()
+
+
+@pytest.mark.parametrize("name", ["t.XYZ", "t.ExtXYZ", "t.xyz"])
+def test_trajectory_extension_case_insensitive(tmp_path, water, name):
+    harmonic = Harmonic(water.positions, np.ones(len(water)))
+    run_md(harmonic, water, 4, out=tmp_path / name, every=2)
+    assert len(ase.io.read(tmp_path / name, index=":", format="extxyz")) == 3
+
+
+def test_md_cli_refuses_traj_out(model_path, water_file, tmp_path, capsys):
+    out = tmp_path / "x.traj"
+    assert md_cli.main([str(model_path), str(water_file), "--steps", "3", "--out", str(out), "--quiet"]) == 2
+    assert "fastfeat md: error: trajectory --out" in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ------------------------------------------------------------ other refusals
+def test_keep_velocities_without_momenta(model, model_path, water, water_file, capsys):
+    assert not water.has("momenta")
+    with pytest.raises(ValueError, match="structure has no velocities.*Maxwell-Boltzmann"):
+        run_md(model, water, 5, velocities="atoms")
+    rc = md_cli.main([str(model_path), str(water_file), "--steps", "3", "--keep-velocities", "--quiet"])
+    assert rc == 2
+    assert "no velocities" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape", [(3,), (1, 3), (4, 2), ()])
+def test_force_function_output_shape_checked(shape):
+    f, x0, masses = _system(n=4)
+    md = MolecularDynamics(lambda x: np.ones(shape), x0, masses)
+    with pytest.raises(ValueError, match=r"`force_fn` must return forces of shape \(4, 3\)"):
+        md.run(3)
+
+
+def test_non_force_model_refused(dipole_model_path, water, water_file, tmp_path, capsys):
+    from fastfeat.runtime import ForceModel
+
+    out = tmp_path / "t.extxyz"
+    with pytest.raises(ValueError, match="predicts 'dipole', not forces"):
+        run_md(ForceModel.load(dipole_model_path), water, 5, out=out)
+    assert not out.exists()
+    with pytest.raises(ValueError, match="predicts 'dipole', not forces"):
+        run_md(dipole_model_path, water, 5)
+    assert md_cli.main([str(dipole_model_path), str(water_file), "--steps", "3", "--quiet"]) == 2
+    assert "fastfeat md: error: model" in capsys.readouterr().err

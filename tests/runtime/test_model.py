@@ -301,3 +301,56 @@ def test_bundled_model_loads_and_matches_its_stored_test_error(name):
     assert rel_rmse < 1.0
     if stored is not None:  # five frames scatter around the stored whole-split figure
         assert rel_rmse < 2.0 * stored + 0.05, (rel_rmse, stored)
+
+
+# ------------------------------------------------------------ learned target
+NOT_FORCES = r"predicts 'dipole', not forces"
+
+
+def test_non_force_model_loads_but_refuses_every_force_method(dipole_model_path, water):
+    m = ForceModel.load(dipole_model_path)
+    assert m.target == "dipole" and m.info.target == "dipole" and not m.predicts_forces
+    assert "target='dipole'" in repr(m)
+    with pytest.raises(ValueError, match=NOT_FORCES + ".*fastfeat evaluate"):
+        m.forces(water)
+    with pytest.raises(ValueError, match=NOT_FORCES):
+        m.forces_batch([water])
+    with pytest.raises(ValueError, match=NOT_FORCES):
+        m.evaluator(water.numbers, water.cell.array, water.pbc)
+    with pytest.raises(ValueError, match=NOT_FORCES):
+        model_module.ForceEvaluator(m, water.numbers, water.cell.array, water.pbc)
+    feats = fastfeat.featurize(water, m.spec)
+    with pytest.raises(ValueError, match=NOT_FORCES):
+        m.forces_from_features(feats.invariant, feats.covariant, feats.species)
+
+
+@pytest.mark.parametrize("target", ["momenta", "Forces", ""])
+def test_only_the_target_forces_is_a_force_model(model_path, tmp_path, water, target):
+    from _models import with_metadata
+
+    m = ForceModel.load(with_metadata(model_path, tmp_path / "m.onnx", target=target))
+    with pytest.raises(ValueError, match=f"predicts {target!r}, not forces"):
+        m.forces(water)
+
+
+def test_force_model_target_and_missing_target_key(model, spec, tmp_path, water):
+    assert model.target == "forces" and model.predicts_forces
+    model.require_forces()
+    # files without the key (older exports) are force models
+    old = ForceModel.load(make_basis_model(tmp_path / "old.onnx", spec, drop_metadata=["fastfeat.target"]))
+    assert old.target == "forces"
+    assert old.forces(water).shape == (len(water), 3)
+
+
+def test_forces_argument_types(model, water):
+    with pytest.raises(TypeError, match=r"`atoms` must be one ase.Atoms, got list.*forces_batch"):
+        model.forces([water])
+    with pytest.raises(TypeError, match="`atoms` must be one ase.Atoms, got ndarray"):
+        model.forces(water.positions)
+    with pytest.raises(TypeError, match=r"`atoms_list` must be a sequence of ase.Atoms, got one ase.Atoms.*forces\(atoms\)"):
+        model.forces_batch(water)
+    with pytest.raises(TypeError, match=r"`atoms_list\[1\]` must be one ase.Atoms, got ndarray"):
+        model.forces_batch([water, water.positions])
+    with pytest.raises(TypeError, match="`atoms_list` must be a sequence of ase.Atoms, got int"):
+        model.forces_batch(3)
+    assert model.forces_batch(()) == []

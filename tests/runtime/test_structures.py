@@ -59,3 +59,16 @@ def test_load_bundled_dataset_frame():
     assert atoms.pbc.all() and atoms.get_forces().shape == (len(atoms), 3)
     with pytest.raises(ValueError, match="frames, got `frame`=100000"):
         load_structure("peo:test", 100000)
+
+
+@pytest.mark.skipif("peo" not in bundled_dataset_names(), reason="bundled peo data set not present")
+def test_load_bundled_dataset_split_all():
+    from fastfeat.runtime._structures import bundled_frames, split_loader
+
+    frames = bundled_frames("peo", "all")
+    if split_loader() is not None:
+        parts = sum(len(bundled_frames("peo", s)) for s in ("train", "val", "test"))
+        assert len(frames) == parts
+    np.testing.assert_allclose(load_structure("peo:all", len(frames) - 1).positions, frames[-1].positions)
+    with pytest.raises(ValueError, match=r"`split` must be one of \['train', 'val', 'test', 'all'\], got 'tset'"):
+        load_structure("peo:tset")
