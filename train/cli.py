@@ -4,11 +4,18 @@
 [--target KEY] --out model.onnx`` trains a staggered network on a bundled data
 set (its train/val splits; test figures are reported too) or on a structure
 file (a seeded validation hold-out), then exports it to ONNX. The same command
-runs distributed under ``torchrun --nproc_per_node N``.
+runs distributed under ``torchrun --nproc_per_node N``. ``--resume`` continues
+from the checkpoint; ``--epochs`` is then the new total, and changed
+``--epochs``/``--lr`` re-plan the learning-rate schedule from the checkpoint's
+epoch on (see :func:`fastfeat.train.trainer.train_model`).
 
-``fastfeat evaluate MODEL DATA [--split test] [--json] [--plot parity.png]``
+``fastfeat evaluate MODEL DATA[:SPLIT] [--split test] [--json] [--plot parity.png]``
 prints force MAE/RMSE (overall and per element), relative RMSE and cosine
 similarity of an exported model (file or bundled name) on a data set.
+
+Output paths (``--out``, ``--checkpoint``, ``--history``, ``--plot``) are
+checked before any data is read: a missing folder or an unwritable path is an
+error naming the argument (exit 2), as in ``fastfeat md``; nothing is created.
 """
 
 from __future__ import annotations
@@ -21,7 +28,62 @@ import time
 
 import numpy as np
 
-__all__ = ["train_main", "evaluate_main", "run_training", "prepare_features", "train_and_export", "evaluate"]
+__all__ = ["train_main", "evaluate_main", "run_training", "prepare_features", "train_and_export", "evaluate",
+           "check_writable", "check_outputs", "data_split"]
+
+#: splits of a bundled data set that ``fastfeat evaluate`` takes (``--split`` or ``DATA`` as ``NAME:SPLIT``)
+EVAL_SPLITS = ("train", "val", "test")
+
+
+def check_writable(path, what="output"):
+    """OSError naming ``what`` when ``path`` cannot be written: a folder, a folder that does not
+    exist, no write permission. Creates and truncates nothing (a checkpoint to resume from stays)."""
+    if path is None:
+        return
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {what} {path!r}: it is a folder; nothing was run")
+    if not os.path.isdir(parent):
+        why = "is not a folder" if os.path.exists(parent) else "does not exist"
+        raise FileNotFoundError(f"cannot write {what} {path!r}: directory {parent!r} {why}; nothing was run")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        where = path if os.path.exists(path) else f"directory {parent!r}"
+        raise PermissionError(f"cannot write {what} {path!r}: {where} is not writable; nothing was run")
+
+
+def _check_folder(path, what):
+    """OSError naming ``what`` when folder ``path`` is a file or cannot be created."""
+    path = os.fspath(path)
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise NotADirectoryError(f"{what} {path!r} is a file, not a folder; nothing was run")
+        return
+    ancestor = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor) or not os.access(ancestor, os.W_OK):
+        raise PermissionError(f"cannot create {what} {path!r}: {ancestor!r} is not a writable folder; "
+                              f"nothing was run")
+
+
+def check_outputs(out, cfg, *, checkpoint=None, resume=False, history=None):
+    """Fail fast, before any data is read: every output of a training run must be writable."""
+    from .data import default_cache_dir
+
+    check_writable(out, "`--out`")
+    ckpt = checkpoint or f"{os.fspath(out)}.ckpt"
+    what = "`--checkpoint`" if checkpoint else "checkpoint (default `--out` + .ckpt)"
+    if os.path.abspath(ckpt) == os.path.abspath(os.fspath(out)):
+        raise ValueError(f"`--checkpoint` must differ from `--out`, got {os.fspath(checkpoint)!r} for both")
+    if resume and not os.path.isfile(ckpt):
+        raise FileNotFoundError(f"`--resume` needs an existing checkpoint, got {ckpt!r}; nothing was run")
+    check_writable(ckpt, what)
+    if history is not None:
+        check_writable(history, "`--history`")
+        if os.path.abspath(history) in (os.path.abspath(os.fspath(out)), os.path.abspath(ckpt)):
+            raise ValueError(f"`--history` must differ from `--out` and the checkpoint, got {history!r}")
+    _check_folder(cfg.cache_dir or default_cache_dir(), "feature cache folder (`--cache-dir`)")
 
 
 def _train_parser():
@@ -42,7 +104,11 @@ def _train_parser():
     p.add_argument("--export-dtype", choices=["float32", "float64"], dest="export_dtype")
     p.add_argument("--cache-dir", dest="cache_dir", help="feature cache folder")
     p.add_argument("--checkpoint", help="checkpoint file (default: OUT.ckpt)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint (same model settings); --epochs is the new total. With other "
+                        "--epochs/--lr/schedule settings than the checkpoint's, the learning-rate schedule is "
+                        "re-planned: each remaining epoch gets the rate a fresh run with the new settings would "
+                        "use at that epoch (plateau: restarts at --lr)")
     p.add_argument("--history", help="write the per-epoch history as JSON here")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     return p
@@ -85,19 +151,17 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
     data = os.fspath(data)
     splits = {}
     if os.path.exists(data):
-        frames, label = load_frames(data, target=cfg.target)
+        frames, label = load_frames(data, target=cfg.target, what="`--data`")
         targets = frame_targets(frames, cfg.target, label)
         i_tr, i_va = split_frames(len(frames), cfg.val_fraction, cfg.seed)
         splits["train"] = ([frames[i] for i in i_tr], [targets[i] for i in i_tr], f"{label}[train]")
         splits["val"] = ([frames[i] for i in i_va], [targets[i] for i in i_va], f"{label}[val]")
     else:
         for split in ("train", "val", "test"):
-            try:
-                frames, label = load_frames(data, split, target=cfg.target)
-            except (KeyError, FileNotFoundError) as exc:
-                if split == "test":
-                    continue
-                raise ValueError(f"`--data` {data!r} is neither a file nor a bundled dataset: {exc}") from None
+            # a missing file or an unknown name fails on "train" with a message naming `--data`
+            frames, label = load_frames(data, split, target=cfg.target, what="`--data`")
+            if split == "test" and not frames:
+                continue
             splits[split] = (frames, frame_targets(frames, cfg.target, label), label)
     spec = _spec_for(cfg, spec_path, [v[0] for v in splits.values()])
     for frames, _, label in splits.values():
@@ -160,11 +224,14 @@ def train_and_export(feats, spec, sha, out, cfg, *, checkpoint=None, resume=Fals
 def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=False, log=None, quiet=False):
     """Everything ``fastfeat train`` does; returns a summary dict.
 
-    Raises ValueError/TypeError/FileNotFoundError with a clear message on bad input.
+    Raises ValueError/TypeError/OSError (FileNotFoundError, …) with a clear message on bad input;
+    the output paths are checked (:func:`check_outputs`) before any data is read.
     """
     import torch
 
     from .trainer import Distributed
+
+    check_outputs(out, cfg, checkpoint=checkpoint, resume=resume)
 
     if log is None:
         def log(msg):
@@ -194,9 +261,10 @@ def train_main(argv) -> int:
         overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "batch_size", "lr", "seed", "threads",
                                                    "time_limit", "dtype", "export_dtype", "cache_dir")}
         cfg = load_config(args.config, **overrides)
+        check_outputs(args.out, cfg, checkpoint=args.checkpoint, resume=args.resume, history=args.history)
         summary = run_training(args.data, args.out, cfg, spec_path=args.spec, checkpoint=args.checkpoint,
                                resume=args.resume, quiet=args.quiet)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"fastfeat train: error: {exc}", file=sys.stderr)
         return 2
     if args.history and int(os.environ.get("RANK", "0")) == 0:
@@ -208,23 +276,52 @@ def train_main(argv) -> int:
 def _evaluate_parser():
     p = argparse.ArgumentParser(prog="fastfeat evaluate", description="Force errors of an exported model on a data set.")
     p.add_argument("model", metavar="MODEL", help=".onnx file or bundled model name")
-    p.add_argument("data", metavar="DATA", help="bundled dataset name or structure file")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"],
-                   help="split of a bundled dataset (default: test); a file is used whole")
+    p.add_argument("data", metavar="DATA",
+                   help="structure file, or bundled dataset as NAME or NAME:SPLIT (e.g. peo:val, as in `fastfeat md`)")
+    p.add_argument("--split", choices=list(EVAL_SPLITS),
+                   help="split of a bundled dataset (default: the one in NAME:SPLIT, else test); a file is used whole")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--plot", help="write a parity plot (PNG) here")
     p.add_argument("--target", help="per-atom quantity to compare with (default: the model's target)")
     return p
 
 
-def evaluate(model, data, split="test", target=None):
-    """Metrics dict + arrays (pred, ref, species) of ``model`` on ``data``."""
+def data_split(data, split=None):
+    """``(data, split)`` of ``DATA`` given as a file, ``NAME`` or ``NAME:SPLIT`` and an optional ``--split``.
+
+    An existing file is returned as it is. ``NAME:SPLIT`` of a bundled data set gives that split;
+    ``split`` then must be None or the same. Without either the split is "test".
+    """
+    from .datasets import available
+
+    data = os.fspath(data)
+    if split is not None and split not in EVAL_SPLITS:
+        raise ValueError(f"`--split` must be one of {list(EVAL_SPLITS)}, got {split!r}")
+    if os.path.exists(data) or ":" not in data:
+        return data, split or "test"
+    name, _, named = data.partition(":")
+    if name not in available():
+        return data, split or "test"  # neither file nor data set: load_frames says so
+    if named not in EVAL_SPLITS:
+        raise ValueError(f"`DATA` {data!r}: the split after ':' must be one of {list(EVAL_SPLITS)}, got {named!r}")
+    if split is not None and split != named:
+        raise ValueError(f"`DATA` {data!r} names split {named!r} but `--split` is {split!r}; give one of them")
+    return name, named
+
+
+def evaluate(model, data, split=None, target=None):
+    """Metrics dict + arrays (pred, ref, species) of ``model`` on ``data``.
+
+    ``data`` is a structure file (used whole) or a bundled data set ``NAME`` / ``NAME:SPLIT``;
+    ``split`` (default: the one in ``data``, else "test") picks a bundled set's split.
+    """
     from .data import check_species, frame_targets, featurize_frames, load_frames
     from .evaluate import OnnxForceModel, force_metrics, resolve_model
 
+    data, split = data_split(data, split)
     m = OnnxForceModel(resolve_model(model))
     target = target or m.target
-    frames, label = load_frames(data, split, target=target)
+    frames, label = load_frames(data, split, target=target, what="`DATA`")
     targets = frame_targets(frames, target, label)
     check_species(frames, m.spec, label)
     fs = featurize_frames(frames, targets, m.spec, dtype=m.dtype)
@@ -236,14 +333,32 @@ def evaluate(model, data, split="test", target=None):
     return metrics, (pred, fs.target, fs.species, m)
 
 
+def _check_plot_format(path):
+    """ValueError when matplotlib cannot write the file type of ``path`` (no suffix: PNG)."""
+    suffix = os.path.splitext(os.fspath(path))[1][1:].lower()
+    if not suffix:
+        return
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    types = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in types:
+        raise ValueError(f"`--plot` {os.fspath(path)!r}: cannot write .{suffix} files; use one of "
+                         f"{', '.join('.' + t for t in sorted(types))}")
+
+
 def evaluate_main(argv) -> int:
     """``fastfeat evaluate`` entry point."""
     from .evaluate import format_metrics, parity_plot
 
     args = _evaluate_parser().parse_args(argv)
     try:
-        metrics, (pred, ref, species, m) = evaluate(args.model, args.data, args.split, args.target)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+        # cheap checks first: nothing is loaded or computed for a bad DATA[:SPLIT] or --plot
+        data, split = data_split(args.data, args.split)
+        if args.plot:
+            check_writable(args.plot, "`--plot`")
+            _check_plot_format(args.plot)
+        metrics, (pred, ref, species, m) = evaluate(args.model, data, split, args.target)
+    except (ValueError, TypeError, OSError) as exc:
         print(f"fastfeat evaluate: error: {exc}", file=sys.stderr)
         return 2
     unit = m.units.get("force", "eV/Å")

@@ -20,6 +20,7 @@ import fastfeat
 __all__ = [
     "FeatureSet",
     "load_frames",
+    "looks_like_path",
     "split_frames",
     "frame_targets",
     "data_hash",
@@ -92,7 +93,14 @@ def _is_file(data) -> bool:
     return os.path.exists(os.fspath(data))
 
 
-def load_frames(data, split="train", *, target="forces"):
+def looks_like_path(text: str) -> bool:
+    """True when ``text`` has a folder separator or a file suffix (``x.extxyz``, ``dir/x``): a file
+    was meant, never a bundled data set name."""
+    seps = [os.sep] + ([os.altsep] if os.altsep else [])
+    return any(sep in text for sep in seps) or "/" in text or os.path.splitext(text)[1] != ""
+
+
+def load_frames(data, split="train", *, target="forces", what="`data`"):
     """Frames of a bundled dataset split (``data`` a name) or of a file (all frames).
 
     Parameters
@@ -104,36 +112,39 @@ def load_frames(data, split="train", *, target="forces"):
         Used for bundled datasets only.
     target : str
         "forces" or a per-atom array key; used to pick the reader.
+    what : str
+        How messages name the argument (e.g. "`--data`").
 
     Returns
     -------
     frames : list of ase.Atoms
     label : str
         A short description for messages ("peo[train]" or the file name).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``data`` looks like a path (a folder separator or a file suffix) and does not exist.
+    ValueError
+        ``data`` is neither a file nor a bundled data set (both named); the file is a folder, is
+        empty, cannot be read or holds no structures; a frame lacks forces.
     """
-    data = os.fspath(data)
-    if _is_file(data):
-        if os.path.getsize(data) == 0:
-            raise ValueError(f"data file {data!r} is empty (no structures)")
-        if target == "forces":
-            try:
-                from . import datasets
-                read = getattr(datasets, "read", None)
-            except ImportError:  # pragma: no cover - datasets is part of the package
-                read = None
-            if read is not None:
-                frames = read(data)
-            else:
-                import ase.io
-                frames = ase.io.read(data, index=":")
-        else:
-            import ase.io
-            frames = ase.io.read(data, index=":")
-        return list(frames), os.path.basename(data)
     from . import datasets
 
-    if not hasattr(datasets, "load"):
-        raise ValueError(f"`data` {data!r} is not an existing file and bundled datasets are not available")
+    data = os.fspath(data)
+    if _is_file(data):
+        if target == "forces":
+            frames = datasets.read(data, what=f"{what} file")
+        else:
+            from fastfeat._io import read_structures
+
+            frames = read_structures(data, what=f"{what} file")
+        return list(frames), os.path.basename(data)
+    names = datasets.available()
+    if data not in names:
+        if looks_like_path(data):
+            raise FileNotFoundError(f"{what} file {data!r} does not exist (bundled data sets: {names})")
+        raise ValueError(f"{what} {data!r} is neither a file nor a bundled data set {names}")
     frames = datasets.load(data, split=split)
     return list(frames), f"{data}[{split}]"
 

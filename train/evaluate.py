@@ -108,7 +108,13 @@ class OnnxForceModel:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(self.path, sess_options=opts, providers=["CPUExecutionProvider"])
+        if os.path.isdir(self.path):
+            raise ValueError(f"`model` {self.path!r} is a folder, not an .onnx file")
+        try:
+            self.session = ort.InferenceSession(self.path, sess_options=opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, NoSuchFile, Fail, ...)
+            raise ValueError(f"cannot read `model` {self.path!r} as an ONNX model: {type(exc).__name__}: "
+                             f"{str(exc).strip()}") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         version = self.metadata.get("fastfeat.format_version")
         if version != "1":

@@ -121,6 +121,60 @@ def _scheduler(cfg: TrainConfig, opt):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
 
 
+#: settings the learning-rate schedule depends on (besides the epoch), per schedule
+_SCHEDULE_KEYS = {"cosine": ("schedule", "lr", "min_lr_ratio", "epochs"),
+                  "plateau": ("schedule", "lr", "min_lr_ratio", "plateau_factor", "plateau_patience"),
+                  "constant": ("schedule", "lr")}
+
+
+def _replan_scheduler(cfg: TrainConfig, opt, start_epoch: int):
+    """The schedule of ``cfg`` positioned at ``start_epoch`` (0-based epoch about to run).
+
+    Cosine and constant schedules give each epoch the learning rate a run started with ``cfg``
+    would use at that epoch; a plateau schedule restarts at ``cfg.lr`` with fresh patience.
+    """
+    for group in opt.param_groups:
+        group["initial_lr"] = cfg.lr
+        group["lr"] = cfg.lr
+    if cfg.schedule == "plateau":
+        return _scheduler(cfg, opt)
+    if cfg.schedule == "cosine":
+        eta_min = cfg.lr * cfg.min_lr_ratio
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=eta_min,
+                                                           last_epoch=start_epoch - 1)
+        # the constructor keeps the current lr; set the closed form of this epoch (later steps follow it)
+        lr = eta_min + (cfg.lr - eta_min) * (1 + math.cos(math.pi * start_epoch / cfg.epochs)) / 2
+        for group in opt.param_groups:
+            group["lr"] = lr
+        sched._last_lr = [lr for _ in opt.param_groups]
+        return sched
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0, last_epoch=start_epoch - 1)
+
+
+def _short(value, limit=60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _differences(old: dict, new: dict, prefix="") -> list:
+    """``key: old -> new`` for every differing key (the spec JSON compared field by field)."""
+    import json
+
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if a == b:
+            continue
+        if key == "spec" and not prefix and isinstance(a, str) and isinstance(b, str):
+            try:
+                out += _differences(json.loads(a), json.loads(b), prefix="spec.")
+                continue
+            except ValueError:
+                pass
+        out.append(f"{prefix}{key}: {_short(a)} in the checkpoint, {_short(b)} now")
+    return out
+
+
 def _save(path, state):
     tmp = f"{path}.tmp"
     torch.save(state, tmp)
@@ -140,6 +194,18 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
     checkpoint : str, optional
         Written after every epoch (main rank): model, optimiser, scheduler,
         best weights, history. With ``resume=True`` training continues from it.
+    resume : bool
+        Continue from ``checkpoint``: its weights, optimiser moments, best
+        model, history and epoch count. The model settings must be those of
+        the checkpoint (ValueError naming each differing key). ``cfg.epochs``
+        is the new *total* (at least the epochs already run), so a finished
+        run can be extended. With the checkpoint's ``epochs``/``lr``/schedule
+        settings the run continues exactly as if it had not stopped; when they
+        differ the schedule is re-planned: a cosine (or constant) schedule
+        gives every remaining epoch the learning rate a run started with
+        ``cfg`` would use at that epoch (e.g. 2 epochs, then ``epochs=4``:
+        epoch 3 runs at ``(lr + lr·min_lr_ratio) / 2``), a plateau schedule
+        restarts at ``cfg.lr``. ``cfg.weight_decay`` always applies.
     data_sha : str
         Hash of the training data; a checkpoint of other data is refused on resume.
     log : callable, optional
@@ -183,8 +249,9 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
             raise FileNotFoundError(f"`--resume` needs an existing checkpoint, got {checkpoint!r}")
         ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if ck["hyperparameters"] != hp:
-            raise ValueError(f"checkpoint {checkpoint!r} was written for a different model "
-                             f"({ck['hyperparameters']}); cannot resume with {hp}")
+            diff = _differences(ck["hyperparameters"], hp) or ["(no single setting differs)"]
+            raise ValueError(f"checkpoint {checkpoint!r} was written for a different model; cannot resume: "
+                             + "; ".join(diff))
         if data_sha and ck.get("data_hash") and ck["data_hash"] != data_sha:
             raise ValueError(f"checkpoint {checkpoint!r} was trained on other data (hash {ck['data_hash'][:12]}…, "
                              f"now {data_sha[:12]}…); cannot resume")
@@ -193,11 +260,27 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
             if ck.get("ema") is None:
                 raise ValueError(f"checkpoint {checkpoint!r} was written without `ema_decay`; cannot resume with it")
             ema.load_state_dict(ck["ema"])
+        start_epoch = ck["epoch"] + 1
+        if cfg.epochs < start_epoch:
+            raise ValueError(f"`epochs` must be at least the {start_epoch} epochs already run in checkpoint "
+                             f"{checkpoint!r} (`epochs` is the total, not the number of further epochs), "
+                             f"got {cfg.epochs}")
         opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+        for group in opt.param_groups:
+            group["weight_decay"] = cfg.weight_decay
+        old_cfg = ck.get("config") or {}
+        changed = [k for k in _SCHEDULE_KEYS[cfg.schedule] if k in old_cfg and old_cfg[k] != getattr(cfg, k)]
+        if changed:
+            sched = _replan_scheduler(cfg, opt, start_epoch)
+        else:
+            sched.load_state_dict(ck["scheduler"])
         best_state, best_val, best_epoch = ck["best_state"], ck["best_val"], ck["best_epoch"]
-        bad_epochs, history, start_epoch = ck["bad_epochs"], ck["history"], ck["epoch"] + 1
-        say(f"resumed from {checkpoint} at epoch {start_epoch}")
+        bad_epochs, history = ck["bad_epochs"], ck["history"]
+        say(f"resumed from {checkpoint} after epoch {start_epoch}")
+        if changed:
+            say("learning-rate schedule re-planned for "
+                + ", ".join(f"{k}={getattr(cfg, k)!r} (was {old_cfg[k]!r})" for k in changed)
+                + f": lr {opt.param_groups[0]['lr']:.2e} at epoch {start_epoch + 1}")
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{model!r}\ntrain: {train.n_structures} structures / {train.n_atoms} atoms; "
         f"val: {val.n_structures} / {val.n_atoms}; world size {dctx.world}; {n_params} parameters")

@@ -226,6 +226,105 @@ def test_evaluate_errors(trained, workdir, capsys):
     assert "frame 0" in err and "forces" in err and "noforces2.extxyz" in err
 
 
+def _no_work(*args, **kwargs):
+    raise AssertionError("data was read / work was done before the output paths were checked")
+
+
+def test_train_checks_output_paths_before_reading_data(workdir, tmp_path, capsys, monkeypatch):
+    """A bad --out/--checkpoint/--history/--cache-dir fails at once (exit 2, no traceback), like `fastfeat md`;
+    the default checkpoint OUT.ckpt under a missing folder used to crash in torch.save after an epoch."""
+    import fastfeat.train.cli as train_cli
+
+    monkeypatch.setattr(train_cli, "prepare_features", _no_work)
+    missing = tmp_path / "missing"
+    ok = str(tmp_path / "ok.onnx")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    cases = [
+        (["--out", str(missing / "s.onnx")], ["`--out`", "does not exist", str(missing)]),
+        (["--out", ok, "--checkpoint", str(missing / "c.ckpt")], ["`--checkpoint`", "does not exist"]),
+        (["--out", ok, "--history", str(missing / "h.json")], ["`--history`", "does not exist"]),
+        (["--out", str(tmp_path / "folder")], ["`--out`", "folder"]),
+        (["--out", ok, "--checkpoint", ok], ["`--checkpoint` must differ from `--out`"]),
+        (["--out", ok, "--resume"], ["`--resume` needs an existing checkpoint", "ok.onnx.ckpt"]),
+        (["--out", ok, "--cache-dir", str(tmp_path / "file.txt")], ["`--cache-dir`", "not a folder"]),
+    ]
+    for extra, expected in cases:
+        rc = cli(["train", "--data", str(workdir / "syn.extxyz"), "--epochs", "1", "--quiet", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2, (extra, err)
+        assert err.startswith("fastfeat train: error: ") and "Traceback" not in err
+        for text in expected:
+            assert text in err, (extra, err)
+    assert not missing.exists() and not os.path.exists(ok)  # nothing created
+
+
+def test_unreadable_data_files_are_clear_errors(trained, workdir, tmp_path, capsys):
+    """Empty, non-structure, truncated, folder and missing data files: exit 2 naming the argument and the
+    file, for `train --data` and `evaluate DATA`, whatever the target."""
+    text = (workdir / "syn.extxyz").read_text()
+    (tmp_path / "empty.extxyz").write_text("")
+    (tmp_path / "notes.txt").write_text("not a structure\n")
+    (tmp_path / "cut.extxyz").write_text(text[: len(text) // 2 - 100])
+    (tmp_path / "folder").mkdir()
+    cases = {"empty.extxyz": "is empty", "notes.txt": "cannot read", "cut.extxyz": "cannot read",
+             "folder": "is a folder", "nothere.extxyz": "does not exist", "sub/nothere": "does not exist"}
+    for name, expected in cases.items():
+        path = str(tmp_path / name) if name != "sub/nothere" else name
+        for target in ([], ["--target", "polar"]):
+            assert _train(workdir, path, *target) == 2, name
+            err = capsys.readouterr().err
+            assert err.startswith("fastfeat train: error: `--data` file") or "`--data` file" in err, err
+            assert expected in err and name.split("/")[-1] in err and "Traceback" not in err, err
+            assert cli(["evaluate", str(trained), path, *target]) == 2, name
+            err = capsys.readouterr().err
+            assert err.startswith("fastfeat evaluate: error: ") and "`DATA` file" in err, err
+            assert expected in err and name.split("/")[-1] in err, err
+        if expected == "does not exist":  # a path, not an unknown data set name; the names are listed too
+            assert "'peo'" in err and "must be one of" not in err
+    # a plain word is still looked up among the bundled data sets
+    assert cli(["evaluate", str(trained), "no-such-set"]) == 2
+    err = capsys.readouterr().err
+    assert "'no-such-set' is neither a file nor a bundled data set" in err and "'peo'" in err
+
+
+def test_evaluate_accepts_name_split_and_checks_plot_first(tmp_path, capsys, monkeypatch):
+    """DATA as NAME:SPLIT (as `fastfeat md` takes it) equals --split; a conflicting pair, an unknown split and
+    an unwritable --plot are refused before anything is computed."""
+    import fastfeat.train.cli as train_cli
+
+    assert cli(["evaluate", "peo", "peo:val", "--json"]) == 0
+    by_name = json.loads(capsys.readouterr().out)
+    assert cli(["evaluate", "peo", "peo", "--split", "val", "--json"]) == 0
+    by_flag = json.loads(capsys.readouterr().out)
+    assert by_name["data"] == by_flag["data"] == "peo[val]"
+    assert by_name["rmse"] == by_flag["rmse"] and by_name["n_structures"] == by_flag["n_structures"]
+    monkeypatch.setattr(train_cli, "evaluate", _no_work)
+    for argv, expected in [
+        (["peo", "peo:val", "--split", "test"], "names split 'val' but `--split` is 'test'"),
+        (["peo", "peo:training"], "must be one of ['train', 'val', 'test'], got 'training'"),
+        (["peo", "peo", "--plot", str(tmp_path / "missing" / "p.png")], "cannot write `--plot`"),
+        (["peo", "peo", "--plot", str(tmp_path / "p.xyz")], "cannot write .xyz files"),
+    ]:
+        assert cli(["evaluate", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("fastfeat evaluate: error: ") and expected in err, err
+
+
+def test_evaluate_unreadable_model(workdir, tmp_path, capsys):
+    (tmp_path / "junk.onnx").write_text("junk")
+    assert cli(["evaluate", str(tmp_path / "junk.onnx"), str(workdir / "syn.extxyz")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read `model`" in err and "junk.onnx" in err and "Traceback" not in err
+
+
+def test_resume_help_documents_the_schedule(capsys):
+    with pytest.raises(SystemExit):
+        cli(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--epochs is the new total" in out and "re-planned" in out
+
+
 def test_example_config_is_the_bundled_models_config():
     import os
 

@@ -334,3 +334,76 @@ def test_generator_ends_a_trajectory_below_the_minimum_distance(tmp_path, monkey
     (tmp_path / "parts").mkdir()
     assert gen.run_trajectory(plan) == stored
     assert len(datasets.read(plan.path)) == stored if plan.path.exists() else stored == 0
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--temperatures", "-300"], "--temperatures must be finite temperatures > 0 K, got -300.0"),
+    (["--temperatures", "300", "nan"], "--temperatures must be finite temperatures > 0 K, got nan"),
+    (["--frames", "0"], "--frames must be an integer >= 1, got 0"),
+    (["--trajectories", "0"], "--trajectories must be an integer >= 1, got 0"),
+    (["--stride", "0"], "--stride must be an integer >= 1, got 0"),
+    (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
+    (["--relax-steps", "-1"], "--relax-steps must be an integer >= 0, got -1"),
+    (["--time-limit", "-5"], "--time-limit must be a number of seconds >= 0"),
+    (["--time-limit", "30"], "time limit of 30 s is under 60 s"),
+])
+def test_generate_refuses_bad_settings_up_front(tmp_path, capsys, args, expected):
+    """Bad settings: exit 2 with the option and value named, no traceback, nothing created, no tblite run
+    (a negative temperature used to run, give NaN momenta and "wrote 0 frames" with exit 0)."""
+    from fastfeat.cli import main as cli
+
+    out = tmp_path / "sub" / "x.extxyz"
+    assert cli(["data", "generate", "peo", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fastfeat data generate: error: ") and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "sub").exists()
+
+
+def test_generate_api_validates_and_zero_frames_is_an_error(tmp_path, capsys, monkeypatch):
+    gen = pytest.importorskip("fastfeat.train.datasets.generate")
+    with pytest.raises(ValueError, match=r"`temperatures` must be finite temperatures > 0 K, got -300"):
+        gen.generate("peo", tmp_path / "x.extxyz", temperatures=[-300.0])
+    with pytest.raises(ValueError, match=r"`n_frames` must be an integer >= 1, got 0"):
+        gen.generate("peo", tmp_path / "x.extxyz", n_frames=0)
+    with pytest.raises(ValueError, match=r"time limit of 10 s is under 60 s.*nothing was run"):
+        gen.generate("peo", tmp_path / "x.extxyz", time_limit=10)
+    assert not list(tmp_path.iterdir())
+    # no frame stored: no (empty) output file, and the command exits non-zero saying so
+    (tmp_path / "parts").mkdir()
+    assert gen.merge_parts(tmp_path / "parts", tmp_path / "x.extxyz") == 0
+    assert not (tmp_path / "x.extxyz").exists()
+    monkeypatch.setattr(gen, "generate", lambda *args, **kwargs: 0)
+    assert gen.main(["peo", "--out", str(tmp_path / "x.extxyz")]) == 1
+    assert "no frame was written" in capsys.readouterr().err
+
+
+def test_relabel_bad_source_is_a_clear_error(tmp_path, capsys):
+    from fastfeat.cli import main as cli
+    from fastfeat.train.datasets import relabel
+
+    (tmp_path / "empty.extxyz").write_text("")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.extxyz").write_text("not a structure\n")
+    out = str(tmp_path / "out.extxyz")
+    for name, expected in [("missing.extxyz", "does not exist"), ("empty.extxyz", "is empty"),
+                           ("folder", "is a folder"), ("notes.extxyz", "cannot read")]:
+        assert cli(["data", "relabel", str(tmp_path / name), "--out", out]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith("fastfeat data relabel: error: `source` file") or "`source` file" in err, err
+        assert expected in err and name in err and "Traceback" not in err, err
+    assert cli(["data", "relabel", str(tmp_path / "empty.extxyz"), "--out", out, "--workers", "0"]) == 2
+    assert "--workers must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="empty.extxyz' is empty"):
+        relabel.relabel(tmp_path / "empty.extxyz", out)
+    assert not os.path.exists(out)
+
+
+def test_data_usage_marks_optional_options(capsys):
+    from fastfeat.cli import main as cli
+
+    assert cli(["data", "--help"]) == 0
+    out = capsys.readouterr().out
+    for opt in ("[--frames N]", "[--temperatures T [T ...]]", "[--trajectories K]", "[--stride S]",
+                "[--time-limit SECONDS]"):
+        assert opt in out, out
+    assert "generate NAME --out FILE" in out

@@ -97,6 +97,66 @@ def test_resume_refuses_other_model_or_data(data, tmp_path):
         train_model(tr, va, spec, cfg, log=_quiet, checkpoint=str(tmp_path / "none.pt"), resume=True)
 
 
+def test_resume_mismatch_names_the_differing_keys(data, tmp_path):
+    """A different model is refused with each differing setting and both values, not two spec dumps."""
+    import fastfeat
+
+    spec, tr, va = data
+    ck = str(tmp_path / "ck.pt")
+    cfg = TrainConfig(epochs=1, hidden=[8], threads=1)
+    train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+    with pytest.raises(ValueError) as info:
+        train_model(tr, va, spec, cfg.replace(head="basis", hidden=[9]), log=_quiet, checkpoint=ck, resume=True)
+    msg = str(info.value)
+    assert "head: 'projection' in the checkpoint, 'basis' now" in msg
+    assert "hidden: [8] in the checkpoint, [9] now" in msg
+    assert "radial" not in msg and len(msg) < 400, msg  # no spec JSON dumps
+    other = fastfeat.FeatureSpec.from_dict({**spec.to_dict(), "cutoff": 4.5})
+    with pytest.raises(ValueError, match=r"spec\.cutoff: 4\.0 in the checkpoint, 4\.5 now") as info:
+        train_model(tr, va, other, cfg, log=_quiet, checkpoint=ck, resume=True)
+    assert len(str(info.value)) < 400
+
+
+def _cosine(lr, ratio, epochs, e):
+    eta = lr * ratio
+    return eta + (lr - eta) * (1 + np.cos(np.pi * e / epochs)) / 2
+
+
+def test_resume_with_more_epochs_replans_the_schedule(data, tmp_path):
+    """2 epochs, then resume with epochs=4: the cosine schedule is the one of a 4-epoch run from epoch 3 on
+    (it used to keep T_max=2: lr ~min at epoch 3, then back up); a new `lr` on resume is used."""
+    spec, tr, va = data
+    cfg = TrainConfig(epochs=2, batch_size=8, hidden=[8], threads=1, patience=0, lr=3e-3)
+    ck = str(tmp_path / "ck.pt")
+    train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+    saved = tmp_path / "saved.pt"
+    saved.write_bytes((tmp_path / "ck.pt").read_bytes())
+    lines = []
+    res = train_model(tr, va, spec, cfg.replace(epochs=4), log=lines.append, checkpoint=ck, resume=True)
+    lrs = [h["lr"] for h in res.history]
+    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
+    np.testing.assert_allclose(lrs, [_cosine(3e-3, 0.01, 2, 0), _cosine(3e-3, 0.01, 2, 1),
+                                     _cosine(3e-3, 0.01, 4, 2), _cosine(3e-3, 0.01, 4, 3)], rtol=1e-9)
+    fresh = train_model(tr, va, spec, cfg.replace(epochs=4), log=_quiet)
+    np.testing.assert_allclose(lrs[2:], [h["lr"] for h in fresh.history][2:], rtol=1e-9)
+    assert any("re-planned" in line and "epochs=4 (was 2)" in line for line in lines), lines
+    # a new learning rate on resume is used (it was silently ignored)
+    (tmp_path / "ck.pt").write_bytes(saved.read_bytes())
+    res = train_model(tr, va, spec, cfg.replace(epochs=4, lr=1e-5), log=_quiet, checkpoint=ck, resume=True)
+    np.testing.assert_allclose([h["lr"] for h in res.history][2:],
+                               [_cosine(1e-5, 0.01, 4, 2), _cosine(1e-5, 0.01, 4, 3)], rtol=1e-9)
+    # constant and plateau schedules restart at the new rate
+    for schedule in ("constant", "plateau"):
+        ck2 = str(tmp_path / f"{schedule}.pt")
+        train_model(tr, va, spec, cfg.replace(schedule=schedule), log=_quiet, checkpoint=ck2)
+        res = train_model(tr, va, spec, cfg.replace(schedule=schedule, epochs=3, lr=1e-4), log=_quiet,
+                          checkpoint=ck2, resume=True)
+        assert res.history[2]["lr"] == pytest.approx(1e-4, rel=1e-12), schedule
+    # `epochs` is the total: fewer than already run is refused
+    with pytest.raises(ValueError, match=r"`epochs` must be at least the 4 epochs already run.*got 3"):
+        train_model(tr, va, spec, cfg.replace(epochs=3), log=_quiet, checkpoint=ck, resume=True)
+
+
 def test_early_stopping(data):
     spec, tr, va = data
     cfg = TrainConfig(epochs=200, batch_size=8, hidden=[8], lr=1e-9, patience=3, threads=1, schedule="constant")

@@ -1,4 +1,6 @@
-"""``fastfeat data`` command: ``generate`` reference data, ``list`` the bundled data sets."""
+"""``fastfeat data`` command: ``generate`` reference data, ``relabel`` it, ``list`` the bundled data sets.
+
+``fastfeat data generate --help`` / ``relabel --help`` describe every option."""
 
 from __future__ import annotations
 
@@ -8,13 +10,17 @@ __all__ = ["main"]
 
 _USAGE = """usage: fastfeat data {generate,relabel,list} ...
 
-  generate NAME --frames N --temperatures T [T ...] --trajectories K --stride S --out FILE
+  generate NAME --out FILE [--frames N] [--temperatures T [T ...]] [--trajectories K] [--stride S]
            [--workers W] [--seed SEED] [--time-limit SECONDS] [--relax-steps N]
-      GFN1-xTB (tblite) Langevin MD frames for a built-in system; resumes an interrupted run.
-  relabel IN --out FILE [--workers W]
+           [--first-trajectory K] [--parts DIR]
+      GFN1-xTB (tblite) Langevin MD frames for a built-in system (peo, li4p2o7, li4p2o7-water);
+      defaults: 450 frames, 300 600 1000 K, 5 trajectories, stride 3. Resumes an interrupted run.
+  relabel IN --out FILE [--workers W] [--time-limit SECONDS] [--parts DIR]
       Recompute energy and forces of every frame with fresh GFN1-xTB single points.
   list
       The bundled data sets with their frame and trajectory counts.
+
+`fastfeat data generate --help` and `fastfeat data relabel --help` describe every option.
 """
 
 
@@ -43,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {len(frames)} frames, {len(frames[0])} atoms, {' '.join(symbols)}, "
                   f"trajectories train {split['train']} val {split['val']} test {split['test']}")
         return 0
-    print(f"fastfeat data: unknown command {command!r}\n{_USAGE}", end="", file=sys.stderr)
+    print(f"fastfeat data: error: unknown command {command!r}\n{_USAGE}", end="", file=sys.stderr)
     return 2
 
 

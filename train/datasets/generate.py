@@ -42,7 +42,47 @@ __all__ = ["METHOD", "TrajectoryPlan", "generate", "main", "plan_trajectories", 
 
 METHOD = "GFN1-xTB"
 LABEL = "single point"  # atoms.info["label"]: energy and forces from a fresh SCF (no density reuse)
+#: seconds a new trajectory needs before the deadline to be started at all (build, relaxation, first frames)
+START_MARGIN = 60.0
 log = logging.getLogger("fastfeat.data")
+
+#: how :func:`check_settings` names each setting: Python keywords, or the command's options
+PY_NAMES = {"n_frames": "`n_frames`", "temperatures": "`temperatures`", "n_trajectories": "`n_trajectories`",
+            "stride": "`stride`", "workers": "`workers`", "time_limit": "`time_limit`",
+            "relax_steps": "`relax_steps`", "first_trajectory": "`first_trajectory`"}
+CLI_NAMES = {"n_frames": "--frames", "temperatures": "--temperatures", "n_trajectories": "--trajectories",
+             "stride": "--stride", "workers": "--workers", "time_limit": "--time-limit",
+             "relax_steps": "--relax-steps", "first_trajectory": "--first-trajectory"}
+
+
+def check_settings(names=PY_NAMES, **values):
+    """ValueError naming the setting and its value when a generator setting is out of range.
+
+    Counts (``n_frames``, ``n_trajectories``, ``stride``, ``workers``) must be >= 1,
+    ``relax_steps`` and ``first_trajectory`` >= 0, every temperature a finite number > 0 K and
+    ``time_limit`` (seconds) >= 0; ``None`` (workers, time_limit) and a time limit of 0 mean none.
+    """
+    for key in ("n_frames", "n_trajectories", "stride", "workers"):
+        v = values.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
+            raise ValueError(f"{names[key]} must be an integer >= 1, got {v!r}")
+    for key in ("relax_steps", "first_trajectory"):
+        v = values.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+            raise ValueError(f"{names[key]} must be an integer >= 0, got {v!r}")
+    if "temperatures" in values:
+        temps = values["temperatures"]
+        if isinstance(temps, (int, float)):
+            temps = [temps]
+        temps = list(temps)
+        if not temps:
+            raise ValueError(f"{names['temperatures']} must list at least one temperature (K)")
+        for t in temps:
+            if isinstance(t, bool) or not isinstance(t, (int, float, np.number)) or not math.isfinite(t) or t <= 0:
+                raise ValueError(f"{names['temperatures']} must be finite temperatures > 0 K, got {t!r}")
+    v = values.get("time_limit")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0):
+        raise ValueError(f"{names['time_limit']} must be a number of seconds >= 0 (0: no limit), got {v!r}")
 
 
 class TrajectoryPlan:
@@ -166,7 +206,7 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
     else:
         atoms = builders.build(plan.system, np.random.default_rng(plan.seed))
         atoms.calc = _calculator()
-        if time.time() > deadline - 60.0:  # not worth starting: nothing would be stored
+        if time.time() > deadline - START_MARGIN:  # not worth starting: nothing would be stored
             return 0
         try:
             for _ in FIRE(atoms, logfile=None).irun(fmax=0.1, steps=plan.relax_steps):
@@ -264,6 +304,8 @@ def merge_parts(parts_dir: Path, out: Path) -> int:
     frames = []
     for part in sorted(parts_dir.glob("t*.extxyz")):
         frames.extend(_read_frames(part))
+    if not frames:
+        return 0  # nothing to write: an empty output would only look like a data set
     frames.sort(key=lambda a: (int(a.info["trajectory"]), int(a.info["step"])))
     tmp = out.with_name(".tmp-" + out.name)  # same suffix, so the same compression
     with _open_text(tmp, "wt") as fh:
@@ -275,11 +317,31 @@ def merge_parts(parts_dir: Path, out: Path) -> int:
 def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_trajectories=5, stride=3,
              workers=None, seed=0, time_limit=None, relax_steps=30, parts_dir=None, stream=sys.stderr,
              first_trajectory=0):
-    """Generate (or resume) a reference data set; see the module docstring. Returns frames written."""
+    """Generate (or resume) a reference data set; see the module docstring. Returns frames written.
+
+    Raises
+    ------
+    ValueError
+        A setting out of range (:func:`check_settings`, before anything is created), or a
+        ``time_limit`` under :data:`START_MARGIN` seconds when every trajectory still to run is new
+        (none could store a frame).
+    """
     import multiprocessing as mp
 
+    if system not in builders.BUILDERS:
+        raise ValueError(f"`system` must be one of {sorted(builders.BUILDERS)}, got {system!r}")
+    check_settings(n_frames=n_frames, temperatures=temperatures, n_trajectories=n_trajectories, stride=stride,
+                   workers=workers, time_limit=time_limit, relax_steps=relax_steps, first_trajectory=first_trajectory)
     out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"`out` {str(out)!r} is a folder; give the output file")
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".parts")
+    short = bool(time_limit) and time_limit < START_MARGIN
+    why = (f"time limit of {time_limit:g} s is under {START_MARGIN:g} s, the least a new trajectory is started "
+           f"with (build, relaxation, first frames)") if short else ""
+    if short and not out.exists() and not any(parts_dir.glob("t*.extxyz")):  # nothing to continue
+        raise ValueError(f"{why}: no trajectory could store a frame; give a longer time limit "
+                         f"(>= {START_MARGIN:g} s) or none; nothing was run")
     _recover_parts(out, parts_dir)
     plans = plan_trajectories(system, n_frames, list(temperatures), n_trajectories, stride, parts_dir, seed,
                               relax_steps, first_trajectory)
@@ -288,6 +350,13 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     deadline = start + time_limit if time_limit else math.inf
     counts = {p.index: (len(_read_frames(p.path)) if p.path.exists() else 0) for p in plans}
     todo = [p for p in plans if counts[p.index] < p.n_frames]
+    new = [p for p in todo if counts[p.index] == 0]
+    if short and new:
+        if len(new) == len(todo):
+            raise ValueError(f"{why}: none of the {len(new)} trajectories to run could store a frame; give a longer "
+                             f"time limit (>= {START_MARGIN:g} s) or none; nothing was run")
+        print(f"[{system}] {why}: trajectories " + " ".join(f"t{p.index}" for p in new)
+              + " are not started; only the partial ones continue", file=stream, flush=True)
     print(f"[{system}] {sum(counts.values())}/{sum(p.n_frames for p in plans)} frames present; "
           f"{len(todo)} of {len(plans)} trajectories to run on {min(workers, max(len(todo), 1))} workers",
           file=stream, flush=True)
@@ -315,6 +384,10 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
         manager.shutdown()
     n = merge_parts(parts_dir, out)
     complete = sum(1 for p in plans if p.path.exists() and len(_read_frames(p.path)) >= p.n_frames)
+    if n == 0:
+        print(f"[{system}] no frame was stored, {out} not written ({time.time() - start:.0f} s); "
+              f"see the warnings above", file=stream, flush=True)
+        return 0
     print(f"[{system}] wrote {n} frames to {out} ({complete}/{len(plans)} trajectories complete, "
           f"{time.time() - start:.0f} s)", file=stream, flush=True)
     return n
@@ -333,7 +406,8 @@ def build_parser(prog="fastfeat data generate"):
     p.add_argument("--seed", type=int, default=0, help="base seed")
     p.add_argument("--relax-steps", type=int, default=30, help="FIRE steps before the MD (force-call cap)")
     p.add_argument("--time-limit", type=float, default=None,
-                   help="wall-clock seconds after which workers stop and the output is written")
+                   help="wall-clock seconds after which workers stop and the output is written (0: none); a new "
+                        f"trajectory is only started with at least {START_MARGIN:g} s left")
     p.add_argument("--first-trajectory", type=int, default=0,
                    help="id of the first trajectory; trajectories already in OUT are kept, so this adds new ones")
     p.add_argument("--parts", default=None, help="folder for the per-trajectory files (default OUT.parts)")
@@ -341,11 +415,28 @@ def build_parser(prog="fastfeat data generate"):
 
 
 def main(argv=None) -> int:
-    """``fastfeat data generate`` entry point."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    generate(args.name, args.out, args.frames, args.temperatures, args.trajectories, args.stride, args.workers,
-             args.seed, args.time_limit, args.relax_steps, args.parts, first_trajectory=args.first_trajectory)
+    """``fastfeat data generate`` entry point: 0 on success, 2 for bad settings, 1 when no frame was written."""
+    prog = "fastfeat data generate"
+    args = build_parser(prog).parse_args(argv)
+    try:
+        check_settings(CLI_NAMES, n_frames=args.frames, temperatures=args.temperatures,
+                       n_trajectories=args.trajectories, stride=args.stride, workers=args.workers,
+                       time_limit=args.time_limit, relax_steps=args.relax_steps,
+                       first_trajectory=args.first_trajectory)
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out!r} is a folder; give the output file")
+        if args.parts and os.path.exists(args.parts) and not os.path.isdir(args.parts):
+            raise ValueError(f"--parts {args.parts!r} is a file; give a folder")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        n = generate(args.name, args.out, args.frames, args.temperatures, args.trajectories, args.stride,
+                     args.workers, args.seed, args.time_limit, args.relax_steps, args.parts,
+                     first_trajectory=args.first_trajectory)
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if n == 0:
+        print(f"{prog}: error: no frame was written (see the messages above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -55,34 +55,16 @@ def _single_point(atoms, energy, forces_nc):
     return out
 
 
-_OPENERS = {".xz": "lzma", ".gz": "gzip", ".bz2": "bz2"}
+def _read_any(path: str, index, format, what="structure file"):
+    """``ase.io.read`` with clear errors and compressed text decompressed once in memory
+    (:func:`fastfeat._io.read_structures`)."""
+    from fastfeat._io import read_structures
+
+    return read_structures(path, index=index, format=format, what=what)
 
 
-def _read_any(path: str, index, format):
-    """``ase.io.read`` with compressed text files decompressed once in memory.
-
-    ASE's extxyz reader seeks back and forth; on a compressed stream each seek decompresses from
-    the start, which makes ``.xz`` files quadratically slow (minutes for a bundled set).
-    """
-    import importlib
-    import io
-
-    import ase.io
-    from ase.io.formats import filetype
-
-    suffix = Path(path).suffix
-    if suffix in _OPENERS:
-        inner = path[: -len(suffix)]
-        fmt = format or filetype(inner, read=False)
-        if fmt in ("extxyz", "xyz"):
-            opener = importlib.import_module(_OPENERS[suffix])
-            with opener.open(path, "rt") as fh:
-                text = io.StringIO(fh.read())
-            return ase.io.read(text, index=index, format=fmt)
-    return ase.io.read(path, index=index, format=format)
-
-
-def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":", format=None) -> list:
+def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":", format=None,
+         what: str = "structure file") -> list:
     """Read frames with reference forces from extxyz or any format ``ase.io`` reads.
 
     Parameters
@@ -98,6 +80,8 @@ def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":"
         Frames to read (``ase.io.read`` syntax); ``":"`` reads all.
     format : str, optional
         ``ase.io`` format name; guessed from the file name when None.
+    what : str
+        How messages about an unreadable file name it (e.g. "`--data` file").
 
     Returns
     -------
@@ -108,15 +92,14 @@ def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":"
     Raises
     ------
     ValueError
-        The file has no frames; a frame lacks ``forces_key`` (the key, file and frame are named);
-        forces of the wrong shape or not finite (the frame is named).
+        ``path`` does not exist, is a folder, is empty or ASE cannot read it; the file has no
+        frames; a frame lacks ``forces_key`` (the key, file and frame are named); forces of the
+        wrong shape or not finite (the frame is named).
     """
-    import ase.io
-
     path = os.fspath(path)
     if not os.path.exists(path):
         raise ValueError(f"`path` must be an existing file, got {path!r}")
-    frames = _read_any(path, index, format)
+    frames = _read_any(path, index, format, what)
     if not isinstance(frames, list):
         frames = [frames]
     if not frames:

@@ -74,12 +74,20 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=s
 
     from .generate import merge_parts
 
+    from fastfeat._io import read_structures
+
     source, out = Path(source), Path(out)
     if not source.is_file():
-        raise ValueError(f"`source` must be an existing file, got {str(source)!r}")
-    frames = _read_frames(source)
-    if not frames:
-        raise ValueError(f"{source} holds no frames")
+        why = "a folder" if source.is_dir() else "missing"
+        raise ValueError(f"`source` must be an existing file, got {str(source)!r} ({why})")
+    if out.is_dir():
+        raise ValueError(f"`out` {str(out)!r} is a folder; give the output file")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
+    if time_limit is not None and not time_limit >= 0:
+        raise ValueError(f"`time_limit` must be a number of seconds >= 0 (0: no limit), got {time_limit!r}")
+    # empty, unreadable or frameless files: ValueError naming the file
+    frames = read_structures(source, format="extxyz", what="`source` file")
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".relabel")
     parts_dir.mkdir(parents=True, exist_ok=True)
     by_traj: dict[int, list] = {}
@@ -97,6 +105,10 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=s
         for path in pool.imap_unordered(_relabel_part, jobs):
             print(f"[relabel] {path.name} done, {time.time() - start:.0f} s", file=stream, flush=True)
     n = merge_parts(parts_dir, out)
+    if n == 0:
+        print(f"[relabel] no frame was relabelled, {out} not written ({time.time() - start:.0f} s)",
+              file=stream, flush=True)
+        return 0
     print(f"[relabel] wrote {n} of {len(frames)} frames to {out} ({time.time() - start:.0f} s)",
           file=stream, flush=True)
     return n
@@ -113,8 +125,23 @@ def build_parser(prog="fastfeat data relabel"):
 
 
 def main(argv=None) -> int:
-    """``fastfeat data relabel`` entry point."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    relabel(args.source, args.out, args.workers, args.time_limit, args.parts)
+    """``fastfeat data relabel`` entry point: 0 on success, 2 for bad input, 1 when no frame was written."""
+    prog = "fastfeat data relabel"
+    args = build_parser(prog).parse_args(argv)
+    try:
+        if args.workers is not None and args.workers < 1:
+            raise ValueError(f"--workers must be >= 1, got {args.workers}")
+        if args.time_limit is not None and not args.time_limit >= 0:
+            raise ValueError(f"--time-limit must be a number of seconds >= 0 (0: no limit), got {args.time_limit}")
+        if not os.path.isfile(args.source):
+            why = "is a folder" if os.path.isdir(args.source) else "does not exist"
+            raise FileNotFoundError(f"`source` file {args.source!r} {why}")
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+        n = relabel(args.source, args.out, args.workers, args.time_limit, args.parts)
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    if n == 0:
+        print(f"{prog}: error: no frame was written (see the messages above)", file=sys.stderr)
+        return 1
     return 0
