@@ -43,14 +43,14 @@ class KernelParams:
     lam_idx_v: np.ndarray  # lambda index of each (zeta, lambda) combination
     zbits_v: np.ndarray  # binary digits of integral zeta
     znb_v: np.ndarray  # number of digits (0: non-integral zeta, use pow)
-    pref_v: np.ndarray  # 2^(1 - zeta)
+    pref_v: np.ndarray  # 2: the angular factor is 2 ((1 + lambda cos) / 2)^zeta
     grid_q: np.ndarray  # position u * n_v + v of parameter q in the (eta, (zeta, lambda)) grid
     use_grid: bool  # accumulate the full grid (cheap when the spec is (nearly) a grid)
     ang_u_q: np.ndarray
     ang_v_q: np.ndarray
     pair_ab: np.ndarray
     n_radial_total: int
-    # angular covariant vectors, per parameter: eta, zeta, lambda, 2^(1 - zeta), first parameter with the
+    # angular covariant vectors, per parameter: eta, zeta, lambda, prefactor 2 (see pref_v), first parameter with the
     # same eta, first with the same (zeta, lambda), integral zeta (0: not integral)
     wang_p: np.ndarray
     mixed_ab: np.ndarray  # (S, S): index of the unlike species pair (a, b), a < b, among such pairs; -1 else
@@ -132,11 +132,13 @@ def kernel_params(spec: FeatureSpec) -> KernelParams:
     lam_idx_v = np.searchsorted(lam_l, lam_v).astype(np.int64)
     ang_u = np.array([int(np.searchsorted(eta_u, e)) for e, _, _ in spec.angular], dtype=np.int64)
     ang_v = np.array([combos.index((z, l)) for _, z, l in spec.angular], dtype=np.int64)
-    pref_v = 2.0 ** (1.0 - zeta_v)
+    # 2^(1 - zeta) (1 + lambda cos)^zeta evaluated as 2 ((1 + lambda cos) / 2)^zeta: the base stays <= 1, so
+    # no zeta overflows (2^(1 - zeta) underflowed and (1 + lambda cos)^zeta overflowed beyond zeta ~1024)
+    pref_v = np.full(len(zeta_v), 2.0)
     grid_q = ang_u * len(zeta_v) + ang_v
     use_grid = len(eta_u) * len(zeta_v) <= max(2 * len(spec.angular), 8)
     wang = spec.covariant_angular
-    wang_p = np.array([(e, z, l, 2.0 ** (1.0 - z),
+    wang_p = np.array([(e, z, l, 2.0,
                         next(k for k, w in enumerate(wang) if w[0] == e),  # first parameter with this eta
                         next(k for k, w in enumerate(wang) if w[1:] == (z, l)),  # ... with this (zeta, lambda)
                         int(z) if float(z).is_integer() and z <= 1024 else 0)

@@ -85,7 +85,7 @@ def _device_params(spec_cache, dtype, stream):
     host = (rad[:, 0], rad[:, 1], cov[:, 0], cov[:, 1], ang[:, 0], ang[:, 1], ang[:, 2])
     arrays = tuple(upload(np.asarray(a, dtype), stream) for a in host) + (
         upload(zint, stream),
-        upload(np.asarray(2.0 ** (1.0 - ang[:, 1]), dtype), stream),
+        upload(np.full(len(ang), 2.0, dtype), stream),  # the kernels halve 1 + lambda cos
         upload(np.asarray(spec.pair_index(), np.int32), stream),
         upload(np.asarray(spec.mixed_pair_index(), np.int32), stream),
     )

@@ -323,11 +323,11 @@ def _pair_factors(nt, w2a, ang, pair_work):
             eta = eta_u[u]
             for t in range(nt):
                 pu[u, t] = tw[u, t] * tfc[t] * _fexp(-eta * tr2[t])
-    # 2^(1 - zeta) (1 + lambda cos)^zeta
+    # 2^(1 - zeta) (1 + lambda cos)^zeta = pref ((1 + lambda cos) / 2)^zeta, pref = 2 (no overflow at any zeta)
     for l in range(lam_l.shape[0]):
         lam = lam_l[l]
         for t in range(nt):
-            b = 1.0 + lam * tcos[t]
+            b = 0.5 * (1.0 + lam * tcos[t])
             sqb[l, 0, t] = b if b > 0.0 else 0.0
         for j in range(1, sqb.shape[1]):
             for t in range(nt):
@@ -503,7 +503,7 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
             zint = int(wang[p, 6])
             a_t = tws[n_w + p]
             for t in range(nt):
-                b = 1.0 + lam * tcos[t]
+                b = 0.5 * (1.0 + lam * tcos[t])  # halved, the prefactor is 2 (see _pair_factors)
                 a_t[t] = b if b > 0.0 else 0.0
             if zint == 0:
                 for t in range(nt):

@@ -381,7 +381,7 @@ def _features_warp_py(
                 pref = ang_pref_q[q]
                 for tt in range(total):
                     tb = tri + tt * tri_fields
-                    b = one + lam * sh[tb + 2]
+                    b = half * (one + lam * sh[tb + 2])  # halved, pref = 2: no overflow at any zeta
                     if b < zero:
                         b = zero
                     if zint > 0:
@@ -586,7 +586,7 @@ def features_thread(
             wz = ez / d2
             mix = mixed_ab[min(a, a2), max(a, a2)]
             for q in range(n_q):
-                b = one + ang_lam_q[q] * cos_t
+                b = half * (one + ang_lam_q[q] * cos_t)  # halved, pref = 2 (as above)
                 if b < zero:
                     b = zero
                 if ang_zint_q[q] > 0:

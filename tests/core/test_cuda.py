@@ -115,6 +115,15 @@ def spec():
     return fastfeat.FeatureSpec(**SPEC_KW)
 
 
+def spec_big_zeta():
+    """zeta far beyond float32's exponent range (2^(1 - zeta) and (1 + lambda cos)^zeta apart over/underflow)."""
+    import fastfeat
+
+    kw = dict(SPEC_KW, angular=[(0.1, 300.0, 1.0), (0.05, 2000.0, -1.0), (0.1, 150.5, 1.0)],
+              covariant_angular=[(0.1, 400.0, 1.0), (0.05, 180.5, -1.0)])
+    return fastfeat.FeatureSpec(**kw)
+
+
 def spec_w(with_g4=True):
     import fastfeat
 
@@ -214,6 +223,14 @@ def run_device(out_path):
         finally:
             _features_cuda.ANGULAR_CAPACITY, _features_cuda._SHARED_LIMIT = 64, 48 * 1024
         res[f"w/{label}/g"], res[f"w/{label}/v"] = host(f.invariant), host(f.covariant)
+    for label, limit in (("warp", 48 * 1024), ("thread", 0)):  # zeta of hundreds to 2000, float32
+        _features_cuda._SHARED_LIMIT = limit
+        try:
+            f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"],
+                                   spec=spec_big_zeta(), device="cuda", dtype=np.float32)
+        finally:
+            _features_cuda._SHARED_LIMIT = 48 * 1024
+        res[f"zeta/{label}/g"], res[f"zeta/{label}/v"] = host(f.invariant), host(f.covariant)
     k = c["ani"]  # the "angular" preset, four species (six unlike pairs)
     f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"],
                            spec=fastfeat.FeatureSpec.default(("H", "C", "N", "O"), preset="angular"),
@@ -430,6 +447,24 @@ def test_angular_covariant_vectors_equal_cpu(device, label):
     assert np.abs(w[:, -len(W_PARAMS):]).max() > 1e-3, "and difference vectors of an unlike pair"
     _close(res[f"w/{label}/g"], ref.invariant, dtype, "invariant")
     _close(res[f"w/{label}/v"], ref.covariant, dtype, "covariant")
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("label", ["warp", "thread"])
+def test_large_zeta_is_finite_and_equals_cpu(device, label):
+    """2^(1 - zeta) (1 + lambda cos)^zeta is evaluated as 2 ((1 + lambda cos) / 2)^zeta: finite for any zeta,
+    in float32 too (2^(1 - zeta) alone underflows float32 beyond zeta ~150)."""
+    import fastfeat
+
+    res, _ = device
+    k = cases()["feat"]
+    ref = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=spec_big_zeta(),
+                             dtype=np.float64)
+    for key in (f"zeta/{label}/g", f"zeta/{label}/v"):
+        assert np.isfinite(res[key]).all(), key
+    assert np.abs(ref.invariant[:, spec_big_zeta().n_radial:]).max() > 1e-6, "the case must have G4 terms"
+    _close(res[f"zeta/{label}/g"], ref.invariant, np.float32, "invariant")
+    _close(res[f"zeta/{label}/v"], ref.covariant, np.float32, "covariant")
 
 
 def _replay_md_on_cpu(res, prefix, sp, n_steps=None):

@@ -303,3 +303,26 @@ def test_one_shot_grid_halves_bins_in_small_cells_only():
     assert one_shot_grid(pos, cell, pbc, 5.2).search.tolist() == [2, 2, 2]
     pos, cell = lattice(15, 2.1)  # 3375 atoms, 31.5 Å: a gather per bin serves ~25 centres
     assert one_shot_grid(pos, cell, pbc, 5.2).search.tolist() == [1, 1, 1]
+
+
+def test_large_zeta_matches_the_definition_and_stays_finite():
+    """G4/W evaluate 2^(1 - zeta) (1 + lambda cos)^zeta as 2 ((1 + lambda cos) / 2)^zeta: equal to the literal
+    definition where that is representable (zeta 600-1000), finite beyond (apart, the two factors over- and
+    underflow past zeta ~1024 in float64; earlier, NaN columns)."""
+    rng = np.random.default_rng(3)
+    pos, Z, cell = random_structure(rng, 14, species=(1, 8, 6), scale=5.0)
+    big = [(0.1, 600.0, 1.0), (0.05, 1000.0, -1.0), (0.1, 777.5, 1.0)]
+    spec = fastfeat.FeatureSpec(("H", "O", "C"), 4.5, 3.8, radial=[(0.5, 1.0)], angular=big,
+                                covariant=[(0.3, 1.0)], covariant_angular=big[:2])
+    G, V = features_ref(pos, Z, cell, np.array([True, True, True]), spec)
+    assert np.abs(G[:, spec.n_radial:]).max() > 1e-12, "the case must have G4 terms"
+    f = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    np.testing.assert_allclose(f.invariant, G, rtol=1e-9, atol=1e-300)
+    np.testing.assert_allclose(f.covariant, V, rtol=1e-9, atol=1e-300)
+    huge = [(0.1, 1500.0, 1.0), (0.05, 3000.5, -1.0)]
+    spec = fastfeat.FeatureSpec(("H", "O", "C"), 4.5, 3.8, radial=[(0.5, 1.0)], angular=huge,
+                                covariant=[(0.3, 1.0)], covariant_angular=huge)
+    for dtype in (np.float64, np.float32):
+        f = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=dtype)
+        assert np.isfinite(f.invariant).all() and np.isfinite(f.covariant).all()
+        assert (f.invariant >= 0).all() and f.invariant[:, spec.n_radial:].max() <= 2.0 * len(Z) ** 2
