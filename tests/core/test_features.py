@@ -326,3 +326,18 @@ def test_large_zeta_matches_the_definition_and_stays_finite():
         f = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=dtype)
         assert np.isfinite(f.invariant).all() and np.isfinite(f.covariant).all()
         assert (f.invariant >= 0).all() and f.invariant[:, spec.n_radial:].max() <= 2.0 * len(Z) ** 2
+
+
+def test_float32_features_of_far_from_origin_coordinates_keep_their_precision():
+    """Positions stay float64 on the CPU whatever the output dtype: an unwrapped MD frame shifted by 1e4 Å
+    gave 9e-4 relative error in float32 features when the positions were cast first."""
+    rng = np.random.default_rng(5)
+    pos, Z, cell = random_structure(rng, 20, species=(1, 8, 6), scale=6.0)
+    spec = SPECS["angular_covariant"]
+    ref = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    shifted = pos + np.array([1.0e4, -2.0e4, 3.0e4])
+    f = fastfeat.featurize(positions=shifted, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float32)
+    g, v = fastfeat.Featurizer(spec, dtype=np.float32)(shifted, Z, cell, True)
+    for gi, vi in ((f.invariant, f.covariant), (g, v)):
+        np.testing.assert_allclose(gi, ref.invariant, rtol=2e-5, atol=2e-6 * np.abs(ref.invariant).max())
+        np.testing.assert_allclose(vi, ref.covariant, rtol=2e-5, atol=2e-6 * np.abs(ref.covariant).max())
