@@ -31,6 +31,7 @@ from fastfeat import FeatureSpec
 
 __all__ = [
     "MODEL_FORMAT_VERSION",
+    "KNOWN_HEADS",
     "ModelLoadError",
     "ModelInfo",
     "INPUT_NAMES",
@@ -43,6 +44,10 @@ __all__ = [
 
 #: Newest model format this runtime reads.
 MODEL_FORMAT_VERSION = 1
+
+#: Values of ``fastfeat.head`` this runtime knows (fastfeat.train.model.HEADS, what
+#: fastfeat.train.export writes). The key itself may be absent (ModelInfo.head "").
+KNOWN_HEADS = ("projection", "basis")
 
 INPUT_NAMES = ("invariant", "covariant", "species")
 OUTPUT_NAME = "forces"
@@ -69,7 +74,8 @@ class ModelInfo:
     dtype : numpy.dtype
         float32 or float64: dtype of ``invariant``, ``covariant``, ``forces``.
     head, target, version, data_hash : str
-        Head ("projection" | "basis"), learned target (e.g. "forces"; the
+        Head ("projection" | "basis", see :data:`KNOWN_HEADS`; "" when the
+        key is absent), learned target (e.g. "forces"; the
         runtime uses only "forces" models as force fields, see
         ``ForceModel.target``), fastfeat version that wrote it, sha256 of the
         training data.
@@ -101,6 +107,8 @@ def make_metadata(spec, *, head="basis", target="forces", dtype="float32", versi
     dt = np.dtype(dtype)
     if dt not in _ORT_TYPES:
         raise ValueError(f"`dtype` must be float32 or float64, got {dt}")
+    if head not in KNOWN_HEADS:
+        raise ValueError(f"`head` must be one of {list(KNOWN_HEADS)}, got {head!r}")
     return {
         _PREFIX + "format_version": str(MODEL_FORMAT_VERSION),
         _PREFIX + "spec": spec.to_json(),
@@ -152,8 +160,9 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
     ------
     ModelLoadError
         A required key is missing, the format version is newer than this
-        runtime reads, the FeatureSpec cannot be understood, or species/dtype
-        disagree.
+        runtime reads, the FeatureSpec cannot be understood, species/dtype
+        disagree, or ``fastfeat.head`` (optional) is not one of
+        :data:`KNOWN_HEADS`.
     """
     missing = [_PREFIX + k for k in _REQUIRED_KEYS if _PREFIX + k not in meta]
     if missing:
@@ -188,13 +197,18 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
     dtype_name = meta[_PREFIX + "dtype"]
     if dtype_name not in ("float32", "float64"):
         raise ModelLoadError(f"model {path!r}: metadata `fastfeat.dtype` must be 'float32' or 'float64', got {dtype_name!r}")
+    head = meta.get(_PREFIX + "head", "")
+    if _PREFIX + "head" in meta and head not in KNOWN_HEADS:
+        raise ModelLoadError(
+            f"model {path!r}: metadata `fastfeat.head` must be one of {list(KNOWN_HEADS)}, got {head!r}"
+        )
     units = _json_field(meta, "units", path, dict) if _PREFIX + "units" in meta else {}
     validation = _json_field(meta, "validation", path, dict) if _PREFIX + "validation" in meta else {}
     return ModelInfo(
         spec=spec,
         species=species,
         dtype=np.dtype(dtype_name),
-        head=meta.get(_PREFIX + "head", ""),
+        head=head,
         target=meta.get(_PREFIX + "target", "forces"),
         units=units,
         version=meta.get(_PREFIX + "version", ""),

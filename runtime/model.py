@@ -152,7 +152,7 @@ class ForceModel:
             raise it for thousands of atoms on CPU; 0: onnxruntime's default).
             Idle onnxruntime threads do not spin.
         skin : float
-            Verlet skin (Å) of the featurizer's neighbour list.
+            Verlet skin (Å) of the featurizer's neighbour list: a finite number >= 0.
 
         Raises
         ------
@@ -162,6 +162,8 @@ class ForceModel:
             Truncated or non-ONNX file, missing or newer metadata, a FeatureSpec
             this fastfeat does not understand, or inputs/outputs that do not
             match the contract.
+        ValueError
+            ``skin`` is not a finite number >= 0, or ``intra_op_threads`` is not an int >= 0.
         RuntimeError
             ``device="cuda"`` without a usable GPU, CuPy or CUDA execution provider.
         """
@@ -175,8 +177,7 @@ class ForceModel:
             raise ModelLoadError(f"model path {path!r} is a directory, expected an .onnx file")
         if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 0):
             raise ValueError(f"`intra_op_threads` must be an int >= 0 (0: onnxruntime's default), got {intra_op_threads!r}")
-        if not (isinstance(skin, (int, float)) and skin >= 0):
-            raise ValueError(f"`skin` must be a number >= 0 (Å), got {skin!r}")
+        skin = _check_skin(skin)
         if dev == "cuda":
             _check_cuda_runtime()
             providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
@@ -328,22 +329,33 @@ class ForceModel:
         invariant : (N, n_invariant) array
         covariant : (N, n_covariant, 3) array
         species : (N,) int array
-            Index into ``spec.species``.
+            Index into ``spec.species``, each in ``[0, spec.n_species)``.
 
         Returns
         -------
         (N, 3) float64 ndarray
             Forces (eV/Å), on the host.
+
+        Raises
+        ------
+        TypeError
+            ``species`` is not an integer array.
+        ValueError
+            The model does not predict forces, the shapes do not match each
+            other and the spec, or a species index is out of range (naming the
+            first such atom).
         """
         self.require_forces()
-        n = len(species)
+        xp = _cupy() if self.device == "cuda" else np
+        invariant, covariant, species = self._check_features(xp, invariant, covariant, species)
+        n = species.shape[0]
         if n == 0:
             return np.zeros((0, 3))
         if self.device == "cuda":
-            cp = _cupy()
-            g = cp.ascontiguousarray(cp.asarray(invariant, dtype=self.dtype))
-            v = cp.ascontiguousarray(cp.asarray(covariant, dtype=self.dtype))
-            s = cp.ascontiguousarray(cp.asarray(species, dtype=cp.int64))
+            cp = xp
+            g = cp.ascontiguousarray(invariant, dtype=self.dtype)
+            v = cp.ascontiguousarray(covariant, dtype=self.dtype)
+            s = cp.ascontiguousarray(species, dtype=cp.int64)
             f = cp.empty((n, 3), dtype=self.dtype)
             io = self._session.io_binding()
             _bind(io, "cuda", g, v, s, f)
@@ -356,6 +368,54 @@ class ForceModel:
             "species": np.ascontiguousarray(species, dtype=np.int64),
         }
         return self._session.run([OUTPUT_NAME], feeds)[0].astype(np.float64)
+
+    def _check_features(self, xp, invariant, covariant, species):
+        """``invariant, covariant, species`` as ``xp`` arrays, validated against the spec.
+
+        Out-of-range species indices must be caught here: the exported graph
+        routes every atom to the per-element network of its index, so an index
+        outside ``[0, n_species)`` silently gets zero forces.
+        """
+        spec = self.spec
+        s = xp.asarray(species)
+        if s.dtype.kind not in "iu":
+            raise TypeError(f"`species` must be an integer array of indices into the spec's species, got dtype {s.dtype}")
+        if s.ndim != 1:
+            raise ValueError(f"`species` must have shape (N,), got {tuple(s.shape)}")
+        n = s.shape[0]
+        g = xp.asarray(invariant)
+        if tuple(g.shape) != (n, spec.n_invariant):
+            raise ValueError(
+                f"`invariant` must have shape (N, n_invariant) = ({n}, {spec.n_invariant}) to match `species` "
+                f"({n} atoms) and the spec, got {tuple(g.shape)}"
+            )
+        v = xp.asarray(covariant)
+        if tuple(v.shape) != (n, spec.n_covariant, 3):
+            raise ValueError(
+                f"`covariant` must have shape (N, n_covariant, 3) = ({n}, {spec.n_covariant}, 3) to match "
+                f"`species` ({n} atoms) and the spec, got {tuple(v.shape)}"
+            )
+        n_species = spec.n_species
+        if n and (int(s.min()) < 0 or int(s.max()) >= n_species):
+            bad = int(xp.flatnonzero((s < 0) | (s >= n_species))[0])
+            raise ValueError(
+                f"`species` holds {int(s[bad])} at atom {bad}, which is not an index into the spec's species "
+                f"{list(spec.species)} (valid: 0 to {n_species - 1})"
+            )
+        return g, v, s
+
+
+def _check_skin(skin) -> float:
+    """``skin`` as a float; ValueError unless it is a finite number >= 0 (Å)."""
+    value = None
+    if not isinstance(skin, (bool, np.bool_)) and isinstance(skin, (int, float, np.floating, np.integer)):
+        try:
+            value = float(skin)
+        except OverflowError:  # a Python int beyond float range
+            value = None
+    if value is None or not np.isfinite(value) or value < 0:
+        raise ValueError(f"`skin` must be a finite number >= 0 (Å), got {skin!r}")
+    return value
 
 
 #: serialises featurizer calls when Numba runs its "workqueue" threading layer, which aborts

@@ -41,6 +41,29 @@ def test_cuda_forces_match_cpu(model_path, model64_path, dtype):
         np.testing.assert_allclose(b, a, rtol=tol, atol=tol * np.abs(a).max())
 
 
+def test_cuda_forces_from_features_validates_inputs(model_path):
+    import cupy as cp
+
+    import fastfeat
+
+    cpu, gpu = ForceModel.load(model_path), ForceModel.load(model_path, device="cuda")
+    atoms = random_water_box(seed=7)
+    feats = fastfeat.featurize(atoms, cpu.spec, dtype=cpu.dtype)
+    g, v, s = np.asarray(feats.invariant), np.asarray(feats.covariant), np.asarray(feats.species)
+    f_cpu = cpu.forces_from_features(g, v, s)
+    for xp in (np, cp):  # host or device arrays
+        np.testing.assert_allclose(gpu.forces_from_features(xp.asarray(g), xp.asarray(v), xp.asarray(s)), f_cpu,
+                                   rtol=1e-4, atol=1e-5 * np.abs(f_cpu).max())
+        with pytest.raises(ValueError, match="`species` holds 7 at atom 0, which is not an index"):
+            gpu.forces_from_features(xp.asarray(g), xp.asarray(v), xp.asarray(s + 6))
+        with pytest.raises(ValueError, match="`species` holds -1 at atom 3"):
+            gpu.forces_from_features(xp.asarray(g), xp.asarray(v), xp.asarray(np.where(np.arange(len(s)) == 3, -1, s)))
+        with pytest.raises(ValueError, match="`covariant` must have shape"):
+            gpu.forces_from_features(xp.asarray(g), xp.asarray(v[:-1]), xp.asarray(s))
+        with pytest.raises(TypeError, match="`species` must be an integer array"):
+            gpu.forces_from_features(xp.asarray(g), xp.asarray(v), xp.asarray(s, dtype=np.float32))
+
+
 def test_cuda_evaluator_keeps_arrays_on_device(model_path):
     import cupy as cp
 

@@ -105,6 +105,74 @@ def test_signature_mismatch(spec, tmp_path, kwargs, message):
         ForceModel.load(path)
 
 
+@pytest.mark.parametrize("head", ["magic", "", "Basis", "energy"])
+def test_unknown_head_is_refused(model_path, tmp_path, head):
+    from _models import with_metadata
+
+    path = with_metadata(model_path, tmp_path / "m.onnx", head=head)
+    with pytest.raises(ModelLoadError, match=(
+            rf"metadata `fastfeat.head` must be one of \['projection', 'basis'\], got {head!r}")):
+        ForceModel.load(path)
+
+
+@pytest.mark.parametrize("head", ["projection", "basis"])
+def test_known_heads_load_and_a_missing_head_key_is_allowed(model_path, spec, tmp_path, head):
+    from _models import with_metadata
+
+    assert ForceModel.load(with_metadata(model_path, tmp_path / "m.onnx", head=head)).info.head == head
+    old = ForceModel.load(make_basis_model(tmp_path / "old.onnx", spec, drop_metadata=["fastfeat.head"]))
+    assert old.info.head == ""
+
+
+def test_make_metadata_refuses_an_unknown_head(spec):
+    from fastfeat.runtime._onnx_meta import make_metadata
+
+    with pytest.raises(ValueError, match=r"`head` must be one of \['projection', 'basis'\], got 'magic'"):
+        make_metadata(spec, head="magic")
+
+
+def test_known_heads_are_the_trainers_heads():
+    """KNOWN_HEADS mirrors the trainer's HEADS, read from fastfeat.train's sources (a literal
+    top-level ``HEADS = (...)`` in any of its modules): the runtime tests never import torch."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    from fastfeat.runtime._onnx_meta import KNOWN_HEADS
+
+    train_dir = Path(importlib.util.find_spec("fastfeat.train").origin).parent
+    heads = []
+    for source in sorted(train_dir.glob("*.py")):
+        for node in ast.parse(source.read_text(encoding="utf-8")).body:
+            if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "HEADS" for t in node.targets)
+                    and isinstance(node.value, (ast.Tuple, ast.List))):
+                heads.append((source.name, tuple(ast.literal_eval(node.value))))
+    assert heads, f"no literal `HEADS = (...)` found in {train_dir}"
+    assert all(h == KNOWN_HEADS for _, h in heads), heads
+
+
+@pytest.mark.parametrize("skin", [float("inf"), float("nan"), -0.5, -1, True, False, np.bool_(True), "1.0", None, 10 ** 400])
+def test_bad_skin_is_refused_at_load(model_path, skin):
+    with pytest.raises(ValueError, match=r"`skin` must be a finite number >= 0 \(Å\), got "):
+        ForceModel.load(model_path, skin=skin)
+
+
+@pytest.mark.parametrize("skin", [0, 0.0, 2, 0.25, np.float32(0.5), np.int64(1)])
+def test_good_skin_is_accepted(model_path, water, skin):
+    m = ForceModel.load(model_path, skin=skin)
+    assert m.skin == float(skin) and type(m.skin) is float
+    assert m.forces(water).shape == (len(water), 3)
+
+
+def test_pretrained_refuses_a_bad_skin():
+    from fastfeat.runtime import pretrained_names
+
+    if "peo" not in pretrained_names():
+        pytest.skip("bundled model 'peo' not present")
+    with pytest.raises(ValueError, match=r"`skin` must be a finite number >= 0 \(Å\), got inf"):
+        ForceModel.pretrained("peo", skin=float("inf"))
+
+
 def test_pretrained_unknown_name_lists_available():
     with pytest.raises(ValueError, match=r"no bundled model named 'nope'; available: \["):
         ForceModel.pretrained("nope")
@@ -354,3 +422,63 @@ def test_forces_argument_types(model, water):
     with pytest.raises(TypeError, match="`atoms_list` must be a sequence of ase.Atoms, got int"):
         model.forces_batch(3)
     assert model.forces_batch(()) == []
+
+
+# ------------------------------------------------------- forces_from_features
+@pytest.fixture
+def water_feats(model, water):
+    feats = fastfeat.featurize(water, model.spec, dtype=model.dtype)
+    return np.asarray(feats.invariant), np.asarray(feats.covariant), np.asarray(feats.species)
+
+
+@pytest.mark.parametrize("change, atom, value", [
+    (lambda s: s + 5, 0, 5 + 1),          # water's first atom is O (index 1)
+    (lambda s: np.where(np.arange(len(s)) == 4, -1, s), 4, -1),
+    (lambda s: np.where(np.arange(len(s)) == 7, 2, s), 7, 2),   # == n_species
+    (lambda s: s.astype(np.uint8) + np.uint8(200), 0, 201),
+])
+def test_forces_from_features_refuses_out_of_range_species(model, water_feats, change, atom, value):
+    g, v, s = water_feats
+    assert s[0] == 1
+    with pytest.raises(ValueError, match=(rf"`species` holds {value} at atom {atom}, which is not an index into "
+                                          r"the spec's species \['H', 'O'\] \(valid: 0 to 1\)")):
+        model.forces_from_features(g, v, change(s))
+
+
+@pytest.mark.parametrize("which, cut, message", [
+    ("species", np.s_[:-1], r"`invariant` must have shape \(N, n_invariant\) = \(23, 14\) to match `species` "
+                            r"\(23 atoms\) and the spec, got \(24, 14\)"),
+    ("invariant", np.s_[:-1], r"`invariant` must have shape .* = \(24, 14\) .*got \(23, 14\)"),
+    ("invariant", np.s_[:, :-1], r"`invariant` must have shape .* = \(24, 14\) .*got \(24, 13\)"),
+    ("covariant", np.s_[:-1], r"`covariant` must have shape \(N, n_covariant, 3\) = \(24, 6, 3\) .*got \(23, 6, 3\)"),
+    ("covariant", np.s_[:, :-1], r"`covariant` must have shape .* = \(24, 6, 3\) .*got \(24, 5, 3\)"),
+    ("covariant", np.s_[..., :2], r"`covariant` must have shape .* = \(24, 6, 3\) .*got \(24, 6, 2\)"),
+])
+def test_forces_from_features_refuses_mismatched_shapes(model, water_feats, which, cut, message):
+    feats = dict(zip(("invariant", "covariant", "species"), water_feats))
+    feats[which] = feats[which][cut]
+    with pytest.raises(ValueError, match=message):
+        model.forces_from_features(**feats)
+
+
+def test_forces_from_features_refuses_bad_species_dtype_and_rank(model, water_feats):
+    g, v, s = water_feats
+    with pytest.raises(TypeError, match="`species` must be an integer array .*got dtype float64"):
+        model.forces_from_features(g, v, s.astype(np.float64))
+    with pytest.raises(TypeError, match="got dtype bool"):
+        model.forces_from_features(g, v, s.astype(bool))
+    with pytest.raises(ValueError, match=r"`species` must have shape \(N,\), got \(24, 1\)"):
+        model.forces_from_features(g, v, s[:, None])
+    with pytest.raises(ValueError, match=r"`species` must have shape \(N,\), got \(\)"):
+        model.forces_from_features(g, v, 1)
+
+
+def test_forces_from_features_valid_inputs(model, water, water_feats):
+    g, v, s = water_feats
+    f = model.forces_from_features(g, v, s)
+    np.testing.assert_allclose(f, model.forces(water), rtol=1e-4, atol=1e-5 * np.abs(f).max())
+    for species in (s.astype(np.int64), s.astype(np.uint8), s.tolist()):
+        np.testing.assert_array_equal(model.forces_from_features(g, v, species), f)
+    np.testing.assert_array_equal(model.forces_from_features(g.tolist(), v.tolist(), s), f)
+    empty = model.forces_from_features(g[:0], v[:0], s[:0])
+    assert empty.shape == (0, 3)
