@@ -79,11 +79,15 @@ def check_positions(positions, dtype=None, name="positions"):
     out_dtype = positions.dtype if dtype is None else dtype
     if out_dtype not in (np.float32, np.float64):
         out_dtype = np.float64
-    positions = np.ascontiguousarray(positions, dtype=out_dtype)
-    if positions.size and not np.isfinite(positions).all():
+    if positions.size and not np.isfinite(positions).all():  # on the input, so the message is dtype-independent
         bad = int(np.argwhere(~np.isfinite(positions))[0, 0])
         raise ValueError(f"`{name}` must be finite, got {positions[bad].tolist()} (NaN or inf) for atom {bad}")
-    return positions
+    with np.errstate(over="ignore"):  # reported below
+        out = np.ascontiguousarray(positions, dtype=out_dtype)
+    if out.dtype != positions.dtype and out.size and not np.isfinite(out).all():
+        bad = int(np.argwhere(~np.isfinite(out))[0, 0])
+        raise ValueError(f"`{name}` of atom {bad}, {positions[bad].tolist()}, overflows {out.dtype}")
+    return out
 
 
 def check_pbc(pbc):

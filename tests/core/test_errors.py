@@ -137,3 +137,11 @@ def test_pair_list_larger_than_memory_is_a_memory_error(monkeypatch):
     monkeypatch.setattr(_device, "available_host_memory", lambda: 10)
     with pytest.raises(MemoryError, match="the neighbour list .* needs .* GiB"):
         fastfeat.neighbor_list(POS, CELL, True, 3.0)
+
+
+def test_positions_overflowing_the_compute_dtype_are_refused():
+    from fastfeat._validation import check_positions
+
+    with pytest.raises(ValueError, match=r"`positions` of atom 1, \[0.0, 0.0, 1e\+39\], overflows float32"):
+        check_positions(np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1e39]]), dtype=np.float32)
+    assert check_positions(np.array([[0.0, 0.0, 1e39]]), dtype=np.float64).dtype == np.float64
