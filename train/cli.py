@@ -16,11 +16,17 @@ similarity of an exported model (file or bundled name) on a data set.
 Output paths (``--out``, ``--checkpoint``, ``--history``, ``--plot``) are
 checked before any data is read: a missing folder or an unwritable path is an
 error naming the argument (exit 2), as in ``fastfeat md``; nothing is created.
+
+``fastfeat train`` needs the ``[train]`` extra (PyTorch, onnx; tomli on Python
+3.10): without it the command says so in one line and exits 2. ``fastfeat
+evaluate`` runs on a base install (onnxruntime); only ``--plot`` needs
+matplotlib.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -29,10 +35,26 @@ import time
 import numpy as np
 
 __all__ = ["train_main", "evaluate_main", "run_training", "prepare_features", "train_and_export", "evaluate",
-           "check_writable", "check_outputs", "data_split"]
+           "check_writable", "check_outputs", "data_split", "missing_train_dependency"]
 
 #: splits of a bundled data set that ``fastfeat evaluate`` takes (``--split`` or ``DATA`` as ``NAME:SPLIT``)
 EVAL_SPLITS = ("train", "val", "test")
+
+#: what ``fastfeat train`` imports from the ``[train]`` extra: (module, name in the message)
+TRAIN_DEPENDENCIES = (("torch", "PyTorch"), ("onnx", "onnx"))
+if sys.version_info < (3, 11):
+    TRAIN_DEPENDENCIES += (("tomli", "tomli"),)
+INSTALL_TRAIN = 'pip install "fastfeat[train]" (see README)'
+
+
+def missing_train_dependency():
+    """None, or the one-line message naming the first ``[train]`` dependency that cannot be imported."""
+    for module, name in TRAIN_DEPENDENCIES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return f"training needs {name}: {INSTALL_TRAIN}"
+    return None
 
 
 def check_writable(path, what="output"):
@@ -254,9 +276,13 @@ def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=Fals
 
 def train_main(argv) -> int:
     """``fastfeat train`` entry point."""
+    args = _train_parser().parse_args(argv)
+    missing = missing_train_dependency()
+    if missing:
+        print(f"fastfeat train: error: {missing}", file=sys.stderr)
+        return 2
     from .config import load_config
 
-    args = _train_parser().parse_args(argv)
     try:
         overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "batch_size", "lr", "seed", "threads",
                                                    "time_limit", "dtype", "export_dtype", "cache_dir")}
@@ -334,12 +360,15 @@ def evaluate(model, data, split=None, target=None):
 
 
 def _check_plot_format(path):
-    """ValueError when matplotlib cannot write the file type of ``path`` (no suffix: PNG)."""
+    """ValueError when matplotlib is missing or cannot write the file type of ``path`` (no suffix: PNG)."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ValueError(f"`--plot` needs matplotlib: {INSTALL_TRAIN}") from None
+
     suffix = os.path.splitext(os.fspath(path))[1][1:].lower()
     if not suffix:
         return
-    from matplotlib.backend_bases import FigureCanvasBase
-
     types = FigureCanvasBase.get_supported_filetypes()
     if suffix not in types:
         raise ValueError(f"`--plot` {os.fspath(path)!r}: cannot write .{suffix} files; use one of "

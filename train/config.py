@@ -1,10 +1,13 @@
 """Training configuration: defaults, TOML loading, validation.
 
 A config file is TOML with top-level keys named like the fields of
-:class:`TrainConfig` and an optional ``[spec]`` table (the keys of
-:meth:`fastfeat.FeatureSpec.to_dict`; ``species`` may be left out, it then
-comes from the data). Unknown keys are an error that names the key and lists
-the valid ones::
+:class:`TrainConfig` and an optional ``[spec]`` table: a complete FeatureSpec
+(the keys of :meth:`fastfeat.FeatureSpec.to_dict`: ``cutoff``,
+``angular_cutoff``, ``radial``, ``angular``, ``covariant``, optional
+``covariant_angular``; ``species`` may be left out, it then comes from the
+data). The table replaces ``spec_preset``, it is not merged with it. Unknown
+keys are an error that names the key and lists the valid ones; the config,
+``[spec]`` included, is checked before any data is read::
 
     head = "projection"
     hidden = [64, 64]
@@ -20,18 +23,27 @@ the valid ones::
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-import tomllib
 from dataclasses import dataclass, field
 
-from fastfeat._spec import SPEC_PRESETS
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (a dependency of the [train] extra there)
+    import tomli as tomllib
 
-from .model import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS, INPUT_CLIP
+from fastfeat._spec import SPEC_PRESETS, FeatureSpec
 
-__all__ = ["TrainConfig", "load_config", "SCHEDULES", "DTYPES"]
+# not from .model: reading a config must not need torch
+from ._defaults import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS, INPUT_CLIP
+
+__all__ = ["TrainConfig", "load_config", "SCHEDULES", "DTYPES", "SPEC_REQUIRED", "SPEC_OPTIONAL"]
 
 SCHEDULES = ("cosine", "plateau", "constant")
 DTYPES = ("float32", "float64")
+#: keys of the ``[spec]`` table: it is a complete FeatureSpec (not merged with ``spec_preset``)
+SPEC_REQUIRED = ("cutoff", "angular_cutoff", "radial", "angular", "covariant")
+SPEC_OPTIONAL = ("covariant_angular", "species")
 
 
 @dataclass
@@ -90,7 +102,9 @@ class TrainConfig:
     spec_preset : {"default", "dense", "angular", "angular-short", "ani1x"}
         FeatureSpec.default preset used when no [spec] is given.
     spec : dict
-        FeatureSpec fields (optional ``species``).
+        A complete FeatureSpec, replacing ``spec_preset`` (not merged with it): ``cutoff``,
+        ``angular_cutoff``, ``radial``, ``angular``, ``covariant``, optional ``covariant_angular``
+        and ``species`` (default: the species of the data). Empty = use ``spec_preset``.
     """
 
     head: str = "projection"
@@ -145,6 +159,12 @@ class TrainConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise TypeError(f"config `{key}` must be a number, got {type(v).__name__} {v!r}")
+            try:
+                finite = math.isfinite(v)
+            except OverflowError:  # an int beyond the float range
+                finite = False
+            if not finite:
+                raise ValueError(f"config `{key}` must be a finite number, got {v!r}")
             setattr(self, key, float(v))
         if not isinstance(self.gram, bool):
             raise TypeError(f"config `gram` must be true or false, got {type(self.gram).__name__} {self.gram!r}")
@@ -181,11 +201,28 @@ class TrainConfig:
         need(self.target != "", "target", "a non-empty key")
         if not isinstance(self.spec, dict):
             raise TypeError(f"config `spec` must be a table of FeatureSpec fields, got {type(self.spec).__name__}")
-        spec_keys = {"species", "cutoff", "angular_cutoff", "radial", "angular", "covariant", "covariant_angular"}
+        self._validate_spec()
+        return self
+
+    def _validate_spec(self):
+        """The ``[spec]`` table is empty (use ``spec_preset``) or a complete, valid FeatureSpec."""
+        spec_keys = set(SPEC_REQUIRED) | set(SPEC_OPTIONAL)
         unknown = sorted(set(self.spec) - spec_keys)
         if unknown:
             raise ValueError(f"unknown config key `spec.{unknown[0]}`; valid keys of [spec]: {sorted(spec_keys)}")
-        return self
+        if not self.spec:
+            return
+        missing = [k for k in SPEC_REQUIRED if k not in self.spec]
+        if missing:
+            raise ValueError(
+                f"config [spec] is missing {', '.join(f'`spec.{k}`' for k in missing)}: the [spec] table is a "
+                f"complete FeatureSpec that replaces `spec_preset` (it is not merged with the preset); it needs "
+                f"{', '.join(SPEC_REQUIRED)} (optional: {', '.join(SPEC_OPTIONAL)}), got {', '.join(self.spec)}")
+        # the values, before any data is read; without `species` (it comes from the data) a placeholder one
+        try:
+            FeatureSpec(**{"species": ("H",), **self.spec})
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"config [spec]: {exc}") from None
 
     def replace(self, **changes) -> "TrainConfig":
         """A copy with ``changes`` (``None`` values are ignored), validated."""

@@ -46,16 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
+# the heads, activations, default regularisation of the projection head (EPS_REL, EPS_ABS, see the module
+# docstring) and soft input clip (INPUT_CLIP, z -> c·tanh(z/c), see StaggeredNetwork) live in a torch-free
+# module, so that reading a config does not need torch
+from ._defaults import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS, INPUT_CLIP
+
 __all__ = ["StaggeredNetwork", "solve3_adjugate", "projection_force", "basis_force", "HEADS", "ACTIVATIONS"]
 
-HEADS = ("projection", "basis")
-ACTIVATIONS = ("silu", "tanh")
-
-#: default regularisation of the projection head (see module docstring)
-EPS_REL = 1e-1
-EPS_ABS = 1e-6
-#: soft clip of standardised inputs, z -> c·tanh(z/c) (see StaggeredNetwork)
-INPUT_CLIP = 5.0
 #: Relative floor of RMS|V_k| in the basis head's output scale (see ``set_statistics``).
 BASIS_V_FLOOR = 0.1
 

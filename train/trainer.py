@@ -26,7 +26,7 @@ from .config import TrainConfig
 from .data import FeatureSet, atom_rows
 from .model import StaggeredNetwork
 
-__all__ = ["train_model", "predict", "Distributed", "TrainResult"]
+__all__ = ["train_model", "check_features", "predict", "Distributed", "TrainResult"]
 
 
 class Distributed:
@@ -181,6 +181,30 @@ def _save(path, state):
     os.replace(tmp, path)
 
 
+def check_features(fs: FeatureSet, spec, what="features"):
+    """ValueError when ``fs`` was not made with ``spec``: feature widths or species indices differ."""
+    n = fs.n_atoms
+    g, v, s = np.asarray(fs.invariant), np.asarray(fs.covariant), np.asarray(fs.species)
+    if g.ndim != 2 or len(g) != n:
+        raise ValueError(f"{what}: invariant features must have shape ({n}, {spec.n_invariant}), got {g.shape}")
+    if v.ndim != 3 or len(v) != n or v.shape[2] != 3:
+        raise ValueError(f"{what}: covariant features must have shape ({n}, {spec.n_covariant}, 3), got {v.shape}")
+    if s.shape != (n,) or np.shape(fs.target) != (n, 3):
+        raise ValueError(f"{what}: species and target must have shapes ({n},) and ({n}, 3), got {s.shape} and "
+                         f"{np.shape(fs.target)}")
+    hint = "featurize with this spec"
+    if g.shape[1] != spec.n_invariant:
+        raise ValueError(f"{what}: features have {g.shape[1]} invariants per atom, the spec expects "
+                         f"{spec.n_invariant}; {hint}")
+    if v.shape[1] != spec.n_covariant:
+        raise ValueError(f"{what}: features have {v.shape[1]} covariant vectors, the spec expects "
+                         f"{spec.n_covariant}; {hint}")
+    if n and (s.min() < 0 or s.max() >= spec.n_species):
+        bad = int(s[(s < 0) | (s >= spec.n_species)][0])
+        raise ValueError(f"{what}: species index {bad} is out of range for the spec's {spec.n_species} species "
+                         f"{list(spec.species)} (indices 0..{spec.n_species - 1}); {hint}")
+
+
 def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, checkpoint=None, resume=False,
                 data_sha="", log=None, dist_ctx=None) -> TrainResult:
     """Train a :class:`StaggeredNetwork` on precomputed features.
@@ -190,6 +214,8 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
     train, val : FeatureSet
         Training and validation structures (features + targets).
     spec : fastfeat.FeatureSpec
+        The spec the features were made with: other feature widths or species indices out of its
+        range are a ValueError naming both numbers (:func:`check_features`).
     cfg : TrainConfig
     checkpoint : str, optional
         Written after every epoch (main rank): model, optimiser, scheduler,
@@ -221,6 +247,8 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
         raise ValueError("the training set is empty (no structures/atoms)")
     if val.n_structures == 0 or val.n_atoms == 0:
         raise ValueError("the validation set is empty (no structures/atoms)")
+    check_features(train, spec, "training set")
+    check_features(val, spec, "validation set")
     dctx = dist_ctx or Distributed()
     if log is None:
         def log(msg):

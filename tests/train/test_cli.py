@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import ase.io
 import numpy as np
@@ -335,3 +336,37 @@ def test_example_config_is_the_bundled_models_config():
     if not os.path.exists(path):
         pytest.skip("examples/ is not part of an installed package")
     assert load_config(path, threads=1) == bundled_config("basis")
+
+
+def test_train_without_torch_is_a_one_line_error(trained, workdir, tmp_path):
+    """A base install (`pip install -e .`) has no torch, onnx or matplotlib: `fastfeat train` says what to
+    install (one line, exit 2), `fastfeat evaluate` runs on onnxruntime alone, its `--plot` names matplotlib.
+    A subprocess, so that blocking the imports cannot affect other tests."""
+    code = textwrap.dedent(f"""
+        import sys
+        for name in ("torch", "onnx", "matplotlib"):
+            sys.modules[name] = None  # import fails as when not installed
+        from fastfeat.cli import main
+        train = ["train", "--data", {str(workdir / "syn.extxyz")!r}, "--out", {str(tmp_path / "m.onnx")!r}]
+        print("train", main(train), flush=True)
+        print("evaluate", main(["evaluate", {str(trained)!r}, {str(workdir / "syn.extxyz")!r}, "--json"]), flush=True)
+        print("plot", main(["evaluate", {str(trained)!r}, {str(workdir / "syn.extxyz")!r}, "--plot",
+                            {str(tmp_path / "p.png")!r}]), flush=True)
+        assert all(sys.modules[name] is None for name in ("torch", "onnx", "matplotlib"))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "train 2\n" in r.stdout and "evaluate 0\n" in r.stdout and "plot 2\n" in r.stdout, r.stdout
+    assert '"rel_rmse"' in r.stdout
+    assert r.stderr.splitlines() == [
+        'fastfeat train: error: training needs PyTorch: pip install "fastfeat[train]" (see README)',
+        'fastfeat evaluate: error: `--plot` needs matplotlib: pip install "fastfeat[train]" (see README)',
+    ], r.stderr
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_train_names_a_missing_onnx(workdir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert cli(["train", "--data", str(workdir / "syn.extxyz"), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert capsys.readouterr().err == ('fastfeat train: error: training needs onnx: pip install "fastfeat[train]" '
+                                       '(see README)\n')

@@ -407,3 +407,31 @@ def test_data_usage_marks_optional_options(capsys):
                 "[--time-limit SECONDS]"):
         assert opt in out, out
     assert "generate NAME --out FILE" in out
+
+
+def test_read_explicit_energy_key_must_exist(tmp_path):
+    """A misspelt `energy_key` is an error naming the key and the file; the default "energy" stays optional."""
+    path = tmp_path / "mine.extxyz"
+    frames = []
+    for a, f, e in _frames():
+        a = a.copy()
+        a.arrays["REF_forces"] = f
+        a.info["REF_energy"] = e
+        frames.append(a)
+    write(path, frames, format="extxyz")
+    for kw in ({}, {"index": 1}):
+        with pytest.raises(ValueError) as err:
+            datasets.read(path, forces_key="REF_forces", energy_key="REF_energi", **kw)
+        msg = str(err.value)
+        assert "`energy_key` 'REF_energi'" in msg and "mine.extxyz" in msg and "REF_energy" in msg, msg
+    # default key: optional, frames simply carry no energy
+    got = datasets.read(path, forces_key="REF_forces")
+    assert len(got) == 3 and all("energy" not in a.calc.results for a in got)
+    # an explicit key found in only some frames is fine
+    frames[0].info.pop("REF_energy")
+    write(path, frames, format="extxyz")
+    got = datasets.read(path, forces_key="REF_forces", energy_key="REF_energy")
+    assert "energy" not in got[0].calc.results
+    assert got[1].get_potential_energy() == pytest.approx(frames[1].info["REF_energy"])
+    with pytest.raises(TypeError, match="`energy_key`"):
+        datasets.read(path, forces_key="REF_forces", energy_key=1)

@@ -181,6 +181,29 @@ def test_empty_sets_are_refused(data):
         train_model(tr.subset([]), va, spec, TrainConfig(epochs=1), log=_quiet)
 
 
+def test_features_of_another_spec_are_refused():
+    """Features made with one spec, trained with another (default vs dense preset): a clear error up front,
+    not an index error deep in torch."""
+    import fastfeat
+
+    species = ("H", "O", "C")
+    made, other = fastfeat.FeatureSpec.default(species), fastfeat.FeatureSpec.default(species, preset="dense")
+    rng = np.random.default_rng(1)
+    tr, va = random_features(made, 4, rng), random_features(made, 2, rng)
+    cfg = TrainConfig(epochs=1, hidden=[4], threads=1)
+    with pytest.raises(ValueError, match=r"training set: features have 24 covariant vectors, the spec expects 48; "
+                                         r"featurize with this spec"):
+        train_model(tr, va, other, cfg, log=_quiet)
+    with pytest.raises(ValueError, match=r"features have \d+ invariants per atom, the spec expects \d+"):
+        train_model(tr, va, fastfeat.FeatureSpec.default(species[:2]), cfg, log=_quiet)
+    with pytest.raises(ValueError, match=r"validation set: features have 48 covariant vectors, the spec expects 24"):
+        train_model(tr, random_features(other, 2, rng), made, cfg, log=_quiet)
+    bad = va.subset(range(va.n_structures))
+    bad.species[0] = 3
+    with pytest.raises(ValueError, match=r"validation set: species index 3 is out of range for the spec's 3 species"):
+        train_model(tr, bad, made, cfg, log=_quiet)
+
+
 # ---------------------------------------------------------------------- config
 def test_config_toml(tmp_path):
     p = tmp_path / "c.toml"

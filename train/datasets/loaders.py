@@ -63,7 +63,7 @@ def _read_any(path: str, index, format, what="structure file"):
     return read_structures(path, index=index, format=format, what=what)
 
 
-def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":", format=None,
+def read(path, forces_key: str = "forces", energy_key: str | None = None, index=":", format=None,
          what: str = "structure file") -> list:
     """Read frames with reference forces from extxyz or any format ``ase.io`` reads.
 
@@ -74,8 +74,10 @@ def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":"
     forces_key : str
         Where the forces (eV/Å) are: a per-atom array (``atoms.arrays[forces_key]``, e.g. an
         extxyz column) or a calculator result (``"forces"``, as ASE's readers attach them).
-    energy_key : str
-        Where the energy (eV) is: ``atoms.info[energy_key]`` or a calculator result; optional.
+    energy_key : str, optional
+        Where the energy (eV) is: ``atoms.info[energy_key]`` or a calculator result. By default
+        ``"energy"``, and frames without it simply carry no energy; a key given explicitly must be
+        found in at least one frame (so a misspelt key is an error, not silently no energies).
     index : str or int or slice
         Frames to read (``ase.io.read`` syntax); ``":"`` reads all.
     format : str, optional
@@ -94,9 +96,15 @@ def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":"
     ValueError
         ``path`` does not exist, is a folder, is empty or ASE cannot read it; the file has no
         frames; a frame lacks ``forces_key`` (the key, file and frame are named); forces of the
-        wrong shape or not finite (the frame is named).
+        wrong shape or not finite (the frame is named); an explicit ``energy_key`` is in no frame
+        (the key and file are named).
     """
     path = os.fspath(path)
+    energy_required = energy_key is not None
+    if energy_key is None:
+        energy_key = "energy"
+    elif not isinstance(energy_key, str):
+        raise TypeError(f"`energy_key` must be a str or None, got {type(energy_key).__name__} {energy_key!r}")
     if not os.path.exists(path):
         raise ValueError(f"`path` must be an existing file, got {path!r}")
     frames = _read_any(path, index, format, what)
@@ -135,6 +143,13 @@ def read(path, forces_key: str = "forces", energy_key: str = "energy", index=":"
         clean.arrays.pop(forces_key, None)
         clean.info.pop(energy_key, None)
         out.append(_single_point(clean, energy, forces_nc))
+    if energy_required and all(atoms.calc.results.get("energy") is None for atoms in out):
+        first = frames[0]
+        results = first.calc.results if first.calc is not None else {}
+        keys = sorted(set(first.info) | (set(results) - {"forces"}))
+        where = "any frame" if len(frames) > 1 else f"frame {offset}"
+        raise ValueError(f"`energy_key` {energy_key!r} not found in {where} of {path!r} "
+                         f"(atoms.info keys and calculator results of frame {offset}: {keys})")
     return out
 
 
