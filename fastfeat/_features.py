@@ -177,7 +177,11 @@ class Features:
         return int(self.offsets[-1])
 
     def structure(self, s):
-        """Features of structure `s` of a batch (views)."""
+        """Features of structure `s` of a batch (views); negative `s` counts from the end."""
+        n = len(self.offsets) - 1
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not -n <= s < n:
+            raise IndexError(f"structure index {s!r} out of range for a batch of {n} structures")
+        s = int(s) % n
         a, b = int(self.offsets[s]), int(self.offsets[s + 1])
         return Features(self.invariant[a:b], self.covariant[a:b], self.species[a:b], np.array([0, b - a]))
 

@@ -244,8 +244,8 @@ class FeatureSpec:
         if not isinstance(data, dict):
             raise TypeError(f"FeatureSpec data must be a dict, got {type(data).__name__}")
         version = data.get("format_version")
-        if not isinstance(version, int):
-            raise ValueError(f"FeatureSpec JSON needs an integer `format_version`, got {version!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"FeatureSpec JSON needs an integer `format_version` >= 1, got {version!r}")
         if version > SPEC_FORMAT_VERSION:
             raise ValueError(
                 f"FeatureSpec `format_version` {version} is newer than this fastfeat understands "
@@ -286,8 +286,8 @@ class FeatureSpec:
         16 V per species, r_s = 0.8 … 4.6 Å, eta = 1/(2 Δr_s²) ≈ 7.8 Å⁻². The
         force heads resolve bond-length differences through these radial
         shells; on the bundled data sets this grid lowers the test force error
-        of the basis head by 10-45 % (README, "Bundled models"). The bundled
-        models use it.
+        of the basis head by 10-45 % (README, "Bundled models"). The
+        ``"angular"`` presets (the bundled models' features) build on it.
 
         ``preset="angular"``: ``"dense"`` with angular covariant vectors W,
         eta in {0.02, 0.3} Å⁻², zeta in {1, 4}, lambda = ±1 (8 per species pair,

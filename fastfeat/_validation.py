@@ -174,9 +174,11 @@ def species_index(numbers, table, n_atoms, species_names):
         raise ValueError(f"`numbers` must have shape ({n_atoms},) to match `positions`, got {numbers.shape}")
     if n_atoms == 0:
         return np.zeros(0, dtype=np.int32)
-    if numbers.min() < 0 or numbers.max() >= len(table):
-        bad = int(np.flatnonzero((numbers < 0) | (numbers >= len(table)))[0])
-        raise ValueError(f"`numbers` holds {int(numbers[bad])} at atom {bad}, which is not an atomic number")
+    z_max = min(len(table), len(SYMBOLS)) - 1  # 118 (Og)
+    if numbers.min() < 1 or numbers.max() > z_max:
+        bad = int(np.flatnonzero((numbers < 1) | (numbers > z_max))[0])
+        raise ValueError(f"`numbers` holds {int(numbers[bad])} at atom {bad}, which is not an atomic number "
+                         f"(1 to {z_max})")
     idx = table[numbers]
     if (idx < 0).any():
         bad = int(np.flatnonzero(idx < 0)[0])

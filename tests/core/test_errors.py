@@ -41,6 +41,8 @@ def feat(**kw):
         (dict(numbers=np.array([8, 1])), ValueError, r"`numbers` must have shape \(3,\)"),
         (dict(numbers=np.array([8.0, 1.0, 1.0])), TypeError, "`numbers` must be an integer array"),
         (dict(numbers=np.array([8, 1, 500])), ValueError, "not an atomic number"),
+        (dict(numbers=np.array([8, 0, 1])), ValueError, r"holds 0 at atom 1, which is not an atomic number \(1 to 118\)"),
+        (dict(numbers=np.array([8, 1, 119])), ValueError, "holds 119 at atom 2, which is not an atomic number"),
         (dict(positions=np.array([[0.0, 0, 0], [1.0, 0, 0], [1.0, 0, 0]])), ValueError,
          "atoms 1 and 2 are at the same position"),
         (dict(device="tpu"), ValueError, "`device` must be 'cpu' or 'cuda', got 'tpu'"),

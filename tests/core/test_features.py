@@ -341,3 +341,14 @@ def test_float32_features_of_far_from_origin_coordinates_keep_their_precision():
     for gi, vi in ((f.invariant, f.covariant), (g, v)):
         np.testing.assert_allclose(gi, ref.invariant, rtol=2e-5, atol=2e-6 * np.abs(ref.invariant).max())
         np.testing.assert_allclose(vi, ref.covariant, rtol=2e-5, atol=2e-6 * np.abs(ref.covariant).max())
+
+
+def test_structure_of_a_batch_by_index():
+    rng = np.random.default_rng(2)
+    frames = [random_structure(rng, n, species=(1, 8), scale=5.0) for n in (4, 6, 5)]
+    atoms = [Atoms(numbers=z, positions=p, cell=c, pbc=True) for p, z, c in frames]
+    f = fastfeat.featurize(atoms, SPECS["default"])
+    assert len(f.structure(-1)) == 5 and np.array_equal(f.structure(-1).invariant, f.structure(2).invariant)
+    for bad in (3, -4, 1.0, True):
+        with pytest.raises(IndexError, match="out of range for a batch of 3 structures"):
+            f.structure(bad)

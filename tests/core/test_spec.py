@@ -64,6 +64,10 @@ def test_newer_format_refused():
     data["format_version"] = fastfeat.SPEC_FORMAT_VERSION + 1
     with pytest.raises(ValueError, match="newer than this fastfeat"):
         FeatureSpec.from_json(json.dumps(data))
+    for bad in (0, -1, True, "2", 1.0):
+        data["format_version"] = bad
+        with pytest.raises(ValueError, match="integer `format_version` >= 1"):
+            FeatureSpec.from_json(json.dumps(data))
 
 
 @pytest.mark.parametrize(
