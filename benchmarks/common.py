@@ -194,16 +194,16 @@ def benchmark_model_path(species=("H", "O"), hidden=(64, 64), seed=0, preset="de
     is cached under ``~/.cache/fastfeat-bench/models``.
     """
     import hashlib
+    import importlib.util
 
     import fastfeat
 
-    from fastfeat.train import export
-
     spec = fastfeat.FeatureSpec.default(tuple(species), preset=preset)
-    from fastfeat.train import model as network
-
     exporter = hashlib.sha256()
-    for source in (export.__file__, network.__file__):  # a changed exporter or network makes a new graph
+    # a changed exporter or network makes a new graph; their files are located without importing them
+    # (they import torch, which a cached model does not need)
+    for name in ("fastfeat.train.export", "fastfeat.train.model", "fastfeat.train._defaults"):
+        source = importlib.util.find_spec(name).origin
         with open(source, "rb") as fh:
             exporter.update(fh.read())
     exporter = exporter.hexdigest()
