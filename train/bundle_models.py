@@ -11,8 +11,9 @@ kernels) and training (needs torch only) can run on different machines::
     # 3. gather the reports
     python -m fastfeat.train.bundle_models collect *.json --out benchmarks/results/models.json
 
-``fastfeat train --data peo --config examples/bundled.toml --threads 1 --out peo.onnx``
-runs the same training in one go.
+``fastfeat train --data li4p2o7 --config examples/bundled.toml --threads 1 --out li4p2o7.onnx``
+runs the same training in one go (for peo, set ``spec_preset = "angular-short"`` in a copy of the
+config: ``BUNDLED_PRESET``).
 """
 
 from __future__ import annotations
