@@ -414,23 +414,11 @@ def build_parser(prog="fastfeat data generate"):
     return p
 
 
-def main(argv=None) -> int:
-    """``fastfeat data generate`` entry point: 0 on success, 2 for bad settings, 1 when no frame was written."""
-    prog = "fastfeat data generate"
-    args = build_parser(prog).parse_args(argv)
+def run_command(prog, body) -> int:
+    """Exit status of a data command: ``body()`` returns the frames written; 2 (message on stderr) for
+    bad settings or unusable files (ValueError/OSError), 1 when no frame was written, else 0."""
     try:
-        check_settings(CLI_NAMES, n_frames=args.frames, temperatures=args.temperatures,
-                       n_trajectories=args.trajectories, stride=args.stride, workers=args.workers,
-                       time_limit=args.time_limit, relax_steps=args.relax_steps,
-                       first_trajectory=args.first_trajectory)
-        if os.path.isdir(args.out):
-            raise ValueError(f"--out {args.out!r} is a folder; give the output file")
-        if args.parts and os.path.exists(args.parts) and not os.path.isdir(args.parts):
-            raise ValueError(f"--parts {args.parts!r} is a file; give a folder")
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        n = generate(args.name, args.out, args.frames, args.temperatures, args.trajectories, args.stride,
-                     args.workers, args.seed, args.time_limit, args.relax_steps, args.parts,
-                     first_trajectory=args.first_trajectory)
+        n = body()
     except (ValueError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -438,6 +426,29 @@ def main(argv=None) -> int:
         print(f"{prog}: error: no frame was written (see the messages above)", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv=None) -> int:
+    """``fastfeat data generate`` entry point: 0 on success, 2 for bad settings, 1 when no frame was written."""
+    prog = "fastfeat data generate"
+    args = build_parser(prog).parse_args(argv)
+    return run_command(prog, lambda: _generate_from_args(args))
+
+
+def _generate_from_args(args) -> int:
+    """Validate the settings of ``fastfeat data generate``, then run it; frames written."""
+    check_settings(CLI_NAMES, n_frames=args.frames, temperatures=args.temperatures,
+                   n_trajectories=args.trajectories, stride=args.stride, workers=args.workers,
+                   time_limit=args.time_limit, relax_steps=args.relax_steps,
+                   first_trajectory=args.first_trajectory)
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out!r} is a folder; give the output file")
+    if args.parts and os.path.exists(args.parts) and not os.path.isdir(args.parts):
+        raise ValueError(f"--parts {args.parts!r} is a file; give a folder")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return generate(args.name, args.out, args.frames, args.temperatures, args.trajectories, args.stride,
+                    args.workers, args.seed, args.time_limit, args.relax_steps, args.parts,
+                    first_trajectory=args.first_trajectory)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .generate import LABEL, _append, _calculator, _read_frames
+from .generate import LABEL, _append, _calculator, _read_frames, run_command
 
 __all__ = ["LABEL", "label_frame", "main", "relabel"]
 
@@ -128,20 +128,17 @@ def main(argv=None) -> int:
     """``fastfeat data relabel`` entry point: 0 on success, 2 for bad input, 1 when no frame was written."""
     prog = "fastfeat data relabel"
     args = build_parser(prog).parse_args(argv)
-    try:
-        if args.workers is not None and args.workers < 1:
-            raise ValueError(f"--workers must be >= 1, got {args.workers}")
-        if args.time_limit is not None and not args.time_limit >= 0:
-            raise ValueError(f"--time-limit must be a number of seconds >= 0 (0: no limit), got {args.time_limit}")
-        if not os.path.isfile(args.source):
-            why = "is a folder" if os.path.isdir(args.source) else "does not exist"
-            raise FileNotFoundError(f"`source` file {args.source!r} {why}")
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-        n = relabel(args.source, args.out, args.workers, args.time_limit, args.parts)
-    except (ValueError, OSError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    if n == 0:
-        print(f"{prog}: error: no frame was written (see the messages above)", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(prog, lambda: _relabel_from_args(args))
+
+
+def _relabel_from_args(args) -> int:
+    """Validate the arguments of ``fastfeat data relabel``, then run it; frames written."""
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.time_limit is not None and not args.time_limit >= 0:
+        raise ValueError(f"--time-limit must be a number of seconds >= 0 (0: no limit), got {args.time_limit}")
+    if not os.path.isfile(args.source):
+        why = "is a folder" if os.path.isdir(args.source) else "does not exist"
+        raise FileNotFoundError(f"`source` file {args.source!r} {why}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    return relabel(args.source, args.out, args.workers, args.time_limit, args.parts)
