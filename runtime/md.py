@@ -59,9 +59,11 @@ def kinetic_energy(velocities, masses) -> float:
 
 
 def temperature(velocities, masses, dof=None) -> float:
-    """Instantaneous temperature (K); ``dof`` defaults to 3N."""
+    """Instantaneous temperature (K), 2 KE / (dof kB); ``dof`` defaults to 3N - 3, the degrees of
+    freedom of velocities without centre-of-mass motion (as :func:`maxwell_boltzmann` draws them and
+    as NVE keeps them); pass 3N for a thermostat that acts on every atom (Langevin)."""
     n = len(masses)
-    dof = 3 * n if dof is None else dof
+    dof = 3 * n - 3 if dof is None else dof
     return 2.0 * kinetic_energy(velocities, masses) / (max(dof, 1) * KB)
 
 
@@ -358,11 +360,15 @@ class MolecularDynamics:
         self.symbols = list(symbols) if symbols is not None else ["X"] * n
         self.cell = np.zeros((3, 3)) if cell is None else np.asarray(cell, dtype=np.float64)
         self.pbc = pbc
-        # momentum is conserved (3 dof fewer) only in NVE with zero total force
-        self.dof = max(3 * n - 3, 1) if (ensemble == "nve" and remove_net_force) else max(3 * n, 1)
+        # NVE starts without centre-of-mass motion (3N - 3 thermal dof; with remove_net_force the total
+        # momentum stays zero, otherwise a net force shows up as heating); Langevin's thermostat acts on
+        # every atom, the centre of mass included (3N)
+        self.dof = max(3 * n - 3, 1) if ensemble == "nve" else max(3 * n, 1)
         rng = np.random.default_rng(seed)
         if velocities is None:
-            v = maxwell_boltzmann(masses, self.temperature, rng, dof=self.dof)
+            # the centre-of-mass motion is removed, so 3N - 3 dof carry the energy: scaled to exactly
+            # `temperature` over those (Langevin's 3N-dof reading starts (3N - 3) / 3N of it)
+            v = maxwell_boltzmann(masses, self.temperature, rng, dof=max(3 * n - 3, 1))
         else:
             v = np.array(_host(velocities), dtype=np.float64)
             if v.shape != (n, 3):

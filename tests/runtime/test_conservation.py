@@ -77,7 +77,7 @@ def test_nve_drift_conservative_vs_heating():
         f[:, 1] -= 3.0 * d[:, 0]
         return f
 
-    hot = nve_drift(pumping, atoms, steps=400, dt=1.0, temperature=300.0)
+    hot = nve_drift(pumping, atoms, steps=400, dt=1.0, temperature=300.0, equilibrate_steps=0)
     assert hot["drift_K_per_ps"] > 10 * max(abs(calm["drift_K_per_ps"]), 10.0), (hot, calm)
     assert 0 < hot["doubling_time_ps"] < 0.4
 
@@ -179,7 +179,7 @@ def test_nve_drift_is_not_cut_by_the_temperature_guard():
         f[:, 1] -= 6.0 * d[:, 0]
         return f
 
-    res = nve_drift(pumping, atoms, steps=30, dt=1.0, temperature=300.0)
+    res = nve_drift(pumping, atoms, steps=30, dt=1.0, temperature=300.0, equilibrate_steps=0)
     assert res["stopped_at"] is None and res["temperature_end_K"] > 5000.0, res
 
 
@@ -190,3 +190,29 @@ def test_non_force_model_refused(dipole_model_path, water, water_file, capsys):
         jacobian_asymmetry(dipole_model_path, water, max_atoms=2)
     assert conservation.main([str(dipole_model_path), str(water_file)]) == 2
     assert "predicts 'dipole', not forces" in capsys.readouterr().err
+
+
+def test_nve_drift_starts_from_an_equilibrated_state():
+    """A conservative system started at its minimum with fresh velocities loses half its kinetic energy to
+    the springs while it settles in: read as drift without the Langevin equilibration, not with it."""
+    atoms = Atoms("C" * 12, positions=np.random.default_rng(6).uniform(0, 6, (12, 3)))
+    force = _linear_force(0.5 * np.eye(36), atoms.positions)  # period ~100 fs for carbon
+    fresh = nve_drift(force, atoms, steps=400, dt=0.5, temperature=300.0, equilibrate_steps=0, fit_ps=0.05)
+    settled = nve_drift(force, atoms, steps=400, dt=0.5, temperature=300.0, equilibrate_steps=2000, fit_ps=0.05)
+    assert fresh["drift_K_per_ps"] < -1000.0, fresh
+    assert abs(settled["drift_K_per_ps"]) < 0.3 * abs(fresh["drift_K_per_ps"]), (fresh, settled)
+    assert settled["equilibrate_steps"] == 2000
+
+
+def test_jacobian_block_is_compact():
+    """Above max_atoms, the block is the atoms nearest to one centre (their couplings carry the asymmetry)."""
+    from fastfeat.runtime.conservation import _compact_block
+
+    line = Atoms("H" * 30, positions=[[1.1 * k, 0.0, 0.0] for k in range(30)])
+    idx = _compact_block(line, 6, seed=0)
+    assert len(idx) == 6 and np.ptp(idx) == 5  # six consecutive atoms of the chain
+    periodic = Atoms("H" * 30, positions=[[1.0 * k + 0.5, 0.0, 0.0] for k in range(30)], cell=[30, 5, 5], pbc=True)
+    for seed in range(5):  # minimum image: a block at the end of the cell wraps to its start
+        idx = _compact_block(periodic, 6, seed)
+        gaps = np.sort(np.diff(np.sort(idx)))
+        assert gaps[:-1].max() == 1 and gaps[-1] in (1, 25), idx

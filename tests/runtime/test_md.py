@@ -110,6 +110,25 @@ def test_maxwell_boltzmann_initial_velocities():
     assert 300 < temperature(v2, masses) < 400 and temperature(v2, masses) != pytest.approx(350.0, abs=1e-6)
 
 
+def test_degrees_of_freedom_are_consistent():
+    """Initial velocities carry no centre-of-mass motion: the default temperature() (3N - 3) reads the
+    target, NVE reports with 3N - 3 whatever remove_net_force (a 13-atom run read 8 % low with 3N),
+    Langevin (thermostat on every atom) with 3N, so its step 0 reads (3N - 3) / 3N of the target."""
+    n = 13
+    masses = np.random.default_rng(3).uniform(1, 30, n)
+    v = maxwell_boltzmann(masses, 300.0, np.random.default_rng(4))
+    assert temperature(v, masses) == pytest.approx(300.0)
+    x0 = np.random.default_rng(5).normal(size=(n, 3)) * 3
+
+    def f(x):
+        return -0.1 * x + 0.01  # a net force: remove_net_force changes the dynamics, not the dof
+    for remove in (False, True):
+        md = MolecularDynamics(f, x0, masses, ensemble="nve", temperature=300.0, remove_net_force=remove)
+        assert md.dof == 3 * n - 3 and md.current_temperature() == pytest.approx(300.0)
+    md = MolecularDynamics(f, x0, masses, ensemble="langevin", temperature=300.0)
+    assert md.dof == 3 * n and md.current_temperature() == pytest.approx(300.0 * (3 * n - 3) / (3 * n))
+
+
 def test_remove_net_force_conserves_momentum():
     n = 30
     rng = np.random.default_rng(2)
