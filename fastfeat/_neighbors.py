@@ -145,8 +145,9 @@ def _fill(cl, cell, cutoff, offset, i_p, j_p, shift, r, d, csr):
                  offset, i_p, j_p, shift, r, d, csr)
 
 
-def build_cpu(positions, cell, pbc, cutoff):
-    """Neighbour list on the CPU for validated inputs (no checks)."""
+def build_cpu(positions, cell, pbc, cutoff, copies=1):
+    """Neighbour list on the CPU for validated inputs (no checks); ``copies``: how many lists of this
+    size must fit in memory at once (2 when they are sorted afterwards: the sort copies them)."""
     n = positions.shape[0]
     dtype = positions.dtype
     if n == 0:
@@ -156,7 +157,8 @@ def build_cpu(positions, cell, pbc, cutoff):
         )
     cl, offset = _binned_counts(positions, cell, pbc, cutoff)
     n_pairs = int(offset[-1])
-    _check_memory(_estimate_pair_bytes(n_pairs, 8), f"the neighbour list ({n_pairs} pairs)")
+    _check_memory(copies * _estimate_pair_bytes(n_pairs, 8),
+                  f"the neighbour list ({n_pairs} pairs" + (", sorted: two copies)" if copies > 1 else ")"))
     i_p = np.empty(n_pairs, np.int32)
     j_p = np.empty(n_pairs, np.int32)
     shift = np.empty((n_pairs, 3), np.int32)
@@ -229,5 +231,5 @@ def neighbor_list(positions, cell=None, pbc=False, cutoff=None, *, sorted=False,
         raise TypeError("`positions` is a CUDA array but device='cpu'; pass a NumPy array or device='cuda'")
     positions = check_positions(positions)
     cell = check_cell(cell, pbc)
-    nl = build_cpu(positions, cell, pbc, cutoff)
+    nl = build_cpu(positions, cell, pbc, cutoff, copies=2 if sorted else 1)
     return sort_pairs(nl) if sorted else nl
