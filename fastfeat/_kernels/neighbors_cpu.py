@@ -30,11 +30,14 @@ def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, nbins
                 x -= w
             else:
                 x = (x - smin_c[c]) / extent_c[c]
-            b = int(x * nbins_c[c])
-            if b < 0:
+            # atoms outside the binned range (non-periodic outliers, see bin_grid) go to the edge bins;
+            # compared before the float -> int conversion, which is undefined far out of range
+            if x <= 0.0:
                 b = 0
-            elif b >= nbins_c[c]:
+            elif x >= 1.0:
                 b = nbins_c[c] - 1
+            else:
+                b = min(int(x * nbins_c[c]), nbins_c[c] - 1)
             bin3_nc[i, c] = b
             wrap_nc[i, c] = w
         bin_n[i] = (bin3_nc[i, 0] * nbins_c[1] + bin3_nc[i, 1]) * nbins_c[2] + bin3_nc[i, 2]

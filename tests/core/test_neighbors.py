@@ -143,3 +143,33 @@ def test_linear_pair_count_on_large_box():
     # mean coordination for an ideal gas of density 0.1/Å^3 within 3 Å
     expected = 0.1 * 4 / 3 * np.pi * 27
     assert abs(len(nl.i) / n - expected) < 0.05 * expected
+
+
+def test_far_outliers_on_a_non_periodic_axis_keep_bins_narrow_and_pairs_exact():
+    """A few atoms far from the rest on a non-periodic axis: the binned range is the others' (outliers go to
+    the edge bins), so the bins stay about a cutoff wide instead of spanning 1e6 Å (the search had turned
+    quadratic); the pairs are those of the brute-force reference, the outliers' included."""
+    from fastfeat._box import bin_grid
+
+    rng = np.random.default_rng(4)
+    g = np.stack(np.meshgrid(*3 * [np.arange(11)], indexing="ij"), -1).reshape(-1, 3) * 1.6
+    cluster = g + rng.normal(scale=0.15, size=g.shape)  # 1331 atoms, ~17 Å
+    # a far pair and a lone atom, far along y (non-periodic in both cases below; the lone one along x too
+    # when x is not periodic)
+    far = np.array([[3.0, 1e6, 2.0], [3.5, 1e6 + 1.0, 2.0], [-4e5, -2e5, 7.0]])
+    pos = np.vstack([cluster, far])
+    for pbc in ([False, False, False], [True, False, True]):
+        cell = np.diag([17.6, 20.0, 17.6]) if pbc[0] else np.zeros((3, 3))
+        pbc = np.array(pbc)
+        if pbc[0]:  # keep the reference's image loop short: the lone atom inside the cell along x and z
+            pos = pos.copy()
+            pos[-1, [0, 2]] = [7.0, 7.0]
+        grid = bin_grid(cell, pbc, 3.0, len(pos), positions=pos, divisions=2)
+        s = pos[: len(cluster)] @ grid.inv_box
+        for a in np.flatnonzero(~pbc):  # the cluster spans many bins along each non-periodic axis, not one
+            b = np.floor((s[:, a] - grid.smin[a]) / grid.extent[a] * grid.nbins[a])
+            assert len(np.unique(b)) >= 5, (a, grid.nbins, grid.extent)
+        nl = fastfeat.neighbor_list(pos, cell, pbc, 3.0)
+        got = pair_set(nl.i, nl.j, nl.shifts)
+        assert got == pair_set(*neighbor_list_ref(pos, cell, pbc, 3.0)[:3])
+        assert (len(pos) - 3, len(pos) - 2, (0, 0, 0)) in got  # the far pair
