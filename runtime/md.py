@@ -581,8 +581,9 @@ class MolecularDynamics:
                     f, f_new = f_new, f  # f: the forces at x_prev again
                     self.work = work_prev
                     stop = (k, f"the temperature became unphysical ({t_bad:.4g} K > max_temperature={max_t:g} K); "
-                               f"the time step is probably too large for these forces: try a smaller dt "
-                               f"(`--dt`, now {dt:g} fs)")
+                               f"either the time step is too large for these forces (try a smaller dt: `--dt`, "
+                               f"now {dt:g} fs) or the structure left what the model was trained on "
+                               f"(direct forces can then pump energy in; compare with the training data)")
                     break
             if k % every == 0:
                 self.step = start_step + k
