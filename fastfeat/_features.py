@@ -20,6 +20,7 @@ from ._validation import (
     check_dtype,
     check_pbc,
     check_positions,
+    check_skin,
     species_index,
     species_lookup,
 )
@@ -364,9 +365,7 @@ class Featurizer:
         self.spec = spec
         self.device = check_device(device)
         self.dtype = check_dtype(dtype)
-        if isinstance(skin, bool) or not isinstance(skin, (int, float, np.floating, np.integer)) or not np.isfinite(skin) or skin < 0:
-            raise ValueError(f"`skin` must be a finite number >= 0 (Å), got {skin!r}")
-        self.skin = float(skin)
+        self.skin = check_skin(skin)
         self.n_rebuilds = 0
         self._key = None
         self._inputs = None  # raw (numbers, cell, pbc) of the last call and their validated forms

@@ -17,6 +17,7 @@ __all__ = [
     "check_cell",
     "check_pbc",
     "check_cutoff",
+    "check_skin",
     "check_dtype",
     "check_device",
     "species_index",
@@ -144,6 +145,19 @@ def check_cell(cell, pbc):
                 f"got {cell.tolist()}"
             )
     return cell
+
+
+def check_skin(skin) -> float:
+    """``skin`` (Å) as a float; ValueError unless it is a finite number >= 0 (bools refused)."""
+    value = None
+    if not isinstance(skin, (bool, np.bool_)) and isinstance(skin, (int, float, np.floating, np.integer)):
+        try:
+            value = float(skin)
+        except OverflowError:  # a Python int beyond float range
+            value = None
+    if value is None or not np.isfinite(value) or value < 0:
+        raise ValueError(f"`skin` must be a finite number >= 0 (Å), got {skin!r}")
+    return value
 
 
 def check_cutoff(cutoff, name="cutoff"):

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 import fastfeat
-from fastfeat._validation import check_device, species_index, species_lookup
+from fastfeat._validation import check_device, check_skin, species_index, species_lookup
 
 from ._onnx_meta import (
     INPUT_NAMES,
@@ -177,7 +177,7 @@ class ForceModel:
             raise ModelLoadError(f"model path {path!r} is a directory, expected an .onnx file")
         if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 0):
             raise ValueError(f"`intra_op_threads` must be an int >= 0 (0: onnxruntime's default), got {intra_op_threads!r}")
-        skin = _check_skin(skin)
+        skin = check_skin(skin)
         if dev == "cuda":
             _check_cuda_runtime()
             providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
@@ -403,19 +403,6 @@ class ForceModel:
                 f"{list(spec.species)} (valid: 0 to {n_species - 1})"
             )
         return g, v, s
-
-
-def _check_skin(skin) -> float:
-    """``skin`` as a float; ValueError unless it is a finite number >= 0 (Å)."""
-    value = None
-    if not isinstance(skin, (bool, np.bool_)) and isinstance(skin, (int, float, np.floating, np.integer)):
-        try:
-            value = float(skin)
-        except OverflowError:  # a Python int beyond float range
-            value = None
-    if value is None or not np.isfinite(value) or value < 0:
-        raise ValueError(f"`skin` must be a finite number >= 0 (Å), got {skin!r}")
-    return value
 
 
 #: serialises featurizer calls when Numba runs its "workqueue" threading layer, which aborts
