@@ -41,11 +41,10 @@ def _force_fn(model, atoms, device="cpu"):
 
 
 def _check_h(h):
-    """``h`` as a float if it is a finite number > 0 (Å), else TypeError/ValueError."""
-    if isinstance(h, bool) or not isinstance(h, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`h` must be a number (finite-difference step in Å), got {type(h).__name__}")
-    if not (math.isfinite(float(h)) and h > 0):
-        raise ValueError(f"`h` must be a finite number > 0 (finite-difference step in Å), got {h}")
+    """``h`` (finite-difference step, Å) as a float if it is a finite number > 0, else TypeError/ValueError."""
+    from .md import _check_positive
+
+    _check_positive("h", h)
     return float(h)
 
 
