@@ -246,8 +246,12 @@ def _advice(lam, nve):
             "≳ 0.05 1/fs) so the thermostat removes the spurious heating; do not use NVE energies or fluctuations")
 
 
-def _check_options(h, max_atoms, nve_steps, names=("h", "max_atoms", "nve_steps")):
-    """Validated (h or None, max_atoms, nve_steps) of :func:`check_conservation`; ``names`` for messages."""
+_OPTIONS = ("h", "max_atoms", "nve_steps", "equilibrate_steps")
+
+
+def _check_options(h, max_atoms, nve_steps, equilibrate_steps, names=_OPTIONS):
+    """Validated (h or None, max_atoms, nve_steps, equilibrate_steps) of :func:`check_conservation`;
+    ``names`` for messages (the command line's option names)."""
     try:
         h = None if h is None else _check_h(h)
         max_atoms = _check_int("max_atoms", max_atoms, 1)
@@ -255,12 +259,13 @@ def _check_options(h, max_atoms, nve_steps, names=("h", "max_atoms", "nve_steps"
         if 0 < nve_steps < MIN_NVE_STEPS:
             raise ValueError(f"`nve_steps` must be 0 (skip the NVE run) or an int >= {MIN_NVE_STEPS} (the drift is "
                              f"a fit over >= 3 recorded points), got {nve_steps}")
+        equilibrate_steps = _check_int("equilibrate_steps", equilibrate_steps, 0)
     except (TypeError, ValueError) as exc:
         msg = str(exc)
-        for api, cli in zip(("h", "max_atoms", "nve_steps"), names):
+        for api, cli in zip(_OPTIONS, names):
             msg = msg.replace(f"`{api}`", f"`{cli}`")
         raise type(exc)(msg) from None
-    return h, max_atoms, nve_steps
+    return h, max_atoms, nve_steps, equilibrate_steps
 
 
 def check_conservation(model, atoms, *, h=None, max_atoms=DEFAULT_MAX_ATOMS, nve_steps=2000, dt=0.5,
@@ -287,7 +292,7 @@ def check_conservation(model, atoms, *, h=None, max_atoms=DEFAULT_MAX_ATOMS, nve
     """
     from .model import resolve_model
 
-    h, max_atoms, nve_steps = _check_options(h, max_atoms, nve_steps)
+    h, max_atoms, nve_steps, equilibrate_steps = _check_options(h, max_atoms, nve_steps, equilibrate_steps)
     if not callable(model):
         model = resolve_model(model, device=device)
     fn = _force_fn(model, atoms, device)
@@ -342,9 +347,8 @@ def main(argv=None) -> int:
 
     try:
         # bad options fail before the structure or the model is loaded
-        _check_options(args.h, args.max_atoms, args.nve_steps, names=("--h", "--max-atoms", "--nve-steps"))
-        if args.equilibrate_steps < 0:
-            raise ValueError(f"`--equilibrate-steps` must be an int >= 0, got {args.equilibrate_steps}")
+        _check_options(args.h, args.max_atoms, args.nve_steps, args.equilibrate_steps,
+                       names=("--h", "--max-atoms", "--nve-steps", "--equilibrate-steps"))
         atoms = load_structure(args.structure, args.frame)
         model = resolve_model(args.model, device=args.device)
         model.require_forces()
