@@ -449,8 +449,6 @@ class MolecularDynamics:
             raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"`every` must be an int >= 1, got {every!r}")
-        if trajectory is not None:
-            check_trajectory_path(trajectory, "`trajectory`")
         writer = logfh = None
         try:
             if trajectory is not None:
