@@ -243,17 +243,19 @@ def train_and_export(feats, spec, sha, out, cfg, *, checkpoint=None, resume=Fals
     return summary
 
 
-def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=False, log=None, quiet=False):
+def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=False, log=None, quiet=False,
+                 history=None):
     """Everything ``fastfeat train`` does; returns a summary dict.
 
     Raises ValueError/TypeError/OSError (FileNotFoundError, …) with a clear message on bad input;
-    the output paths are checked (:func:`check_outputs`) before any data is read.
+    the output paths (``out``, the checkpoint and ``history``, which the caller writes from the
+    summary) are checked (:func:`check_outputs`) before any data is read.
     """
     import torch
 
     from .trainer import Distributed
 
-    check_outputs(out, cfg, checkpoint=checkpoint, resume=resume)
+    check_outputs(out, cfg, checkpoint=checkpoint, resume=resume, history=history)
 
     if log is None:
         def log(msg):
@@ -287,9 +289,8 @@ def train_main(argv) -> int:
         overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "batch_size", "lr", "seed", "threads",
                                                    "time_limit", "dtype", "export_dtype", "cache_dir")}
         cfg = load_config(args.config, **overrides)
-        check_outputs(args.out, cfg, checkpoint=args.checkpoint, resume=args.resume, history=args.history)
         summary = run_training(args.data, args.out, cfg, spec_path=args.spec, checkpoint=args.checkpoint,
-                               resume=args.resume, quiet=args.quiet)
+                               resume=args.resume, quiet=args.quiet, history=args.history)
     except (ValueError, TypeError, OSError) as exc:
         print(f"fastfeat train: error: {exc}", file=sys.stderr)
         return 2

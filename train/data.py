@@ -96,8 +96,7 @@ def _is_file(data) -> bool:
 def looks_like_path(text: str) -> bool:
     """True when ``text`` has a folder separator or a file suffix (``x.extxyz``, ``dir/x``): a file
     was meant, never a bundled data set name."""
-    seps = [os.sep] + ([os.altsep] if os.altsep else [])
-    return any(sep in text for sep in seps) or "/" in text or os.path.splitext(text)[1] != ""
+    return "/" in text or os.sep in text or os.path.splitext(text)[1] != ""
 
 
 def load_frames(data, split="train", *, target="forces", what="`data`"):
