@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastfeat._io import read_structures
+
 __all__ = ["SPLITS", "available", "data_path", "load", "read", "split_trajectories"]
 
 SPLITS = ("train", "val", "test", "all")
@@ -53,14 +55,6 @@ def _single_point(atoms, energy, forces_nc):
     out = atoms.copy()
     out.calc = SinglePointCalculator(out, energy=energy, forces=forces_nc)
     return out
-
-
-def _read_any(path: str, index, format, what="structure file"):
-    """``ase.io.read`` with clear errors and compressed text decompressed once in memory
-    (:func:`fastfeat._io.read_structures`)."""
-    from fastfeat._io import read_structures
-
-    return read_structures(path, index=index, format=format, what=what)
 
 
 def read(path, forces_key: str = "forces", energy_key: str | None = None, index=":", format=None,
@@ -107,7 +101,7 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
         raise TypeError(f"`energy_key` must be a str or None, got {type(energy_key).__name__} {energy_key!r}")
     if not os.path.exists(path):
         raise ValueError(f"`path` must be an existing file, got {path!r}")
-    frames = _read_any(path, index, format, what)
+    frames = read_structures(path, index=index, format=format, what=what)  # compressed text: decompressed once
     if not isinstance(frames, list):
         frames = [frames]
     if not frames:
