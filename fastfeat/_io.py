@@ -60,8 +60,9 @@ def read_structures(path, index=":", format=None, what="structure file"):
     source, fmt = path, format
     stem, suffix = os.path.splitext(path)
     try:
-        if suffix in _OPENERS and (format or filetype(stem, read=False)) in ("extxyz", "xyz"):
-            fmt = format or filetype(stem, read=False)
+        inner = (format or filetype(stem, read=False)) if suffix in _OPENERS else None
+        if inner in ("extxyz", "xyz"):
+            fmt = inner
             with _OPENERS[suffix](path, "rt", encoding="utf-8") as fh:
                 source = io.StringIO(fh.read())
             if not source.getvalue().strip():
