@@ -92,14 +92,21 @@ def _frames(n=3, n_atoms=4, seed=0):
     return out
 
 
-def test_read_custom_keys_extxyz(tmp_path):
-    path = tmp_path / "mine.extxyz"
-    ref = []
+def _custom_key_frames():
+    """_frames() with forces in the REF_forces column and energies in info["REF_energy"]: [(atoms, f, e)]."""
+    out = []
     for a, f, e in _frames():
         a = a.copy()
         a.arrays["REF_forces"] = f
         a.info["REF_energy"] = e
-        ref.append((a, f, e))
+        out.append((a, f, e))
+    return out
+
+
+def test_read_custom_keys_extxyz(tmp_path):
+    path = tmp_path / "mine.extxyz"
+    ref = _custom_key_frames()
+    for a, _f, _e in ref:
         write(path, a, format="extxyz", append=True)
     frames = datasets.read(path, forces_key="REF_forces", energy_key="REF_energy")
     assert len(frames) == 3
@@ -412,12 +419,7 @@ def test_data_usage_marks_optional_options(capsys):
 def test_read_explicit_energy_key_must_exist(tmp_path):
     """A misspelt `energy_key` is an error naming the key and the file; the default "energy" stays optional."""
     path = tmp_path / "mine.extxyz"
-    frames = []
-    for a, f, e in _frames():
-        a = a.copy()
-        a.arrays["REF_forces"] = f
-        a.info["REF_energy"] = e
-        frames.append(a)
+    frames = [a for a, _f, _e in _custom_key_frames()]
     write(path, frames, format="extxyz")
     for kw in ({}, {"index": 1}):
         with pytest.raises(ValueError) as err:
