@@ -13,7 +13,7 @@ from pathlib import Path
 import fastfeat
 from fastfeat._io import read_structures
 
-__all__ = ["DATASETS_DIR", "bundled_dataset_names", "bundled_frames", "load_structure", "read_frames"]
+__all__ = ["DATASETS_DIR", "bundled_dataset_names", "bundled_frames", "load_structure"]
 
 #: folder of the bundled data sets (fastfeat/data/datasets/<name>.extxyz.xz)
 DATASETS_DIR = Path(fastfeat.__file__).resolve().parent / "data" / "datasets"
@@ -50,13 +50,7 @@ def bundled_frames(name: str, split: str = "test") -> list:
     files = sorted(DATASETS_DIR.glob(f"{name}.extxyz*"))
     if not files:
         raise ValueError(f"no bundled data set named {name!r}; available: {bundled_dataset_names()}")
-    return read_frames(files[0])
-
-
-def read_frames(path) -> list:
-    """All frames of a structure file (see :func:`fastfeat._io.read_structures`: plain or compressed,
-    clear errors for a missing, empty or unreadable file)."""
-    return read_structures(path)
+    return read_structures(files[0])
 
 
 def load_structure(text: str, frame: int = 0):

@@ -73,14 +73,16 @@ def _pick_device(requested):
 
 
 def _load_frames(data, model_name):
-    from ._structures import bundled_dataset_names, bundled_frames, read_frames, split_loader
+    from fastfeat._io import read_structures
+
+    from ._structures import bundled_dataset_names, bundled_frames, split_loader
 
     if data is None:
         if model_name is None:
             raise ValueError("`--data` is required when MODEL is a file (a data set name or an extxyz file)")
         data = model_name
     if os.path.exists(data):
-        return data, read_frames(data)
+        return data, read_structures(data)
     if data in bundled_dataset_names():
         label = "test split" if split_loader() is not None else "all frames: fastfeat.train.datasets is unavailable"
         return f"{data} ({label})", bundled_frames(data, "test")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from fastfeat.runtime._structures import bundled_dataset_names, load_structure, read_frames
+from fastfeat._io import read_structures
+from fastfeat.runtime._structures import bundled_dataset_names, load_structure
 
 from conftest import random_water_box
 
@@ -23,14 +24,14 @@ def _frames():
     return frames
 
 
-def test_read_frames_plain_and_xz(tmp_path):
+def test_read_structures_plain_and_xz(tmp_path):
     frames = _frames()
     plain = tmp_path / "d.extxyz"
     ase.io.write(plain, frames)
     packed = tmp_path / "d.extxyz.xz"
     packed.write_bytes(lzma.compress(plain.read_bytes()))
     for path in (plain, packed):
-        got = read_frames(path)
+        got = read_structures(path)
         assert len(got) == 3
         for a, b in zip(got, frames):
             np.testing.assert_allclose(a.positions, b.positions)
