@@ -12,13 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BinGrid", "bin_grid", "MAX_SEARCH_CELLS"]
+__all__ = ["BinGrid", "bin_grid", "MAX_SEARCH_CELLS", "CellTooSmallError"]
 
 #: A periodic cell so small against the cutoff that each atom would have to
 #: visit more than this many (bin, image) combinations is refused.
 MAX_SEARCH_CELLS = 2_000_000
 #: Bins are made this much wider than the cutoff so rounding never drops a pair.
 _SLACK = 1e-5
+
+
+class CellTooSmallError(ValueError):
+    """A periodic cell so small against the cutoff that the search would visit more than
+    :data:`MAX_SEARCH_CELLS` cell images per atom."""
 
 
 @dataclass
@@ -117,7 +122,7 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
         search[a] = reach if pbc[a] else min(reach, nbins[a] - 1)
     n_visit = (2 * search[0] + 1) * (2 * search[1] + 1) * (2 * search[2] + 1)
     if n_visit > MAX_SEARCH_CELLS:
-        raise ValueError(
+        raise CellTooSmallError(
             f"`cutoff` {cutoff} Å is too large for this periodic cell (perpendicular widths "
             f"{[round(h, 4) for h, p in zip(height, pbc) if p]} Å): every atom would see {n_visit} cell images, "
             f"more than the limit of {MAX_SEARCH_CELLS}; use a larger (supercell) cell or a smaller cutoff"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _device
+from ._box import CellTooSmallError
 from ._neighbors import bin_atoms, build_csr_cpu, one_shot_grid
 from ._spec import FeatureSpec
 from ._validation import (
@@ -423,10 +424,10 @@ class Featurizer:
                     # shift vectors in float64 like the positions (see _prepare)
                     start, self._j, self._shiftvec = build_csr_cpu(pos, cell, pbc, spec.cutoff + self.skin,
                                                                    np.float64)
-                except ValueError as exc:
-                    if self.skin > 0 and "too large for this periodic cell" in str(exc):
-                        raise ValueError(f"{exc} (the list reaches the spec's cutoff {spec.cutoff} Å plus the "
-                                         f"neighbour-list skin {self.skin} Å)") from None
+                except CellTooSmallError as exc:
+                    if self.skin > 0:
+                        raise CellTooSmallError(f"{exc} (the list reaches the spec's cutoff {spec.cutoff} Å plus "
+                                                f"the neighbour-list skin {self.skin} Å)") from None
                     raise
                 # rows grouped by neighbour species once per build (the kernel then needs no sort per step)
                 self._seg = np.empty((n, spec.n_species + 1), np.int64)
