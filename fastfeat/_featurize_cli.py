@@ -88,16 +88,14 @@ def main(argv) -> int:
                 spec = FeatureSpec.from_json(fh.read())
         else:
             spec = spec_from_model(args.model)
-        from ._io import read_structures
+        from ._io import check_output_path, read_structures
 
         # np.savez appends .npz to any other name: check and report the file actually written
         out = args.out if args.out.endswith(".npz") else args.out + ".npz"
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"`--out` {args.out!r}: folder {folder!r} does not exist")
+        check_output_path(out, "`--out`")
         frames = read_structures(args.structures, what="`STRUCTURES` file")
         f = write_features(frames, spec, out, dtype=np.dtype(args.dtype))
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"fastfeat featurize: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}: {len(f.offsets) - 1} structures, {len(f)} atoms, "

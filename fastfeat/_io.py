@@ -16,9 +16,27 @@ import io
 import lzma
 import os
 
-__all__ = ["read_structures"]
+__all__ = ["read_structures", "check_output_path"]
 
 _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+
+
+def check_output_path(path, what="output"):
+    """OSError naming ``what`` when ``path`` cannot be written: a folder, a folder that does not
+    exist, no write permission. Creates and truncates nothing (a checkpoint to resume from stays);
+    ``None`` passes."""
+    if path is None:
+        return
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {what} {path!r}: it is a folder; nothing was run")
+    if not os.path.isdir(parent):
+        why = "is not a folder" if os.path.exists(parent) else "does not exist"
+        raise FileNotFoundError(f"cannot write {what} {path!r}: directory {parent!r} {why}; nothing was run")
+    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        where = path if os.path.exists(path) else f"directory {parent!r}"
+        raise PermissionError(f"cannot write {what} {path!r}: {where} is not writable; nothing was run")
 
 
 def read_structures(path, index=":", format=None, what="structure file"):

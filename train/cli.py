@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 
+from fastfeat._io import check_output_path as check_writable
+
 __all__ = ["train_main", "evaluate_main", "run_training", "prepare_features", "train_and_export", "evaluate",
            "check_writable", "check_outputs", "data_split", "missing_train_dependency"]
 
@@ -55,23 +57,6 @@ def missing_train_dependency():
         except ImportError:
             return f"training needs {name}: {INSTALL_TRAIN}"
     return None
-
-
-def check_writable(path, what="output"):
-    """OSError naming ``what`` when ``path`` cannot be written: a folder, a folder that does not
-    exist, no write permission. Creates and truncates nothing (a checkpoint to resume from stays)."""
-    if path is None:
-        return
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot write {what} {path!r}: it is a folder; nothing was run")
-    if not os.path.isdir(parent):
-        why = "is not a folder" if os.path.exists(parent) else "does not exist"
-        raise FileNotFoundError(f"cannot write {what} {path!r}: directory {parent!r} {why}; nothing was run")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        where = path if os.path.exists(path) else f"directory {parent!r}"
-        raise PermissionError(f"cannot write {what} {path!r}: {where} is not writable; nothing was run")
 
 
 def _check_folder(path, what):
