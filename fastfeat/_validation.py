@@ -21,6 +21,7 @@ __all__ = [
     "check_dtype",
     "check_device",
     "species_index",
+    "check_feature_arrays",
     "MAX_ATOMS",
 ]
 
@@ -202,3 +203,38 @@ def species_index(numbers, table, n_atoms, species_names):
             f"atom {bad} is {sym} (Z={z}), which is not in the spec's species {list(species_names)}"
         )
     return idx.astype(np.int32)
+
+
+def check_feature_arrays(spec, invariant, covariant, species, xp=np, what=""):
+    """``invariant, covariant, species`` as ``xp`` arrays (NumPy or CuPy), checked against ``spec``.
+
+    The one check for feature arrays that did not come from :func:`fastfeat.featurize` in this call
+    (inference from features, training sets): species must be integer indices into the spec's species
+    (an exported model routes an atom to the network of its index, so an index out of range would
+    silently give zero forces), and the shapes ``(N, n_invariant)``, ``(N, n_covariant, 3)`` must match
+    the species and the spec. ``what`` prefixes the messages (e.g. ``"training set: "``).
+    """
+    s = xp.asarray(species)
+    if s.dtype.kind not in "iu":
+        raise TypeError(f"{what}`species` must be an integer array of indices into the spec's species, "
+                        f"got dtype {s.dtype}")
+    if s.ndim != 1:
+        raise ValueError(f"{what}`species` must have shape (N,), got {tuple(s.shape)}")
+    n = s.shape[0]
+    hint = "; featurize with the model's (the spec's) FeatureSpec"
+    g = xp.asarray(invariant)
+    if tuple(g.shape) != (n, spec.n_invariant):
+        more = hint if g.ndim == 2 and g.shape[0] == n else ""
+        raise ValueError(f"{what}`invariant` must have shape (N, n_invariant) = ({n}, {spec.n_invariant}) to match "
+                         f"`species` ({n} atoms) and the spec, got {tuple(g.shape)}{more}")
+    v = xp.asarray(covariant)
+    if tuple(v.shape) != (n, spec.n_covariant, 3):
+        more = hint if v.ndim == 3 and v.shape[0] == n and v.shape[2] == 3 else ""
+        raise ValueError(f"{what}`covariant` must have shape (N, n_covariant, 3) = ({n}, {spec.n_covariant}, 3) "
+                         f"to match `species` ({n} atoms) and the spec, got {tuple(v.shape)}{more}")
+    n_species = spec.n_species
+    if n and (int(s.min()) < 0 or int(s.max()) >= n_species):
+        bad = int(xp.flatnonzero((s < 0) | (s >= n_species))[0])
+        raise ValueError(f"{what}`species` holds {int(s[bad])} at atom {bad}, which is not an index into the "
+                         f"spec's species {list(spec.species)} (valid: 0 to {n_species - 1})")
+    return g, v, s

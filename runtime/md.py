@@ -218,7 +218,9 @@ class ExtxyzWriter:
         rows[:, 1:4] = positions
         rows[:, 4:7] = velocities * self._p_scale
         rows[:, 7:10] = forces
-        head = f"{self._head} step={step} time_fs={time_fs:.6g} temperature_K={temperature_K:.6g}\n"
+        # repr of a Python float: exact (time at a ns with 0.5 fs steps keeps its step) and always
+        # read back as a float (never as an int, as "300" would be)
+        head = f"{self._head} step={step} time_fs={float(time_fs)!r} temperature_K={float(temperature_K)!r}\n"
         self._fh.write(head + (self._body % tuple(rows.ravel())) + "\n")
 
     def flush(self):

@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 import fastfeat
-from fastfeat._validation import check_device, check_skin, species_index, species_lookup
+from fastfeat._validation import check_device, check_feature_arrays, check_skin, species_index, species_lookup
 
 from ._onnx_meta import (
     INPUT_NAMES,
@@ -347,7 +347,7 @@ class ForceModel:
         """
         self.require_forces()
         xp = _cupy() if self.device == "cuda" else np
-        invariant, covariant, species = self._check_features(xp, invariant, covariant, species)
+        invariant, covariant, species = check_feature_arrays(self.spec, invariant, covariant, species, xp)
         n = species.shape[0]
         if n == 0:
             return np.zeros((0, 3))
@@ -368,41 +368,6 @@ class ForceModel:
             "species": np.ascontiguousarray(species, dtype=np.int64),
         }
         return self._session.run([OUTPUT_NAME], feeds)[0].astype(np.float64)
-
-    def _check_features(self, xp, invariant, covariant, species):
-        """``invariant, covariant, species`` as ``xp`` arrays, validated against the spec.
-
-        Out-of-range species indices must be caught here: the exported graph
-        routes every atom to the per-element network of its index, so an index
-        outside ``[0, n_species)`` silently gets zero forces.
-        """
-        spec = self.spec
-        s = xp.asarray(species)
-        if s.dtype.kind not in "iu":
-            raise TypeError(f"`species` must be an integer array of indices into the spec's species, got dtype {s.dtype}")
-        if s.ndim != 1:
-            raise ValueError(f"`species` must have shape (N,), got {tuple(s.shape)}")
-        n = s.shape[0]
-        g = xp.asarray(invariant)
-        if tuple(g.shape) != (n, spec.n_invariant):
-            raise ValueError(
-                f"`invariant` must have shape (N, n_invariant) = ({n}, {spec.n_invariant}) to match `species` "
-                f"({n} atoms) and the spec, got {tuple(g.shape)}"
-            )
-        v = xp.asarray(covariant)
-        if tuple(v.shape) != (n, spec.n_covariant, 3):
-            raise ValueError(
-                f"`covariant` must have shape (N, n_covariant, 3) = ({n}, {spec.n_covariant}, 3) to match "
-                f"`species` ({n} atoms) and the spec, got {tuple(v.shape)}"
-            )
-        n_species = spec.n_species
-        if n and (int(s.min()) < 0 or int(s.max()) >= n_species):
-            bad = int(xp.flatnonzero((s < 0) | (s >= n_species))[0])
-            raise ValueError(
-                f"`species` holds {int(s[bad])} at atom {bad}, which is not an index into the spec's species "
-                f"{list(spec.species)} (valid: 0 to {n_species - 1})"
-            )
-        return g, v, s
 
 
 #: serialises featurizer calls when Numba runs its "workqueue" threading layer, which aborts

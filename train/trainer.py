@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from fastfeat._validation import check_feature_arrays
+
 from .config import TrainConfig
 from .data import FeatureSet, atom_rows
 from .model import StaggeredNetwork
@@ -139,15 +141,12 @@ def _replan_scheduler(cfg: TrainConfig, opt, start_epoch: int):
     if cfg.schedule == "plateau":
         return _scheduler(cfg, opt)
     if cfg.schedule == "cosine":
-        eta_min = cfg.lr * cfg.min_lr_ratio
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=eta_min,
-                                                           last_epoch=start_epoch - 1)
-        # the constructor keeps the current lr; set the closed form of this epoch (later steps follow it)
-        lr = eta_min + (cfg.lr - eta_min) * (1 + math.cos(math.pi * start_epoch / cfg.epochs)) / 2
-        for group in opt.param_groups:
-            group["lr"] = lr
-        sched._last_lr = [lr for _ in opt.param_groups]
-        return sched
+        # the closed form of CosineAnnealingLR (whose recursive steps would start from the old lr);
+        # a later resume with these settings continues it with CosineAnnealingLR from the current lr
+        ratio, epochs = cfg.min_lr_ratio, cfg.epochs
+        return torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda epoch: ratio + (1.0 - ratio) * (1.0 + math.cos(math.pi * epoch / epochs)) / 2.0,
+            last_epoch=start_epoch - 1)
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0, last_epoch=start_epoch - 1)
 
 
@@ -182,27 +181,11 @@ def _save(path, state):
 
 
 def check_features(fs: FeatureSet, spec, what="features"):
-    """ValueError when ``fs`` was not made with ``spec``: feature widths or species indices differ."""
-    n = fs.n_atoms
-    g, v, s = np.asarray(fs.invariant), np.asarray(fs.covariant), np.asarray(fs.species)
-    if g.ndim != 2 or len(g) != n:
-        raise ValueError(f"{what}: invariant features must have shape ({n}, {spec.n_invariant}), got {g.shape}")
-    if v.ndim != 3 or len(v) != n or v.shape[2] != 3:
-        raise ValueError(f"{what}: covariant features must have shape ({n}, {spec.n_covariant}, 3), got {v.shape}")
-    if s.shape != (n,) or np.shape(fs.target) != (n, 3):
-        raise ValueError(f"{what}: species and target must have shapes ({n},) and ({n}, 3), got {s.shape} and "
-                         f"{np.shape(fs.target)}")
-    hint = "featurize with this spec"
-    if g.shape[1] != spec.n_invariant:
-        raise ValueError(f"{what}: features have {g.shape[1]} invariants per atom, the spec expects "
-                         f"{spec.n_invariant}; {hint}")
-    if v.shape[1] != spec.n_covariant:
-        raise ValueError(f"{what}: features have {v.shape[1]} covariant vectors, the spec expects "
-                         f"{spec.n_covariant}; {hint}")
-    if n and (s.min() < 0 or s.max() >= spec.n_species):
-        bad = int(s[(s < 0) | (s >= spec.n_species)][0])
-        raise ValueError(f"{what}: species index {bad} is out of range for the spec's {spec.n_species} species "
-                         f"{list(spec.species)} (indices 0..{spec.n_species - 1}); {hint}")
+    """ValueError when ``fs`` was not made with ``spec`` (feature widths, species indices: the
+    runtime's check, :func:`fastfeat._validation.check_feature_arrays`) or its targets are not (N, 3)."""
+    check_feature_arrays(spec, fs.invariant, fs.covariant, fs.species, what=f"{what}: ")
+    if np.shape(fs.target) != (fs.n_atoms, 3):
+        raise ValueError(f"{what}: the target must have shape ({fs.n_atoms}, 3), got {np.shape(fs.target)}")
 
 
 def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, checkpoint=None, resume=False,

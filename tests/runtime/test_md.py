@@ -245,6 +245,7 @@ def test_extxyz_round_trip(tmp_path):
     w = ExtxyzWriter(tmp_path / "a.extxyz", ["H", "O", "C", "H"], masses, np.diag([5.0, 6.0, 7.0]), [True, True, False])
     w.write(3, 1.5, 300.0, x, v, f)
     w.write(4, 2.0, 301.0, x + 1, v, f)
+    w.write(2_000_001, 1_000_000.5, 300.000001, x, v, f)  # 1 ns at 0.5 fs: every digit kept
     w.close()
     frames = ase.io.read(tmp_path / "a.extxyz", index=":")
     a = frames[1]
@@ -255,6 +256,10 @@ def test_extxyz_round_trip(tmp_path):
     np.testing.assert_allclose(a.cell.array, np.diag([5.0, 6.0, 7.0]))
     assert list(a.pbc) == [True, True, False]
     assert a.info["step"] == 4 and a.info["time_fs"] == 2.0
+    # floats stay floats (a temperature of exactly 301 K is not read back as an int)
+    assert isinstance(a.info["time_fs"], float) and isinstance(a.info["temperature_K"], float)
+    assert a.info["temperature_K"] == 301.0
+    assert frames[2].info["time_fs"] == 1_000_000.5 and frames[2].info["temperature_K"] == 300.000001
 
 
 def test_argument_errors():

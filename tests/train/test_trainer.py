@@ -132,7 +132,14 @@ def test_resume_with_more_epochs_replans_the_schedule(data, tmp_path):
     saved = tmp_path / "saved.pt"
     saved.write_bytes((tmp_path / "ck.pt").read_bytes())
     lines = []
-    res = train_model(tr, va, spec, cfg.replace(epochs=4), log=lines.append, checkpoint=ck, resume=True)
+    mid = tmp_path / "mid.pt"
+
+    def log(line):  # when epoch 4 is reported, ck.pt still holds the state after epoch 3: keep it
+        lines.append(line)
+        if line.startswith("epoch    4/4"):
+            mid.write_bytes((tmp_path / "ck.pt").read_bytes())
+
+    res = train_model(tr, va, spec, cfg.replace(epochs=4), log=log, checkpoint=ck, resume=True)
     lrs = [h["lr"] for h in res.history]
     assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
     np.testing.assert_allclose(lrs, [_cosine(3e-3, 0.01, 2, 0), _cosine(3e-3, 0.01, 2, 1),
@@ -140,6 +147,10 @@ def test_resume_with_more_epochs_replans_the_schedule(data, tmp_path):
     fresh = train_model(tr, va, spec, cfg.replace(epochs=4), log=_quiet)
     np.testing.assert_allclose(lrs[2:], [h["lr"] for h in fresh.history][2:], rtol=1e-9)
     assert any("re-planned" in line and "epochs=4 (was 2)" in line for line in lines), lines
+    # a re-planned run stopped after epoch 3 and resumed with its own settings goes on along the same curve
+    (tmp_path / "ck.pt").write_bytes(mid.read_bytes())
+    again = train_model(tr, va, spec, cfg.replace(epochs=4), log=_quiet, checkpoint=ck, resume=True)
+    np.testing.assert_allclose([h["lr"] for h in again.history], lrs, rtol=1e-9)
     # a new learning rate on resume is used (it was silently ignored)
     (tmp_path / "ck.pt").write_bytes(saved.read_bytes())
     res = train_model(tr, va, spec, cfg.replace(epochs=4, lr=1e-5), log=_quiet, checkpoint=ck, resume=True)
@@ -191,16 +202,18 @@ def test_features_of_another_spec_are_refused():
     rng = np.random.default_rng(1)
     tr, va = random_features(made, 4, rng), random_features(made, 2, rng)
     cfg = TrainConfig(epochs=1, hidden=[4], threads=1)
-    with pytest.raises(ValueError, match=r"training set: features have 24 covariant vectors, the spec expects 48; "
-                                         r"featurize with this spec"):
+    with pytest.raises(ValueError, match=r"training set: `covariant` must have shape \(N, n_covariant, 3\) = "
+                                         r"\(\d+, 48, 3\) .*got \(\d+, 24, 3\); featurize with the model's"):
         train_model(tr, va, other, cfg, log=_quiet)
-    with pytest.raises(ValueError, match=r"features have \d+ invariants per atom, the spec expects \d+"):
+    with pytest.raises(ValueError, match=r"training set: `invariant` must have shape \(N, n_invariant\) = "
+                                         r"\(\d+, \d+\) .*; featurize with"):
         train_model(tr, va, fastfeat.FeatureSpec.default(species[:2]), cfg, log=_quiet)
-    with pytest.raises(ValueError, match=r"validation set: features have 48 covariant vectors, the spec expects 24"):
+    with pytest.raises(ValueError, match=r"validation set: `covariant` .*= \(\d+, 24, 3\) .*got \(\d+, 48, 3\)"):
         train_model(tr, random_features(other, 2, rng), made, cfg, log=_quiet)
     bad = va.subset(range(va.n_structures))
     bad.species[0] = 3
-    with pytest.raises(ValueError, match=r"validation set: species index 3 is out of range for the spec's 3 species"):
+    with pytest.raises(ValueError, match=r"validation set: `species` holds 3 at atom 0, which is not an index into "
+                                         r"the spec's species \['H', 'O', 'C'\] \(valid: 0 to 2\)"):
         train_model(tr, bad, made, cfg, log=_quiet)
 
 
