@@ -145,9 +145,9 @@ def _fill(cl, cell, cutoff, offset, i_p, j_p, shift, r, d, csr):
                  offset, i_p, j_p, shift, r, d, csr)
 
 
-def build_cpu(positions, cell, pbc, cutoff, copies=1):
-    """Neighbour list on the CPU for validated inputs (no checks); ``copies``: how many lists of this
-    size must fit in memory at once (2 when they are sorted afterwards: the sort copies them)."""
+def build_cpu(positions, cell, pbc, cutoff, sorted=False):
+    """Neighbour list on the CPU for validated inputs (no checks); ``sorted``: each centre's pairs
+    by (j, shift), in place (see :func:`sort_pairs`)."""
     n = positions.shape[0]
     dtype = positions.dtype
     if n == 0:
@@ -157,8 +157,7 @@ def build_cpu(positions, cell, pbc, cutoff, copies=1):
         )
     cl, offset = _binned_counts(positions, cell, pbc, cutoff)
     n_pairs = int(offset[-1])
-    _check_memory(copies * _estimate_pair_bytes(n_pairs, 8),
-                  f"the neighbour list ({n_pairs} pairs" + (", sorted: two copies)" if copies > 1 else ")"))
+    _check_memory(_estimate_pair_bytes(n_pairs, 8), f"the neighbour list ({n_pairs} pairs)")
     i_p = np.empty(n_pairs, np.int32)
     j_p = np.empty(n_pairs, np.int32)
     shift = np.empty((n_pairs, 3), np.int32)
@@ -168,7 +167,8 @@ def build_cpu(positions, cell, pbc, cutoff, copies=1):
     if dtype != np.float64:
         r = r.astype(dtype)
         d = d.astype(dtype)
-    return NeighborList(i_p, j_p, shift, r, d)
+    nl = NeighborList(i_p, j_p, shift, r, d)
+    return _sort_rows(nl, offset) if sorted else nl
 
 
 def build_csr_cpu(positions, cell, pbc, cutoff, dtype):
@@ -186,9 +186,27 @@ def build_csr_cpu(positions, cell, pbc, cutoff, dtype):
 
 
 def sort_pairs(nl):
-    """Deterministic order: by i, then j, then shift."""
+    """Deterministic order: by i, then j, then shift (a copy of every array)."""
     order = np.lexsort((nl.shifts[:, 2], nl.shifts[:, 1], nl.shifts[:, 0], nl.j, nl.i))
     return NeighborList(*(np.ascontiguousarray(a[order]) for a in nl))
+
+
+def _sort_rows(nl, offset):
+    """``nl`` (pairs grouped by centre, centres increasing, rows at offset[i]:offset[i+1]) in the order of
+    :func:`sort_pairs`, sorted row by row in place (a row of scratch per thread instead of a second copy of
+    the list: the sorted list peaks at the unsorted one's memory). Falls back to :func:`sort_pairs` when the
+    (j, shift) key would not fit in an int64 (shifts spanning ~1e6 cells on every axis)."""
+    from ._kernels import neighbors_cpu as k
+
+    if len(nl.j) == 0:
+        return nl
+    smin = nl.shifts.min(axis=0).astype(np.int64)
+    span = nl.shifts.max(axis=0).astype(np.int64) - smin + 1
+    if (len(offset) - 1) * int(span[0]) * int(span[1]) * int(span[2]) >= 2 ** 62:
+        _check_memory(_estimate_pair_bytes(len(nl.j), 8), f"sorting the neighbour list ({len(nl.j)} pairs: a copy)")
+        return sort_pairs(nl)
+    k.sort_rows(offset, nl.j, nl.shifts, nl.vectors, nl.distances, smin, span)
+    return nl
 
 
 def neighbor_list(positions, cell=None, pbc=False, cutoff=None, *, sorted=False, device=None):
@@ -231,5 +249,4 @@ def neighbor_list(positions, cell=None, pbc=False, cutoff=None, *, sorted=False,
         raise TypeError("`positions` is a CUDA array but device='cpu'; pass a NumPy array or device='cuda'")
     positions = check_positions(positions)
     cell = check_cell(cell, pbc)
-    nl = build_cpu(positions, cell, pbc, cutoff, copies=2 if sorted else 1)
-    return sort_pairs(nl) if sorted else nl
+    return build_cpu(positions, cell, pbc, cutoff, sorted=sorted)

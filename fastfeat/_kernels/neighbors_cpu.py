@@ -7,7 +7,7 @@ nothing; fastfeat._neighbors validates and dispatches.
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["assign_bins", "count_pairs", "fill_pairs", "cell_starts"]
+__all__ = ["assign_bins", "count_pairs", "fill_pairs", "cell_starts", "sort_rows"]
 
 #: centre atoms per parallel work item of fill_pairs (one distance buffer each)
 _FILL_CHUNK = 64
@@ -233,3 +233,54 @@ def fill_pairs(
                                 d_p[p] = np.sqrt(r2)
                             p += 1
 
+
+
+@njit(parallel=True, cache=True)
+def sort_rows(offset_n, j_p, shift_pc, r_pc, d_p, smin_c, span_c):
+    """Sort each CSR row (the pairs offset_n[i]:offset_n[i+1] of centre i) by (j, shift) in place.
+
+    The key of a pair is ((j * span0 + s0 - smin0) * span1 + s1 - smin1) * span2 + s2 - smin2, which the
+    caller has checked fits in an int64; keys are unique within a row (one pair per (j, image)), so the
+    order is fully determined. Only a row's worth of scratch per work item: no copy of the list.
+    """
+    n = offset_n.shape[0] - 1
+    chunk = 256
+    for c in prange((n + chunk - 1) // chunk):
+        i0 = c * chunk
+        i1 = min(n, i0 + chunk)
+        cap = 1
+        for i in range(i0, i1):
+            cap = max(cap, offset_n[i + 1] - offset_n[i])
+        key = np.empty(cap, np.int64)
+        jt = np.empty(cap, j_p.dtype)
+        st = np.empty((cap, 3), shift_pc.dtype)
+        rt = np.empty((cap, 3), r_pc.dtype)
+        dt = np.empty(cap, d_p.dtype)
+        for i in range(i0, i1):
+            p0 = offset_n[i]
+            m = offset_n[i + 1] - p0
+            for p in range(m):
+                q = p0 + p
+                key[p] = (((np.int64(j_p[q]) * span_c[0] + (shift_pc[q, 0] - smin_c[0])) * span_c[1]
+                           + (shift_pc[q, 1] - smin_c[1])) * span_c[2] + (shift_pc[q, 2] - smin_c[2]))
+            order = np.argsort(key[:m])
+            for p in range(m):
+                q = p0 + order[p]
+                jt[p] = j_p[q]
+                st[p, 0] = shift_pc[q, 0]
+                st[p, 1] = shift_pc[q, 1]
+                st[p, 2] = shift_pc[q, 2]
+                rt[p, 0] = r_pc[q, 0]
+                rt[p, 1] = r_pc[q, 1]
+                rt[p, 2] = r_pc[q, 2]
+                dt[p] = d_p[q]
+            for p in range(m):
+                q = p0 + p
+                j_p[q] = jt[p]
+                shift_pc[q, 0] = st[p, 0]
+                shift_pc[q, 1] = st[p, 1]
+                shift_pc[q, 2] = st[p, 2]
+                r_pc[q, 0] = rt[p, 0]
+                r_pc[q, 1] = rt[p, 1]
+                r_pc[q, 2] = rt[p, 2]
+                d_p[q] = dt[p]

@@ -139,15 +139,16 @@ def test_pair_list_larger_than_memory_is_a_memory_error(monkeypatch):
     monkeypatch.setattr(_device, "available_host_memory", lambda: 10)
     with pytest.raises(MemoryError, match="the neighbour list .* needs .* GiB"):
         fastfeat.neighbor_list(POS, CELL, True, 3.0)
-    # sorting copies the list: room for one copy is not enough with sorted=True
+    # sorted=True sorts each centre's row in place: room for one copy is enough (it was two)
     from fastfeat._neighbors import _estimate_pair_bytes
 
     monkeypatch.setattr(_device, "available_host_memory", lambda: None)
     n_pairs = len(fastfeat.neighbor_list(POS, CELL, True, 3.0).i)
     one_copy = _estimate_pair_bytes(n_pairs, 8)
-    monkeypatch.setattr(_device, "available_host_memory", lambda: int(1.5 * one_copy))
-    assert len(fastfeat.neighbor_list(POS, CELL, True, 3.0).i) == n_pairs
-    with pytest.raises(MemoryError, match="sorted: two copies"):
+    monkeypatch.setattr(_device, "available_host_memory", lambda: int(1.05 * one_copy))
+    assert len(fastfeat.neighbor_list(POS, CELL, True, 3.0, sorted=True).i) == n_pairs
+    monkeypatch.setattr(_device, "available_host_memory", lambda: int(0.95 * one_copy))
+    with pytest.raises(MemoryError, match="the neighbour list"):
         fastfeat.neighbor_list(POS, CELL, True, 3.0, sorted=True)
 
 

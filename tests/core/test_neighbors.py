@@ -65,6 +65,26 @@ def test_vectors_distances_and_order():
     assert (np.lexsort(keys.T[::-1]) == np.arange(len(keys))).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sorted_rows_equal_a_full_lexsort(dtype):
+    """sorted=True sorts each centre's row in place; the result equals a lexsort of the whole unsorted
+    list, also with atoms far outside the cell (unwrapped: large, mixed-sign shifts) and a cutoff beyond
+    the cell (many images of one j)."""
+    from fastfeat._neighbors import sort_pairs
+
+    rng = np.random.default_rng(7)
+    for trial, (k, f) in enumerate([(3, 1.2), (5, 0.6), (4, 2.5)]):
+        pos, cell, pbc, cutoff = _case(k, f)
+        pos = pos + (rng.integers(-40, 41, size=(len(pos), 3)) * np.asarray(pbc)) @ cell
+        pos = pos.astype(dtype)
+        got = fastfeat.neighbor_list(pos, cell, pbc, cutoff, sorted=True)
+        want = sort_pairs(fastfeat.neighbor_list(pos, cell, pbc, cutoff))
+        assert len(got.i) > 0
+        for a, b, name in zip(got, want, ("i", "j", "shifts", "vectors", "distances")):
+            np.testing.assert_array_equal(a, b, err_msg=f"trial {trial}: {name}")
+            assert a.dtype == b.dtype, name
+
+
 def test_full_list_is_symmetric():
     pos, cell, pbc, cutoff = _case(5, 1.1)
     nl = fastfeat.neighbor_list(pos, cell, pbc, cutoff)
