@@ -38,12 +38,14 @@ def run(quick=False, threads=1):
         v_sorted = vesin.NeighborList(cutoff=CUTOFF, full_list=True, sorted=True, n_threads=threads)
         fns = {
             "fastfeat": lambda: fastfeat.neighbor_list(pos, cell, pbc, CUTOFF),
+            "fastfeat (sorted=True)": lambda: fastfeat.neighbor_list(pos, cell, pbc, CUTOFF, sorted=True),
             "vesin": lambda: v_unsorted.compute(pos, cell, True, quantities="ijSdD"),
             "vesin (sorted=True)": lambda: v_sorted.compute(pos, cell, True, quantities="ijSdD"),
             "matscipy": lambda: matscipy_nl("ijSdD", atoms=atoms, cutoff=CUTOFF),
         }
         counts = {
             "fastfeat": len(fns["fastfeat"]().i),
+            "fastfeat (sorted=True)": len(fns["fastfeat (sorted=True)"]().i),
             "vesin": len(fns["vesin"]()[0]),
             "vesin (sorted=True)": len(fns["vesin (sorted=True)"]()[0]),
             "matscipy": len(fns["matscipy"]()[0]),
@@ -59,6 +61,8 @@ def run(quick=False, threads=1):
         ff = t["fastfeat"]["median_s"]
         ratios.append(ratio("NL speed-up vs vesin", label, n, ff, t["vesin"]["median_s"], TARGET_VS_VESIN))
         ratios.append(ratio("NL speed-up vs vesin (sorted=True)", label, n, ff, t["vesin (sorted=True)"]["median_s"]))
+        ratios.append(ratio("NL speed-up, both sorted=True", label, n, t["fastfeat (sorted=True)"]["median_s"],
+                            t["vesin (sorted=True)"]["median_s"]))
         ratios.append(ratio("NL speed-up vs matscipy", label, n, ff, t["matscipy"]["median_s"]))
     notes.append(
         f"cutoff {CUTOFF} Å, full list, every contender with {threads} thread(s) (vesin n_threads={threads}, "
