@@ -23,7 +23,8 @@ _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
 def check_output_path(path, what="output"):
     """OSError naming ``what`` when ``path`` cannot be written: a folder, a folder that does not
-    exist, no write permission. Creates and truncates nothing (a checkpoint to resume from stays);
+    exist, no write permission. Leaves no trace: an existing file keeps its content (a checkpoint to
+    resume from, a trajectory a failing call would otherwise truncate), a new one is tried and removed;
     ``None`` passes."""
     if path is None:
         return
@@ -34,9 +35,17 @@ def check_output_path(path, what="output"):
     if not os.path.isdir(parent):
         why = "is not a folder" if os.path.exists(parent) else "does not exist"
         raise FileNotFoundError(f"cannot write {what} {path!r}: directory {parent!r} {why}; nothing was run")
-    if not os.access(parent, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        where = path if os.path.exists(path) else f"directory {parent!r}"
-        raise PermissionError(f"cannot write {what} {path!r}: {where} is not writable; nothing was run")
+    exists = os.path.exists(path)
+    try:  # by trying (permission bits do not tell for root, read-only mounts or sysfs)
+        if exists:
+            open(path, "a").close()  # append mode: the content stays
+        else:
+            open(path, "x").close()
+            os.remove(path)
+    except OSError as exc:
+        where = path if exists else f"directory {parent!r}"
+        raise PermissionError(f"cannot write {what} {path!r}: {where} is not writable ({exc.strerror}); "
+                              "nothing was run") from None
 
 
 def read_structures(path, index=":", format=None, what="structure file"):

@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import units
+from ase.data import atomic_masses, atomic_numbers
+
+from fastfeat._io import check_output_path
 
 __all__ = [
     "MolecularDynamics",
@@ -37,7 +40,6 @@ __all__ = [
     "kinetic_energy",
     "temperature",
     "ExtxyzWriter",
-    "check_writable",
     "check_trajectory_path",
     "default_max_temperature",
 ]
@@ -187,7 +189,8 @@ class ExtxyzWriter:
 
     Each frame holds species, positions (Å), momenta (ASE units, so
     ``atoms.get_velocities()`` works after reading), forces (eV/Å) and the
-    info keys ``step``, ``time_fs``, ``temperature_K``.
+    info keys ``step``, ``time_fs``, ``temperature_K``; masses too when they
+    are not ASE's defaults (isotopes), so velocities read back right.
 
     The file is opened (and created) at construction, so a path that cannot
     be written fails before any MD step. Its name must end in ``.extxyz`` or
@@ -204,20 +207,30 @@ class ExtxyzWriter:
         lattice = ""
         if np.any(cell != 0):
             lattice = 'Lattice="' + " ".join(f"{x:.10g}" for x in cell.ravel()) + '" '
+        # masses other than ASE's defaults (isotopes) are written, so that a frame reads back with its
+        # velocities (momenta / masses) and restarts exactly
+        masses = np.asarray(masses, dtype=np.float64)
+        custom = len(masses) and not np.array_equal(
+            masses, atomic_masses[[atomic_numbers.get(str(sym), 0) for sym in self._symbols]])
+        self._mass_cols = 1 if custom else 0
         self._head = (
-            f"{len(self._symbols)}\n{lattice}Properties=species:S:1:pos:R:3:momenta:R:3:forces:R:3 "
+            f"{len(self._symbols)}\n{lattice}Properties=species:S:1:pos:R:3"
+            + (":masses:R:1" if custom else "") + ":momenta:R:3:forces:R:3 "
             + 'pbc="' + " ".join("T" if p else "F" for p in pbc) + '"'
         )
-        line = "%-2s" + " %17.10f" * 3 + " %16.9e" * 3 + " %16.9e" * 3
+        line = "%-2s" + " %17.10f" * 3 + (" %.17g" if custom else "") + " %16.9e" * 3 + " %16.9e" * 3
         self._body = "\n".join([line] * len(self._symbols))
-        self._rows = np.empty((len(self._symbols), 10), dtype=object)
+        self._rows = np.empty((len(self._symbols), 10 + self._mass_cols), dtype=object)
         self._rows[:, 0] = self._symbols
+        if custom:
+            self._rows[:, 4] = masses
 
     def write(self, step, time_fs, temperature_K, positions, velocities, forces):
         rows = self._rows
+        c = 4 + self._mass_cols
         rows[:, 1:4] = positions
-        rows[:, 4:7] = velocities * self._p_scale
-        rows[:, 7:10] = forces
+        rows[:, c:c + 3] = velocities * self._p_scale
+        rows[:, c + 3:c + 6] = forces
         # repr of a Python float: exact (time at a ns with 0.5 fs steps keeps its step) and always
         # read back as a float (never as an int, as "300" would be)
         head = f"{self._head} step={step} time_fs={float(time_fs)!r} temperature_K={float(temperature_K)!r}\n"
@@ -252,12 +265,6 @@ def check_trajectory_path(path, what="trajectory `out`"):
 def default_max_temperature(temperature_K) -> float:
     """The automatic ``max_temperature``: max(5000 K, 10 x the target temperature)."""
     return max(5000.0, 10.0 * float(temperature_K))
-
-
-def check_writable(path, what="output"):
-    """Create (truncate) ``path`` now; OSError naming ``what`` if it cannot be written."""
-    if path is not None:
-        _open_for_writing(os.fspath(path), what).close()
 
 
 def _open_for_writing(path, what):
@@ -446,11 +453,33 @@ class MolecularDynamics:
             Forces became NaN/inf or exceeded ``max_force``, the force call
             failed, or the temperature exceeded ``max_temperature``; the
             trajectory and log hold everything up to the last good step.
+            Initial forces that are NaN/inf or above ``max_force`` raise it
+            before any file is written.
+
+        An exception of the first force call (at the starting positions, e.g.
+        overlapping atoms) concerns the input: it propagates unchanged, and no
+        file has been created or truncated by then.
         """
         if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
             raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"`every` must be an int >= 1, got {every!r}")
+        if trajectory is not None:
+            check_trajectory_path(trajectory, "`trajectory`")
+        check_output_path(trajectory, "`trajectory`")
+        check_output_path(log, "`log`")
+        if self.f is None:
+            # before any file is opened: a structure the model cannot start from leaves no empty trajectory
+            # (an exception of this first call, e.g. overlapping atoms, concerns the input and propagates)
+            f = self.xp.empty((self.n_atoms, 3))
+            fmax = self._forces_into(f)
+            if not fmax <= self.max_force:
+                what = "not finite" if math.isnan(fmax) else f"too large ({fmax:.4g} eV/Å > max_force={self.max_force:g})"
+                raise MDInstabilityError(
+                    f"the initial forces are {what}; the structure or the model is unsuitable (step {self.step}); "
+                    "nothing was written", self.step, "initial forces",
+                    self._result(0, 0.0, self._records(), f, None, None))
+            self.f = f
         writer = logfh = None
         try:
             if trajectory is not None:
@@ -469,9 +498,7 @@ class MolecularDynamics:
         xp = self.xp
         n = self.n_atoms
         nve = self.ensemble == "nve"
-        records = {k: [] for k in ("step", "time_fs", "temperature_K", "kinetic_eV", "max_force")}
-        if nve:
-            records["ke_minus_work_eV"] = []
+        records = self._records()
         if logfh is not None:
             cols = "step time_fs temperature_K kinetic_eV max_force_eV/A" + (" ke_minus_work_eV" if nve else "")
             logfh.write(f"# fastfeat md: {n} atoms, dt={self.dt} fs, ensemble={self.ensemble}, "
@@ -479,15 +506,7 @@ class MolecularDynamics:
 
         f = xp.empty((n, 3))
         f_new = xp.empty((n, 3))
-        if self.f is None:
-            fmax = self._forces_into(f)
-            if not fmax <= self.max_force:
-                what = "not finite" if math.isnan(fmax) else f"too large ({fmax:.4g} eV/Å > max_force={self.max_force:g})"
-                raise MDInstabilityError(
-                    f"the initial forces are {what}; the structure or the model is unsuitable (step {self.step})",
-                    self.step, "initial forces", self._result(0, 0.0, records, f, None, None))
-        else:
-            f[...] = self.f
+        f[...] = self.f  # computed by run() before the files were opened
         fmax = _max_abs(f)
 
         def record(step, x, v, f_arr, fmax_val):
@@ -630,6 +649,11 @@ class MolecularDynamics:
         stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
         stream.flush()
 
+    def _records(self):
+        """Empty per-record columns of the log (one list per quantity)."""
+        keys = ("step", "time_fs", "temperature_K", "kinetic_eV", "max_force")
+        return {k: [] for k in keys + (("ke_minus_work_eV",) if self.ensemble == "nve" else ())}
+
     def _result(self, steps_run, wall, records, f, stopped_at, reason):
         nrb = getattr(self.force_fn, "n_rebuilds", None)
         return MDResult(
@@ -726,9 +750,10 @@ def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin
                 "drop it to draw Maxwell-Boltzmann velocities at `temperature`"
             )
         velocities = atoms.get_velocities() * units.fs
-    # fail on unwritable outputs before any expensive work
-    check_writable(out, "trajectory `out`")
-    check_writable(log, "`log`")
+    # fail on unwritable outputs before any expensive work; nothing is created or truncated until the run
+    # starts (an existing trajectory survives a call that fails on its arguments or model)
+    check_output_path(out, "trajectory `out`")
+    check_output_path(log, "`log`")
     if callable(model):
         force_fn = model
     else:

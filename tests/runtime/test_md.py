@@ -470,3 +470,64 @@ def test_non_force_model_refused(dipole_model_path, water, water_file, tmp_path,
         run_md(dipole_model_path, water, 5)
     assert md_cli.main([str(dipole_model_path), str(water_file), "--steps", "3", "--quiet"]) == 2
     assert "fastfeat md: error: model" in capsys.readouterr().err
+
+
+# ------------------------------------------------- outputs and restarts (audit)
+def test_existing_trajectory_survives_a_failing_call(model_path, water, water_file, tmp_path, capsys):
+    """A call that fails on its arguments, its model or its structure leaves an existing trajectory as it was
+    (the output check used to create and truncate it first): also the in-place restart
+    `fastfeat md M traj.extxyz --out traj.extxyz` with a bad argument."""
+    harmonic = Harmonic(water.positions, np.ones(len(water)))
+    out, log = tmp_path / "t.extxyz", tmp_path / "md.log"
+    run_md(harmonic, water, 4, out=out, log=log, every=2)
+    before = out.read_bytes(), log.read_bytes()
+    for kwargs in ({"dt": 0}, {"ensemble": "npt"}, {"every": 0}):
+        with pytest.raises(ValueError):
+            run_md(harmonic, water, 4, out=out, log=log, **kwargs)
+        assert (out.read_bytes(), log.read_bytes()) == before, kwargs
+    with pytest.raises(Exception, match="no-such-model"):
+        run_md("no-such-model", water, 4, out=out, log=log)
+    assert (out.read_bytes(), log.read_bytes()) == before
+    rc = md_cli.main([str(model_path), str(out), "--frame", "-1", "--steps", "3", "--dt", "-1", "--out", str(out),
+                      "--quiet"])
+    assert rc == 2 and out.read_bytes() == before[0]
+
+
+def test_failing_first_force_call_creates_no_file(water, tmp_path):
+    """An exception of the first force call (the input's fault) propagates unchanged, and no trajectory or log
+    has been created; initial NaN forces are an MDInstabilityError, also with no file."""
+    out, log = tmp_path / "t.extxyz", tmp_path / "md.log"
+
+    def broken(x):
+        raise RuntimeError("cannot evaluate this structure")
+
+    md = MolecularDynamics(broken, water.positions, water.get_masses())
+    with pytest.raises(RuntimeError, match="cannot evaluate this structure"):
+        md.run(5, trajectory=out, log=log)
+    md = MolecularDynamics(lambda x: np.full((len(x), 3), np.nan), water.positions, water.get_masses())
+    with pytest.raises(MDInstabilityError, match="initial forces are not finite.*nothing was written"):
+        md.run(5, trajectory=out, log=log)
+    assert not out.exists() and not log.exists()
+
+
+def test_isotope_masses_round_trip_and_restart(model, water, tmp_path):
+    """Masses other than ASE's defaults (D2O) are written to the trajectory: the last frame reads back with
+    the engine's masses and velocities, and a run restarted from it with velocities="atoms" continues
+    exactly where the first one stopped (without masses, velocities read back up to 2x off)."""
+    heavy = water.copy()
+    masses = heavy.get_masses()
+    masses[heavy.numbers == 1] = 2.014
+    heavy.set_masses(masses)
+    out = tmp_path / "d2o.extxyz"
+    res = run_md(model, heavy, 6, dt=0.5, temperature=300.0, ensemble="nve", out=out, every=3, seed=2)
+    last = ase.io.read(out, index=-1)
+    np.testing.assert_array_equal(last.get_masses(), masses)
+    np.testing.assert_allclose(last.get_velocities() * units.fs, res.velocities, rtol=1e-8, atol=1e-12)
+    assert last.get_temperature() * len(last) * 3 / (3 * len(last) - 3) == pytest.approx(
+        last.info["temperature_K"], rel=1e-6)
+    ref = run_md(model, heavy, 9, dt=0.5, temperature=300.0, ensemble="nve", seed=2)
+    again = run_md(model, last, 3, dt=0.5, temperature=300.0, ensemble="nve", velocities="atoms")
+    np.testing.assert_allclose(again.positions, ref.positions, atol=1e-6)
+    # default masses: no masses column (files stay as ASE's own writer makes them)
+    run_md(model, water, 2, dt=0.5, out=tmp_path / "h2o.extxyz")
+    assert "masses" not in (tmp_path / "h2o.extxyz").read_text().splitlines()[1]
