@@ -197,7 +197,7 @@ def _overlap_error(overlap_n, offset=0):
     )
 
 
-def _structure_arrays(atoms=None, positions=None, numbers=None, cell=None, pbc=None):
+def _structure_arrays(atoms=None, positions=None, numbers=None, cell=None, pbc=None, what="`atoms`"):
     """(positions, numbers, cell, pbc) from an ase.Atoms-like object or arrays."""
     if atoms is not None:
         if positions is not None or numbers is not None:
@@ -206,7 +206,7 @@ def _structure_arrays(atoms=None, positions=None, numbers=None, cell=None, pbc=N
             return atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc
         except AttributeError:
             raise TypeError(
-                f"`atoms` must be an ase.Atoms (or have positions, numbers, cell, pbc), got {type(atoms).__name__}"
+                f"{what} must be an ase.Atoms (or have positions, numbers, cell, pbc), got {type(atoms).__name__}"
             ) from None
     if positions is None:
         raise TypeError("featurize needs `atoms` or `positions=` and `numbers=`")
@@ -284,7 +284,7 @@ def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, position
     dev = check_device(device)
     dtype = check_dtype(dtype)
     if isinstance(atoms, (list, tuple)):
-        structures = [_structure_arrays(a) for a in atoms]
+        structures = [_structure_arrays(a, what=f"`atoms[{k}]`") for k, a in enumerate(atoms)]
     else:
         structures = [_structure_arrays(atoms, positions, numbers, cell, pbc)]
     if dev == "cuda" or any(_device.is_device_array(s[0]) for s in structures):

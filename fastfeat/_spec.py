@@ -22,6 +22,8 @@ SPEC_PRESETS = ("default", "dense", "angular", "angular-short", "ani1x")
 
 
 def _as_param_list(value, width, name):
+    if value is None:
+        raise TypeError(f"`{name}` must be a sequence of {width}-tuples of numbers (use () for none), got None")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -33,6 +35,16 @@ def _as_param_list(value, width, name):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"`{name}` must contain only finite numbers, got {value!r}")
     return tuple(tuple(float(x) for x in row) for row in arr)
+
+
+def _distinct_labels(make) -> list:
+    """``make(fmt)`` (labels with parameters formatted by ``fmt``) at 6 significant digits, or at the
+    fewest more that keep distinct columns' labels distinct (e.g. rs 1.2 and 1.2000001)."""
+    for digits in (6, 9, 12, 17):
+        labels = make(lambda x, d=digits: f"{x:.{d}g}")
+        if len(set(labels)) == len(labels):
+            break
+    return labels
 
 
 @dataclass(frozen=True)
@@ -200,25 +212,31 @@ class FeatureSpec:
     # ----------------------------------------------------------------- labels
     @property
     def invariant_labels(self) -> list:
-        labels = []
-        for a in self.species:
-            labels += [f"G2[{a}; eta={e:g}, rs={r:g}]" for e, r in self.radial]
-        for ia, a in enumerate(self.species):
-            for b in self.species[ia:]:
-                labels += [f"G4[{a},{b}; eta={e:g}, zeta={z:g}, lambda={l:+g}]" for e, z, l in self.angular]
-        return labels
+        def make(n):
+            labels = []
+            for a in self.species:
+                labels += [f"G2[{a}; eta={n(e)}, rs={n(r)}]" for e, r in self.radial]
+            for ia, a in enumerate(self.species):
+                for b in self.species[ia:]:
+                    labels += [f"G4[{a},{b}; eta={n(e)}, zeta={n(z)}, lambda={l:+g}]" for e, z, l in self.angular]
+            return labels
+
+        return _distinct_labels(make)
 
     @property
     def covariant_labels(self) -> list:
-        labels = []
-        for a in self.species:
-            labels += [f"V[{a}; eta={e:g}, rs={r:g}]" for e, r in self.covariant]
-        for kind, same in (("Wsum", True), ("Wdiff", False)):
-            for ia, a in enumerate(self.species):
-                for b in self.species[ia + (0 if same else 1):]:
-                    labels += [f"{kind}[{a},{b}; eta={e:g}, zeta={z:g}, lambda={l:+g}]"
-                               for e, z, l in self.covariant_angular]
-        return labels
+        def make(n):
+            labels = []
+            for a in self.species:
+                labels += [f"V[{a}; eta={n(e)}, rs={n(r)}]" for e, r in self.covariant]
+            for kind, same in (("Wsum", True), ("Wdiff", False)):
+                for ia, a in enumerate(self.species):
+                    for b in self.species[ia + (0 if same else 1):]:
+                        labels += [f"{kind}[{a},{b}; eta={n(e)}, zeta={n(z)}, lambda={l:+g}]"
+                                   for e, z, l in self.covariant_angular]
+            return labels
+
+        return _distinct_labels(make)
 
     # ------------------------------------------------------------------- JSON
     def to_dict(self) -> dict:

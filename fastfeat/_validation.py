@@ -64,6 +64,9 @@ def check_positions(positions, dtype=None, name="positions"):
     """
     if positions is None:
         raise TypeError(f"`{name}` is required, got None")
+    if hasattr(positions, "positions") and hasattr(positions, "cell"):
+        raise TypeError(f"`{name}` must be an (N, 3) array, got {type(positions).__name__}; for an ase.Atoms pass "
+                        "atoms.positions (and atoms.cell.array, atoms.pbc)")
     if not isinstance(positions, np.ndarray):
         try:
             positions = np.asarray(positions)
@@ -97,6 +100,8 @@ def check_pbc(pbc):
     if pbc is None:
         return np.zeros(3, dtype=bool)
     if isinstance(pbc, (bool, np.bool_)):
+        return np.full(3, bool(pbc))
+    if isinstance(pbc, (int, np.integer)) and pbc in (0, 1):  # as ASE accepts
         return np.full(3, bool(pbc))
     arr = np.asarray(pbc)
     if arr.shape != (3,):

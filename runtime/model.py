@@ -121,10 +121,16 @@ class ForceModel:
     Thread safety: one ForceModel may be used from several threads. The
     onnxruntime session is shared (its ``run`` is thread-safe); every thread
     gets its own featurizer, buffers and IOBinding.
+
+    Pickling (``multiprocessing``, ``copy.deepcopy``, a pickled Calculator): a
+    model pickles as a reference to its file (:attr:`path`) and is loaded again
+    with the same device, threads and skin where it is unpickled, so the file
+    must be readable there.
     """
 
-    def __init__(self, session, info: ModelInfo, path: str, device: str, skin: float):
+    def __init__(self, session, info: ModelInfo, path: str, device: str, skin: float, intra_op_threads=1):
         self._session = session
+        self._intra_op_threads = intra_op_threads
         self.info = info
         self.spec = info.spec
         self.dtype = info.dtype
@@ -203,7 +209,13 @@ class ForceModel:
         meta = dict(session.get_modelmeta().custom_metadata_map)
         info = read_model_info(meta, path)
         check_signature(session, info, path)
-        return cls(session, info, path, dev, skin)
+        return cls(session, info, path, dev, skin, intra_op_threads)
+
+    def __reduce__(self):
+        # an onnxruntime session cannot be pickled: a model pickles (and deep-copies) as a reference to
+        # its file and is loaded again, with the same device and options, where it is unpickled (e.g. in
+        # the workers of a multiprocessing pool)
+        return _load_model, (self.path, self.device, self._intra_op_threads, self.skin)
 
     @classmethod
     def pretrained(cls, name, device="cpu", **kwargs) -> "ForceModel":
@@ -368,6 +380,11 @@ class ForceModel:
             "species": np.ascontiguousarray(species, dtype=np.int64),
         }
         return self._session.run([OUTPUT_NAME], feeds)[0].astype(np.float64)
+
+
+def _load_model(path, device, intra_op_threads, skin):
+    """ForceModel.load with positional arguments (the unpickling of a ForceModel)."""
+    return ForceModel.load(path, device, intra_op_threads=intra_op_threads, skin=skin)
 
 
 #: serialises featurizer calls when Numba runs its "workqueue" threading layer, which aborts

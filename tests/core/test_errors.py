@@ -158,3 +158,19 @@ def test_positions_overflowing_the_compute_dtype_are_refused():
     with pytest.raises(ValueError, match=r"`positions` of atom 1, \[0.0, 0.0, 1e\+39\], overflows float32"):
         check_positions(np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1e39]]), dtype=np.float32)
     assert check_positions(np.array([[0.0, 0.0, 1e39]]), dtype=np.float64).dtype == np.float64
+
+
+def test_api_audit_messages():
+    """Inputs a new user passes by mistake get messages that say what to pass instead."""
+    water = Atoms("OH2", positions=POS, cell=CELL, pbc=True)
+    with pytest.raises(TypeError, match=r"`positions` must be an \(N, 3\) array, got Atoms; .*atoms.positions"):
+        fastfeat.neighbor_list(water, None, False, 3.0)
+    with pytest.raises(TypeError, match=r"`atoms\[1\]` must be an ase.Atoms .*got str"):
+        fastfeat.featurize([water, "water.xyz"], SPEC)
+    with pytest.raises(TypeError, match=r"`radial` must be a sequence of 2-tuples .*got None"):
+        fastfeat.FeatureSpec(("H",), 5.0, 3.0, radial=None)
+    # pbc as 0/1 integers, as ASE takes them
+    np.testing.assert_array_equal(feat(pbc=1).invariant, feat(pbc=True).invariant)
+    np.testing.assert_array_equal(feat(pbc=np.int64(0)).invariant, feat(pbc=False).invariant)
+    with pytest.raises(ValueError, match="`pbc` must be a bool"):
+        feat(pbc=2)

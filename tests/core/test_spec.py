@@ -24,6 +24,16 @@ def test_sizes_and_labels():
         FeatureSpec.default(("H",), preset="fine")
 
 
+def test_labels_of_close_parameters_stay_distinct():
+    """Labels print parameters to 6 significant digits, more only where that would merge two columns."""
+    spec = FeatureSpec(("H",), 5.0, 3.0, radial=[(1.0, 1.2), (1.0, 1.2000001)], covariant=[(2.0, 1.0), (2.0, 1.0000004)],
+                       angular=[(0.5, 1.0, 1.0), (0.50000001, 1.0, 1.0)])
+    assert spec.invariant_labels[:2] == ["G2[H; eta=1, rs=1.2]", "G2[H; eta=1, rs=1.2000001]"]
+    assert len(set(spec.invariant_labels)) == spec.n_invariant
+    assert spec.covariant_labels == ["V[H; eta=2, rs=1]", "V[H; eta=2, rs=1.0000004]"]
+    assert FeatureSpec.default(("H",)).invariant_labels[1] == "G2[H; eta=3.78125, rs=1.16364]"
+
+
 def test_angular_short_preset_is_angular_with_the_dense_angular_cutoff():
     sp = ("H", "C", "O")
     short, full, dense = (FeatureSpec.default(sp, preset=p) for p in ("angular-short", "angular", "dense"))

@@ -482,3 +482,23 @@ def test_forces_from_features_valid_inputs(model, water, water_feats):
     np.testing.assert_array_equal(model.forces_from_features(g.tolist(), v.tolist(), s), f)
     empty = model.forces_from_features(g[:0], v[:0], s[:0])
     assert empty.shape == (0, 3)
+
+
+def test_model_and_calculator_pickle_by_file_reference(model_path, water):
+    """A model (and a Calculator holding one) pickles and deep-copies: the copy is loaded again from the
+    same file with the same options and gives the same forces (onnxruntime sessions cannot be pickled)."""
+    import copy
+    import pickle
+
+    from fastfeat.runtime import Calculator
+
+    m = ForceModel.load(model_path, skin=0.4, intra_op_threads=2)
+    back = pickle.loads(pickle.dumps(m))
+    assert back is not m and back.path == m.path and back.skin == 0.4 and back.device == "cpu"
+    assert back._intra_op_threads == 2 and back.spec == m.spec
+    np.testing.assert_array_equal(back.forces(water), m.forces(water))
+    calc = copy.deepcopy(Calculator(m))
+    atoms = water.copy()
+    atoms.calc = calc
+    np.testing.assert_array_equal(atoms.get_forces(), m.forces(water))
+    assert pickle.loads(pickle.dumps(ForceModel.pretrained("peo"))).path == ForceModel.pretrained("peo").path
