@@ -274,13 +274,7 @@ def sort_rows(offset_n, j_p, shift_pc, r_pc, d_p, smin_c, span_c):
                 rt[p, 1] = r_pc[q, 1]
                 rt[p, 2] = r_pc[q, 2]
                 dt[p] = d_p[q]
-            for p in range(m):
-                q = p0 + p
-                j_p[q] = jt[p]
-                shift_pc[q, 0] = st[p, 0]
-                shift_pc[q, 1] = st[p, 1]
-                shift_pc[q, 2] = st[p, 2]
-                r_pc[q, 0] = rt[p, 0]
-                r_pc[q, 1] = rt[p, 1]
-                r_pc[q, 2] = rt[p, 2]
-                d_p[q] = dt[p]
+            j_p[p0:p0 + m] = jt[:m]
+            shift_pc[p0:p0 + m] = st[:m]
+            r_pc[p0:p0 + m] = rt[:m]
+            d_p[p0:p0 + m] = dt[:m]
