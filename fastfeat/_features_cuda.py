@@ -215,8 +215,10 @@ def featurize_cuda(spec_cache, structures, dtype):
                 n_s, _ = check_device_positions(dev)
                 pos = dev
             else:
-                pos = check_positions(p, dtype=dtype)
+                pos = check_positions(p)
                 n_s = pos.shape[0]
+                if n_s:  # relative to the first atom, in float64 (see stage_positions), then in dtype
+                    pos = (pos.astype(np.float64) - pos[0]).astype(dtype)
             cell = check_cell(c, pbc)
             z_host, z_dev = _check_numbers_host(z, n_s)
             species = None if z_dev is not None else species_index(z_host, spec_cache.table, n_s, spec.species)
@@ -240,7 +242,7 @@ def featurize_cuda(spec_cache, structures, dtype):
         if n_s == 0:
             continue
         if on_dev:
-            launch(_k().copy_rows, n_s, stream, pos, pos_all[a:a + n_s])
+            launch(_k().copy_relative, n_s, stream, pos, pos_all[a:a + n_s])
         else:
             pos_all[a:a + n_s].copy_to_device(pos, stream=stream)
         if z_dev is not None:
@@ -309,6 +311,8 @@ class CudaFeaturizerState:
         self.species_host = None
         self.numbers_host = None
         self.status_f = alloc(4, np.float64)
+        self.origin = alloc(3, np.float64)  # positions are staged relative to it (set at every list build)
+        fill(self.origin, 0.0, stream)
         self.out = _Outputs(n, spec, self.dtype)
         self.user = (to_user(self.out.g), to_user(self.out.v))
         self.nl = None
@@ -323,7 +327,7 @@ class CudaFeaturizerState:
             n, _ = check_device_positions(dev)
             src = dev
         else:
-            src = check_positions(positions, dtype=self.dtype)
+            src = check_positions(positions)  # as given (float64 from ASE): stage_positions subtracts atom 0
             n = src.shape[0]
         cell = check_cell(cell, pbc)
         z_host, z_dev = _check_numbers_host(numbers, n)
@@ -348,7 +352,7 @@ class CudaFeaturizerState:
             src = upload(src, stream)
         use_ref = self.nl is not None and self.skin > 0.0
         launch(k.set_status, 1, stream, self.status_f, 0.0, float(n), float(n), 0.0)
-        launch(k.stage_positions, n, stream, src, self.pos, self.ref, use_ref, self.status_f,
+        launch(k.stage_positions, n, stream, src, self.pos, self.ref, use_ref, self.status_f, self.origin,
                threads=k.STAGE_THREADS)
         species_changed = False
         if z_dev is not None:
@@ -373,6 +377,11 @@ class CudaFeaturizerState:
             or disp2 > (0.5 * self.skin) ** 2
         )
         if rebuild:
+            # a fresh origin, the first atom (a frame far from the last one keeps float32 precision), fixed
+            # until the next build so the skin test still sees every displacement
+            launch(k.set_origin, 3, stream, src, self.origin)
+            launch(k.stage_positions, n, stream, src, self.pos, self.ref, False, self.status_f, self.origin,
+                   threads=k.STAGE_THREADS)
             self.nl = build_device(self.pos, np.array([0, n]), cell[None], pbc[None],
                                    self.cache.spec.cutoff + self.skin, stream, csr=True, out_dtype=self.dtype)
             launch(k.copy_rows, n, stream, self.pos, self.ref)

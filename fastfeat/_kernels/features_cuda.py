@@ -635,8 +635,10 @@ def species_lookup(numbers_n, table, species_n, status_f):
 
 
 @cuda.jit(cache=True)
-def stage_positions(src_nc, dst_nc, ref_nc, use_ref, status_f):
-    """dst = src (cast to dst's dtype); status_f[1] = min index of a non-finite atom;
+def stage_positions(src_nc, dst_nc, ref_nc, use_ref, status_f, origin_c):
+    """dst = src - origin (the difference in float64, then cast to dst's dtype: float32 features keep
+    their precision far from the coordinate origin; features are translation invariant; the origin is
+    fixed between list builds, see set_origin); status_f[1] = min index of a non-finite atom;
     status_f[0] = max |dst - ref|^2 when use_ref (block reduction, then one atomic per block)."""
     sh = cuda.shared.array(STAGE_THREADS, float64)
     tid = cuda.threadIdx.x
@@ -648,7 +650,7 @@ def stage_positions(src_nc, dst_nc, ref_nc, use_ref, status_f):
             x = src_nc[i, c]
             if math.isinf(x) or math.isnan(x):
                 finite = False
-            dst_nc[i, c] = x
+            dst_nc[i, c] = float64(x) - origin_c[c]
         if not finite:
             cuda.atomic.min(status_f, 1, float64(i))
         elif use_ref:
@@ -674,6 +676,23 @@ def copy_rows(src_nc, dst_nc):
     if i < src_nc.shape[0]:
         for c in range(src_nc.shape[1]):
             dst_nc[i, c] = src_nc[i, c]
+
+
+@cuda.jit(cache=True)
+def set_origin(src_nc, origin_c):
+    """origin = src[0] in float64 (a structure's positions are staged relative to it)."""
+    c = cuda.grid(1)
+    if c < 3:
+        origin_c[c] = float64(src_nc[0, c])
+
+
+@cuda.jit(cache=True)
+def copy_relative(src_nc, dst_nc):
+    """dst[i, :] = src[i, :] - src[0, :], the difference in float64 (see stage_positions)."""
+    i = cuda.grid(1)
+    if i < src_nc.shape[0]:
+        for c in range(3):
+            dst_nc[i, c] = float64(src_nc[i, c]) - float64(src_nc[0, c])
 
 
 @cuda.jit(cache=True)
