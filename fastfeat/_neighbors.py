@@ -224,7 +224,10 @@ def neighbor_list(positions, cell=None, pbc=False, cutoff=None, *, sorted=False,
     cutoff : float, Å
         Pairs with r_ij < cutoff are returned, for every periodic image, so
         cutoffs larger than the cell are handled (up to
-        ``fastfeat._box.MAX_SEARCH_CELLS`` images per atom).
+        ``fastfeat._box.MAX_SEARCH_CELLS`` images per atom). The test is
+        |r_ij|^2 < cutoff^2 in floating point, the same for (i, j, S) and
+        (j, i, -S), so the list is symmetric also for pairs at the cutoff to
+        the last bit (which may then report a distance equal to the cutoff).
     sorted : bool
         Sort pairs by (i, j, shift) for a deterministic, comparable order.
         (Without it the order is still deterministic, by centre atom.)

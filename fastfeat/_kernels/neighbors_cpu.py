@@ -94,13 +94,15 @@ def _max_bin(start_b):
 
 @njit(inline="always")
 def _bin_r2(poss_nc, q0, q1, sx, sy, sz, xi, yi, zi, r2_b):
-    """r2_b[q - q0] = |poss[q] + s - x_i|^2 for the atoms q0 <= q < q1 of one bin: a vectorisable
-    pass; the arithmetic is that of count_pairs, so callers agree with it on borderline pairs."""
+    """r2_b[q - q0] = |(poss[q] - x_i) + s|^2 for the atoms q0 <= q < q1 of one bin: a vectorisable
+    pass; the arithmetic is that of count_pairs, so callers agree with it on borderline pairs. In this
+    order the pair (j, i, -s) gets exactly the negated vector, so a pair at the cutoff to rounding is
+    kept or dropped in both directions: the full list stays symmetric."""
     run = poss_nc[q0:q1]  # a view, so that the loop runs from 0 (no index wrap-around check: vectorises)
     for t in range(q1 - q0):
-        ex = run[t, 0] + sx - xi
-        ey = run[t, 1] + sy - yi
-        ez = run[t, 2] + sz - zi
+        ex = (run[t, 0] - xi) + sx
+        ey = (run[t, 1] - yi) + sy
+        ez = (run[t, 2] - zi) + sz
         r2_b[t] = ex * ex + ey * ey + ez * ez
 
 
@@ -158,9 +160,9 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
                     # agree on every borderline pair); the centre itself is taken off below
                     run = poss_nc[q0:q1]
                     for t in range(q1 - q0):
-                        dx = run[t, 0] + sx - xi
-                        dy = run[t, 1] + sy - yi
-                        dz = run[t, 2] + sz - zi
+                        dx = (run[t, 0] - xi) + sx
+                        dy = (run[t, 1] - yi) + sy
+                        dz = (run[t, 2] - zi) + sz
                         cnt += dx * dx + dy * dy + dz * dz < rc2
                     if t0 == 0 and t1 == 0 and t2 == 0 and q0 <= k < q1:
                         cnt -= 1
@@ -227,9 +229,9 @@ def fill_pairs(
                                 shift_pc[p, 0] = s0
                                 shift_pc[p, 1] = s1
                                 shift_pc[p, 2] = s2
-                                r_pc[p, 0] = poss_nc[q, 0] + sx - xi
-                                r_pc[p, 1] = poss_nc[q, 1] + sy - yi
-                                r_pc[p, 2] = poss_nc[q, 2] + sz - zi
+                                r_pc[p, 0] = (poss_nc[q, 0] - xi) + sx
+                                r_pc[p, 1] = (poss_nc[q, 1] - yi) + sy
+                                r_pc[p, 2] = (poss_nc[q, 2] - zi) + sz
                                 d_p[p] = np.sqrt(r2)
                             p += 1
 

@@ -306,9 +306,9 @@ def count_pairs(
                 for q in range(start_b[b], start_b[b + 1]):
                     if same_image and order_n[q] == i:
                         continue
-                    dx = posw_sorted_nc[q, 0] + sx - xi
-                    dy = posw_sorted_nc[q, 1] + sy - yi
-                    dz = posw_sorted_nc[q, 2] + sz - zi
+                    dx = (posw_sorted_nc[q, 0] - xi) + sx
+                    dy = (posw_sorted_nc[q, 1] - yi) + sy
+                    dz = (posw_sorted_nc[q, 2] - zi) + sz
                     if dx * dx + dy * dy + dz * dz < rc2:
                         cnt += 1
     count_n[i] = cnt
@@ -357,9 +357,9 @@ def fill_pairs(
                     j = order_n[q]
                     if same_image and j == i:
                         continue
-                    dx = posw_sorted_nc[q, 0] + sx - xi
-                    dy = posw_sorted_nc[q, 1] + sy - yi
-                    dz = posw_sorted_nc[q, 2] + sz - zi
+                    dx = (posw_sorted_nc[q, 0] - xi) + sx
+                    dy = (posw_sorted_nc[q, 1] - yi) + sy
+                    dz = (posw_sorted_nc[q, 2] - zi) + sz
                     r2 = dx * dx + dy * dy + dz * dz
                     if r2 < rc2:
                         i_p[p] = i
@@ -414,9 +414,9 @@ def fill_csr(
                     j = order_n[q]
                     if same_image and j == i:
                         continue
-                    dx = posw_sorted_nc[q, 0] + sx - xi
-                    dy = posw_sorted_nc[q, 1] + sy - yi
-                    dz = posw_sorted_nc[q, 2] + sz - zi
+                    dx = (posw_sorted_nc[q, 0] - xi) + sx
+                    dy = (posw_sorted_nc[q, 1] - yi) + sy
+                    dz = (posw_sorted_nc[q, 2] - zi) + sz
                     if dx * dx + dy * dy + dz * dz < rc2:
                         j_p[p] = j
                         u0 = t0 - wrap_nc[j, 0] + wrap_nc[i, 0]

@@ -71,6 +71,9 @@ def cases():
     pos, z = _structure(4, 10, np.eye(3) * 5.0)
     c["nl_cluster"] = dict(pos=pos, cell=np.zeros((3, 3)), pbc=[False, False, False], cutoff=2.5, dtype="float64")
     c["nl_empty"] = dict(pos=np.zeros((0, 3)), cell=TRICLINIC, pbc=[True, True, True], cutoff=3.0, dtype="float64")
+    # lattice distance equal to the cutoff: both images of each tie, or neither (a symmetric full list)
+    c["nl_tie"] = dict(pos=np.array([[0.3, 0.7, 1.1], [1.9, 2.3, 0.4]]), cell=np.eye(3) * 3.0, pbc=[True, True, True],
+                       cutoff=3.0, dtype="float64")
 
     pos, z = _structure(5, 16, TRICLINIC, min_dist=0.9)
     c["feat"] = dict(pos=pos, z=z, cell=TRICLINIC, pbc=[True, False, True])
@@ -160,7 +163,7 @@ def run_device(out_path):
     res, meta, times = {}, {}, {}
     sp = spec()
     c = cases()
-    for name in ("nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty"):
+    for name in ("nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty", "nl_tie"):
         t = time.perf_counter()
         k = c[name]
         pos = k["pos"].astype(k["dtype"])
@@ -343,7 +346,8 @@ def _cpu_nl(k, sort):
 
 
 @pytest.mark.cudasim
-@pytest.mark.parametrize("name", ["nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty"])
+@pytest.mark.parametrize("name", ["nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty",
+                                  "nl_tie"])
 @pytest.mark.parametrize("sort", [False, True])
 def test_neighbor_list_equals_cpu(device, name, sort):
     res, _ = device
@@ -361,6 +365,9 @@ def test_neighbor_list_equals_cpu(device, name, sort):
         for nl in (ref, got_nl):
             assert np.all(np.diff(nl.i) >= 0)
         ref, got_nl = sort_pairs(ref), sort_pairs(got_nl)
+    from tests.reference.neighbors_ref import pair_set
+
+    assert pair_set(got_nl.i, got_nl.j, got_nl.shifts) == pair_set(got_nl.j, got_nl.i, -got_nl.shifts), name
     for field, want, got in zip(ref._fields, ref, got_nl):
         assert got.dtype == want.dtype, (field, got.dtype, want.dtype)
         assert got.shape == want.shape, (field, got.shape, want.shape)

@@ -85,6 +85,23 @@ def test_sorted_rows_equal_a_full_lexsort(dtype):
             assert a.dtype == b.dtype, name
 
 
+def test_full_list_is_symmetric_at_exact_cutoff_ties():
+    """Lattice distances equal to the cutoff: (i, j, S) and (j, i, -S) are kept or dropped together
+    (one atom in a 3 Å cube with cutoff 3 kept only the +z image: the vector was x_j + s - x_i, rounded
+    differently for +s and -s)."""
+    rng = np.random.default_rng(11)
+    cases = [(np.array([[0.3, 0.7, 1.1]]), np.eye(3) * 3.0, 3.0)]
+    for _ in range(40):
+        a = rng.uniform(2.0, 4.0)
+        cell = np.diag([a, rng.uniform(2.0, 4.0), rng.uniform(2.0, 4.0)])
+        pos = rng.random((int(rng.integers(1, 4)), 3)) @ cell * rng.choice([1.0, 7.0, 123.0])
+        cases.append((pos, cell, a * int(rng.integers(1, 3))))  # a lattice distance as the cutoff
+    for pos, cell, cutoff in cases:
+        nl = fastfeat.neighbor_list(pos, cell, True, cutoff)
+        fwd = pair_set(nl.i, nl.j, nl.shifts)
+        assert fwd == pair_set(nl.j, nl.i, -nl.shifts), f"pos={pos.tolist()} cell={np.diag(cell)} rc={cutoff}"
+
+
 def test_full_list_is_symmetric():
     pos, cell, pbc, cutoff = _case(5, 1.1)
     nl = fastfeat.neighbor_list(pos, cell, pbc, cutoff)
