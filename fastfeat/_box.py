@@ -125,7 +125,8 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
         raise CellTooSmallError(
             f"`cutoff` {cutoff} Å is too large for this periodic cell (perpendicular widths "
             f"{[round(h, 4) for h, p in zip(height, pbc) if p]} Å): every atom would see {n_visit} cell images, "
-            f"more than the limit of {MAX_SEARCH_CELLS}; use a larger (supercell) cell or a smaller cutoff"
+            f"more than the limit of {MAX_SEARCH_CELLS}; use a larger (supercell) cell or a smaller cutoff, or, for "
+            f"a very skewed cell, the same lattice with a reduced basis (ase.geometry.minkowski_reduce)"
         )
     extent = [1.0 if pbc[a] else (extent[a] if extent[a] > 0 else 1.0) for a in range(3)]
     return BinGrid(inv_box, np.array(pbc, dtype=bool), np.array(smin, dtype=np.float64),

@@ -100,6 +100,21 @@ def one_shot_grid(positions, cell, pbc, cutoff):
     return min(grids, key=lambda g: _traversal_cost(g, n))
 
 
+#: positions at most this many cells from the origin along a periodic axis (int32 shifts; beyond
+#: ~1e19 cells even the int64 wrap count is undefined)
+MAX_WRAP = 2 ** 30
+
+
+def _check_wraps(wrap):
+    """ValueError when an atom lies more than MAX_WRAP cells out along a periodic axis."""
+    if wrap.size and (wrap.min() < -MAX_WRAP or wrap.max() > MAX_WRAP):
+        bad = int(np.flatnonzero((wrap < -MAX_WRAP).any(axis=1) | (wrap > MAX_WRAP).any(axis=1))[0])
+        raise ValueError(
+            f"`positions` of atom {bad} lies more than {MAX_WRAP} cells from the origin along a periodic axis: "
+            "its cell shifts would not fit in int32; wrap the positions into the cell (e.g. atoms.wrap())"
+        )
+
+
 def bin_atoms(positions, cell, pbc, cutoff, divisions=1, grid=None):
     """Wrap and bin validated positions (N >= 1) for the CPU cell-list kernels.
 
@@ -116,6 +131,7 @@ def bin_atoms(positions, cell, pbc, cutoff, divisions=1, grid=None):
     bin3 = np.empty((n, 3), np.int64)
     bins = np.empty(n, np.int64)
     k.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.smin, grid.extent, grid.nbins, posw, wrap, bin3, bins)
+    _check_wraps(wrap)
     start = np.empty(grid.n_cells + 1, np.int64)
     order = np.empty(n, np.int64)
     k.cell_starts(bins, grid.n_cells, start, order)

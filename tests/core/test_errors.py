@@ -174,3 +174,21 @@ def test_api_audit_messages():
     np.testing.assert_array_equal(feat(pbc=np.int64(0)).invariant, feat(pbc=False).invariant)
     with pytest.raises(ValueError, match="`pbc` must be a bool"):
         feat(pbc=2)
+
+
+def test_positions_too_many_cells_out_are_refused():
+    """An atom ~3e9 cells out along a periodic axis: its int32 cell shift overflowed silently (vectors off by
+    4e9 Å); now a clear error, in neighbor_list and featurize (float64 still resolves such positions)."""
+    pos = np.array([[0.1, 0.2, 0.3], [0.5, 0.5, 3.0e9 + 0.4]])
+    with pytest.raises(ValueError, match=r"atom 1 lies more than \d+ cells from the origin .*atoms.wrap\(\)"):
+        fastfeat.neighbor_list(pos, np.eye(3), True, 0.9)
+    with pytest.raises(ValueError, match="atom 1 lies more than"):
+        fastfeat.featurize(positions=pos * 6.0, numbers=np.array([1, 8]), cell=CELL, pbc=True, spec=SPEC)
+    with pytest.raises(ValueError, match="atom 1 lies more than"):
+        fastfeat.neighbor_list(np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1e25]]), np.eye(3), True, 0.9)
+    # far out along a non-periodic axis is fine (no shifts there): the pairs of the reference
+    from tests.reference.neighbors_ref import neighbor_list_ref, pair_set
+
+    nl = fastfeat.neighbor_list(pos, np.eye(3), [True, True, False], 1.2)
+    ref = neighbor_list_ref(pos, np.eye(3), [True, True, False], 1.2)
+    assert len(nl.i) == 8 and pair_set(nl.i, nl.j, nl.shifts) == pair_set(*ref[:3])
