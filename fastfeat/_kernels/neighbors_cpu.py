@@ -237,6 +237,27 @@ def fill_pairs(
 
 
 
+#: rows up to this long are sorted by insertion (no allocation, fast on short rows), longer ones by argsort
+_INSERTION_ROW = 96
+
+
+@njit(inline="always")
+def _insertion_order(key, idx, m):
+    """Sort key[:m] in place by insertion; idx[:m] receives the original positions in sorted order."""
+    for p in range(m):
+        idx[p] = p
+    for p in range(1, m):
+        kv = key[p]
+        iv = idx[p]
+        q = p - 1
+        while q >= 0 and key[q] > kv:
+            key[q + 1] = key[q]
+            idx[q + 1] = idx[q]
+            q -= 1
+        key[q + 1] = kv
+        idx[q + 1] = iv
+
+
 @njit(parallel=True, cache=True)
 def sort_rows(offset_n, j_p, shift_pc, r_pc, d_p, smin_c, span_c):
     """Sort each CSR row (the pairs offset_n[i]:offset_n[i+1] of centre i) by (j, shift) in place.
@@ -254,6 +275,7 @@ def sort_rows(offset_n, j_p, shift_pc, r_pc, d_p, smin_c, span_c):
         for i in range(i0, i1):
             cap = max(cap, offset_n[i + 1] - offset_n[i])
         key = np.empty(cap, np.int64)
+        idx = np.empty(cap, np.int64)
         jt = np.empty(cap, j_p.dtype)
         st = np.empty((cap, 3), shift_pc.dtype)
         rt = np.empty((cap, 3), r_pc.dtype)
@@ -265,7 +287,11 @@ def sort_rows(offset_n, j_p, shift_pc, r_pc, d_p, smin_c, span_c):
                 q = p0 + p
                 key[p] = (((np.int64(j_p[q]) * span_c[0] + (shift_pc[q, 0] - smin_c[0])) * span_c[1]
                            + (shift_pc[q, 1] - smin_c[1])) * span_c[2] + (shift_pc[q, 2] - smin_c[2]))
-            order = np.argsort(key[:m])
+            if m <= _INSERTION_ROW:
+                _insertion_order(key, idx, m)
+                order = idx
+            else:
+                order = np.argsort(key[:m])
             for p in range(m):
                 q = p0 + order[p]
                 jt[p] = j_p[q]

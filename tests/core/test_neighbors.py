@@ -73,13 +73,16 @@ def test_sorted_rows_equal_a_full_lexsort(dtype):
     from fastfeat._neighbors import sort_pairs
 
     rng = np.random.default_rng(7)
-    for trial, (k, f) in enumerate([(3, 1.2), (5, 0.6), (4, 2.5)]):
-        pos, cell, pbc, cutoff = _case(k, f)
+    dense = (rng.random((60, 3)) * 8.0, np.diag([8.0, 8.5, 9.0]), np.array([True, True, True]), 4.0)
+    for trial, case in enumerate([(3, 1.2), (5, 0.6), (4, 2.5), dense]):
+        pos, cell, pbc, cutoff = _case(*case) if len(case) == 2 else case
         pos = pos + (rng.integers(-40, 41, size=(len(pos), 3)) * np.asarray(pbc)) @ cell
         pos = pos.astype(dtype)
         got = fastfeat.neighbor_list(pos, cell, pbc, cutoff, sorted=True)
         want = sort_pairs(fastfeat.neighbor_list(pos, cell, pbc, cutoff))
         assert len(got.i) > 0
+        if trial >= 2:  # rows sorted by insertion (dense: 20-50 pairs) and by argsort (4, 2.5: > 300)
+            assert np.bincount(got.i).max() > (96 if trial == 2 else 10)
         for a, b, name in zip(got, want, ("i", "j", "shifts", "vectors", "distances")):
             np.testing.assert_array_equal(a, b, err_msg=f"trial {trial}: {name}")
             assert a.dtype == b.dtype, name
