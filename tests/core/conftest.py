@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 
 def random_cell(rng, scale=6.0, skew=0.35):
@@ -38,7 +37,3 @@ def random_rotation(rng):
     return q
 
 
-@pytest.fixture
-def rng(request):
-    seed = abs(hash(request.node.name)) % (2**32)
-    return np.random.default_rng(seed)

@@ -192,3 +192,11 @@ def test_positions_too_many_cells_out_are_refused():
     nl = fastfeat.neighbor_list(pos, np.eye(3), [True, True, False], 1.2)
     ref = neighbor_list_ref(pos, np.eye(3), [True, True, False], 1.2)
     assert len(nl.i) == 8 and pair_set(nl.i, nl.j, nl.shifts) == pair_set(*ref[:3])
+
+
+def test_featurizer_reports_overlapping_atoms():
+    """The Featurizer (MD, Calculator) kernel reports overlaps too, not only one-shot featurize."""
+    spec = fastfeat.FeatureSpec.default(("H", "O"))
+    pos = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [0.96, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="atoms 1 and 2 are at the same position"):
+        fastfeat.Featurizer(spec, skin=0.5)(pos, [8, 1, 1], np.eye(3) * 6.0, True)

@@ -107,3 +107,31 @@ def test_bad_spec(kwargs, exc, match):
     base.update(kwargs)
     with pytest.raises(exc, match=match):
         FeatureSpec(**base)
+
+
+def _nonzero_labels(values, labels, start):
+    return {labels[start + c].split(";")[0] for c in np.flatnonzero(np.abs(values[start:]) > 1e-12)}
+
+
+def test_g4_columns_follow_their_labels():
+    """The column layout itself (the NumPy reference and the DScribe test take it from the spec, so a
+    reordered pair index passed them)."""
+    # centre O with one H and one C neighbour inside the angular cutoff: only the (H, C) G4 block is non-zero
+    spec = fastfeat.FeatureSpec.default(("H", "O", "C"))
+    pos = np.array([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.0, 1.2, 0.0]])
+    f = fastfeat.featurize(positions=pos, numbers=[8, 1, 6], pbc=False, spec=spec, dtype=np.float64)
+    assert _nonzero_labels(f.invariant[0], spec.invariant_labels, spec.n_radial) == {"G4[H,C"}
+
+
+def test_w_columns_follow_their_labels():
+    # four species; centre H with an O (index 1) and a C (index 2) neighbour: W vectors only in the
+    # (O, C) bisector and difference blocks, the difference being r̂(O) - r̂(C)
+    spec = fastfeat.FeatureSpec.default(("H", "O", "C", "N"), preset="angular")
+    pos = np.array([[0.0, 0.0, 0.0], [1.1, 0.0, 0.0], [0.0, 1.2, 0.0]])
+    f = fastfeat.featurize(positions=pos, numbers=[1, 8, 6], pbc=False, spec=spec, dtype=np.float64)
+    w = np.linalg.norm(f.covariant[0], axis=1)
+    assert _nonzero_labels(w, spec.covariant_labels, spec.n_covariant_radial) == {"Wsum[O,C", "Wdiff[O,C"}
+    labels = spec.covariant_labels
+    k = next(i for i, l in enumerate(labels) if l.startswith("Wdiff[O,C") and "lambda=+1" in l)
+    d = f.covariant[0, k]
+    assert d[0] > 0 and d[1] < 0 and abs(d[0] / -d[1] - 1) < 1e-12  # along (1, -1, 0): r̂_O - r̂_C

@@ -531,3 +531,15 @@ def test_isotope_masses_round_trip_and_restart(model, water, tmp_path):
     # default masses: no masses column (files stay as ASE's own writer makes them)
     run_md(model, water, 2, dt=0.5, out=tmp_path / "h2o.extxyz")
     assert "masses" not in (tmp_path / "h2o.extxyz").read_text().splitlines()[1]
+
+
+def test_langevin_friction_decay_rate():
+    """At T = 0 without forces BAOAB damps v by exp(-friction dt) per step (the mean temperature of a
+    thermostatted run does not depend on the friction, so it cannot catch a wrong one)."""
+    n = 5
+    rng = np.random.default_rng(0)
+    v0 = rng.normal(size=(n, 3)) * 0.01
+    md = MolecularDynamics(lambda x: np.zeros_like(x), rng.normal(size=(n, 3)), np.full(n, 12.0), dt=1.0,
+                           temperature=0.0, ensemble="langevin", friction=0.05, velocities=v0)
+    r = md.run(20)
+    np.testing.assert_allclose(r.velocities, v0 * np.exp(-0.05 * 20), rtol=1e-12)

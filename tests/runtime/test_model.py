@@ -290,8 +290,13 @@ def test_evaluator_reuses_neighbour_list(model, spec):
         ref = reference_forces(spec, feats.invariant, feats.covariant, feats.species)
         np.testing.assert_allclose(f, ref, rtol=1e-4, atol=1e-5)
     assert ev.n_rebuilds == 1
-    x += 0.8  # moves every atom beyond skin/2 -> rebuild
-    ev(x)
+    assert model.skin == 1.0
+    x[3] += [0.6, 0.0, 0.0]  # one atom beyond skin / 2 (not beyond the skin): the list is rebuilt
+    moved = atoms.copy()
+    moved.positions = x
+    feats = fastfeat.featurize(moved, spec)
+    np.testing.assert_allclose(ev(x), reference_forces(spec, feats.invariant, feats.covariant, feats.species),
+                               rtol=1e-4, atol=1e-5)
     assert ev.n_rebuilds == 2
 
 
