@@ -23,7 +23,8 @@ def _cuda_reason():
     return ""
 
 
-pytestmark = pytest.mark.skipif(bool(_cuda_reason()), reason="CUDA runtime not usable here")
+_REASON = _cuda_reason()
+pytestmark = pytest.mark.skipif(bool(_REASON), reason=f"CUDA runtime not usable here: {_REASON}")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
