@@ -30,6 +30,14 @@ class NeighborList:
         fastfeat.neighbor_list(self.positions, self.cell, self.pbc, CUTOFF, device=device)
         synchronize(device)
 
+    def time_neighbor_list_sorted(self, n_atoms, device):
+        """sorted=True: each centre's pairs ordered by (j, shift) (in place on the CPU)."""
+        fastfeat.neighbor_list(self.positions, self.cell, self.pbc, CUTOFF, sorted=True, device=device)
+        synchronize(device)
+
+    def peakmem_neighbor_list_sorted(self, n_atoms, device):
+        fastfeat.neighbor_list(self.positions, self.cell, self.pbc, CUTOFF, sorted=True, device=device)
+
     def track_pairs_per_atom(self, n_atoms, device):
         return self.n_pairs / len(self.positions)
 
