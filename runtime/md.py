@@ -41,6 +41,7 @@ __all__ = [
     "temperature",
     "ExtxyzWriter",
     "check_trajectory_path",
+    "check_outputs",
     "default_max_temperature",
 ]
 
@@ -262,6 +263,16 @@ def check_trajectory_path(path, what="trajectory `out`"):
     return text
 
 
+def check_outputs(trajectory, log, trajectory_what="trajectory `out`", log_what="`log`"):
+    """The output checks of an MD run, creating nothing: ``trajectory`` must end in .extxyz/.xyz
+    (:func:`check_trajectory_path`), and it and ``log`` (each optional) must be writable
+    (:func:`fastfeat._io.check_output_path`)."""
+    if trajectory is not None:
+        check_trajectory_path(trajectory, trajectory_what)
+    check_output_path(trajectory, trajectory_what)
+    check_output_path(log, log_what)
+
+
 def default_max_temperature(temperature_K) -> float:
     """The automatic ``max_temperature``: max(5000 K, 10 x the target temperature)."""
     return max(5000.0, 10.0 * float(temperature_K))
@@ -464,10 +475,7 @@ class MolecularDynamics:
             raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
         if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
             raise ValueError(f"`every` must be an int >= 1, got {every!r}")
-        if trajectory is not None:
-            check_trajectory_path(trajectory, "`trajectory`")
-        check_output_path(trajectory, "`trajectory`")
-        check_output_path(log, "`log`")
+        check_outputs(trajectory, log, "`trajectory`")
         if self.f is None:
             # before any file is opened: a structure the model cannot start from leaves no empty trajectory
             # (an exception of this first call, e.g. overlapping atoms, concerns the input and propagates)
@@ -729,18 +737,11 @@ def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin
     MDInstabilityError
         See :meth:`MolecularDynamics.run`.
     """
-    from ase import Atoms
+    from .model import _check_atoms, resolve_model
 
-    from .model import resolve_model
-
-    if not isinstance(atoms, Atoms):
-        raise TypeError(f"`atoms` must be one ase.Atoms, got {type(atoms).__name__}")
+    _check_atoms(atoms, "atoms")
     if atoms.constraints:
         raise ValueError(f"`atoms` has constraints {atoms.constraints}; fastfeat md does not apply constraints")
-    if out is not None:
-        check_trajectory_path(out, "trajectory `out`")
-    if not callable(model) and hasattr(model, "require_forces"):
-        model.require_forces()  # a loaded ForceModel: refuse a non-force target before creating files
     if isinstance(velocities, str):
         if velocities != "atoms":
             raise ValueError(f"`velocities` must be 'atoms', an (N, 3) array or None, got {velocities!r}")
@@ -750,10 +751,9 @@ def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin
                 "drop it to draw Maxwell-Boltzmann velocities at `temperature`"
             )
         velocities = atoms.get_velocities() * units.fs
-    # fail on unwritable outputs before any expensive work; nothing is created or truncated until the run
-    # starts (an existing trajectory survives a call that fails on its arguments or model)
-    check_output_path(out, "trajectory `out`")
-    check_output_path(log, "`log`")
+    # fail on bad or unwritable outputs before any expensive work; nothing is created or truncated until the
+    # run starts (an existing trajectory survives a call that fails on its arguments or model)
+    check_outputs(out, log)
     if callable(model):
         force_fn = model
     else:

@@ -43,18 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from fastfeat._io import check_output_path
-
     from ._structures import load_structure
-    from .md import MDInstabilityError, check_trajectory_path, run_md
+    from .md import MDInstabilityError, check_outputs, run_md
     from .model import ModelLoadError, resolve_model
 
     try:
         # check outputs first: a bad path fails before the model is loaded or anything runs
-        if args.out is not None:
-            check_trajectory_path(args.out, "trajectory --out")
-        check_output_path(args.out, "trajectory --out")  # creates nothing: --out may be the STRUCTURE file
-        check_output_path(args.log, "--log")
+        check_outputs(args.out, args.log, "trajectory --out", "--log")  # creates nothing: --out may be STRUCTURE
         atoms = load_structure(args.structure, args.frame)
         model = resolve_model(args.model, device=args.device, intra_op_threads=args.threads, skin=args.skin)
         model.require_forces()

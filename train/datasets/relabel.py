@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .generate import LABEL, _append, _calculator, _read_frames, run_command
+from .generate import LABEL, _append, _calculator, _read_frames, check_settings, run_command
 
 __all__ = ["LABEL", "label_frame", "main", "relabel"]
 
@@ -82,10 +82,7 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=s
         raise ValueError(f"`source` must be an existing file, got {str(source)!r} ({why})")
     if out.is_dir():
         raise ValueError(f"`out` {str(out)!r} is a folder; give the output file")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise ValueError(f"`workers` must be an integer >= 1, got {workers!r}")
-    if time_limit is not None and not time_limit >= 0:
-        raise ValueError(f"`time_limit` must be a number of seconds >= 0 (0: no limit), got {time_limit!r}")
+    check_settings(workers=workers, time_limit=time_limit)
     # empty, unreadable or frameless files: ValueError naming the file
     frames = read_structures(source, format="extxyz", what="`source` file")
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".relabel")
