@@ -715,7 +715,7 @@ def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin
     out, log, every, progress
         See :meth:`MolecularDynamics.run` (``out`` is its ``trajectory``: an
         extxyz file whose name ends in .extxyz or .xyz). Output files are
-        checked and opened before the model is loaded or any force is computed.
+        checked (nothing created) before the model is loaded or any force is computed.
     velocities : "atoms" or (N, 3) array, optional
         "atoms" uses ``atoms.get_velocities()`` (converted to Å/fs); ValueError
         if ``atoms`` has no stored momenta. Default Maxwell-Boltzmann at
