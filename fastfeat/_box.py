@@ -3,6 +3,13 @@
 Shared by the CPU and CUDA neighbour lists. Periodic axes bin in the cell's
 own fractional coordinates; non-periodic axes bin along unit vectors
 orthogonal to the periodic ones, over the atoms' extent (the bounding box).
+
+When that extent is so large that the grid would exceed its O(N) cap (atoms in
+clusters far apart on a non-periodic axis), the CPU grid bins a *compressed*
+coordinate instead: every empty stretch of the axis longer than two cutoffs is
+shortened to two cutoffs (``_axis_regions``). Inside a region the map is a
+translation, and atoms in different regions are more than a cutoff apart, so
+no pair is lost and the bins stay about a cutoff wide.
 """
 
 from __future__ import annotations
@@ -34,6 +41,18 @@ class BinGrid:
     extent: np.ndarray  # (3,) float64: range of s along each axis (1 on periodic)
     nbins: np.ndarray  # (3,) int64
     search: np.ndarray  # (3,) int64: neighbouring bins visited on each side
+    # gap compression of non-periodic axes (see _axis_regions): axis c has n_regions[c] regions (0: none);
+    # a coordinate s in region r (region_lo[c, r] <= s < region_lo[c, r + 1]) is binned as
+    # s - region_lo[c, r] + region_at[c, r]
+    region_lo: np.ndarray = None  # (3, R) float64
+    region_at: np.ndarray = None  # (3, R) float64
+    n_regions: np.ndarray = None  # (3,) int64
+
+    def __post_init__(self):
+        if self.n_regions is None:
+            self.region_lo = np.zeros((3, 1))
+            self.region_at = np.zeros((3, 1))
+            self.n_regions = np.zeros(3, np.int64)
 
     @property
     def n_cells(self) -> int:
@@ -90,12 +109,10 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     inv_box = np.linalg.inv(box)
     smin = [0.0, 0.0, 0.0] if smin is None else [float(x) for x in smin]
     smax = [0.0, 0.0, 0.0] if smax is None else [float(x) for x in smax]
+    s = None
     if positions is not None and not all(pbc) and len(positions):
         s = np.asarray(positions, dtype=np.float64) @ inv_box
         smin, smax = s.min(axis=0).tolist(), s.max(axis=0).tolist()
-        for a in range(3):
-            if not pbc[a]:
-                smin[a], smax[a] = _core_range(s[:, a], smin[a], smax[a], cutoff)
     b = box.tolist()
     # heights: perpendicular widths of the periodic cell (volume / |b x c|), extents elsewhere
     vol = abs(_dot(b[0], _cross(b[1], b[2])))
@@ -109,8 +126,18 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
             extent[a] = max(smax[a] - smin[a], 0.0)
             height[a] = extent[a]
     width = cutoff * (1.0 + _SLACK) / divisions
-    nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
     limit = max(8 * int(n_atoms), 27)
+    nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
+    regions = []
+    if s is not None and nbins[0] * nbins[1] * nbins[2] > limit:
+        # the cap would widen the bins: shorten the empty stretches of the non-periodic axes where that
+        # at least halves the extent (clusters far apart; not a dilute gas, whose gaps are all short)
+        for a in range(3):
+            r = None if pbc[a] else _axis_regions(s[:, a], cutoff * (1.0 + _SLACK))
+            if r is not None and r[2] <= 0.5 * extent[a]:
+                regions.append((a, r[0], r[1]))
+                extent[a] = height[a] = r[2]
+        nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
     while nbins[0] * nbins[1] * nbins[2] > limit:
         a = nbins.index(max(nbins))
         nbins[a] = max(1, nbins[a] // 2)
@@ -129,31 +156,36 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
             f"a very skewed cell, the same lattice with a reduced basis (ase.geometry.minkowski_reduce)"
         )
     extent = [1.0 if pbc[a] else (extent[a] if extent[a] > 0 else 1.0) for a in range(3)]
-    return BinGrid(inv_box, np.array(pbc, dtype=bool), np.array(smin, dtype=np.float64),
+    grid = BinGrid(inv_box, np.array(pbc, dtype=bool), np.array(smin, dtype=np.float64),
                    np.array(extent, dtype=np.float64), np.array(nbins, dtype=np.int64),
                    np.array(search, dtype=np.int64))
+    if regions:
+        r_max = max(len(lo) for _, lo, _ in regions)
+        grid.region_lo = np.zeros((3, r_max))
+        grid.region_at = np.zeros((3, r_max))
+        for a, lo, at in regions:
+            grid.region_lo[a, : len(lo)] = lo
+            grid.region_at[a, : len(lo)] = at
+            grid.n_regions[a] = len(lo)
+    return grid
 
 
-#: atoms a non-periodic axis may leave outside its binned range at each end (see _core_range)
-_OUTLIER_FRACTION = 1e-2
-
-
-def _core_range(x, lo, hi, cutoff):
-    """The range of a non-periodic axis to bin. Normally [lo, hi], the atoms' extent; when a few atoms
-    (at most 1 % at each end) lie far from the rest (an evaporated molecule), the range of the others
-    widened by the cutoff: binning the whole extent would make the bins so wide (the grid is capped at
-    8 N bins) that the search turned quadratic (30 000 atoms plus one at 1e6 Å: 12x slower). The
-    outliers go to the edge bins (assign_bins clamps), which keeps every pair within the cutoff in
-    bins the search visits."""
-    n = len(x)
-    k = int(n * _OUTLIER_FRACTION)
-    if k < 1:
-        return lo, hi
-    part = np.partition(x, (k, n - 1 - k))
-    core_lo, core_hi = max(lo, float(part[k]) - cutoff), min(hi, float(part[n - 1 - k]) + cutoff)
-    if (hi - lo) <= 4.0 * max(core_hi - core_lo, cutoff):  # no far outliers: the whole extent
-        return lo, hi
-    return core_lo, core_hi
+def _axis_regions(x, gap):
+    """Gap compression of one non-periodic axis (coordinates x, in Å): the stretches between atoms
+    longer than 2 * gap (gap >= the cutoff) are shortened to 2 * gap. Returns (lo, at, extent): region
+    r starts at lo[r] and is binned from at[r] (at[0] = lo[0] = min x), and the compressed extent; or
+    None when no stretch is that long. Atoms in different regions are more than a cutoff apart
+    along this axis, so they are never neighbours, and within a region the map is a translation:
+    the grid over the compressed extent finds every pair, with bins about a cutoff wide where the
+    whole extent (two clusters 1e4 Å apart) made them so wide that the search turned quadratic."""
+    xs = np.sort(x)
+    cut = np.flatnonzero(np.diff(xs) > 2.0 * gap)
+    if len(cut) == 0:
+        return None
+    lo = np.concatenate([xs[:1], xs[cut + 1]])
+    length = np.concatenate([xs[cut], xs[-1:]]) - lo
+    at = xs[0] + np.concatenate([[0.0], np.cumsum(length[:-1] + 2.0 * gap)])
+    return lo, at, float(at[-1] + length[-1] - xs[0])
 
 
 def _cross(u, v):

@@ -9,6 +9,10 @@
   /proc/self/clear_refs) and the tracemalloc peak (NumPy allocations only; Numba's internal
   allocations are not traced), both divided by the bytes of the outputs (invariant + covariant).
   Target <= 2.
+- Clusters far apart: two water clusters (non-periodic, 30 000 atoms each; 3 000 with --quick)
+  80 Å and 1e4 Å apart along the diagonal, interleaved; the ratio of their times (featurize and
+  neighbor_list) shows the bin grid's gap compression at work (before it, 1e4 Å took 39x / 7.7x
+  longer: the capped grid's bins spanned whole clusters).
 """
 
 from __future__ import annotations
@@ -75,6 +79,35 @@ def _memory(n_target, threads):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _far_clusters(n_cluster, spec, reps):
+    """Two non-periodic water clusters 80 Å and 1e4 Å apart: featurize and neighbor_list times."""
+    import fastfeat
+    from ase import Atoms
+
+    from benchmarks.common import water_system
+
+    w = water_system(n_cluster)
+    systems = {}
+    for sep in (80.0, 1e4):
+        a = Atoms(w.numbers, w.positions, pbc=False)
+        a += Atoms(w.numbers, w.positions + sep)
+        systems[sep] = a
+    fns = {}
+    for sep, a in systems.items():
+        fns[f"featurize {sep:g}"] = lambda a=a: fastfeat.featurize(a, spec)
+        fns[f"neighbor_list {sep:g}"] = lambda a=a: fastfeat.neighbor_list(a.positions, np.zeros((3, 3)), False, spec.cutoff)
+    t = interleaved_medians(fns, reps)
+    rows, ratios = [], []
+    n = len(systems[80.0])
+    for what, task in (("featurize", "invariant+covariant"), ("neighbor_list", "neighbour list")):
+        for sep in systems:
+            rows.append(row("fastfeat", f"{task} (two clusters {sep:g} Å apart)", f"water 2 x {len(w)}", n,
+                            t[f"{what} {sep:g}"]))
+        ratios.append(ratio(f"{task}: time with clusters 1e4 Å / 80 Å apart", f"water 2 x {len(w)}", n,
+                            t[f"{what} 80"]["median_s"], t[f"{what} 10000"]["median_s"], higher_is_better=False))
+    return rows, ratios
+
+
 def run(quick=False, threads=1):
     import fastfeat
     from benchmarks.common import ani1x_spec, water_system
@@ -119,6 +152,9 @@ def run(quick=False, threads=1):
     ratios.append(ratio(f"neighbour list: time per atom at {len(a_l)} / at {len(a_s)}", f"water {len(a_l)}", len(a_l), nl_s, nl_l,
                         TARGET_SCALING, higher_is_better=False))
     notes.append(f"a small-box sample is {k} back-to-back calls (same work per sample as one large call), reported per call")
+    rows_far, ratios_far = _far_clusters(30000 if not quick else 3000, spec, reps)
+    rows += rows_far
+    ratios += ratios_far
     memory = []
     for n_target in (small, large):
         m = _memory(n_target, threads)

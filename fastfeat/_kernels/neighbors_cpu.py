@@ -14,8 +14,10 @@ _FILL_CHUNK = 64
 
 
 @njit(cache=True)
-def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, nbins_c, posw_nc, wrap_nc, bin3_nc, bin_n):
-    """Wrap periodic coordinates into the cell and give every atom its bin."""
+def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, region_lo_cr, region_at_cr, n_regions_c,
+                nbins_c, posw_nc, wrap_nc, bin3_nc, bin_n):
+    """Wrap periodic coordinates into the cell and give every atom its bin (non-periodic axes with
+    regions bin the gap-compressed coordinate, see fastfeat._box.BinGrid)."""
     n = pos_nc.shape[0]
     for i in range(n):
         s0 = pos_nc[i, 0] * inv_box_cc[0, 0] + pos_nc[i, 1] * inv_box_cc[1, 0] + pos_nc[i, 2] * inv_box_cc[2, 0]
@@ -29,8 +31,19 @@ def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, nbins
                 w = int(np.floor(x))
                 x -= w
             else:
+                nr = n_regions_c[c]
+                if nr > 0:  # the last region starting at or below x (binary search), or the first
+                    lo = 0
+                    hi = nr - 1
+                    while lo < hi:
+                        mid = (lo + hi + 1) >> 1
+                        if region_lo_cr[c, mid] <= x:
+                            lo = mid
+                        else:
+                            hi = mid - 1
+                    x = x - region_lo_cr[c, lo] + region_at_cr[c, lo]
                 x = (x - smin_c[c]) / extent_c[c]
-            # atoms outside the binned range (non-periodic outliers, see bin_grid) go to the edge bins;
+            # rounding may put an atom just outside the binned range: the edge bins take it;
             # compared before the float -> int conversion, which is undefined far out of range
             if x <= 0.0:
                 b = 0

@@ -289,6 +289,27 @@ def test_one_shot_features_do_not_depend_on_the_bin_grid(seed, monkeypatch):
     np.testing.assert_allclose(out[0].covariant, out[1].covariant, rtol=1e-12, atol=1e-13)
 
 
+def test_clusters_far_apart_have_the_features_of_each_cluster_alone():
+    """Three molecules-sized clusters up to 1e4 Å apart (non-periodic): the bin grid compresses the empty
+    stretches (fastfeat._box._axis_regions); the features, one-shot and through a Featurizer, are each
+    cluster's own (to the rounding of coordinates 1e4 Å from the origin)."""
+    from fastfeat._neighbors import one_shot_grid
+
+    rng = np.random.default_rng(5)
+    spec = SPECS["angular_covariant"]
+    parts = [random_structure(rng, 50, species=(1, 8, 6), scale=9.0)[:2] for _ in range(3)]
+    offsets = np.array([[0.0, 0.0, 0.0], [5e3, 0.0, 0.0], [1e4, -1e4, 3e3]])
+    pos = np.vstack([p + o for (p, _), o in zip(parts, offsets)])
+    Z = np.concatenate([z for _, z in parts])
+    assert one_shot_grid(pos, np.zeros((3, 3)), np.zeros(3, bool), spec.cutoff).n_regions.tolist() == [3, 2, 2]
+    alone = [fastfeat.featurize(positions=p, numbers=z, spec=spec, dtype=np.float64) for p, z in parts]
+    one_shot = fastfeat.featurize(positions=pos, numbers=Z, spec=spec, dtype=np.float64)
+    whole = [(one_shot.invariant, one_shot.covariant), fastfeat.Featurizer(spec, dtype=np.float64)(pos, Z)]
+    for g, v in whole:
+        np.testing.assert_allclose(g, np.vstack([a.invariant for a in alone]), rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(v, np.vstack([a.covariant for a in alone]), rtol=1e-9, atol=1e-10)
+
+
 def test_one_shot_grid_halves_bins_in_small_cells_only():
     from fastfeat._neighbors import one_shot_grid
 

@@ -186,10 +186,10 @@ def test_linear_pair_count_on_large_box():
 
 
 def test_far_outliers_on_a_non_periodic_axis_keep_bins_narrow_and_pairs_exact():
-    """A few atoms far from the rest on a non-periodic axis: the binned range is the others' (outliers go to
-    the edge bins), so the bins stay about a cutoff wide instead of spanning 1e6 Å (the search had turned
-    quadratic); the pairs are those of the brute-force reference, the outliers' included."""
-    from fastfeat._box import bin_grid
+    """A few atoms far from the rest on a non-periodic axis: the empty stretches are compressed, so the
+    bins stay about a cutoff wide instead of spanning 1e6 Å (the search had turned quadratic); the pairs
+    are those of the brute-force reference, the outliers' included."""
+    from fastfeat._neighbors import bin_atoms
 
     rng = np.random.default_rng(4)
     g = np.stack(np.meshgrid(*3 * [np.arange(11)], indexing="ij"), -1).reshape(-1, 3) * 1.6
@@ -204,12 +204,41 @@ def test_far_outliers_on_a_non_periodic_axis_keep_bins_narrow_and_pairs_exact():
         if pbc[0]:  # keep the reference's image loop short: the lone atom inside the cell along x and z
             pos = pos.copy()
             pos[-1, [0, 2]] = [7.0, 7.0]
-        grid = bin_grid(cell, pbc, 3.0, len(pos), positions=pos, divisions=2)
-        s = pos[: len(cluster)] @ grid.inv_box
+        cl = bin_atoms(pos, cell, pbc, 3.0, divisions=2)
+        bins = cl.bin3s[np.argsort(cl.order)][: len(cluster)]
         for a in np.flatnonzero(~pbc):  # the cluster spans many bins along each non-periodic axis, not one
-            b = np.floor((s[:, a] - grid.smin[a]) / grid.extent[a] * grid.nbins[a])
-            assert len(np.unique(b)) >= 5, (a, grid.nbins, grid.extent)
+            assert len(np.unique(bins[:, a])) >= 5, (a, cl.grid.nbins, cl.grid.extent)
         nl = fastfeat.neighbor_list(pos, cell, pbc, 3.0)
         got = pair_set(nl.i, nl.j, nl.shifts)
         assert got == pair_set(*neighbor_list_ref(pos, cell, pbc, 3.0)[:3])
         assert (len(pos) - 3, len(pos) - 2, (0, 0, 0)) in got  # the far pair
+
+
+@pytest.mark.parametrize("pbc", [(False, False, False), (True, True, False)])
+def test_clusters_far_apart_keep_bins_narrow_and_pairs_exact(pbc):
+    """Three clusters (two large) far apart on the non-periodic axes: the empty stretches between them are
+    compressed, so each cluster spans several cutoff-wide bins (the whole extent under the O(N) cap had
+    put each cluster in one or two bins: 2 x 30 000 water 1e4 Å apart took 39x longer); the pairs, those
+    across the compressed gaps included, are the brute-force reference's."""
+    from fastfeat._neighbors import bin_atoms
+
+    rng = np.random.default_rng(11)
+    g = np.stack(np.meshgrid(*3 * [np.arange(7)], indexing="ij"), -1).reshape(-1, 3) * 1.6
+    a = g + rng.normal(scale=0.15, size=g.shape)  # 343 atoms, ~10 Å
+    step = np.array([0.0, 0.0, 3e3]) if pbc[0] else np.array([2e3, 3e3, 1e4])
+    # the small cluster sits just over two cutoffs beyond the first: a gap at the compression threshold
+    small = a[:20] + [0.0, 0.0, a[:, 2].max() - a[:20, 2].min() + 6.1]
+    pos = np.vstack([a, a + step, small])
+    cell = np.diag([11.2, 11.2, 20.0]) if pbc[0] else np.zeros((3, 3))
+    cl = bin_atoms(pos, cell, np.array(pbc), 3.0)
+    assert cl.grid.n_regions.sum() >= 1
+    bins = cl.bin3s[np.argsort(cl.order)]
+    for part in (slice(0, 343), slice(343, 686)):
+        for ax in np.flatnonzero(~np.array(pbc)):
+            assert len(np.unique(bins[part, ax])) >= 3, (ax, cl.grid.nbins, cl.grid.extent)
+    nl = fastfeat.neighbor_list(pos, cell, pbc, 3.0)
+    assert pair_set(nl.i, nl.j, nl.shifts) == pair_set(*neighbor_list_ref(pos, cell, np.array(pbc), 3.0)[:3])
+    # a cutoff of 7 Å: the 6.1 Å stretch is no longer compressed and pairs cross it
+    nl = fastfeat.neighbor_list(pos, cell, pbc, 7.0)
+    assert pair_set(nl.i, nl.j, nl.shifts) == pair_set(*neighbor_list_ref(pos, cell, np.array(pbc), 7.0)[:3])
+    assert ((nl.i < 343) & (nl.j >= 686)).any()
