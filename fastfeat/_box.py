@@ -4,12 +4,19 @@ Shared by the CPU and CUDA neighbour lists. Periodic axes bin in the cell's
 own fractional coordinates; non-periodic axes bin along unit vectors
 orthogonal to the periodic ones, over the atoms' extent (the bounding box).
 
-When that extent is so large that the grid would exceed its O(N) cap (atoms in
-clusters far apart on a non-periodic axis), the CPU grid bins a *compressed*
-coordinate instead: every empty stretch of the axis longer than two cutoffs is
-shortened to two cutoffs (``_axis_regions``). Inside a region the map is a
-translation, and atoms in different regions are more than a cutoff apart, so
-no pair is lost and the bins stay about a cutoff wide.
+When the grid would exceed its O(N) cap and so make its bins wider than the
+cutoff (atoms filling a small part of a large box), the CPU grid (which sees the
+positions) does better:
+
+- a periodic axis whose atoms leave an empty stretch wider than half the cell
+  and than two cutoffs is *cut* there (``_periodic_cut``): atoms are wrapped into
+  the occupied arc and the axis is searched without images (no pair can cross
+  the stretch, directly or through an image), binned over the arc only; the
+  wrap counts keep the reported shifts those of the periodic cell;
+- on non-periodic (and cut) axes, every empty stretch longer than two cutoffs
+  is shortened to two cutoffs (``_axis_regions``). Inside a region the map is a
+  translation, and atoms in different regions are more than a cutoff apart, so
+  no pair is lost and the bins stay about a cutoff wide.
 """
 
 from __future__ import annotations
@@ -36,12 +43,16 @@ class CellTooSmallError(ValueError):
 @dataclass
 class BinGrid:
     inv_box: np.ndarray  # (3, 3) float64: fractional s = pos @ inv_box (non-periodic axes in Å)
-    periodic: np.ndarray  # (3,) bool
-    smin: np.ndarray  # (3,) float64: lower bound of s on non-periodic axes (0 on periodic)
+    periodic: np.ndarray  # (3,) bool: searched with periodic images
+    smin: np.ndarray  # (3,) float64: lower bound of s on bounded axes (0 on periodic)
     extent: np.ndarray  # (3,) float64: range of s along each axis (1 on periodic)
     nbins: np.ndarray  # (3,) int64
     search: np.ndarray  # (3,) int64: neighbouring bins visited on each side
-    # gap compression of non-periodic axes (see _axis_regions): axis c has n_regions[c] regions (0: none);
+    # periodic axes cut at an empty stretch (see _periodic_cut): wrapped (a periodic axis of the
+    # structure: s is wrapped into [wrap_origin, wrap_origin + 1)) but not periodic (no images, bounded bins)
+    wrapped: np.ndarray = None  # (3,) bool, default: periodic
+    wrap_origin: np.ndarray = None  # (3,) float64, default 0
+    # gap compression of bounded axes (see _axis_regions): axis c has n_regions[c] regions (0: none);
     # a coordinate s in region r (region_lo[c, r] <= s < region_lo[c, r + 1]) is binned as
     # s - region_lo[c, r] + region_at[c, r]
     region_lo: np.ndarray = None  # (3, R) float64
@@ -49,6 +60,9 @@ class BinGrid:
     n_regions: np.ndarray = None  # (3,) int64
 
     def __post_init__(self):
+        if self.wrapped is None:
+            self.wrapped = self.periodic.copy()
+            self.wrap_origin = np.zeros(3)
         if self.n_regions is None:
             self.region_lo = np.zeros((3, 1))
             self.region_at = np.zeros((3, 1))
@@ -128,15 +142,34 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     width = cutoff * (1.0 + _SLACK) / divisions
     limit = max(8 * int(n_atoms), 27)
     nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
+    searched = list(pbc)  # axes searched with periodic images
+    origin = [0.0, 0.0, 0.0]
     regions = []
-    if s is not None and nbins[0] * nbins[1] * nbins[2] > limit:
-        # the cap would widen the bins: shorten the empty stretches of the non-periodic axes where that
-        # at least halves the extent (clusters far apart; not a dilute gas, whose gaps are all short)
+    if positions is not None and len(positions) and nbins[0] * nbins[1] * nbins[2] > limit:
+        # the cap would widen the bins: cut periodic axes at a wide empty stretch, then shorten the
+        # empty stretches of the bounded axes where that at least halves their extent (clusters far
+        # apart; not a dilute gas, whose gaps are all short)
+        if s is None:
+            s = np.asarray(positions, dtype=np.float64) @ inv_box
         for a in range(3):
-            r = None if pbc[a] else _axis_regions(s[:, a], cutoff * (1.0 + _SLACK))
+            x = s[:, a]
+            gap = cutoff * (1.0 + _SLACK)
+            if pbc[a]:
+                gap /= height[a]  # fractional units along a periodic axis
+                cut = _periodic_cut(x, gap)
+                if cut is None:
+                    continue
+                searched[a] = False
+                origin[a], smin[a], extent[a] = cut
+                x = x - np.floor(x - origin[a])  # as assign_bins wraps it
+            r = _axis_regions(x, gap)
             if r is not None and r[2] <= 0.5 * extent[a]:
                 regions.append((a, r[0], r[1]))
-                extent[a] = height[a] = r[2]
+                extent[a] = r[2]
+            if pbc[a]:
+                height[a] *= extent[a]  # Å
+            else:
+                height[a] = extent[a]
         nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
     while nbins[0] * nbins[1] * nbins[2] > limit:
         a = nbins.index(max(nbins))
@@ -146,7 +179,7 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
         w = height[a] / nbins[a]  # > 0 on periodic axes (non-singular cell)
         reach = int(math.ceil(cutoff * (1.0 + _SLACK) / w)) if w > 0 else 0
         # a periodic axis visits every image in reach; a bounded one has no bins beyond its last
-        search[a] = reach if pbc[a] else min(reach, nbins[a] - 1)
+        search[a] = reach if searched[a] else min(reach, nbins[a] - 1)
     n_visit = (2 * search[0] + 1) * (2 * search[1] + 1) * (2 * search[2] + 1)
     if n_visit > MAX_SEARCH_CELLS:
         raise CellTooSmallError(
@@ -155,10 +188,10 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
             f"more than the limit of {MAX_SEARCH_CELLS}; use a larger (supercell) cell or a smaller cutoff, or, for "
             f"a very skewed cell, the same lattice with a reduced basis (ase.geometry.minkowski_reduce)"
         )
-    extent = [1.0 if pbc[a] else (extent[a] if extent[a] > 0 else 1.0) for a in range(3)]
-    grid = BinGrid(inv_box, np.array(pbc, dtype=bool), np.array(smin, dtype=np.float64),
+    extent = [1.0 if searched[a] else (extent[a] if extent[a] > 0 else 1.0) for a in range(3)]
+    grid = BinGrid(inv_box, np.array(searched, dtype=bool), np.array(smin, dtype=np.float64),
                    np.array(extent, dtype=np.float64), np.array(nbins, dtype=np.int64),
-                   np.array(search, dtype=np.int64))
+                   np.array(search, dtype=np.int64), np.array(pbc, dtype=bool), np.array(origin, dtype=np.float64))
     if regions:
         r_max = max(len(lo) for _, lo, _ in regions)
         grid.region_lo = np.zeros((3, r_max))
@@ -170,22 +203,52 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     return grid
 
 
+def _periodic_cut(x, gap):
+    """Where to cut a periodic axis (fractional coordinates x, any image): (origin, start, arc) when the
+    largest empty stretch of the circle is wider than `gap` (>= the cutoff, fractional) and than half
+    the cell, else None. Atoms are wrapped into [origin, origin + 1) with the origin in the middle of
+    the stretch (far from every atom, so the kernel's rounding cannot move an atom across it); they
+    occupy [start, start + arc]. No pair within the cutoff crosses the stretch, directly or through
+    an image (|s_j + n - s_i| >= the stretch for n != 0), so the axis is searched without images."""
+    f = np.sort(x - np.floor(x))
+    if len(f) == 0:
+        return None
+    gaps = np.empty(len(f))
+    gaps[:-1] = np.diff(f)
+    gaps[-1] = f[0] + 1.0 - f[-1]  # across the cell boundary
+    k = int(np.argmax(gaps))
+    g = float(gaps[k])
+    if g <= max(gap, 0.5):
+        return None
+    origin = float(f[k]) + 0.5 * g
+    origin -= math.floor(origin)
+    start = float(f[(k + 1) % len(f)])  # the first atom after the stretch
+    if start < origin:
+        start += 1.0
+    return origin, start, 1.0 - g
+
+
 def _axis_regions(x, gap):
-    """Gap compression of one non-periodic axis (coordinates x, in Å): the stretches between atoms
-    longer than 2 * gap (gap >= the cutoff) are shortened to 2 * gap. Returns (lo, at, extent): region
-    r starts at lo[r] and is binned from at[r] (at[0] = lo[0] = min x), and the compressed extent; or
-    None when no stretch is that long. Atoms in different regions are more than a cutoff apart
-    along this axis, so they are never neighbours, and within a region the map is a translation:
-    the grid over the compressed extent finds every pair, with bins about a cutoff wide where the
-    whole extent (two clusters 1e4 Å apart) made them so wide that the search turned quadratic."""
+    """Gap compression of one bounded axis (coordinates x; in Å, or fractional on a cut periodic axis):
+    the stretches between atoms longer than 2 * gap (gap >= the cutoff, same units) are shortened to
+    2 * gap. Returns (lo, at, extent): region r holds the coordinates from lo[r] on (lo[0] = min x;
+    later ones in the middle of their stretch, far from every atom, so rounding cannot move an atom
+    into another region) and is binned as x - lo[r] + at[r]; and the compressed extent. None when no
+    stretch is that long. Atoms in different regions are more than a cutoff apart along this axis,
+    so they are never neighbours, and within a region the map is a translation: the grid over the
+    compressed extent finds every pair, with bins about a cutoff wide where the whole extent (two
+    clusters 1e4 Å apart) made them so wide that the search turned quadratic."""
     xs = np.sort(x)
     cut = np.flatnonzero(np.diff(xs) > 2.0 * gap)
     if len(cut) == 0:
         return None
-    lo = np.concatenate([xs[:1], xs[cut + 1]])
-    length = np.concatenate([xs[cut], xs[-1:]]) - lo
-    at = xs[0] + np.concatenate([[0.0], np.cumsum(length[:-1] + 2.0 * gap)])
-    return lo, at, float(at[-1] + length[-1] - xs[0])
+    first = np.concatenate([xs[:1], xs[cut + 1]])  # first and last coordinate of each region
+    last = np.concatenate([xs[cut], xs[-1:]])
+    lo = np.concatenate([xs[:1], 0.5 * (xs[cut] + xs[cut + 1])])
+    # compressed: region r starts 2 * gap after region r - 1 ends
+    start = xs[0] + np.concatenate([[0.0], np.cumsum(last[:-1] - first[:-1] + 2.0 * gap)])
+    at = start - (first - lo)
+    return lo, at, float(start[-1] + last[-1] - first[-1] - xs[0])
 
 
 def _cross(u, v):

@@ -130,8 +130,8 @@ def bin_atoms(positions, cell, pbc, cutoff, divisions=1, grid=None):
     wrap = np.empty((n, 3), np.int64)
     bin3 = np.empty((n, 3), np.int64)
     bins = np.empty(n, np.int64)
-    k.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.smin, grid.extent, grid.region_lo, grid.region_at,
-                  grid.n_regions, grid.nbins, posw, wrap, bin3, bins)
+    k.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.wrapped, grid.wrap_origin, grid.smin, grid.extent,
+                  grid.region_lo, grid.region_at, grid.n_regions, grid.nbins, posw, wrap, bin3, bins)
     _check_wraps(wrap)
     start = np.empty(grid.n_cells + 1, np.int64)
     order = np.empty(n, np.int64)

@@ -14,10 +14,11 @@ _FILL_CHUNK = 64
 
 
 @njit(cache=True)
-def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, region_lo_cr, region_at_cr, n_regions_c,
-                nbins_c, posw_nc, wrap_nc, bin3_nc, bin_n):
-    """Wrap periodic coordinates into the cell and give every atom its bin (non-periodic axes with
-    regions bin the gap-compressed coordinate, see fastfeat._box.BinGrid)."""
+def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, wrapped_c, origin_c, smin_c, extent_c, region_lo_cr,
+                region_at_cr, n_regions_c, nbins_c, posw_nc, wrap_nc, bin3_nc, bin_n):
+    """Wrap periodic coordinates into the cell (into [origin, origin + 1) on axes cut at an empty
+    stretch) and give every atom its bin (bounded axes with regions bin the gap-compressed
+    coordinate; see fastfeat._box.BinGrid)."""
     n = pos_nc.shape[0]
     for i in range(n):
         s0 = pos_nc[i, 0] * inv_box_cc[0, 0] + pos_nc[i, 1] * inv_box_cc[1, 0] + pos_nc[i, 2] * inv_box_cc[2, 0]
@@ -27,10 +28,10 @@ def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, smin_c, extent_c, regio
         for c in range(3):
             x = s[c]
             w = 0
-            if periodic_c[c]:
-                w = int(np.floor(x))
+            if wrapped_c[c]:
+                w = int(np.floor(x - origin_c[c]))
                 x -= w
-            else:
+            if not periodic_c[c]:  # bounded: non-periodic, or a periodic axis cut at an empty stretch
                 nr = n_regions_c[c]
                 if nr > 0:  # the last region starting at or below x (binary search), or the first
                     lo = 0

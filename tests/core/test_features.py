@@ -310,6 +310,28 @@ def test_clusters_far_apart_have_the_features_of_each_cluster_alone():
         np.testing.assert_allclose(v, np.vstack([a.covariant for a in alone]), rtol=1e-9, atol=1e-10)
 
 
+def test_cluster_in_a_large_periodic_box_has_its_isolated_features():
+    """A molecule-sized cluster across the boundary of a 500 Å periodic triclinic cell (positions wrapped):
+    the grid cuts the periodic axes at the empty stretch; the features, one-shot and through a
+    Featurizer, are those of the unwrapped cluster without periodicity."""
+    from fastfeat._neighbors import one_shot_grid
+
+    rng = np.random.default_rng(6)
+    spec = SPECS["angular_covariant"]
+    pos, Z, _ = random_structure(rng, 60, species=(1, 8, 6), scale=9.0)
+    pos -= 4.0
+    cell = np.array([[500.0, 0.0, 0.0], [40.0, 480.0, 0.0], [-30.0, 20.0, 510.0]])
+    wrapped = pos - np.floor(pos @ np.linalg.inv(cell)) @ cell
+    pbc = np.ones(3, bool)
+    assert not one_shot_grid(wrapped, cell, pbc, spec.cutoff).periodic.any()
+    ref = fastfeat.featurize(positions=pos, numbers=Z, spec=spec, dtype=np.float64)
+    one_shot = fastfeat.featurize(positions=wrapped, numbers=Z, cell=cell, pbc=pbc, spec=spec, dtype=np.float64)
+    for g, v in [(one_shot.invariant, one_shot.covariant),
+                 fastfeat.Featurizer(spec, dtype=np.float64)(wrapped, Z, cell, pbc)]:
+        np.testing.assert_allclose(g, ref.invariant, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(v, ref.covariant, rtol=1e-9, atol=1e-10)
+
+
 def test_one_shot_grid_halves_bins_in_small_cells_only():
     from fastfeat._neighbors import one_shot_grid
 

@@ -214,6 +214,55 @@ def test_far_outliers_on_a_non_periodic_axis_keep_bins_narrow_and_pairs_exact():
         assert (len(pos) - 3, len(pos) - 2, (0, 0, 0)) in got  # the far pair
 
 
+def _lattice_cluster(rng, n_side, spacing=1.6, noise=0.15):
+    g = np.stack(np.meshgrid(*3 * [np.arange(n_side)], indexing="ij"), -1).reshape(-1, 3) * spacing
+    return g + rng.normal(scale=noise, size=g.shape)
+
+
+@pytest.mark.parametrize("pbc", [(True, True, True), (True, False, True)])
+def test_cluster_in_a_large_periodic_box_is_searched_without_images(pbc):
+    """A cluster filling a small part of a large periodic triclinic cell and straddling its boundary, some
+    atoms wrapped into the cell and some not: the grid cuts the periodic axes at the empty stretch
+    (searched without images, binned over the occupied arc), so the cluster spans several bins where the
+    capped grid gave it one or two; pairs and shifts are the brute-force reference's."""
+    from fastfeat._neighbors import bin_atoms
+
+    rng = np.random.default_rng(12)
+    cell = np.array([[400.0, 0.0, 0.0], [60.0, 380.0, 0.0], [-40.0, 30.0, 420.0]])
+    pos = _lattice_cluster(rng, 8) - 6.0  # 512 atoms around the origin: on both sides of every cell face
+    frac = pos @ np.linalg.inv(cell)
+    pos[::2] -= np.floor(frac[::2]) @ cell  # half of them wrapped into the cell
+    pbc = np.array(pbc)
+    cl = bin_atoms(pos, cell, pbc, 3.0)
+    assert cl.grid.periodic.tolist() == [False, False, False] and cl.grid.wrapped.tolist() == pbc.tolist()
+    bins = cl.bin3s[np.argsort(cl.order)]
+    for ax in range(3):
+        assert len(np.unique(bins[:, ax])) >= 3, (ax, cl.grid.nbins, cl.grid.extent)
+    for sorted_ in (False, True):
+        nl = fastfeat.neighbor_list(pos, cell, pbc, 3.0, sorted=sorted_)
+        assert pair_set(nl.i, nl.j, nl.shifts) == pair_set(*neighbor_list_ref(pos, cell, pbc, 3.0)[:3])
+        np.testing.assert_allclose(nl.vectors, pos[nl.j] - pos[nl.i] + nl.shifts @ cell, atol=1e-9)
+
+
+def test_rod_along_a_periodic_axis_keeps_that_axis_periodic():
+    """A rod that fills its periodic axis (z) inside a large periodic x-y box: x and y are cut (no images),
+    z keeps its images (no empty stretch); pairs through the z boundary are found."""
+    from fastfeat._box import _periodic_cut
+    from fastfeat._neighbors import bin_atoms
+
+    rng = np.random.default_rng(13)
+    pos = _lattice_cluster(rng, 7) + [150.0, 150.0, 0.0]  # 7 x 1.6 = 11.2 Å along z: the period
+    cell = np.diag([300.0, 300.0, 11.2])
+    pbc = np.array([True, True, True])
+    cl = bin_atoms(pos, cell, pbc, 3.0)
+    assert cl.grid.periodic.tolist() == [False, False, True]
+    assert _periodic_cut(pos[:, 2] / 11.2, 3.0 / 11.2) is None
+    nl = fastfeat.neighbor_list(pos, cell, pbc, 3.0)
+    got = pair_set(nl.i, nl.j, nl.shifts)
+    assert got == pair_set(*neighbor_list_ref(pos, cell, pbc, 3.0)[:3])
+    assert any(sh[2] != 0 for _, _, sh in got) and not any(sh[0] or sh[1] for _, _, sh in got)
+
+
 @pytest.mark.parametrize("pbc", [(False, False, False), (True, True, False)])
 def test_clusters_far_apart_keep_bins_narrow_and_pairs_exact(pbc):
     """Three clusters (two large) far apart on the non-periodic axes: the empty stretches between them are
