@@ -5,8 +5,9 @@ own fractional coordinates; non-periodic axes bin along unit vectors
 orthogonal to the periodic ones, over the atoms' extent (the bounding box).
 
 When the grid would exceed its O(N) cap and so make its bins wider than the
-cutoff (atoms filling a small part of a large box), the CPU grid (which sees the
-positions) does better:
+cutoff (atoms filling a small part of a large box), a grid made from the
+positions (the CPU path; the CUDA path downloads the positions of such a
+structure) does better:
 
 - a periodic axis whose atoms leave an empty stretch wider than half the cell
   and than two cutoffs is *cut* there (``_periodic_cut``): atoms are wrapped into
@@ -58,6 +59,9 @@ class BinGrid:
     region_lo: np.ndarray = None  # (3, R) float64
     region_at: np.ndarray = None  # (3, R) float64
     n_regions: np.ndarray = None  # (3,) int64
+    #: the O(N) cap would have made the bins wider than the cutoff over the atoms' bounding box
+    #: (with positions, bin_grid then cuts/compresses axes; from bounds alone it cannot)
+    sparse: bool = False
 
     def __post_init__(self):
         if self.wrapped is None:
@@ -145,7 +149,8 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     searched = list(pbc)  # axes searched with periodic images
     origin = [0.0, 0.0, 0.0]
     regions = []
-    if positions is not None and len(positions) and nbins[0] * nbins[1] * nbins[2] > limit:
+    sparse = nbins[0] * nbins[1] * nbins[2] > limit
+    if positions is not None and len(positions) and sparse:
         # the cap would widen the bins: cut periodic axes at a wide empty stretch, then shorten the
         # empty stretches of the bounded axes where that at least halves their extent (clusters far
         # apart; not a dilute gas, whose gaps are all short)
@@ -191,7 +196,8 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     extent = [1.0 if searched[a] else (extent[a] if extent[a] > 0 else 1.0) for a in range(3)]
     grid = BinGrid(inv_box, np.array(searched, dtype=bool), np.array(smin, dtype=np.float64),
                    np.array(extent, dtype=np.float64), np.array(nbins, dtype=np.int64),
-                   np.array(search, dtype=np.int64), np.array(pbc, dtype=bool), np.array(origin, dtype=np.float64))
+                   np.array(search, dtype=np.int64), np.array(pbc, dtype=bool), np.array(origin, dtype=np.float64),
+                   sparse=sparse)
     if regions:
         r_max = max(len(lo) for _, lo, _ in regions)
         grid.region_lo = np.zeros((3, r_max))

@@ -274,20 +274,36 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
 
     grids = []
     for s in range(s_count):
-        n_s = int(atom_start[s + 1] - atom_start[s])
-        lo, hi = (smin_h[s], smax_h[s]) if n_s else (np.zeros(3), np.zeros(3))
+        a0, a1 = int(atom_start[s]), int(atom_start[s + 1])
+        lo, hi = (smin_h[s], smax_h[s]) if a1 > a0 else (np.zeros(3), np.zeros(3))
         try:
-            grids.append(bin_grid(cells[s], pbcs[s], cutoff, n_s, smin=lo, smax=hi))
+            g = bin_grid(cells[s], pbcs[s], cutoff, a1 - a0, smin=lo, smax=hi)
+            if g.sparse:  # atoms in a small part of a large box: a grid from the positions (see _box)
+                g = bin_grid(cells[s], pbcs[s], cutoff, a1 - a0,
+                             positions=download(pos[a0:a1], stream).astype(np.float64))
         except ValueError as exc:
             raise ValueError(prefixes[s] + str(exc)) from None
+        grids.append(g)
     bin_base = np.zeros(s_count + 1, np.int64)
     np.cumsum([g.n_cells for g in grids], out=bin_base[1:])
     n_cells = int(bin_base[-1])
     d_cell = upload(np.asarray(cells, np.float64).reshape(-1, 3, 3), stream)
     d_inv = upload(np.array([g.inv_box for g in grids]).reshape(-1, 3, 3), stream)
-    d_periodic = upload(np.asarray(pbcs, bool).reshape(-1, 3), stream)
+    # searched with periodic images (a periodic axis cut at an empty stretch is not), wrapped (periodic)
+    d_periodic = upload(np.array([g.periodic for g in grids], bool).reshape(-1, 3), stream)
+    d_wrapped = upload(np.array([g.wrapped for g in grids], bool).reshape(-1, 3), stream)
+    d_origin = upload(np.array([g.wrap_origin for g in grids]).reshape(-1, 3), stream)
     d_smin = upload(np.array([g.smin for g in grids]).reshape(-1, 3), stream)
     d_extent = upload(np.array([g.extent for g in grids]).reshape(-1, 3), stream)
+    r_max = max([g.region_lo.shape[1] for g in grids] + [1])
+    region_lo = np.zeros((s_count, 3, r_max))
+    region_at = np.zeros((s_count, 3, r_max))
+    for s, g in enumerate(grids):
+        region_lo[s, :, : g.region_lo.shape[1]] = g.region_lo
+        region_at[s, :, : g.region_at.shape[1]] = g.region_at
+    d_region_lo = upload(region_lo, stream)
+    d_region_at = upload(region_at, stream)
+    d_n_regions = upload(np.array([g.n_regions for g in grids], np.int64).reshape(-1, 3), stream)
     d_nbins = upload(np.array([g.nbins for g in grids], np.int64).reshape(-1, 3), stream)
     d_search = upload(np.array([g.search for g in grids], np.int64).reshape(-1, 3), stream)
     d_bin_base = upload(bin_base, stream)
@@ -297,8 +313,8 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
     wrap = alloc((n, 3), np.int32)
     bin3 = alloc((n, 3), np.int64)
     bin_n = alloc(n, np.int64)
-    launch(k.assign_cells, n, stream, pos, struct_n, d_cell, d_inv, d_periodic, d_smin, d_extent, d_nbins,
-           d_bin_base, posw, wrap, bin3, bin_n)
+    launch(k.assign_cells, n, stream, pos, struct_n, d_cell, d_inv, d_periodic, d_wrapped, d_origin, d_smin, d_extent,
+           d_region_lo, d_region_at, d_n_regions, d_nbins, d_bin_base, posw, wrap, bin3, bin_n)
     count_b = alloc(n_cells, np.int64)
     fill(count_b, 0, stream)
     launch(k.count_cells, n, stream, bin_n, count_b)

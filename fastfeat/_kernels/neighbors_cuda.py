@@ -149,10 +149,12 @@ def bounding_box(pos_nc, struct_n, inv_box_scc, smin_sc, smax_sc, bad):
 
 @cuda.jit(cache=True)
 def assign_cells(
-    pos_nc, struct_n, cell_scc, inv_box_scc, periodic_sc, smin_sc, extent_sc, nbins_sc, bin_base_s,
-    posw_nc, wrap_nc, bin3_nc, bin_n,
+    pos_nc, struct_n, cell_scc, inv_box_scc, periodic_sc, wrapped_sc, origin_sc, smin_sc, extent_sc,
+    region_lo_scr, region_at_scr, n_regions_sc, nbins_sc, bin_base_s, posw_nc, wrap_nc, bin3_nc, bin_n,
 ):
-    """Wrap periodic coordinates into the cell and give every atom its (global) bin."""
+    """Wrap periodic coordinates into the cell (into [origin, origin + 1) on axes cut at an empty
+    stretch) and give every atom its (global) bin (bounded axes with regions bin the gap-compressed
+    coordinate; see fastfeat._box.BinGrid and the CPU assign_bins)."""
     i = cuda.grid(1)
     if i >= pos_nc.shape[0]:
         return
@@ -163,16 +165,29 @@ def assign_cells(
     for c in range(3):
         x = p0 * inv_box_scc[s, 0, c] + p1 * inv_box_scc[s, 1, c] + p2 * inv_box_scc[s, 2, c]
         w = 0
-        if periodic_sc[s, c]:
-            w = int(math.floor(x))
+        if wrapped_sc[s, c]:
+            w = int(math.floor(x - origin_sc[s, c]))
             x -= w
-        else:
+        if not periodic_sc[s, c]:  # bounded: non-periodic, or a periodic axis cut at an empty stretch
+            nr = n_regions_sc[s, c]
+            if nr > 0:  # the last region starting at or below x (binary search), or the first
+                lo = 0
+                hi = nr - 1
+                while lo < hi:
+                    mid = (lo + hi + 1) >> 1
+                    if region_lo_scr[s, c, mid] <= x:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                x = x - region_lo_scr[s, c, lo] + region_at_scr[s, c, lo]
             x = (x - smin_sc[s, c]) / extent_sc[s, c]
-        b = int(x * nbins_sc[s, c])
-        if b < 0:
+        # compared before the float -> int conversion, which is undefined far out of range
+        if x <= 0.0:
             b = 0
-        elif b >= nbins_sc[s, c]:
+        elif x >= 1.0:
             b = nbins_sc[s, c] - 1
+        else:
+            b = min(int(x * nbins_sc[s, c]), nbins_sc[s, c] - 1)
         bin3_nc[i, c] = b
         wrap_nc[i, c] = w
     bin_n[i] = bin_base_s[s] + (bin3_nc[i, 0] * nbins_sc[s, 1] + bin3_nc[i, 1]) * nbins_sc[s, 2] + bin3_nc[i, 2]

@@ -75,6 +75,20 @@ def cases():
     c["nl_tie"] = dict(pos=np.array([[0.3, 0.7, 1.1], [1.9, 2.3, 0.4]]), cell=np.eye(3) * 3.0, pbc=[True, True, True],
                        cutoff=3.0, dtype="float64")
 
+    # sparse boxes, where the O(N) grid cap would widen the bins (fastfeat._box): two clusters 100 Å apart
+    # without periodicity (gap compression), and a cluster across the boundary of a 60 Å periodic
+    # triclinic cell, some atoms wrapped and some not (periodic axes cut at the empty stretch)
+    p1, _ = _structure(12, 6, np.eye(3) * 3.0)
+    p2, _ = _structure(13, 5, np.eye(3) * 3.0)
+    c["nl_sparse_clusters"] = dict(pos=np.vstack([p1, p2 + [60.0, -20.0, 80.0]]), cell=np.zeros((3, 3)),
+                                   pbc=[False, False, False], cutoff=2.5, dtype="float64")
+    big = np.array([[60.0, 0.0, 0.0], [8.0, 57.0, 0.0], [-5.0, 4.0, 62.0]])
+    pos, z = _structure(14, 12, np.eye(3) * 4.0, min_dist=1.0)
+    pos -= 2.0
+    pos[::2] -= np.floor(pos[::2] @ np.linalg.inv(big)) @ big
+    c["nl_big_box"] = dict(pos=pos, cell=big, pbc=[True, True, True], cutoff=2.5, dtype="float32")
+    c["feat_big_box"] = dict(pos=pos, z=z, cell=big, pbc=[True, False, True])
+
     pos, z = _structure(5, 16, TRICLINIC, min_dist=0.9)
     c["feat"] = dict(pos=pos, z=z, cell=TRICLINIC, pbc=[True, False, True])
     b1 = _structure(6, 6, SMALL, min_dist=1.0)
@@ -163,7 +177,8 @@ def run_device(out_path):
     res, meta, times = {}, {}, {}
     sp = spec()
     c = cases()
-    for name in ("nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty", "nl_tie"):
+    for name in ("nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty", "nl_tie",
+                 "nl_sparse_clusters", "nl_big_box"):
         t = time.perf_counter()
         k = c[name]
         pos = k["pos"].astype(k["dtype"])
@@ -181,6 +196,13 @@ def run_device(out_path):
         res[f"feat/{dt}/g"], res[f"feat/{dt}/v"], res[f"feat/{dt}/species"] = (
             host(f.invariant), host(f.covariant), host(f.species))
         times[f"feat/{dt}"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # a sparse box: the grid from downloaded positions (periodic axes cut)
+    kb = c["feat_big_box"]
+    f = fastfeat.featurize(positions=kb["pos"], numbers=kb["z"], cell=kb["cell"], pbc=kb["pbc"], spec=sp,
+                           device="cuda", dtype=np.float64)
+    res["feat_big_box/g"], res["feat_big_box/v"] = host(f.invariant), host(f.covariant)
+    times["feat_big_box"] = time.perf_counter() - t
 
     t = time.perf_counter()  # device arrays in (positions and numbers), float32 compute from float64 input
     f = fastfeat.featurize(positions=cuda.to_device(k["pos"]), numbers=cuda.to_device(k["z"]), cell=k["cell"],
@@ -347,7 +369,7 @@ def _cpu_nl(k, sort):
 
 @pytest.mark.cudasim
 @pytest.mark.parametrize("name", ["nl_triclinic", "nl_left_handed", "nl_cutoff_above_cell", "nl_cluster", "nl_empty",
-                                  "nl_tie"])
+                                  "nl_tie", "nl_sparse_clusters", "nl_big_box"])
 @pytest.mark.parametrize("sort", [False, True])
 def test_neighbor_list_equals_cpu(device, name, sort):
     res, _ = device
@@ -404,6 +426,26 @@ def test_features_equal_cpu(device, dtype):
     _close(res[f"feat/{dtype}/g"], ref.invariant, dtype, "invariant")
     _close(res[f"feat/{dtype}/v"], ref.covariant, dtype, "covariant")
     np.testing.assert_array_equal(res[f"feat/{dtype}/species"], ref.species)
+
+
+@pytest.mark.cudasim
+def test_sparse_box_grids_match_the_cpu_and_features_equal_cpu(device):
+    """The sparse-box cases take the adapted grid on both devices (a cut periodic axis, compressed gaps),
+    and the CUDA features of the cluster in the large periodic box equal the CPU's."""
+    from fastfeat._box import bin_grid
+
+    res, _ = device
+    c = cases()
+    k = c["nl_sparse_clusters"]
+    g = bin_grid(k["cell"], k["pbc"], k["cutoff"], len(k["pos"]), positions=k["pos"])
+    assert g.sparse and g.n_regions.sum() > 0
+    k = c["nl_big_box"]
+    g = bin_grid(k["cell"], k["pbc"], k["cutoff"], len(k["pos"]), positions=k["pos"].astype(np.float64))
+    assert g.sparse and not g.periodic.any()
+    k = c["feat_big_box"]
+    ref = _cpu_features(k, "float64")
+    _close(res["feat_big_box/g"], ref.invariant, "float64", "G")
+    _close(res["feat_big_box/v"], ref.covariant, "float64", "V")
 
 
 @pytest.mark.cudasim
