@@ -42,3 +42,30 @@ class NeighborList:
         return self.n_pairs / len(self.positions)
 
     track_pairs_per_atom.unit = "pairs/atom"
+
+
+class SparseBoxNeighborList:
+    """fastfeat.neighbor_list where the atoms fill a small part of a large box: a water cluster in a
+    1000 Å periodic box (periodic axes cut at the empty stretch) and two clusters 1e4 Å apart without
+    periodicity (empty stretches compressed). Compare with NeighborList at about the same atom count:
+    a capped grid whose bins span whole clusters makes these quadratic (fastfeat._box)."""
+
+    params = ([1000, 10000], ["periodic_box_1000", "clusters_1e4_apart"], devices())
+    param_names = ["n_atoms", "layout", "device"]
+    timeout = 600
+
+    def setup(self, n_atoms, layout, device):
+        w = common.water_system(n_atoms)
+        if layout == "periodic_box_1000":
+            pos, self.cell, self.pbc = w.positions, np.eye(3) * 1000.0, np.array([True] * 3)
+        else:
+            pos = np.vstack([w.positions, w.positions + 1e4])
+            self.cell, self.pbc = np.zeros((3, 3)), np.array([False] * 3)
+        self.positions = to_device(np.ascontiguousarray(pos), device)
+        self.device = device
+        fastfeat.neighbor_list(self.positions, self.cell, self.pbc, CUTOFF, device=device)  # JIT warm-up
+        synchronize(device)
+
+    def time_neighbor_list(self, n_atoms, layout, device):
+        fastfeat.neighbor_list(self.positions, self.cell, self.pbc, CUTOFF, device=device)
+        synchronize(device)
