@@ -10,14 +10,16 @@ positions (the CPU path; the CUDA path downloads the positions of such a
 structure) does better:
 
 - a periodic axis whose atoms leave an empty stretch wider than half the cell
-  and than two cutoffs is *cut* there (``_periodic_cut``): atoms are wrapped into
+  and than the cutoff is *cut* there (``_periodic_cut``): atoms are wrapped into
   the occupied arc and the axis is searched without images (no pair can cross
   the stretch, directly or through an image), binned over the arc only; the
   wrap counts keep the reported shifts those of the periodic cell;
-- on non-periodic (and cut) axes, every empty stretch longer than two cutoffs
-  is shortened to two cutoffs (``_axis_regions``). Inside a region the map is a
-  translation, and atoms in different regions are more than a cutoff apart, so
-  no pair is lost and the bins stay about a cutoff wide.
+- on non-periodic (and cut) axes, a few atoms far from the rest (at most 1 % at
+  each end: evaporated molecules) go to the edge bins (``_core_range``), and
+  every empty stretch longer than two cutoffs is shortened to two cutoffs
+  (``_axis_regions``). Inside a region the map is a translation, and atoms in
+  different regions are more than a cutoff apart, so no pair is lost and the
+  bins stay about a cutoff wide.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ class BinGrid:
     region_lo: np.ndarray = None  # (3, R) float64
     region_at: np.ndarray = None  # (3, R) float64
     n_regions: np.ndarray = None  # (3,) int64
-    #: the O(N) cap would have made the bins wider than the cutoff over the atoms' bounding box
-    #: (with positions, bin_grid then cuts/compresses axes; from bounds alone it cannot)
+    #: from bounds alone: the O(N) cap makes the bins wider than the cutoff in a structure of at least
+    #: _ADAPT_MIN_ATOMS atoms (a grid from the positions may do better); from positions: moreover the
+    #: capped grid crowded the atoms, so this grid was adapted (cut axes, outliers, compressed gaps)
     sparse: bool = False
 
     def __post_init__(self):
@@ -149,13 +152,15 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     searched = list(pbc)  # axes searched with periodic images
     origin = [0.0, 0.0, 0.0]
     regions = []
-    sparse = nbins[0] * nbins[1] * nbins[2] > limit
-    if positions is not None and len(positions) and sparse:
-        # the cap would widen the bins: cut periodic axes at a wide empty stretch, then shorten the
-        # empty stretches of the bounded axes where that at least halves their extent (clusters far
-        # apart; not a dilute gas, whose gaps are all short)
-        if s is None:
-            s = np.asarray(positions, dtype=np.float64) @ inv_box
+    # the cap would widen the bins of a structure large enough to care: a grid from the positions may do better
+    sparse = nbins[0] * nbins[1] * nbins[2] > limit and n_atoms >= _ADAPT_MIN_ATOMS
+    if positions is not None and sparse:
+        s = np.asarray(positions, dtype=np.float64) @ inv_box if s is None else s
+        sparse = _crowded(s, pbc, smin, extent, _capped(nbins, limit))
+    if positions is not None and sparse:
+        # the capped grid crowds the atoms: cut periodic axes at a wide empty stretch; on bounded axes,
+        # put a few far outliers in the edge bins, then shorten the empty stretches where that at least
+        # halves the extent (clusters far apart; not a dilute gas, whose gaps are all short)
         for a in range(3):
             x = s[:, a]
             gap = cutoff * (1.0 + _SLACK)
@@ -165,20 +170,26 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
                 if cut is None:
                     continue
                 searched[a] = False
-                origin[a], smin[a], extent[a] = cut
+                origin[a], lo, arc = cut
+                hi = lo + arc
                 x = x - np.floor(x - origin[a])  # as assign_bins wraps it
-            r = _axis_regions(x, gap)
-            if r is not None and r[2] <= 0.5 * extent[a]:
-                regions.append((a, r[0], r[1]))
-                extent[a] = r[2]
-            if pbc[a]:
-                height[a] *= extent[a]  # Å
             else:
-                height[a] = extent[a]
+                lo, hi = smin[a], smax[a]
+            core = _core_range(x, lo, hi, gap)  # a few far outliers go to the edge bins
+            if core != (lo, hi):
+                lo, hi = core
+                x = x[(x >= lo) & (x <= hi)]
+            ext = hi - lo
+            r = _axis_regions(x, gap)
+            if r is not None:
+                squeezed = (hi - r[0][-1] + r[1][-1]) - lo  # region 0 is not moved: lo <= r[0][0] = r[1][0]
+                if squeezed <= 0.5 * ext:
+                    regions.append((a, r[0], r[1]))
+                    ext = squeezed
+            smin[a], extent[a] = lo, ext
+            height[a] = ext * height[a] if pbc[a] else ext
         nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
-    while nbins[0] * nbins[1] * nbins[2] > limit:
-        a = nbins.index(max(nbins))
-        nbins[a] = max(1, nbins[a] // 2)
+    nbins = _capped(nbins, limit)
     search = [0, 0, 0]
     for a in range(3):
         w = height[a] / nbins[a]  # > 0 on periodic axes (non-singular cell)
@@ -209,6 +220,36 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     return grid
 
 
+#: structures with fewer atoms keep the capped grid (its search costs at most ~N^2 distances, less
+#: than finding the empty stretches: a 12-atom molecule in a 30 Å periodic box)
+_ADAPT_MIN_ATOMS = 256
+#: the capped grid is adapted when an atom shares its bin with more than this many atoms on average:
+#: capped bins hold 1/8 atom on average, so a uniform gas stays near 1 (nothing to gain), while a
+#: droplet in a large box puts thousands in one bin
+_CROWDED = 8.0
+
+
+def _capped(nbins, limit):
+    """Bin counts halved along the longest axis until there are at most `limit` bins."""
+    nbins = list(nbins)
+    while nbins[0] * nbins[1] * nbins[2] > limit:
+        a = nbins.index(max(nbins))
+        nbins[a] = max(1, nbins[a] // 2)
+    return nbins
+
+
+def _crowded(s, pbc, smin, extent, nbins):
+    """Whether the grid `nbins` over the bounding box (s: binning coordinates of the atoms) puts
+    more than _CROWDED atoms on average in an atom's bin (sum of squared bin counts / N)."""
+    key = np.zeros(len(s), np.int64)
+    for a in range(3):
+        x = s[:, a] - np.floor(s[:, a]) if pbc[a] else (s[:, a] - smin[a]) / (extent[a] if extent[a] > 0 else 1.0)
+        b = np.clip((x * nbins[a]).astype(np.int64), 0, nbins[a] - 1)
+        key = key * nbins[a] + b
+    counts = np.bincount(key)
+    return float(np.dot(counts, counts)) > _CROWDED * len(s)
+
+
 def _periodic_cut(x, gap):
     """Where to cut a periodic axis (fractional coordinates x, any image): (origin, start, arc) when the
     largest empty stretch of the circle is wider than `gap` (>= the cutoff, fractional) and than half
@@ -237,10 +278,10 @@ def _periodic_cut(x, gap):
 def _axis_regions(x, gap):
     """Gap compression of one bounded axis (coordinates x; in Å, or fractional on a cut periodic axis):
     the stretches between atoms longer than 2 * gap (gap >= the cutoff, same units) are shortened to
-    2 * gap. Returns (lo, at, extent): region r holds the coordinates from lo[r] on (lo[0] = min x;
-    later ones in the middle of their stretch, far from every atom, so rounding cannot move an atom
-    into another region) and is binned as x - lo[r] + at[r]; and the compressed extent. None when no
-    stretch is that long. Atoms in different regions are more than a cutoff apart along this axis,
+    2 * gap. Returns (lo, at): region r holds the coordinates from lo[r] on (lo[0] = min x; later ones
+    in the middle of their stretch, far from every atom, so rounding cannot move an atom into another
+    region) and is binned as x - lo[r] + at[r] (at[0] = lo[0]: region 0 stays where it is). None when
+    no stretch is that long. Atoms in different regions are more than a cutoff apart along this axis,
     so they are never neighbours, and within a region the map is a translation: the grid over the
     compressed extent finds every pair, with bins about a cutoff wide where the whole extent (two
     clusters 1e4 Å apart) made them so wide that the search turned quadratic."""
@@ -253,8 +294,29 @@ def _axis_regions(x, gap):
     lo = np.concatenate([xs[:1], 0.5 * (xs[cut] + xs[cut + 1])])
     # compressed: region r starts 2 * gap after region r - 1 ends
     start = xs[0] + np.concatenate([[0.0], np.cumsum(last[:-1] - first[:-1] + 2.0 * gap)])
-    at = start - (first - lo)
-    return lo, at, float(start[-1] + last[-1] - first[-1] - xs[0])
+    return lo, start - (first - lo)
+
+
+#: atoms a bounded axis may leave outside its binned range at each end (see _core_range)
+_OUTLIER_FRACTION = 1e-2
+
+
+def _core_range(x, lo, hi, cutoff):
+    """The range of a bounded axis to bin. Normally [lo, hi], the atoms' extent; when a few atoms (at
+    most 1 % at each end) lie far from the rest (evaporated molecules spread over a large volume,
+    which no gap compression can gather: each is a region of its own on every axis), the range of
+    the others widened by the cutoff. The outliers go to the edge bins (assign_bins clamps), which
+    keeps every pair within the cutoff in bins the search visits (a neighbour of a clamped outlier
+    lies within a cutoff of the range's end)."""
+    n = len(x)
+    k = int(n * _OUTLIER_FRACTION)
+    if k < 1:
+        return lo, hi
+    part = np.partition(x, (k, n - 1 - k))
+    core_lo, core_hi = max(lo, float(part[k]) - cutoff), min(hi, float(part[n - 1 - k]) + cutoff)
+    if (hi - lo) <= 4.0 * max(core_hi - core_lo, cutoff):  # no far outliers: the whole extent
+        return lo, hi
+    return core_lo, core_hi
 
 
 def _cross(u, v):

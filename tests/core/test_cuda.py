@@ -161,6 +161,15 @@ def _catch(fn):
 
 
 # ------------------------------------------------------- the device side (script)
+def _adapt_tiny_sparse_boxes():
+    """Let the simulator-sized sparse cases (about ten atoms) take the adapted grid, which only
+    structures of fastfeat._box._ADAPT_MIN_ATOMS atoms and crowded capped grids get otherwise."""
+    from fastfeat import _box
+
+    _box._ADAPT_MIN_ATOMS = 2
+    _box._CROWDED = 1.0
+
+
 def run_device(out_path):
     """Every case on the device; results to an .npz plus a JSON of messages and timings."""
     import fastfeat
@@ -173,6 +182,7 @@ def run_device(out_path):
     def host(x):
         return x.get() if hasattr(x, "get") else x.copy_to_host()
 
+    _adapt_tiny_sparse_boxes()
     t_start = time.perf_counter()
     res, meta, times = {}, {}, {}
     sp = spec()
@@ -429,13 +439,17 @@ def test_features_equal_cpu(device, dtype):
 
 
 @pytest.mark.cudasim
-def test_sparse_box_grids_match_the_cpu_and_features_equal_cpu(device):
+def test_sparse_box_grids_match_the_cpu_and_features_equal_cpu(device, monkeypatch):
     """The sparse-box cases take the adapted grid on both devices (a cut periodic axis, compressed gaps),
     and the CUDA features of the cluster in the large periodic box equal the CPU's."""
     from fastfeat._box import bin_grid
 
+    from fastfeat import _box
+
     res, _ = device
     c = cases()
+    monkeypatch.setattr(_box, "_ADAPT_MIN_ATOMS", 2)  # as _adapt_tiny_sparse_boxes in the device run
+    monkeypatch.setattr(_box, "_CROWDED", 1.0)
     k = c["nl_sparse_clusters"]
     g = bin_grid(k["cell"], k["pbc"], k["cutoff"], len(k["pos"]), positions=k["pos"])
     assert g.sparse and g.n_regions.sum() > 0

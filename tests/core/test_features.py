@@ -289,15 +289,21 @@ def test_one_shot_features_do_not_depend_on_the_bin_grid(seed, monkeypatch):
     np.testing.assert_allclose(out[0].covariant, out[1].covariant, rtol=1e-12, atol=1e-13)
 
 
+def _lattice_cluster(rng, shape, spacing=1.6):
+    """A jittered lattice cluster of prod(shape) atoms (H, O, C at random)."""
+    g = np.stack(np.meshgrid(*[np.arange(k) for k in shape], indexing="ij"), -1).reshape(-1, 3) * spacing
+    return g + rng.normal(scale=0.15, size=g.shape), rng.choice(np.array([1, 8, 6]), len(g))
+
+
 def test_clusters_far_apart_have_the_features_of_each_cluster_alone():
-    """Three molecules-sized clusters up to 1e4 Å apart (non-periodic): the bin grid compresses the empty
+    """Three 100-atom clusters up to 1e4 Å apart (non-periodic): the bin grid compresses the empty
     stretches (fastfeat._box._axis_regions); the features, one-shot and through a Featurizer, are each
     cluster's own (to the rounding of coordinates 1e4 Å from the origin)."""
     from fastfeat._neighbors import one_shot_grid
 
     rng = np.random.default_rng(5)
     spec = SPECS["angular_covariant"]
-    parts = [random_structure(rng, 50, species=(1, 8, 6), scale=9.0)[:2] for _ in range(3)]
+    parts = [_lattice_cluster(rng, (5, 5, 4)) for _ in range(3)]  # 3 x 100 atoms: the grid is adapted
     offsets = np.array([[0.0, 0.0, 0.0], [5e3, 0.0, 0.0], [1e4, -1e4, 3e3]])
     pos = np.vstack([p + o for (p, _), o in zip(parts, offsets)])
     Z = np.concatenate([z for _, z in parts])
@@ -311,15 +317,15 @@ def test_clusters_far_apart_have_the_features_of_each_cluster_alone():
 
 
 def test_cluster_in_a_large_periodic_box_has_its_isolated_features():
-    """A molecule-sized cluster across the boundary of a 500 Å periodic triclinic cell (positions wrapped):
+    """A 294-atom cluster across the boundary of a 500 Å periodic triclinic cell (positions wrapped):
     the grid cuts the periodic axes at the empty stretch; the features, one-shot and through a
     Featurizer, are those of the unwrapped cluster without periodicity."""
     from fastfeat._neighbors import one_shot_grid
 
     rng = np.random.default_rng(6)
     spec = SPECS["angular_covariant"]
-    pos, Z, _ = random_structure(rng, 60, species=(1, 8, 6), scale=9.0)
-    pos -= 4.0
+    pos, Z = _lattice_cluster(rng, (7, 7, 6))  # 294 atoms: the grid is adapted
+    pos -= 5.0
     cell = np.array([[500.0, 0.0, 0.0], [40.0, 480.0, 0.0], [-30.0, 20.0, 510.0]])
     wrapped = pos - np.floor(pos @ np.linalg.inv(cell)) @ cell
     pbc = np.ones(3, bool)
