@@ -43,6 +43,11 @@ class CellTooSmallError(ValueError):
     :data:`MAX_SEARCH_CELLS` cell images per atom."""
 
 
+_ZERO3 = np.zeros(3)
+_ZERO31 = np.zeros((3, 1))
+_NO_REGIONS = np.zeros(3, np.int64)
+
+
 @dataclass
 class BinGrid:
     inv_box: np.ndarray  # (3, 3) float64: fractional s = pos @ inv_box (non-periodic axes in Å)
@@ -66,14 +71,13 @@ class BinGrid:
     #: capped grid crowded the atoms, so this grid was adapted (cut axes, outliers, compressed gaps)
     sparse: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self):  # defaults shared by every grid (never written: bin_grid sets new arrays)
         if self.wrapped is None:
-            self.wrapped = self.periodic.copy()
-            self.wrap_origin = np.zeros(3)
+            self.wrapped = self.periodic
+            self.wrap_origin = _ZERO3
         if self.n_regions is None:
-            self.region_lo = np.zeros((3, 1))
-            self.region_at = np.zeros((3, 1))
-            self.n_regions = np.zeros(3, np.int64)
+            self.region_lo = self.region_at = _ZERO31
+            self.n_regions = _NO_REGIONS
 
     @property
     def n_cells(self) -> int:
@@ -213,6 +217,7 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
         r_max = max(len(lo) for _, lo, _ in regions)
         grid.region_lo = np.zeros((3, r_max))
         grid.region_at = np.zeros((3, r_max))
+        grid.n_regions = np.zeros(3, np.int64)
         for a, lo, at in regions:
             grid.region_lo[a, : len(lo)] = lo
             grid.region_at[a, : len(lo)] = at
