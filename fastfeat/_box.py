@@ -5,9 +5,11 @@ own fractional coordinates; non-periodic axes bin along unit vectors
 orthogonal to the periodic ones, over the atoms' extent (the bounding box).
 
 When the grid would exceed its O(N) cap and so make its bins wider than the
-cutoff (atoms filling a small part of a large box), a grid made from the
-positions (the CPU path; the CUDA path downloads the positions of such a
-structure) does better:
+cutoff (atoms filling a small part of a large box), and the capped grid would
+crowd the atoms (a structure of >= _ADAPT_MIN_ATOMS atoms, each sharing its bin
+with > _CROWDED others on average: a droplet in a large box, not a dilute gas),
+a grid made from the positions (the CPU path; the CUDA path downloads the
+positions of such a structure) does better:
 
 - a periodic axis whose atoms leave an empty stretch wider than half the cell
   and than the cutoff is *cut* there (``_periodic_cut``): atoms are wrapped into
