@@ -17,6 +17,7 @@ status=0
 FASTFEAT_TEST_REAL_GPU=1 python3 -m pytest -q tests/core/test_cuda.py 2>&1 | tee "$out/test_cuda.log" || status=1
 python3 benchmarks/gpu/bench_features.py --atoms 1000000 --out "$out/gpu_features.json" 2>&1 \
     | tee "$out/bench_features.log" || status=1
+python3 benchmarks/gpu/sparse_boxes.py --out "$out/sparse_boxes.json" 2>&1 | tee "$out/sparse_boxes.log" || status=1
 python3 benchmarks/gpu/runtime_md.py 2>&1 | tee "$out/runtime_md.log" || status=1
 python3 -m pytest -q -rs tests/runtime/test_cuda.py 2>&1 | tee "$out/test_runtime_cuda.log" || status=1
 exit $status
