@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BinGrid", "bin_grid", "MAX_SEARCH_CELLS", "CellTooSmallError"]
+__all__ = ["BinGrid", "bin_grid", "bin_grids", "MAX_SEARCH_CELLS", "CellTooSmallError"]
 
 #: A periodic cell so small against the cutoff that each atom would have to
 #: visit more than this many (bin, image) combinations is refused.
@@ -73,7 +73,7 @@ class BinGrid:
     #: capped grid crowded the atoms, so this grid was adapted (cut axes, outliers, compressed gaps)
     sparse: bool = False
 
-    def __post_init__(self):  # defaults shared by every grid (never written: bin_grid sets new arrays)
+    def __post_init__(self):  # defaults shared by every grid (never written: adapted grids get their own)
         if self.wrapped is None:
             self.wrapped = self.periodic
             self.wrap_origin = _ZERO3
@@ -129,6 +129,12 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
     search reaches ``divisions`` bins (or more) to each side. The number of
     bins is capped at O(n_atoms), so a huge, sparse box allocates little.
     """
+    return bin_grids(cell, pbc, cutoff, n_atoms, smin, smax, positions, (divisions,))[0]
+
+
+def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, divisions=(1,)):
+    """:func:`bin_grid` for several `divisions` at once (one grid each): the binning coordinates and
+    the search for empty stretches, which do not depend on the bin width, are computed once."""
     # 3 x 3 arithmetic in Python floats: NumPy's per-call overhead on such tiny arrays (np.cross
     # alone ~16 us) made this a third of a neighbour list of 100 atoms
     pbc = [bool(p) for p in pbc]
@@ -152,50 +158,68 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
         else:
             extent[a] = max(smax[a] - smin[a], 0.0)
             height[a] = extent[a]
-    width = cutoff * (1.0 + _SLACK) / divisions
     limit = max(8 * int(n_atoms), 27)
-    nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
-    searched = list(pbc)  # axes searched with periodic images
-    origin = [0.0, 0.0, 0.0]
-    regions = []
-    # the cap would widen the bins of a structure large enough to care: a grid from the positions may do better
-    sparse = nbins[0] * nbins[1] * nbins[2] > limit and n_atoms >= _ADAPT_MIN_ATOMS
-    if positions is not None and sparse:
-        s = np.asarray(positions, dtype=np.float64) @ inv_box if s is None else s
-        sparse = _crowded(s, pbc, smin, extent, _capped(nbins, limit))
-    if positions is not None and sparse:
-        # the capped grid crowds the atoms: cut periodic axes at a wide empty stretch; on bounded axes,
-        # put a few far outliers in the edge bins, then shorten the empty stretches where that at least
-        # halves the extent (clusters far apart; not a dilute gas, whose gaps are all short)
-        for a in range(3):
-            x = s[:, a]
-            gap = cutoff * (1.0 + _SLACK)
-            if pbc[a]:
-                gap /= height[a]  # fractional units along a periodic axis
-                cut = _periodic_cut(x, gap)
-                if cut is None:
-                    continue
-                searched[a] = False
-                origin[a], lo, arc = cut
-                hi = lo + arc
-                x = x - np.floor(x - origin[a])  # as assign_bins wraps it
-            else:
-                lo, hi = smin[a], smax[a]
-            core = _core_range(x, lo, hi, gap)  # a few far outliers go to the edge bins
-            if core != (lo, hi):
-                lo, hi = core
-                x = x[(x >= lo) & (x <= hi)]
-            ext = hi - lo
-            r = _axis_regions(x, gap)
-            if r is not None:
-                squeezed = (hi - r[0][-1] + r[1][-1]) - lo  # region 0 is not moved: lo <= r[0][0] = r[1][0]
-                if squeezed <= 0.5 * ext:
-                    regions.append((a, r[0], r[1]))
-                    ext = squeezed
-            smin[a], extent[a] = lo, ext
-            height[a] = ext * height[a] if pbc[a] else ext
+    adapted = None  # per axis: _adapt_axis's result, computed once for every division
+    grids = []
+    for d in divisions:
+        width = cutoff * (1.0 + _SLACK) / d
         nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height]
-    nbins = _capped(nbins, limit)
+        # the cap would widen the bins of a structure large enough to care: a grid from the positions
+        # may do better
+        sparse = nbins[0] * nbins[1] * nbins[2] > limit and n_atoms >= _ADAPT_MIN_ATOMS
+        if positions is not None and sparse:
+            s = np.asarray(positions, dtype=np.float64) @ inv_box if s is None else s
+            sparse = _crowded(s, pbc, smin, extent, _capped(nbins, limit))
+        searched, origin, lo_d, ext_d, height_d = list(pbc), [0.0] * 3, list(smin), list(extent), list(height)
+        regions = []
+        if positions is not None and sparse:
+            if adapted is None:
+                adapted = [_adapt_axis(s[:, a], pbc[a], cutoff, height[a], smin[a], smax[a]) for a in range(3)]
+            for a, axis in enumerate(adapted):
+                if axis is None:
+                    continue
+                searched[a], origin[a], lo_d[a], ext_d[a], region = axis
+                height_d[a] = ext_d[a] * height[a] if pbc[a] else ext_d[a]
+                if region is not None:
+                    regions.append((a, region))
+            nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height_d]
+        grids.append(_grid(inv_box, pbc, searched, origin, lo_d, ext_d, height_d, _capped(nbins, limit), regions,
+                           sparse, cutoff))
+    return grids
+
+
+def _adapt_axis(x, periodic, cutoff, height, lo, hi):
+    """How a crowded capped grid adapts one axis (coordinates x; `height` the cell's perpendicular width
+    on a periodic axis): None to keep it, or (searched, wrap origin, binned lower bound, extent,
+    regions (lo, at) or None). A periodic axis is cut at a wide empty stretch (else kept); on bounded
+    axes, a few far outliers go to the edge bins, then the empty stretches are shortened where that at
+    least halves the extent (clusters far apart; not a dilute gas, whose gaps are all short)."""
+    gap = cutoff * (1.0 + _SLACK)
+    origin = 0.0
+    if periodic:
+        gap /= height  # fractional units along a periodic axis
+        cut = _periodic_cut(x, gap)
+        if cut is None:
+            return None
+        origin, lo, arc = cut
+        hi = lo + arc
+        x = x - np.floor(x - origin)  # as assign_bins wraps it
+    core = _core_range(x, lo, hi, gap)  # a few far outliers go to the edge bins
+    if core != (lo, hi):
+        lo, hi = core
+        x = x[(x >= lo) & (x <= hi)]
+    ext = hi - lo
+    r = _axis_regions(x, gap)
+    if r is not None:
+        squeezed = (hi - r[0][-1] + r[1][-1]) - lo  # region 0 is not moved: lo <= r[0][0] = r[1][0]
+        if squeezed <= 0.5 * ext:
+            return False, origin, lo, squeezed, r
+    return False, origin, lo, ext, None
+
+
+def _grid(inv_box, pbc, searched, origin, smin, extent, height, nbins, regions, sparse, cutoff):
+    """The BinGrid of these bin counts: search ranges (a CellTooSmallError past MAX_SEARCH_CELLS),
+    extents of searched-periodic axes set to 1, region tables."""
     search = [0, 0, 0]
     for a in range(3):
         w = height[a] / nbins[a]  # > 0 on periodic axes (non-singular cell)
@@ -211,20 +235,17 @@ def bin_grid(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, d
             f"a very skewed cell, the same lattice with a reduced basis (ase.geometry.minkowski_reduce)"
         )
     extent = [1.0 if searched[a] else (extent[a] if extent[a] > 0 else 1.0) for a in range(3)]
-    grid = BinGrid(inv_box, np.array(searched, dtype=bool), np.array(smin, dtype=np.float64),
+    tables = {}
+    if regions:
+        r_max = max(len(lo) for _, (lo, _) in regions)
+        lo_t, at_t, n_t = np.zeros((3, r_max)), np.zeros((3, r_max)), np.zeros(3, np.int64)
+        for a, (lo, at) in regions:
+            lo_t[a, : len(lo)], at_t[a, : len(lo)], n_t[a] = lo, at, len(lo)
+        tables = dict(region_lo=lo_t, region_at=at_t, n_regions=n_t)
+    return BinGrid(inv_box, np.array(searched, dtype=bool), np.array(smin, dtype=np.float64),
                    np.array(extent, dtype=np.float64), np.array(nbins, dtype=np.int64),
                    np.array(search, dtype=np.int64), np.array(pbc, dtype=bool), np.array(origin, dtype=np.float64),
-                   sparse=sparse)
-    if regions:
-        r_max = max(len(lo) for _, lo, _ in regions)
-        grid.region_lo = np.zeros((3, r_max))
-        grid.region_at = np.zeros((3, r_max))
-        grid.n_regions = np.zeros(3, np.int64)
-        for a, lo, at in regions:
-            grid.region_lo[a, : len(lo)] = lo
-            grid.region_at[a, : len(lo)] = at
-            grid.n_regions[a] = len(lo)
-    return grid
+                   sparse=sparse, **tables)
 
 
 #: structures with fewer atoms keep the capped grid (its search costs at most ~N^2 distances, less
