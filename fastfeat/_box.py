@@ -21,7 +21,13 @@ positions of such a structure) does better:
   every empty stretch longer than two cutoffs is shortened to two cutoffs
   (``_axis_regions``). Inside a region the map is a translation, and atoms in
   different regions are more than a cutoff apart, so no pair is lost and the
-  bins stay about a cutoff wide.
+  bins stay about a cutoff wide;
+- if that grid still crowds the atoms (more than 1 % of them scattered in 3D
+  around a dense part: evaporated molecules around a droplet, periodic or not),
+  every axis's density is equalised instead (``_equalized_axis``): a piecewise
+  linear map that keeps the dense part's length and shrinks sparse and empty
+  stretches, never moving two atoms further apart, so cutoff-wide bins over the
+  mapped coordinates still find every pair (periodic axes keep their images).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ class CellTooSmallError(ValueError):
 
 _ZERO3 = np.zeros(3)
 _ZERO31 = np.zeros((3, 1))
+_ONE31 = np.ones((3, 1))
 _NO_REGIONS = np.zeros(3, np.int64)
 
 
@@ -62,16 +69,23 @@ class BinGrid:
     # structure: s is wrapped into [wrap_origin, wrap_origin + 1)) but not periodic (no images, bounded bins)
     wrapped: np.ndarray = None  # (3,) bool, default: periodic
     wrap_origin: np.ndarray = None  # (3,) float64, default 0
-    # gap compression of bounded axes (see _axis_regions): axis c has n_regions[c] regions (0: none);
-    # a coordinate s in region r (region_lo[c, r] <= s < region_lo[c, r + 1]) is binned as
-    # s - region_lo[c, r] + region_at[c, r]
+    # piecewise-linear maps of the binned coordinate (see _axis_regions, _equalized_axis): axis c has
+    # n_regions[c] regions (0: none); a coordinate s in region r (region_lo[c, r] <= s < region_lo[c, r + 1];
+    # below region_lo[c, 0]: region 0) is binned as (s - region_lo[c, r]) * region_scale[c, r] + region_at[c, r],
+    # then normalised by smin and extent (on a periodic axis too when it has regions). Every scale is <= 1 and
+    # atoms are never further apart after the map than before, so bins a cutoff wide after it still hold
+    # every pair in neighbouring bins
     region_lo: np.ndarray = None  # (3, R) float64
     region_at: np.ndarray = None  # (3, R) float64
     n_regions: np.ndarray = None  # (3,) int64
+    region_scale: np.ndarray = None  # (3, R) float64, default 1 (a translation)
     #: from bounds alone: the O(N) cap makes the bins wider than the cutoff in a structure of at least
     #: _ADAPT_MIN_ATOMS atoms (a grid from the positions may do better); from positions: moreover the
     #: capped grid crowded the atoms, so this grid was adapted (cut axes, outliers, compressed gaps)
     sparse: bool = False
+    #: atoms an atom shares its bin with on average (see _crowding), where the grid was chosen by it (a structure
+    #: of at least _ADAPT_MIN_ATOMS atoms in a box the cap coarsens); None elsewhere
+    crowding: float = None
 
     def __post_init__(self):  # defaults shared by every grid (never written: adapted grids get their own)
         if self.wrapped is None:
@@ -80,6 +94,8 @@ class BinGrid:
         if self.n_regions is None:
             self.region_lo = self.region_at = _ZERO31
             self.n_regions = _NO_REGIONS
+        if self.region_scale is None:
+            self.region_scale = np.ones_like(self.region_lo) if self.region_lo.shape[1] > 1 else _ONE31
 
     @property
     def n_cells(self) -> int:
@@ -159,7 +175,7 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
             extent[a] = max(smax[a] - smin[a], 0.0)
             height[a] = extent[a]
     limit = max(8 * int(n_atoms), 27)
-    adapted = None  # per axis: _adapt_axis's result, computed once for every division
+    adapted = equalized = None  # per axis: _adapt_axis's / _equalized_axis's result, computed once for every division
     grids = []
     for d in divisions:
         width = cutoff * (1.0 + _SLACK) / d
@@ -167,25 +183,48 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
         # the cap would widen the bins of a structure large enough to care: a grid from the positions
         # may do better
         sparse = nbins[0] * nbins[1] * nbins[2] > limit and n_atoms >= _ADAPT_MIN_ATOMS
-        if positions is not None and sparse:
-            s = np.asarray(positions, dtype=np.float64) @ inv_box if s is None else s
-            sparse = _crowded(s, pbc, smin, extent, _capped(nbins, limit))
-        searched, origin, lo_d, ext_d, height_d = list(pbc), [0.0] * 3, list(smin), list(extent), list(height)
-        regions = []
-        if positions is not None and sparse:
-            if adapted is None:
-                adapted = [_adapt_axis(s[:, a], pbc[a], cutoff, height[a], smin[a], smax[a]) for a in range(3)]
-            for a, axis in enumerate(adapted):
-                if axis is None:
-                    continue
-                searched[a], origin[a], lo_d[a], ext_d[a], region = axis
-                height_d[a] = ext_d[a] * height[a] if pbc[a] else ext_d[a]
-                if region is not None:
-                    regions.append((a, region))
-            nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height_d]
-        grids.append(_grid(inv_box, pbc, searched, origin, lo_d, ext_d, height_d, _capped(nbins, limit), regions,
-                           sparse, cutoff))
+        plain = _grid(inv_box, pbc, list(pbc), [0.0] * 3, list(smin), list(extent), list(height),
+                      _capped(nbins, limit), [], sparse and positions is None, cutoff)
+        if positions is None or not sparse:
+            grids.append(plain)
+            continue
+        s = np.asarray(positions, dtype=np.float64) @ inv_box if s is None else s
+        plain.crowding = _crowding(s, plain)
+        if plain.crowding <= _CROWDED:
+            grids.append(plain)
+            continue
+        if adapted is None:
+            adapted = [_adapt_axis(s[:, a], pbc[a], cutoff, height[a], smin[a], smax[a]) for a in range(3)]
+        grid = _adapted_grid(adapted, inv_box, pbc, smin, extent, height, width, limit, cutoff)
+        crowding = _crowding(s, grid)
+        if crowding > _CROWDED and crowding > _STILL_CROWDED * _ideal_crowding(s, pbc, height, width):
+            # still crowded: atoms scattered in 3D (evaporated molecules around a droplet), which neither a cut
+            # nor the per-axis stretches gather; every axis's density equalised may do better
+            if equalized is None:
+                equalized = [_equalized_axis(s[:, a], pbc[a], cutoff, height[a], smin[a], smax[a]) for a in range(3)]
+            other = _adapted_grid(equalized, inv_box, pbc, smin, extent, height, width, limit, cutoff)
+            other_crowding = _crowding(s, other)
+            if other_crowding < 0.5 * crowding:
+                grid, crowding = other, other_crowding
+        grid.crowding = crowding
+        grids.append(grid)
     return grids
+
+
+def _adapted_grid(axes, inv_box, pbc, smin, extent, height, width, limit, cutoff):
+    """The grid of per-axis adaptations `axes` (None: the axis as it is; else (searched, wrap origin, binned
+    lower bound, extent, regions or None), extents in fractional units on periodic axes) and bins `width` wide."""
+    searched, origin, lo_d, ext_d, height_d = list(pbc), [0.0] * 3, list(smin), list(extent), list(height)
+    regions = []
+    for a, axis in enumerate(axes):
+        if axis is None:
+            continue
+        searched[a], origin[a], lo_d[a], ext_d[a], region = axis
+        height_d[a] = ext_d[a] * height[a] if pbc[a] else ext_d[a]
+        if region is not None:
+            regions.append((a, region))
+    nbins = [max(1, int(math.floor(h / width))) if h > 0 else 1 for h in height_d]
+    return _grid(inv_box, pbc, searched, origin, lo_d, ext_d, height_d, _capped(nbins, limit), regions, True, cutoff)
 
 
 def _adapt_axis(x, periodic, cutoff, height, lo, hi):
@@ -234,14 +273,18 @@ def _grid(inv_box, pbc, searched, origin, smin, extent, height, nbins, regions, 
             f"more than the limit of {MAX_SEARCH_CELLS}; use a larger (supercell) cell or a smaller cutoff, or, for "
             f"a very skewed cell, the same lattice with a reduced basis (ase.geometry.minkowski_reduce)"
         )
-    extent = [1.0 if searched[a] else (extent[a] if extent[a] > 0 else 1.0) for a in range(3)]
+    # 1 on a periodic axis searched with images, unless its coordinate is mapped (regions)
+    extent = [extent[a] if extent[a] > 0 else 1.0 for a in range(3)]
     tables = {}
     if regions:
-        r_max = max(len(lo) for _, (lo, _) in regions)
+        r_max = max(len(r[0]) for _, r in regions)
         lo_t, at_t, n_t = np.zeros((3, r_max)), np.zeros((3, r_max)), np.zeros(3, np.int64)
-        for a, (lo, at) in regions:
-            lo_t[a, : len(lo)], at_t[a, : len(lo)], n_t[a] = lo, at, len(lo)
-        tables = dict(region_lo=lo_t, region_at=at_t, n_regions=n_t)
+        scale_t = np.ones((3, r_max))
+        for a, r in regions:
+            lo_t[a, : len(r[0])], at_t[a, : len(r[0])], n_t[a] = r[0], r[1], len(r[0])
+            if len(r) > 2:
+                scale_t[a, : len(r[0])] = r[2]
+        tables = dict(region_lo=lo_t, region_at=at_t, n_regions=n_t, region_scale=scale_t)
     return BinGrid(inv_box, np.array(searched, dtype=bool), np.array(smin, dtype=np.float64),
                    np.array(extent, dtype=np.float64), np.array(nbins, dtype=np.int64),
                    np.array(search, dtype=np.int64), np.array(pbc, dtype=bool), np.array(origin, dtype=np.float64),
@@ -266,16 +309,98 @@ def _capped(nbins, limit):
     return nbins
 
 
-def _crowded(s, pbc, smin, extent, nbins):
-    """Whether the grid `nbins` over the bounding box (s: binning coordinates of the atoms) puts
-    more than _CROWDED atoms on average in an atom's bin (sum of squared bin counts / N)."""
+def _crowding(s, grid):
+    """How crowded `grid` bins the atoms (s: their binning coordinates): the sum of squared bin counts / N,
+    the number of atoms an atom shares its bin with on average. The binning of the kernels (wrap, regions,
+    normalisation, edge bins), in NumPy."""
     key = np.zeros(len(s), np.int64)
     for a in range(3):
-        x = s[:, a] - np.floor(s[:, a]) if pbc[a] else (s[:, a] - smin[a]) / (extent[a] if extent[a] > 0 else 1.0)
-        b = np.clip((x * nbins[a]).astype(np.int64), 0, nbins[a] - 1)
-        key = key * nbins[a] + b
+        x = s[:, a]
+        if grid.wrapped[a]:
+            x = x - np.floor(x - grid.wrap_origin[a])
+        nr = int(grid.n_regions[a])
+        if nr > 0:
+            lo = grid.region_lo[a, :nr]
+            r = np.maximum(np.searchsorted(lo, x, side="right") - 1, 0)
+            x = (x - lo[r]) * grid.region_scale[a, r] + grid.region_at[a, r]
+        if nr > 0 or not grid.periodic[a]:
+            x = (x - grid.smin[a]) / grid.extent[a]
+        n = int(grid.nbins[a])
+        key = key * n + np.clip(np.floor(x * n), 0, n - 1).astype(np.int64)
     counts = np.bincount(key)
-    return float(np.dot(counts, counts)) > _CROWDED * len(s)
+    return float(np.dot(counts, counts)) / max(len(s), 1)
+
+
+#: an adapted grid is still crowded when its crowding exceeds this many times that of bins as wide without
+#: a cap (_ideal_crowding): scattered evaporated molecules make it 25-200x (bins of the cutoff and of half of
+#: it, 1-10 % of the atoms); a small cluster whose cut axes are two bins wide, ~7x (then it stays)
+_STILL_CROWDED = 10.0
+
+
+def _ideal_crowding(s, pbc, height, width):
+    """_crowding of bins `width` wide (Å) over the whole space, as many as needed (no cap; periodic
+    coordinates wrapped, images ignored): what a grid can at best achieve. Bins are told apart by a
+    hash of their three indices (a rare collision merges two bins)."""
+    key = np.zeros(len(s), np.int64)
+    for a in range(3):
+        x = s[:, a] - np.floor(s[:, a]) if pbc[a] else s[:, a]
+        b = np.floor(x * (height[a] if pbc[a] else 1.0) / width).astype(np.int64)
+        key = key * np.int64(1_000_003) + b  # wraps around on overflow: a hash
+    counts = np.unique(key, return_counts=True)[1]
+    return float(np.dot(counts, counts)) / max(len(s), 1)
+
+
+#: an equalised axis keeps the length of every slice holding at least this fraction of the typical count
+#: (see _equalized_axis) and shrinks sparser slices in proportion to their count
+_EQUALIZE_KEEP = 0.5
+
+
+def _equalized_axis(x, periodic, cutoff, height, lo, hi):
+    """Density equalisation of one axis for atoms scattered in 3D around a dense part (evaporated molecules
+    around a droplet, in a large box): None when it would not shorten the axis by half, else (searched,
+    wrap origin, binned lower bound, extent, (lo, at, scale)) as _adapt_axis, the axis mapped piecewise
+    linearly.
+
+    The axis is cut into slices a cutoff wide; a slice holding c atoms keeps its length if c is at least
+    _EQUALIZE_KEEP times the typical count (that of the slice holding the median atom: the dense part) and
+    is shrunk by the factor c / (_EQUALIZE_KEEP * typical) otherwise; empty slices shrink to nothing (on a
+    periodic axis, to what keeps the circle at least three cutoffs long, so a centre does not meet many
+    images of its bins). Every factor is <= 1: atoms are never further apart after the map, so cutoff-wide
+    bins over the mapped axis still find every pair in neighbouring bins, while the sparse parts no longer
+    spread the dense part's atoms over a few wide bins. Adjacent slices share their boundary (the map is
+    continuous there, so rounding at a boundary moves nothing); after empty slices a region starts in the
+    middle of the empty stretch (no atom near it)."""
+    unit = height if periodic else 1.0  # Å per unit of x
+    delta = cutoff * (1.0 + _SLACK) / unit
+    if periodic:
+        x = x - np.floor(x)
+        lo, hi = 0.0, 1.0
+    if len(x) < 2 or not hi - lo > 2.0 * delta:
+        return None
+    n_slices = int(math.ceil((hi - lo) / delta))
+    k = np.minimum(np.maximum(np.floor((x - lo) / delta), 0), n_slices - 1).astype(np.int64)
+    occ, count = np.unique(k, return_counts=True)
+    c_sorted = np.sort(count)
+    typical = float(c_sorted[np.searchsorted(np.cumsum(c_sorted), 0.5 * len(x))])
+    scale = np.minimum(1.0, count / (_EQUALIZE_KEEP * typical))
+    start = lo + occ * delta
+    width = np.minimum(start + delta, hi) - start
+    mapped = scale * width
+    empty_before = np.diff(start, prepend=lo) - np.concatenate([[0.0], width[:-1]])  # empty stretch before each slice
+    empty_after = hi - (start[-1] + width[-1])
+    fill = 0.0  # how much of their length empty stretches keep
+    if periodic:
+        empty = float(empty_before.sum() + empty_after)
+        if empty > 0:
+            fill = min(1.0, max(0.0, (3.0 * delta - float(mapped.sum())) / empty))
+    # mapped start of each occupied slice
+    at_start = lo + np.concatenate([[0.0], np.cumsum(mapped[:-1])]) + fill * np.cumsum(empty_before)
+    ext = float(at_start[-1] + mapped[-1] + fill * empty_after - lo)
+    if ext > 0.5 * (hi - lo):
+        return None
+    # after an empty stretch, the region begins in its middle: no atom lies near that boundary
+    r_lo = start - 0.5 * empty_before
+    return periodic, 0.0, lo, ext, (r_lo, at_start - 0.5 * empty_before * scale, scale)
 
 
 def _periodic_cut(x, gap):

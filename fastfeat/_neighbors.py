@@ -77,7 +77,8 @@ _COST_GATHER = 3.0
 
 
 def _traversal_cost(grid, n):
-    """Estimated traversal time (ns) of the one-shot kernel on `grid` for n uniformly spread atoms."""
+    """Estimated traversal time (ns) of the one-shot kernel on `grid` for n uniformly spread atoms (or, where
+    the grid knows how crowded it bins them, as many atoms in every visited bin as in a centre's own)."""
     cand = float(n)
     visits = 1
     for a in range(3):
@@ -86,6 +87,8 @@ def _traversal_cost(grid, n):
             per_axis = min(per_axis, int(grid.nbins[a]))
         cand *= per_axis / int(grid.nbins[a])
         visits *= per_axis
+    if grid.crowding is not None:
+        cand = grid.crowding * visits
     bins = min(grid.n_cells, n)
     return n * cand * _COST_CANDIDATE + bins * (visits * _COST_VISIT + cand * _COST_GATHER)
 
@@ -131,7 +134,7 @@ def bin_atoms(positions, cell, pbc, cutoff, divisions=1, grid=None):
     bin3 = np.empty((n, 3), np.int64)
     bins = np.empty(n, np.int64)
     k.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.wrapped, grid.wrap_origin, grid.smin, grid.extent,
-                  grid.region_lo, grid.region_at, grid.n_regions, grid.nbins, posw, wrap, bin3, bins)
+                  grid.region_lo, grid.region_at, grid.region_scale, grid.n_regions, grid.nbins, posw, wrap, bin3, bins)
     _check_wraps(wrap)
     start = np.empty(grid.n_cells + 1, np.int64)
     order = np.empty(n, np.int64)

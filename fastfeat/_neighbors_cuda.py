@@ -298,11 +298,14 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
     r_max = max([g.region_lo.shape[1] for g in grids] + [1])
     region_lo = np.zeros((s_count, 3, r_max))
     region_at = np.zeros((s_count, 3, r_max))
+    region_scale = np.ones((s_count, 3, r_max))
     for s, g in enumerate(grids):
         region_lo[s, :, : g.region_lo.shape[1]] = g.region_lo
         region_at[s, :, : g.region_at.shape[1]] = g.region_at
+        region_scale[s, :, : g.region_scale.shape[1]] = g.region_scale
     d_region_lo = upload(region_lo, stream)
     d_region_at = upload(region_at, stream)
+    d_region_scale = upload(region_scale, stream)
     d_n_regions = upload(np.array([g.n_regions for g in grids], np.int64).reshape(-1, 3), stream)
     d_nbins = upload(np.array([g.nbins for g in grids], np.int64).reshape(-1, 3), stream)
     d_search = upload(np.array([g.search for g in grids], np.int64).reshape(-1, 3), stream)
@@ -314,7 +317,7 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
     bin3 = alloc((n, 3), np.int64)
     bin_n = alloc(n, np.int64)
     launch(k.assign_cells, n, stream, pos, struct_n, d_cell, d_inv, d_periodic, d_wrapped, d_origin, d_smin, d_extent,
-           d_region_lo, d_region_at, d_n_regions, d_nbins, d_bin_base, posw, wrap, bin3, bin_n)
+           d_region_lo, d_region_at, d_region_scale, d_n_regions, d_nbins, d_bin_base, posw, wrap, bin3, bin_n)
     count_b = alloc(n_cells, np.int64)
     fill(count_b, 0, stream)
     launch(k.count_cells, n, stream, bin_n, count_b)

@@ -15,10 +15,10 @@ _FILL_CHUNK = 64
 
 @njit(cache=True)
 def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, wrapped_c, origin_c, smin_c, extent_c, region_lo_cr,
-                region_at_cr, n_regions_c, nbins_c, posw_nc, wrap_nc, bin3_nc, bin_n):
+                region_at_cr, region_scale_cr, n_regions_c, nbins_c, posw_nc, wrap_nc, bin3_nc, bin_n):
     """Wrap periodic coordinates into the cell (into [origin, origin + 1) on axes cut at an empty
-    stretch) and give every atom its bin (bounded axes with regions bin the gap-compressed
-    coordinate; see fastfeat._box.BinGrid)."""
+    stretch) and give every atom its bin (axes with regions bin the mapped coordinate: gap-compressed
+    or density-equalised; see fastfeat._box.BinGrid)."""
     n = pos_nc.shape[0]
     for i in range(n):
         s0 = pos_nc[i, 0] * inv_box_cc[0, 0] + pos_nc[i, 1] * inv_box_cc[1, 0] + pos_nc[i, 2] * inv_box_cc[2, 0]
@@ -31,18 +31,19 @@ def assign_bins(pos_nc, cell_cc, inv_box_cc, periodic_c, wrapped_c, origin_c, sm
             if wrapped_c[c]:
                 w = int(np.floor(x - origin_c[c]))
                 x -= w
-            if not periodic_c[c]:  # bounded: non-periodic, or a periodic axis cut at an empty stretch
-                nr = n_regions_c[c]
-                if nr > 0:  # the last region starting at or below x (binary search), or the first
-                    lo = 0
-                    hi = nr - 1
-                    while lo < hi:
-                        mid = (lo + hi + 1) >> 1
-                        if region_lo_cr[c, mid] <= x:
-                            lo = mid
-                        else:
-                            hi = mid - 1
-                    x = x - region_lo_cr[c, lo] + region_at_cr[c, lo]
+            nr = n_regions_c[c]
+            if nr > 0:  # the last region starting at or below x (binary search), or the first
+                lo = 0
+                hi = nr - 1
+                while lo < hi:
+                    mid = (lo + hi + 1) >> 1
+                    if region_lo_cr[c, mid] <= x:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                x = (x - region_lo_cr[c, lo]) * region_scale_cr[c, lo] + region_at_cr[c, lo]
+            # bounded (non-periodic, or a periodic axis cut at an empty stretch) or mapped: normalised
+            if nr > 0 or not periodic_c[c]:
                 x = (x - smin_c[c]) / extent_c[c]
             # rounding may put an atom just outside the binned range: the edge bins take it;
             # compared before the float -> int conversion, which is undefined far out of range

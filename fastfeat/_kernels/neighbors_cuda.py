@@ -150,11 +150,12 @@ def bounding_box(pos_nc, struct_n, inv_box_scc, smin_sc, smax_sc, bad):
 @cuda.jit(cache=True)
 def assign_cells(
     pos_nc, struct_n, cell_scc, inv_box_scc, periodic_sc, wrapped_sc, origin_sc, smin_sc, extent_sc,
-    region_lo_scr, region_at_scr, n_regions_sc, nbins_sc, bin_base_s, posw_nc, wrap_nc, bin3_nc, bin_n,
+    region_lo_scr, region_at_scr, region_scale_scr, n_regions_sc, nbins_sc, bin_base_s, posw_nc, wrap_nc, bin3_nc,
+    bin_n,
 ):
     """Wrap periodic coordinates into the cell (into [origin, origin + 1) on axes cut at an empty
-    stretch) and give every atom its (global) bin (bounded axes with regions bin the gap-compressed
-    coordinate; see fastfeat._box.BinGrid and the CPU assign_bins)."""
+    stretch) and give every atom its (global) bin (axes with regions bin the mapped coordinate:
+    gap-compressed or density-equalised; see fastfeat._box.BinGrid and the CPU assign_bins)."""
     i = cuda.grid(1)
     if i >= pos_nc.shape[0]:
         return
@@ -168,18 +169,19 @@ def assign_cells(
         if wrapped_sc[s, c]:
             w = int(math.floor(x - origin_sc[s, c]))
             x -= w
-        if not periodic_sc[s, c]:  # bounded: non-periodic, or a periodic axis cut at an empty stretch
-            nr = n_regions_sc[s, c]
-            if nr > 0:  # the last region starting at or below x (binary search), or the first
-                lo = 0
-                hi = nr - 1
-                while lo < hi:
-                    mid = (lo + hi + 1) >> 1
-                    if region_lo_scr[s, c, mid] <= x:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                x = x - region_lo_scr[s, c, lo] + region_at_scr[s, c, lo]
+        nr = n_regions_sc[s, c]
+        if nr > 0:  # the last region starting at or below x (binary search), or the first
+            lo = 0
+            hi = nr - 1
+            while lo < hi:
+                mid = (lo + hi + 1) >> 1
+                if region_lo_scr[s, c, mid] <= x:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            x = (x - region_lo_scr[s, c, lo]) * region_scale_scr[s, c, lo] + region_at_scr[s, c, lo]
+        # bounded (non-periodic, or a periodic axis cut at an empty stretch) or mapped: normalised
+        if nr > 0 or not periodic_sc[s, c]:
             x = (x - smin_sc[s, c]) / extent_sc[s, c]
         # compared before the float -> int conversion, which is undefined far out of range
         if x <= 0.0:

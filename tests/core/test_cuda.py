@@ -88,6 +88,12 @@ def cases():
     pos[::2] -= np.floor(pos[::2] @ np.linalg.inv(big)) @ big
     c["nl_big_box"] = dict(pos=pos, cell=big, pbc=[True, True, True], cutoff=2.5, dtype="float32")
     c["feat_big_box"] = dict(pos=pos, z=z, cell=big, pbc=[True, False, True])
+    # atoms scattered over that cell around a small cluster: no stretch to cut, the grid equalises each axis's
+    # density (periodic axes mapped too, images kept); taken with _box._STILL_CROWDED lowered (_vapour_grids)
+    pos, z = _structure(20, 16, np.eye(3) * 4.0, min_dist=1.0)
+    vapour = np.random.default_rng(20).random((10, 3)) @ big
+    c["vapour"] = dict(pos=np.vstack([pos - 2.0, vapour]), z=np.concatenate([z, z[:10]]), cell=big,
+                       pbc=[True, False, True], cutoff=2.5, dtype="float64")
 
     pos, z = _structure(5, 16, TRICLINIC, min_dist=0.9)
     c["feat"] = dict(pos=pos, z=z, cell=TRICLINIC, pbc=[True, False, True])
@@ -161,6 +167,22 @@ def _catch(fn):
 
 
 # ------------------------------------------------------- the device side (script)
+class _vapour_grids:
+    """Within: the simulator-sized vapour case takes the density-equalised grid (fastfeat._box._equalized_axis),
+    which needs an adapted grid more crowded than _box._STILL_CROWDED times the ideal otherwise."""
+
+    def __enter__(self):
+        from fastfeat import _box
+
+        self.saved = _box._STILL_CROWDED
+        _box._STILL_CROWDED = 1.0
+
+    def __exit__(self, *exc):
+        from fastfeat import _box
+
+        _box._STILL_CROWDED = self.saved
+
+
 def _adapt_tiny_sparse_boxes():
     """Let the simulator-sized sparse cases (about ten atoms) take the adapted grid, which only
     structures of fastfeat._box._ADAPT_MIN_ATOMS atoms and crowded capped grids get otherwise."""
@@ -213,6 +235,18 @@ def run_device(out_path):
                            device="cuda", dtype=np.float64)
     res["feat_big_box/g"], res["feat_big_box/v"] = host(f.invariant), host(f.covariant)
     times["feat_big_box"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # scattered atoms: the density-equalised grid (periodic axes mapped)
+    kv = c["vapour"]
+    with _vapour_grids():
+        for sort in (False, True):
+            nl = fastfeat.neighbor_list(kv["pos"], kv["cell"], kv["pbc"], kv["cutoff"], sorted=sort, device="cuda")
+            for field, arr in zip(nl._fields, nl):
+                res[f"vapour/{sort}/{field}"] = host(arr)
+        f = fastfeat.featurize(positions=kv["pos"], numbers=kv["z"], cell=kv["cell"], pbc=kv["pbc"], spec=sp,
+                               device="cuda", dtype=np.float64)
+        res["vapour/g"], res["vapour/v"] = host(f.invariant), host(f.covariant)
+    times["vapour"] = time.perf_counter() - t
 
     t = time.perf_counter()  # device arrays in (positions and numbers), float32 compute from float64 input
     f = fastfeat.featurize(positions=cuda.to_device(k["pos"]), numbers=cuda.to_device(k["z"]), cell=k["cell"],
@@ -460,6 +494,35 @@ def test_sparse_box_grids_match_the_cpu_and_features_equal_cpu(device, monkeypat
     ref = _cpu_features(k, "float64")
     _close(res["feat_big_box/g"], ref.invariant, "float64", "G")
     _close(res["feat_big_box/v"], ref.covariant, "float64", "V")
+
+
+@pytest.mark.cudasim
+def test_density_equalised_grid_lists_and_features_equal_cpu(device, monkeypatch):
+    """Atoms scattered around a small cluster in a large periodic triclinic cell (lowered thresholds, as in
+    the device run): both bin widths take the density-equalised grid, with mapped periodic axes; the CUDA
+    pairs, vectors and features equal the CPU's on the same grid."""
+    from fastfeat import _box
+    from fastfeat._box import bin_grid
+    from fastfeat._neighbors import sort_pairs
+
+    from tests.reference.neighbors_ref import pair_set
+
+    res, _ = device
+    k = cases()["vapour"]
+    monkeypatch.setattr(_box, "_ADAPT_MIN_ATOMS", 2)  # as _adapt_tiny_sparse_boxes and _vapour_grids
+    monkeypatch.setattr(_box, "_CROWDED", 1.0)
+    monkeypatch.setattr(_box, "_STILL_CROWDED", 1.0)
+    for d in (1, 2):
+        g = bin_grid(k["cell"], k["pbc"], k["cutoff"], len(k["pos"]), positions=k["pos"], divisions=d)
+        assert g.periodic.tolist() == [True, False, True] and (g.region_scale < 1).any(axis=1).all(), d
+    for sort in (False, True):
+        ref = sort_pairs(_cpu_nl(k, sort))
+        got = sort_pairs(type(ref)(*(res[f"vapour/{sort}/{field}"] for field in ref._fields)))
+        assert len(ref.i) > 0 and pair_set(got.i, got.j, got.shifts) == pair_set(ref.i, ref.j, ref.shifts)
+        np.testing.assert_allclose(got.vectors, ref.vectors, atol=1e-12)
+    f = _cpu_features(k, "float64")
+    _close(res["vapour/g"], f.invariant, "float64", "G")
+    _close(res["vapour/v"], f.covariant, "float64", "V")
 
 
 @pytest.mark.cudasim

@@ -316,6 +316,38 @@ def test_clusters_far_apart_have_the_features_of_each_cluster_alone():
         np.testing.assert_allclose(v, np.vstack([a.covariant for a in alone]), rtol=1e-9, atol=1e-10)
 
 
+@pytest.mark.parametrize("pbc", [(True, True, True), (False, True, False)])
+def test_scattered_atoms_around_a_cluster_give_the_plain_grids_features(pbc, monkeypatch):
+    """A 512-atom cluster with 10 % of the atoms scattered over a 300 Å triclinic box: the bin grid
+    equalises each axis's density (fastfeat._box._equalized_axis, periodic axes keeping their images);
+    the features, one-shot and through a Featurizer (reused over a small move), are those computed on
+    the plain capped grid."""
+    from fastfeat import _box
+    from fastfeat._neighbors import one_shot_grid
+
+    rng = np.random.default_rng(8)
+    spec = SPECS["angular_covariant"]
+    pos, Z = _lattice_cluster(rng, (8, 8, 8))
+    cell = np.array([[300.0, 0.0, 0.0], [20.0, 290.0, 0.0], [-15.0, 10.0, 310.0]])
+    pos = np.vstack([pos + 140.0, rng.random((57, 3)) @ cell])
+    Z = np.concatenate([Z, rng.choice(np.array([1, 8, 6]), 57)])
+    pbc = np.array(pbc)
+    assert (one_shot_grid(pos, cell, pbc, spec.cutoff).region_scale < 1).any(axis=1).all()
+    moved = pos + rng.normal(scale=0.05, size=pos.shape)
+
+    def features():
+        f = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=pbc, spec=spec, dtype=np.float64)
+        fz = fastfeat.Featurizer(spec, dtype=np.float64, skin=0.5)
+        fz(pos, Z, cell, pbc)
+        return [(f.invariant, f.covariant), fz(moved, Z, cell, pbc)]
+
+    got = features()
+    monkeypatch.setattr(_box, "_ADAPT_MIN_ATOMS", 10**9)
+    for (g, v), (g_ref, v_ref) in zip(got, features()):
+        np.testing.assert_allclose(g, g_ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(v, v_ref, rtol=1e-12, atol=1e-12)
+
+
 def test_cluster_in_a_large_periodic_box_has_its_isolated_features():
     """A 294-atom cluster across the boundary of a 500 Å periodic triclinic cell (positions wrapped):
     the grid cuts the periodic axes at the empty stretch; the features, one-shot and through a

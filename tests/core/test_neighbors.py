@@ -291,3 +291,49 @@ def test_clusters_far_apart_keep_bins_narrow_and_pairs_exact(pbc):
     nl = fastfeat.neighbor_list(pos, cell, pbc, 7.0)
     assert pair_set(nl.i, nl.j, nl.shifts) == pair_set(*neighbor_list_ref(pos, cell, np.array(pbc), 7.0)[:3])
     assert ((nl.i < 343) & (nl.j >= 686)).any()
+
+
+@pytest.mark.parametrize("pbc", [(False, False, False), (True, True, True), (True, False, True)])
+def test_scattered_molecules_around_a_cluster_keep_bins_narrow_and_pairs_exact(pbc):
+    """A dense cluster with 8 % of the atoms scattered over a 400 Å box (evaporated molecules): no empty
+    stretch to cut or compress and too many outliers to trim, so each axis's density is equalised
+    (fastfeat._box._equalized_axis; on periodic axes too, images kept): the cluster spans many bins where
+    the capped grid gave it one or two; pairs and shifts are vesin's (the plain grid's for mixed
+    periodicity) and vectors pos[j] - pos[i] + S @ cell."""
+    from fastfeat import _box
+    from fastfeat._neighbors import bin_atoms
+    from vesin import NeighborList as VesinNeighborList
+
+    rng = np.random.default_rng(21)
+    cluster = _lattice_cluster(rng, 9) + 150.0  # 729 atoms, ~14 Å
+    cell = np.array([[400.0, 0.0, 0.0], [30.0, 390.0, 0.0], [-20.0, 25.0, 410.0]])
+    vapour = rng.random((20, 3)) @ cell
+    vapour = (vapour[:, None, :] + [[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [-0.24, 0.93, 0.0]]).reshape(-1, 3)  # 20 "H2O"
+    pos = np.vstack([cluster, vapour])
+    pbc = np.array(pbc)
+    if not pbc.any():
+        cell = np.zeros((3, 3))
+    grid = bin_atoms(pos, cell, pbc, 3.0, divisions=2).grid
+    assert (grid.region_scale < 1).any(axis=1).all() and grid.periodic.tolist() == pbc.tolist()
+    cl = bin_atoms(pos, cell, pbc, 3.0, divisions=2)
+    bins = cl.bin3s[np.argsort(cl.order)][: len(cluster)]
+    for ax in range(3):
+        assert len(np.unique(bins[:, ax])) >= 6, (ax, cl.grid.nbins)
+    nl = fastfeat.neighbor_list(pos, cell, pbc, 3.0)
+    got = pair_set(nl.i, nl.j, nl.shifts)
+    assert len(got) == len(nl.i)
+    if pbc.all() or not pbc.any():
+        ref = pair_set(*VesinNeighborList(cutoff=3.0, full_list=True).compute(pos, cell, bool(pbc.all()), "ijS"))
+    else:
+        plain = _box._ADAPT_MIN_ATOMS
+        try:
+            _box._ADAPT_MIN_ATOMS = 10**9
+            r = fastfeat.neighbor_list(pos, cell, pbc, 3.0)
+        finally:
+            _box._ADAPT_MIN_ATOMS = plain
+        ref = pair_set(r.i, r.j, r.shifts)
+    assert got == ref
+    assert ((nl.i >= len(cluster)) & (nl.j >= len(cluster))).sum() >= 40  # the molecules' own pairs
+    np.testing.assert_allclose(nl.vectors, pos[nl.j] - pos[nl.i] + nl.shifts @ cell, atol=1e-9)
+    srt = fastfeat.neighbor_list(pos, cell, pbc, 3.0, sorted=True)
+    assert pair_set(srt.i, srt.j, srt.shifts) == got
