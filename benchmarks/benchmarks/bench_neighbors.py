@@ -46,11 +46,12 @@ class NeighborList:
 
 class SparseBoxNeighborList:
     """fastfeat.neighbor_list where the atoms fill a small part of a large box: a water cluster in a
-    1000 Å periodic box (periodic axes cut at the empty stretch) and two clusters 1e4 Å apart without
-    periodicity (empty stretches compressed). Compare with NeighborList at about the same atom count:
-    a capped grid whose bins span whole clusters makes these quadratic (fastfeat._box)."""
+    1000 Å periodic box (periodic axes cut at the empty stretch), two clusters 1e4 Å apart without
+    periodicity (empty stretches compressed), and the cluster in the 1000 Å box with 3 % more atoms as
+    water molecules scattered over it (density-equalised axes). Compare with NeighborList at about the
+    same atom count: a capped grid whose bins span whole clusters makes these quadratic (fastfeat._box)."""
 
-    params = ([1000, 10000], ["periodic_box_1000", "clusters_1e4_apart"], devices())
+    params = ([1000, 10000], ["periodic_box_1000", "clusters_1e4_apart", "scattered_molecules_box_1000"], devices())
     param_names = ["n_atoms", "layout", "device"]
     timeout = 600
 
@@ -58,6 +59,12 @@ class SparseBoxNeighborList:
         w = common.water_system(n_atoms)
         if layout == "periodic_box_1000":
             pos, self.cell, self.pbc = w.positions, np.eye(3) * 1000.0, np.array([True] * 3)
+        elif layout == "scattered_molecules_box_1000":
+            rng = np.random.default_rng(0)
+            m = max(1, n_atoms // 100)
+            vapour = (w.positions[:3] - w.positions[0] + rng.uniform(0.0, 1000.0, (m, 1, 3))).reshape(-1, 3)
+            pos = np.vstack([w.positions - w.positions.mean(axis=0) + 500.0, vapour])
+            self.cell, self.pbc = np.eye(3) * 1000.0, np.array([True] * 3)
         else:
             pos = np.vstack([w.positions, w.positions + 1e4])
             self.cell, self.pbc = np.zeros((3, 3)), np.array([False] * 3)

@@ -1,7 +1,8 @@
 """GPU check: the CUDA neighbour list and features on sparse boxes (fastfeat._box adapts the grid).
 
 Two water clusters (``--atoms`` atoms each, default 30 000) 80 Å and 1e4 Å apart without periodicity,
-and one cluster without periodicity and in a 1000 Å periodic box. For each: CUDA and CPU neighbour
+one cluster without periodicity and in a 1000 Å periodic box, and the cluster with 3 % more atoms as
+water molecules scattered over the box (density-equalised grid), with and without periodicity. For each: CUDA and CPU neighbour
 lists equal (pair counts, and pairs as sets when ``--atoms`` <= 5000), CUDA and CPU features equal
 (float64), and the CUDA times (median of ``--repeats`` calls after a warm-up, between device
 synchronisations). A sparse structure costs the CUDA path one positions download per list build;
@@ -46,6 +47,15 @@ def main(argv=None):
         "one cluster, no periodicity": (w.positions, np.zeros((3, 3)), [False] * 3, 1),
         "one cluster, 1000 A periodic box": (w.positions, np.eye(3) * 1000.0, [True] * 3, 1),
     }
+    # 3 % more atoms as water molecules scattered over the 1000 A box (the density-equalised grid), as in
+    # benchmarks/compare/scaling.py
+    rng = np.random.default_rng(0)
+    m = max(1, args.atoms // 100)
+    vapour = (w.positions[:3] - w.positions[0] + rng.uniform(0.0, 1000.0, (m, 1, 3))).reshape(-1, 3)
+    shifted = np.vstack([w.positions - w.positions.mean(axis=0) + 500.0, vapour])
+    z_vapour = np.concatenate([w.numbers, np.tile(w.numbers[:3], m)])
+    systems["cluster + 3 % scattered molecules, no periodicity"] = (shifted, np.zeros((3, 3)), [False] * 3, z_vapour)
+    systems["cluster + 3 % scattered molecules, 1000 A box"] = (shifted, np.eye(3) * 1000.0, [True] * 3, z_vapour)
 
     def timed(fn):
         fn()
@@ -63,7 +73,7 @@ def main(argv=None):
 
     out, ok = {}, True
     for name, (pos, cell, pbc, copies) in systems.items():
-        z = np.tile(w.numbers, copies)
+        z = copies if isinstance(copies, np.ndarray) else np.tile(w.numbers, copies)
         d_pos = cuda.to_device(np.ascontiguousarray(pos))
         nl_g = fastfeat.neighbor_list(d_pos, cell, pbc, spec.cutoff, device="cuda")
         nl_c = fastfeat.neighbor_list(pos, cell, pbc, spec.cutoff)
@@ -83,12 +93,14 @@ def main(argv=None):
         ok &= same_nl and err < 1e-9
         out[name] = {"atoms": len(pos), "pairs": int(len(nl_c.i)), "nl_equal_cpu": bool(same_nl),
                      "features_max_rel_err_float64": err, "cuda_neighbor_list_s": t_nl, "cuda_featurize_float32_s": t_f}
-        print(f"{name:34s} N={len(pos):7d} NL equal CPU: {same_nl}  features rel err {err:.1e}  "
+        print(f"{name:52s} N={len(pos):7d} NL equal CPU: {same_nl}  features rel err {err:.1e}  "
               f"CUDA NL {t_nl * 1e3:8.2f} ms  featurize {t_f * 1e3:8.2f} ms", flush=True)
     for what in ("cuda_neighbor_list_s", "cuda_featurize_float32_s"):
         a = out["two clusters 1e4 A apart"][what] / out["two clusters 80 A apart"][what]
         b = out["one cluster, 1000 A periodic box"][what] / out["one cluster, no periodicity"][what]
-        print(f"{what}: 1e4 A / 80 A apart {a:.2f}, 1000 A box / no periodicity {b:.2f}")
+        c = out["cluster + 3 % scattered molecules, 1000 A box"][what] / out["one cluster, 1000 A periodic box"][what]
+        print(f"{what}: 1e4 A / 80 A apart {a:.2f}, 1000 A box / no periodicity {b:.2f}, "
+              f"+ 3 % scattered molecules / cluster alone (1000 A box) {c:.2f}")
     if args.out:
         args.out.write_text(json.dumps({"results": out, "ok": ok}, indent=1))
     print("OK" if ok else "MISMATCH")
