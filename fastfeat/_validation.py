@@ -17,6 +17,7 @@ __all__ = [
     "check_cell",
     "check_pbc",
     "check_cutoff",
+    "check_int",
     "check_skin",
     "check_dtype",
     "check_device",
@@ -151,6 +152,17 @@ def check_cell(cell, pbc):
                 f"got {cell.tolist()}"
             )
     return cell
+
+
+def check_int(value, name, minimum=None, note="") -> int:
+    """``value`` as an int: TypeError unless it is an int (NumPy integers too; bools refused), ValueError
+    below ``minimum``. ``name`` is shown as given (a keyword "`steps`" or an option "`--frames`"); ``note``
+    follows the bound in the message (what the bound is for)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{note}, got {int(value)}")
+    return int(value)
 
 
 def check_skin(skin) -> float:

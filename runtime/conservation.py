@@ -25,6 +25,8 @@ import sys
 
 import numpy as np
 
+from fastfeat._validation import check_int
+
 __all__ = ["jacobian", "jacobian_asymmetry", "nve_drift", "check_conservation", "main"]
 
 
@@ -46,14 +48,6 @@ def _check_h(h):
 
     _check_positive("h", h)
     return float(h)
-
-
-def _check_int(name, value, minimum, note=""):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"`{name}` must be an int >= {minimum}{note}, got {value}")
-    return int(value)
 
 
 #: fewest NVE steps nve_drift accepts: the drift is a fit over >= 3 recorded temperatures
@@ -138,7 +132,7 @@ def jacobian_asymmetry(model, atoms, *, h=None, max_atoms=DEFAULT_MAX_ATOMS, see
         ``lambda``, ``norm_J`` and ``norm_J_anti`` (eV/Å²), ``h``, ``atoms_used``.
     """
     h = _default_h(model) if h is None else _check_h(h)
-    max_atoms = _check_int("max_atoms", max_atoms, 1)
+    max_atoms = check_int(max_atoms, "`max_atoms`", 1)
     fn = _force_fn(model, atoms, device)
     n = len(atoms)
     if n <= max_atoms:
@@ -183,8 +177,8 @@ def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, de
     """
     from .md import MDInstabilityError, MolecularDynamics
 
-    steps = _check_int("steps", steps, MIN_NVE_STEPS, " (the drift is a fit over >= 3 recorded points)")
-    equilibrate_steps = _check_int("equilibrate_steps", equilibrate_steps, 0)
+    steps = check_int(steps, "`steps`", MIN_NVE_STEPS, " (the drift is a fit over >= 3 recorded points)")
+    equilibrate_steps = check_int(equilibrate_steps, "`equilibrate_steps`", 0)
     fn = _force_fn(model, atoms, device)
     positions, velocities = atoms.positions, None
     if equilibrate_steps:
@@ -254,12 +248,12 @@ def _check_options(h, max_atoms, nve_steps, equilibrate_steps, names=_OPTIONS):
     ``names`` for messages (the command line's option names)."""
     try:
         h = None if h is None else _check_h(h)
-        max_atoms = _check_int("max_atoms", max_atoms, 1)
-        nve_steps = _check_int("nve_steps", nve_steps, 0, " (0 skips the NVE run)")
+        max_atoms = check_int(max_atoms, "`max_atoms`", 1)
+        nve_steps = check_int(nve_steps, "`nve_steps`", 0, " (0 skips the NVE run)")
         if 0 < nve_steps < MIN_NVE_STEPS:
             raise ValueError(f"`nve_steps` must be 0 (skip the NVE run) or an int >= {MIN_NVE_STEPS} (the drift is "
                              f"a fit over >= 3 recorded points), got {nve_steps}")
-        equilibrate_steps = _check_int("equilibrate_steps", equilibrate_steps, 0)
+        equilibrate_steps = check_int(equilibrate_steps, "`equilibrate_steps`", 0)
     except (TypeError, ValueError) as exc:
         msg = str(exc)
         for api, cli in zip(_OPTIONS, names):

@@ -30,6 +30,7 @@ from ase import units
 from ase.data import atomic_masses, atomic_numbers
 
 from fastfeat._io import check_output_path
+from fastfeat._validation import check_int
 
 __all__ = [
     "MolecularDynamics",
@@ -363,8 +364,7 @@ class MolecularDynamics:
             max_temperature = default_max_temperature(temperature)
         else:
             _check_positive("max_temperature", max_temperature, allow_inf=True)
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-            raise TypeError(f"`seed` must be an int, got {type(seed).__name__}")
+        check_int(seed, "`seed`")
 
         self.force_fn = force_fn
         self.xp = xp = getattr(force_fn, "xp", np)
@@ -471,10 +471,8 @@ class MolecularDynamics:
         overlapping atoms) concerns the input: it propagates unchanged, and no
         file has been created or truncated by then.
         """
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
-            raise ValueError(f"`steps` must be an int >= 0, got {steps!r}")
-        if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
-            raise ValueError(f"`every` must be an int >= 1, got {every!r}")
+        steps = check_int(steps, "`steps`", 0)
+        every = check_int(every, "`every`", 1)
         check_outputs(trajectory, log, "`trajectory`")
         if self.f is None:
             # before any file is opened: a structure the model cannot start from leaves no empty trajectory

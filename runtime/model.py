@@ -15,7 +15,14 @@ import numpy as np
 import onnxruntime as ort
 
 import fastfeat
-from fastfeat._validation import check_device, check_feature_arrays, check_skin, species_index, species_lookup
+from fastfeat._validation import (
+    check_device,
+    check_feature_arrays,
+    check_int,
+    check_skin,
+    species_index,
+    species_lookup,
+)
 
 from ._onnx_meta import (
     INPUT_NAMES,
@@ -181,8 +188,8 @@ class ForceModel:
             raise FileNotFoundError(f"model file {path!r} does not exist")
         if os.path.isdir(path):
             raise ModelLoadError(f"model path {path!r} is a directory, expected an .onnx file")
-        if intra_op_threads is not None and (not isinstance(intra_op_threads, int) or intra_op_threads < 0):
-            raise ValueError(f"`intra_op_threads` must be an int >= 0 (0: onnxruntime's default), got {intra_op_threads!r}")
+        if intra_op_threads is not None:
+            intra_op_threads = check_int(intra_op_threads, "`intra_op_threads`", 0, " (0: onnxruntime's default)")
         skin = check_skin(skin)
         if dev == "cuda":
             _check_cuda_runtime()

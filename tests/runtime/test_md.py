@@ -272,6 +272,12 @@ def test_argument_errors():
         MolecularDynamics(f, x0, masses[:3])
     with pytest.raises(ValueError, match="`steps` must be an int >= 0"):
         MolecularDynamics(f, x0, masses).run(-1)
+    with pytest.raises(TypeError, match="`steps` must be an int, got float 10.0"):
+        MolecularDynamics(f, x0, masses).run(10.0)
+    with pytest.raises(ValueError, match="`every` must be an int >= 1, got 0"):
+        MolecularDynamics(f, x0, masses).run(10, every=0)
+    with pytest.raises(TypeError, match="`seed` must be an int, got bool True"):
+        MolecularDynamics(f, x0, masses, seed=True)
 
 
 def test_run_md_with_onnx_model(model, water, tmp_path):

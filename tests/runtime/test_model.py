@@ -489,6 +489,13 @@ def test_forces_from_features_valid_inputs(model, water, water_feats):
     assert empty.shape == (0, 3)
 
 
+def test_load_validates_intra_op_threads(model_path):
+    with pytest.raises(ValueError, match=r"`intra_op_threads` must be an int >= 0 \(0: onnxruntime's default\), got -1"):
+        ForceModel.load(model_path, intra_op_threads=-1)
+    with pytest.raises(TypeError, match="`intra_op_threads` must be an int, got str '2'"):
+        ForceModel.load(model_path, intra_op_threads="2")
+
+
 def test_model_and_calculator_pickle_by_file_reference(model_path, water):
     """A model (and a Calculator holding one) pickles and deep-copies: the copy is loaded again from the
     same file with the same options and gives the same forces (onnxruntime sessions cannot be pickled)."""

@@ -344,14 +344,14 @@ def test_generator_ends_a_trajectory_below_the_minimum_distance(tmp_path, monkey
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--temperatures", "-300"], "--temperatures must be finite temperatures > 0 K, got -300.0"),
-    (["--temperatures", "300", "nan"], "--temperatures must be finite temperatures > 0 K, got nan"),
-    (["--frames", "0"], "--frames must be an integer >= 1, got 0"),
-    (["--trajectories", "0"], "--trajectories must be an integer >= 1, got 0"),
-    (["--stride", "0"], "--stride must be an integer >= 1, got 0"),
-    (["--workers", "0"], "--workers must be an integer >= 1, got 0"),
-    (["--relax-steps", "-1"], "--relax-steps must be an integer >= 0, got -1"),
-    (["--time-limit", "-5"], "--time-limit must be a number of seconds >= 0"),
+    (["--temperatures", "-300"], "`--temperatures` must be finite temperatures > 0 K, got -300.0"),
+    (["--temperatures", "300", "nan"], "`--temperatures` must be finite temperatures > 0 K, got nan"),
+    (["--frames", "0"], "`--frames` must be an int >= 1, got 0"),
+    (["--trajectories", "0"], "`--trajectories` must be an int >= 1, got 0"),
+    (["--stride", "0"], "`--stride` must be an int >= 1, got 0"),
+    (["--workers", "0"], "`--workers` must be an int >= 1, got 0"),
+    (["--relax-steps", "-1"], "`--relax-steps` must be an int >= 0, got -1"),
+    (["--time-limit", "-5"], "`--time-limit` must be a number of seconds >= 0"),
     (["--time-limit", "30"], "time limit of 30 s is under 60 s"),
 ])
 def test_generate_refuses_bad_settings_up_front(tmp_path, capsys, args, expected):
@@ -370,7 +370,7 @@ def test_generate_api_validates_and_zero_frames_is_an_error(tmp_path, capsys, mo
     gen = pytest.importorskip("fastfeat.train.datasets.generate")
     with pytest.raises(ValueError, match=r"`temperatures` must be finite temperatures > 0 K, got -300"):
         gen.generate("peo", tmp_path / "x.extxyz", temperatures=[-300.0])
-    with pytest.raises(ValueError, match=r"`n_frames` must be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"`n_frames` must be an int >= 1, got 0"):
         gen.generate("peo", tmp_path / "x.extxyz", n_frames=0)
     with pytest.raises(ValueError, match=r"time limit of 10 s is under 60 s.*nothing was run"):
         gen.generate("peo", tmp_path / "x.extxyz", time_limit=10)
@@ -398,8 +398,13 @@ def test_relabel_bad_source_is_a_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("fastfeat data relabel: error: `source` file") or "`source` file" in err, err
         assert expected in err and name in err and "Traceback" not in err, err
+    # the generator's checks, with the command's option names (as `fastfeat data generate`)
     assert cli(["data", "relabel", str(tmp_path / "empty.extxyz"), "--out", out, "--workers", "0"]) == 2
-    assert "--workers must be >= 1, got 0" in capsys.readouterr().err
+    assert "`--workers` must be an int >= 1, got 0" in capsys.readouterr().err
+    assert cli(["data", "relabel", str(tmp_path / "empty.extxyz"), "--out", out, "--time-limit", "-5"]) == 2
+    assert "`--time-limit` must be a number of seconds >= 0 (0: no limit), got -5.0" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="`workers` must be an int, got float 2.0"):
+        relabel.relabel(tmp_path / "empty.extxyz", out, workers=2.0)
     with pytest.raises(ValueError, match="empty.extxyz' is empty"):
         relabel.relabel(tmp_path / "empty.extxyz", out)
     assert not os.path.exists(out)

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fastfeat._validation import check_int
+
 if __package__ in (None, ""):  # run as a script: the sibling modules are top-level imports
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import builders  # type: ignore[no-redef]
@@ -50,26 +52,22 @@ log = logging.getLogger("fastfeat.data")
 PY_NAMES = {"n_frames": "`n_frames`", "temperatures": "`temperatures`", "n_trajectories": "`n_trajectories`",
             "stride": "`stride`", "workers": "`workers`", "time_limit": "`time_limit`",
             "relax_steps": "`relax_steps`", "first_trajectory": "`first_trajectory`"}
-CLI_NAMES = {"n_frames": "--frames", "temperatures": "--temperatures", "n_trajectories": "--trajectories",
-             "stride": "--stride", "workers": "--workers", "time_limit": "--time-limit",
-             "relax_steps": "--relax-steps", "first_trajectory": "--first-trajectory"}
+CLI_NAMES = {"n_frames": "`--frames`", "temperatures": "`--temperatures`", "n_trajectories": "`--trajectories`",
+             "stride": "`--stride`", "workers": "`--workers`", "time_limit": "`--time-limit`",
+             "relax_steps": "`--relax-steps`", "first_trajectory": "`--first-trajectory`"}
 
 
 def check_settings(names=PY_NAMES, **values):
-    """ValueError naming the setting and its value when a generator setting is out of range.
+    """TypeError (not an int) or ValueError naming the setting and its value when a generator setting is out of range.
 
     Counts (``n_frames``, ``n_trajectories``, ``stride``, ``workers``) must be >= 1,
     ``relax_steps`` and ``first_trajectory`` >= 0, every temperature a finite number > 0 K and
     ``time_limit`` (seconds) >= 0; ``None`` (workers, time_limit) and a time limit of 0 mean none.
     """
-    for key in ("n_frames", "n_trajectories", "stride", "workers"):
-        v = values.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1):
-            raise ValueError(f"{names[key]} must be an integer >= 1, got {v!r}")
-    for key in ("relax_steps", "first_trajectory"):
-        v = values.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
-            raise ValueError(f"{names[key]} must be an integer >= 0, got {v!r}")
+    for key, minimum in (("n_frames", 1), ("n_trajectories", 1), ("stride", 1), ("workers", 1), ("relax_steps", 0),
+                         ("first_trajectory", 0)):
+        if values.get(key) is not None:
+            check_int(values[key], names[key], minimum)
     if "temperatures" in values:
         temps = values["temperatures"]
         if isinstance(temps, (int, float)):
@@ -416,10 +414,10 @@ def build_parser(prog="fastfeat data generate"):
 
 def run_command(prog, body) -> int:
     """Exit status of a data command: ``body()`` returns the frames written; 2 (message on stderr) for
-    bad settings or unusable files (ValueError/OSError), 1 when no frame was written, else 0."""
+    bad settings or unusable files (ValueError/TypeError/OSError), 1 when no frame was written, else 0."""
     try:
         n = body()
-    except (ValueError, OSError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     if n == 0:

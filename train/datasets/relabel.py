@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .generate import LABEL, _append, _calculator, _read_frames, check_settings, run_command
+from .generate import CLI_NAMES, LABEL, _append, _calculator, _read_frames, check_settings, run_command
 
 __all__ = ["LABEL", "label_frame", "main", "relabel"]
 
@@ -130,10 +130,7 @@ def main(argv=None) -> int:
 
 def _relabel_from_args(args) -> int:
     """Validate the arguments of ``fastfeat data relabel``, then run it; frames written."""
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
-    if args.time_limit is not None and not args.time_limit >= 0:
-        raise ValueError(f"--time-limit must be a number of seconds >= 0 (0: no limit), got {args.time_limit}")
+    check_settings(CLI_NAMES, workers=args.workers, time_limit=args.time_limit)
     if not os.path.isfile(args.source):
         why = "is a folder" if os.path.isdir(args.source) else "does not exist"
         raise FileNotFoundError(f"`source` file {args.source!r} {why}")
