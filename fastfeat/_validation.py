@@ -6,6 +6,7 @@ the argument, the expectation and what was received.
 
 from __future__ import annotations
 
+import math
 import numbers as _numbers
 
 import numpy as np
@@ -18,6 +19,8 @@ __all__ = [
     "check_pbc",
     "check_cutoff",
     "check_int",
+    "check_number",
+    "check_positive",
     "check_skin",
     "check_dtype",
     "check_device",
@@ -178,13 +181,38 @@ def check_skin(skin) -> float:
     return value
 
 
-def check_cutoff(cutoff, name="cutoff"):
-    if isinstance(cutoff, (bool, np.bool_)) or not isinstance(cutoff, (_numbers.Real, np.floating, np.integer)):
-        raise TypeError(f"`{name}` must be a number, got {type(cutoff).__name__}")
-    c = float(cutoff)
-    if not np.isfinite(c) or c <= 0:
-        raise ValueError(f"`{name}` must be a finite number > 0, got {cutoff}")
-    return c
+def _real(value, name) -> float:
+    """``value`` as a float (inf beyond the float range); TypeError unless it is a real number (bools refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (_numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:  # a Python int beyond float range
+        return math.inf if value > 0 else -math.inf
+
+
+def check_number(value, name, minimum=None) -> float:
+    """``value`` as a float: TypeError unless it is a real number, ValueError unless finite (and >= ``minimum``).
+    ``name`` is shown as given, as in :func:`check_int`."""
+    x = _real(value, name)
+    if not math.isfinite(x) or (minimum is not None and x < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value}")
+    return x
+
+
+def check_positive(value, name, allow_inf=False) -> float:
+    """``value`` as a float: TypeError unless it is a real number, ValueError unless finite and > 0 (or inf with
+    ``allow_inf``: no limit)."""
+    x = _real(value, name)
+    if not (x > 0 and (math.isfinite(x) or (allow_inf and x == math.inf))):
+        what = "a number > 0 (math.inf: no limit)" if allow_inf else "a finite number > 0"
+        raise ValueError(f"{name} must be {what}, got {value}")
+    return x
+
+
+def check_cutoff(cutoff, name="cutoff") -> float:
+    return check_positive(cutoff, f"`{name}`")
 
 
 # lookup: atomic number -> species index (built per spec and cached by the caller)

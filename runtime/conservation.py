@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from fastfeat._validation import check_int
+from fastfeat._validation import check_int, check_positive
 
 __all__ = ["jacobian", "jacobian_asymmetry", "nve_drift", "check_conservation", "main"]
 
@@ -44,10 +44,7 @@ def _force_fn(model, atoms, device="cpu"):
 
 def _check_h(h):
     """``h`` (finite-difference step, Å) as a float if it is a finite number > 0, else TypeError/ValueError."""
-    from .md import _check_positive
-
-    _check_positive("h", h)
-    return float(h)
+    return check_positive(h, "`h`")
 
 
 #: fewest NVE steps nve_drift accepts: the drift is a fit over >= 3 recorded temperatures

@@ -30,7 +30,7 @@ from ase import units
 from ase.data import atomic_masses, atomic_numbers
 
 from fastfeat._io import check_output_path
-from fastfeat._validation import check_int
+from fastfeat._validation import check_int, check_number, check_positive
 
 __all__ = [
     "MolecularDynamics",
@@ -353,17 +353,17 @@ class MolecularDynamics:
             raise ValueError(f"`masses` must have shape ({n},) to match `positions`, got {masses.shape}")
         if n and not (masses > 0).all():
             raise ValueError(f"`masses` must be > 0 amu, got {masses.min()} for atom {int(np.argmin(masses))}")
-        _check_positive("dt", dt)
-        _check_number("temperature", temperature, minimum=0.0)
+        check_positive(dt, "`dt`")
+        check_number(temperature, "`temperature`", minimum=0.0)
         if ensemble not in ENSEMBLES:
             raise ValueError(f"`ensemble` must be one of {list(ENSEMBLES)}, got {ensemble!r}")
         if ensemble == "langevin":
-            _check_positive("friction", friction)
-        _check_positive("max_force", max_force)
+            check_positive(friction, "`friction`")
+        check_positive(max_force, "`max_force`")
         if max_temperature is None:
             max_temperature = default_max_temperature(temperature)
         else:
-            _check_positive("max_temperature", max_temperature, allow_inf=True)
+            check_positive(max_temperature, "`max_temperature`", allow_inf=True)
         check_int(seed, "`seed`")
 
         self.force_fn = force_fn
@@ -677,22 +677,6 @@ class MolecularDynamics:
             stop_reason=reason,
             n_rebuilds=int(nrb) if nrb is not None else None,
         )
-
-
-def _check_number(name, value, minimum=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a number, got {type(value).__name__}")
-    if not math.isfinite(float(value)) or (minimum is not None and value < minimum):
-        raise ValueError(f"`{name}` must be a finite number >= {minimum}, got {value}")
-
-
-def _check_positive(name, value, allow_inf=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"`{name}` must be a number, got {type(value).__name__}")
-    ok = float(value) > 0 and (math.isfinite(float(value)) or (allow_inf and float(value) == math.inf))
-    if not ok:
-        what = "a number > 0 (math.inf: no limit)" if allow_inf else "a finite number > 0"
-        raise ValueError(f"`{name}` must be {what}, got {value}")
 
 
 # ------------------------------------------------------------ convenience API
