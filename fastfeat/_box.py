@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BinGrid", "bin_grid", "bin_grids", "MAX_SEARCH_CELLS", "CellTooSmallError"]
+__all__ = ["BinGrid", "bin_grid", "bin_grids", "pair_r2_limit", "MAX_SEARCH_CELLS", "CellTooSmallError"]
 
 #: A periodic cell so small against the cutoff that each atom would have to
 #: visit more than this many (bin, image) combinations is refused.
@@ -470,6 +470,18 @@ def _core_range(x, lo, hi, cutoff):
     if (hi - lo) <= 4.0 * max(core_hi - core_lo, cutoff):  # no far outliers: the whole extent
         return lo, hi
     return core_lo, core_hi
+
+
+def pair_r2_limit(cutoff):
+    """The least float64 x with sqrt(x) >= cutoff: a pair is inside the cutoff when its squared distance
+    r2 < x, which (sqrt being correctly rounded and monotone) is exactly when its reported distance
+    sqrt(r2) < cutoff. cutoff * cutoff rounded may be a step off either way."""
+    x = float(cutoff) * float(cutoff)
+    while x > 0.0 and math.sqrt(math.nextafter(x, 0.0)) >= cutoff:
+        x = math.nextafter(x, 0.0)
+    while math.sqrt(x) < cutoff:
+        x = math.nextafter(x, math.inf)
+    return x
 
 
 def _cross(u, v):

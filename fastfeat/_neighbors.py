@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _device
-from ._box import bin_grid, bin_grids
+from ._box import bin_grid, bin_grids, pair_r2_limit
 from ._validation import check_cell, check_cutoff, check_pbc, check_positions, check_device
 
 __all__ = ["NeighborList", "neighbor_list"]
@@ -151,7 +151,7 @@ def _binned_counts(positions, cell, pbc, cutoff):
     cl = bin_atoms(positions, cell, pbc, cutoff, NL_BIN_DIVISIONS)
     count = np.empty(n, np.int64)
     k.count_pairs(cl.poss, cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start, cl.order,
-                  cutoff, count)
+                  pair_r2_limit(cutoff), count)
     offset = np.zeros(n + 1, np.int64)
     np.cumsum(count, out=offset[1:])
     return cl, offset
@@ -161,8 +161,8 @@ def _fill(cl, cell, cutoff, offset, i_p, j_p, shift, r, d, csr):
     from ._kernels import neighbors_cpu as k
 
     g = cl.grid
-    k.fill_pairs(cl.poss, cell, cl.wraps, g.periodic, g.nbins, g.search, cl.bin3s, cl.start, cl.order, cutoff,
-                 offset, i_p, j_p, shift, r, d, csr)
+    k.fill_pairs(cl.poss, cell, cl.wraps, g.periodic, g.nbins, g.search, cl.bin3s, cl.start, cl.order,
+                 pair_r2_limit(cutoff), offset, i_p, j_p, shift, r, d, csr)
 
 
 def build_cpu(positions, cell, pbc, cutoff, sorted=False):
@@ -244,10 +244,11 @@ def neighbor_list(positions, cell=None, pbc=False, cutoff=None, *, sorted=False,
     cutoff : float, Å
         Pairs with r_ij < cutoff are returned, for every periodic image, so
         cutoffs larger than the cell are handled (up to
-        ``fastfeat._box.MAX_SEARCH_CELLS`` images per atom). The test is
-        |r_ij|^2 < cutoff^2 in floating point, the same for (i, j, S) and
-        (j, i, -S), so the list is symmetric also for pairs at the cutoff to
-        the last bit (which may then report a distance equal to the cutoff).
+        ``fastfeat._box.MAX_SEARCH_CELLS`` images per atom). Exactly those whose
+        reported distance (computed in float64) is below the cutoff: a pair at
+        the cutoff is left out, as in ASE (the test is on |r_ij|^2, the same for
+        (i, j, S) and (j, i, -S), so the list stays symmetric). Float32 positions
+        get float32 vectors and distances, rounded from the float64 ones.
     sorted : bool
         Sort pairs by (i, j, shift) for a deterministic, comparable order.
         (Without it the order is still deterministic, by centre atom.)

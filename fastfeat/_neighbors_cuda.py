@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._box import bin_grid, binning_box
+from ._box import bin_grid, binning_box, pair_r2_limit
 from ._neighbors import NeighborList
 from ._validation import MAX_ATOMS, check_cell, check_positions
 
@@ -334,13 +334,13 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
     # pair search: count -> prefix sum -> fill
     count_n = alloc(n, np.int64)
     launch(k.count_pairs, n, stream, posw_sorted, order_n, struct_n, d_cell, d_periodic, d_nbins, d_search,
-           d_bin_base, bin3, start_b, float(cutoff), count_n)
+           d_bin_base, bin3, start_b, pair_r2_limit(cutoff), count_n)
     offset_n = alloc(n + 1, np.int64)
     exclusive_scan(count_n, offset_n, stream)
     n_pairs = int(download(offset_n[n:], stream)[0])
     itemsize = np.dtype(out_dtype).itemsize
     common = (posw_sorted, order_n, struct_n, d_cell, wrap, d_periodic, d_nbins, d_search, d_bin_base, bin3,
-              start_b, float(cutoff), offset_n)
+              start_b, pair_r2_limit(cutoff), offset_n)
     if csr:
         check_device_memory(n_pairs * (4 + 3 * itemsize), f"the neighbour list ({n_pairs} pairs)")
         j_p = alloc(n_pairs, np.int32)

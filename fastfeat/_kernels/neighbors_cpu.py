@@ -140,8 +140,9 @@ def _z_run(start_b, row, zlo, zhi, t, n):
 
 
 @njit(parallel=True, cache=True)
-def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, cutoff, count_n):
-    """Number of neighbours (all images) of every atom within `cutoff`.
+def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, r2_limit, count_n):
+    """Number of neighbours (all images) of every atom with squared distance below `r2_limit`
+    (fastfeat._box.pair_r2_limit: distance below the cutoff).
 
     `poss_nc` and `bin3s_nc` are wrapped positions and bins in bin order
     (row k is atom order_n[k]): centres and neighbours are visited in space
@@ -150,7 +151,7 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
     bins, image) is one contiguous run of atoms.
     """
     n = poss_nc.shape[0]
-    rc2 = cutoff * cutoff
+    rc2 = r2_limit
     nz = nbins_c[2]
     for k in prange(n):
         i = order_n[k]
@@ -186,7 +187,7 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
 
 @njit(parallel=True, cache=True)
 def fill_pairs(
-    poss_nc, cell_cc, wraps_nc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, cutoff,
+    poss_nc, cell_cc, wraps_nc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, r2_limit,
     offset_n, i_p, j_p, shift_pc, r_pc, d_p, csr=False,
 ):
     """Write pairs of atom i at offset_n[i]:offset_n[i+1] (inputs in bin order, as count_pairs).
@@ -197,7 +198,7 @@ def fill_pairs(
     r_pc = shift @ cell (in r_pc's dtype); i_p, shift_pc and d_p are not touched.
     """
     n = poss_nc.shape[0]
-    rc2 = cutoff * cutoff
+    rc2 = r2_limit
     nz = nbins_c[2]
     max_run = _max_bin(start_b) * min(2 * search_c[2] + 1, nz)
     n_chunks = (n + _FILL_CHUNK - 1) // _FILL_CHUNK

@@ -287,15 +287,16 @@ def _wrap_index(b, n, periodic):
 @cuda.jit(cache=True)
 def count_pairs(
     posw_sorted_nc, order_n, struct_n, cell_scc, periodic_sc, nbins_sc, search_sc, bin_base_s, bin3_nc, start_b,
-    cutoff, count_n,
+    r2_limit, count_n,
 ):
-    """Number of neighbours (all images) within `cutoff` of atom order_n[k] (thread k)."""
+    """Number of neighbours (all images) of atom order_n[k] (thread k) with squared distance below
+    `r2_limit` (fastfeat._box.pair_r2_limit: distance below the cutoff)."""
     k = cuda.grid(1)
     if k >= order_n.shape[0]:
         return
     i = order_n[k]
     s = struct_n[i]
-    rc2 = cutoff * cutoff
+    rc2 = r2_limit
     cnt = 0
     xi = posw_sorted_nc[k, 0]
     yi = posw_sorted_nc[k, 1]
@@ -334,7 +335,7 @@ def count_pairs(
 @cuda.jit(cache=True)
 def fill_pairs(
     posw_sorted_nc, order_n, struct_n, cell_scc, wrap_nc, periodic_sc, nbins_sc, search_sc, bin_base_s, bin3_nc,
-    start_b, cutoff, offset_n, i_p, j_p, shift_pc, r_pc, d_p,
+    start_b, r2_limit, offset_n, i_p, j_p, shift_pc, r_pc, d_p,
 ):
     """Write the pairs of atom order_n[k] at offset_n[i]:offset_n[i+1], in the CPU kernel's order.
 
@@ -345,7 +346,7 @@ def fill_pairs(
         return
     i = order_n[k]
     s = struct_n[i]
-    rc2 = cutoff * cutoff
+    rc2 = r2_limit
     p = offset_n[i]
     xi = posw_sorted_nc[k, 0]
     yi = posw_sorted_nc[k, 1]
@@ -394,7 +395,7 @@ def fill_pairs(
 @cuda.jit(cache=True)
 def fill_csr(
     posw_sorted_nc, order_n, struct_n, cell_scc, wrap_nc, periodic_sc, nbins_sc, search_sc, bin_base_s, bin3_nc,
-    start_b, cutoff, offset_n, j_p, shiftvec_pc,
+    start_b, r2_limit, offset_n, j_p, shiftvec_pc,
 ):
     """Like fill_pairs, but writes only what the feature kernels read: j and shift @ cell (Å)."""
     k = cuda.grid(1)
@@ -402,7 +403,7 @@ def fill_csr(
         return
     i = order_n[k]
     s = struct_n[i]
-    rc2 = cutoff * cutoff
+    rc2 = r2_limit
     p = offset_n[i]
     xi = posw_sorted_nc[k, 0]
     yi = posw_sorted_nc[k, 1]

@@ -337,3 +337,39 @@ def test_scattered_molecules_around_a_cluster_keep_bins_narrow_and_pairs_exact(p
     np.testing.assert_allclose(nl.vectors, pos[nl.j] - pos[nl.i] + nl.shifts @ cell, atol=1e-9)
     srt = fastfeat.neighbor_list(pos, cell, pbc, 3.0, sorted=True)
     assert pair_set(srt.i, srt.j, srt.shifts) == got
+
+
+def test_r2_limit_is_the_exact_threshold_of_the_distance():
+    """pair_r2_limit(c) is the least float64 x with sqrt(x) >= c, so r2 < x exactly when sqrt(r2) < c (the
+    cutoff squared in floating point can be a step off)."""
+    from fastfeat._box import pair_r2_limit
+
+    rng = np.random.default_rng(3)
+    cutoffs = np.concatenate([rng.uniform(0.1, 20.0, 2000), [1.0, 2.5, 3.0, 5.2, 6.0, 1e-3, 1e3]])
+    for c in cutoffs:
+        x = pair_r2_limit(c)
+        assert np.sqrt(x) >= c and np.sqrt(np.nextafter(x, 0.0)) < c, c
+    # the cutoff squared is off for some cutoffs: the limit differs from it there
+    assert any(pair_r2_limit(c) != c * c for c in cutoffs)
+
+
+def test_pairs_at_the_cutoff_are_left_out_and_distances_stay_below_it():
+    """Pairs whose float64 distance is within a few ulp of the cutoff (random directions): exactly those
+    with distance < cutoff are listed, in both directions, as ASE lists them (before, a squared distance
+    just below the squared cutoff could report a distance equal to the cutoff)."""
+    rng = np.random.default_rng(5)
+    for cutoff in (2.5, 3.0, 4.7, 5.2, 6.0):
+        u = rng.normal(size=(400, 3))
+        u /= np.linalg.norm(u, axis=1, keepdims=True)
+        d = cutoff * (1.0 + rng.integers(-4, 5, 400) * np.finfo(float).eps)
+        grid = np.stack(np.meshgrid(*3 * [np.arange(8)], indexing="ij"), -1).reshape(-1, 3)[:400]
+        far = grid * 20.0  # the pairs far apart from each other
+        pos = np.concatenate([far, far + u * d[:, None]])
+        nl = fastfeat.neighbor_list(pos, np.zeros((3, 3)), False, cutoff)
+        assert (nl.distances < cutoff).all()
+        ref = np.linalg.norm(pos[400:] - pos[:400], axis=1)  # what ASE computes
+        got = {(i, j) for i, j in zip(nl.i.tolist(), nl.j.tolist())}
+        inside = {(k, k + 400) for k in np.flatnonzero(np.sqrt(((pos[400:] - pos[:400]) ** 2).sum(axis=1)) < cutoff)}
+        assert {p for p in got if p[0] < p[1]} == inside
+        assert got == inside | {(j, i) for i, j in inside}
+        assert (np.abs(ref - cutoff) < 1e-13).all() and 0 < len(inside) < 400  # ties, both sides
