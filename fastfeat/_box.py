@@ -160,7 +160,7 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
     smax = [0.0, 0.0, 0.0] if smax is None else [float(x) for x in smax]
     s = None
     if positions is not None and not all(pbc) and len(positions):
-        s = np.asarray(positions, dtype=np.float64) @ inv_box
+        s = _binning_coordinates(positions, inv_box)
         smin, smax = s.min(axis=0).tolist(), s.max(axis=0).tolist()
     b = box.tolist()
     # heights: perpendicular widths of the periodic cell (volume / |b x c|), extents elsewhere
@@ -188,7 +188,7 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
         if positions is None or not sparse:
             grids.append(plain)
             continue
-        s = np.asarray(positions, dtype=np.float64) @ inv_box if s is None else s
+        s = _binning_coordinates(positions, inv_box) if s is None else s
         plain.crowding = _crowding(s, plain)
         if plain.crowding <= _CROWDED:
             grids.append(plain)
@@ -209,6 +209,14 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
         grid.crowding = crowding
         grids.append(grid)
     return grids
+
+
+def _binning_coordinates(positions, inv_box):
+    """pos @ inv_box summed as the CPU kernel (assign_bins) sums it, so that the grid built here sees every
+    atom on the side of a boundary where the kernel bins it (a matmul may round an atom on a lattice plane
+    to the other side: -1e-18 instead of 0)."""
+    p = np.asarray(positions, dtype=np.float64)
+    return p[:, 0:1] * inv_box[0] + p[:, 1:2] * inv_box[1] + p[:, 2:3] * inv_box[2]
 
 
 def _adapted_grid(axes, inv_box, pbc, smin, extent, height, width, limit, cutoff):
@@ -369,7 +377,8 @@ def _equalized_axis(x, periodic, cutoff, height, lo, hi):
     bins over the mapped axis still find every pair in neighbouring bins, while the sparse parts no longer
     spread the dense part's atoms over a few wide bins. Adjacent slices share their boundary (the map is
     continuous there, so rounding at a boundary moves nothing); after empty slices a region starts in the
-    middle of the empty stretch (no atom near it)."""
+    middle of the empty stretch (no atom near it); on a periodic axis the map is continuous across the
+    wrap (m(0) = 0, m(1) = extent), where an atom on the lattice plane may sit at either end."""
     unit = height if periodic else 1.0  # Å per unit of x
     delta = cutoff * (1.0 + _SLACK) / unit
     if periodic:
@@ -400,7 +409,17 @@ def _equalized_axis(x, periodic, cutoff, height, lo, hi):
         return None
     # after an empty stretch, the region begins in its middle: no atom lies near that boundary
     r_lo = start - 0.5 * empty_before
-    return periodic, 0.0, lo, ext, (r_lo, at_start - 0.5 * empty_before * scale, scale)
+    r_at = at_start - 0.5 * empty_before * scale
+    if periodic:
+        # the seam: an atom on the lattice plane may be wrapped to 0 by the kernel and to 1 here (or the
+        # reverse), so the map must agree there, m(0) = 0 and m(1) = ext: an empty stretch at either end gets
+        # a region of its own with the empty stretches' scale, from 0 / to 1
+        if empty_before[0] > 0:
+            r_lo, r_at, scale = np.r_[0.0, r_lo], np.r_[0.0, r_at], np.r_[fill, scale]
+        if empty_after > 0:
+            mid = hi - 0.5 * empty_after
+            r_lo, r_at, scale = np.r_[r_lo, mid], np.r_[r_at, ext - 0.5 * empty_after * fill], np.r_[scale, fill]
+    return periodic, 0.0, lo, ext, (r_lo, r_at, scale)
 
 
 def _periodic_cut(x, gap):

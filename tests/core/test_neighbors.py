@@ -373,3 +373,78 @@ def test_pairs_at_the_cutoff_are_left_out_and_distances_stay_below_it():
         assert {p for p in got if p[0] < p[1]} == inside
         assert got == inside | {(j, i) for i, j in inside}
         assert (np.abs(ref - cutoff) < 1e-13).all() and 0 < len(inside) < 400  # ties, both sides
+
+
+def _kernel_fractional(pos, inv):
+    """The binning coordinates as assign_bins sums them (NumPy's matmul may round differently)."""
+    return pos[:, 0:1] * inv[0] + pos[:, 1:2] * inv[1] + pos[:, 2:3] * inv[2]
+
+
+def test_equalised_periodic_axis_is_continuous_across_the_wrap():
+    """On a periodic equalised axis the map agrees at both ends of the cell, m(0) = 0 and m(1) = extent
+    (kernel rule: the last region starting at or below x, else the first), with and without empty
+    stretches at the ends."""
+    from fastfeat._box import _equalized_axis
+
+    rng = np.random.default_rng(9)
+    for trial in range(60):
+        dense = rng.uniform(0.1, 0.9)
+        x = np.concatenate([dense + rng.normal(0.0, 0.004, 600), rng.random(int(rng.integers(0, 60)))])
+        if trial % 3 == 0:
+            x = np.concatenate([x, [0.0, 1.0 - 1e-12]])  # atoms at both ends: no empty stretch there
+        axis = _equalized_axis(x, True, 5.0, 1000.0, 0.0, 1.0)
+        if axis is None:
+            continue
+        _, _, _, ext, (lo, at, scale) = axis
+
+        def m(v):
+            r = max(int(np.searchsorted(lo, v, side="right")) - 1, 0)
+            return (v - lo[r]) * scale[r] + at[r]
+
+        assert abs(m(0.0)) < 1e-12 and abs(m(1.0) - ext) < 1e-12, (trial, m(0.0), m(1.0), ext)
+        xs = np.sort(x - np.floor(x))  # and no two atoms further apart after the map
+        assert (np.diff([m(v) for v in xs]) <= np.diff(xs) + 1e-12).all()
+
+
+def test_atoms_on_a_lattice_plane_at_the_wrap_keep_their_pairs():
+    """A flake and a few scattered atoms in a 1000 Å triclinic periodic cell (default thresholds: the
+    equalised grid), plus atoms exactly on the lattice plane s0 = 0, each with a partner 1 Å across it,
+    chosen where NumPy's pos @ inv_box (which builds the grid) gives s0 < 0, wrapped to 1, while the
+    kernel's sum gives 0: the map agrees at both ends, so every pair is vesin's (the 3 pairs, both ways,
+    were lost when the empty stretch across the wrap was mapped differently from region 0's extension).
+    The audit's reproducer (seed 1 of its generator)."""
+    from fastfeat._box import bin_grid, binning_box
+    from vesin import NeighborList as VesinNeighborList
+
+    rng = np.random.default_rng(1)
+    L, cutoff = 1000.0, 12.0
+    cell = np.diag([L, L * 0.97, L * 1.02]) + rng.uniform(-0.2, 0.2, (3, 3)) * L * (1 - np.eye(3))
+    pbc = np.array([True] * 3)
+    inv = np.linalg.inv(binning_box(cell, pbc))
+    normal = np.cross(cell[1], cell[2])
+    normal /= np.linalg.norm(normal)
+    h0 = cell[0] @ normal
+    e1 = cell[1] / np.linalg.norm(cell[1])
+    e2 = np.cross(normal, e1)
+    a, b = np.meshgrid(np.arange(0.0, 40.0, 1.5), np.arange(0.0, 40.0, 1.5))
+    flake = (a.reshape(-1, 1) * e1 + b.reshape(-1, 1) * e2 + rng.normal(0, 0.1, (a.size, 3))
+             + np.array([0.8 + 0.5 * cutoff / h0, 0.5, 0.5]) @ cell)  # 729 atoms
+    f = np.column_stack([0.7 + rng.uniform(0, 0.5 * cutoff / h0, 8), (np.arange(8) + rng.random(8)) / 8,
+                         (rng.permutation(8) + rng.random(8)) / 8])
+    on_plane = np.column_stack([np.zeros(20), rng.random(20), rng.random(20)]) @ cell
+    for _ in range(6):  # the points of the plane where the two sums disagree on the wrap
+        pos = np.vstack([flake, f @ cell, on_plane, on_plane - normal])
+        s_numpy, s_kernel = (pos @ inv)[:, 0], _kernel_fractional(pos, inv)[:, 0]
+        keep = ((s_numpy < 0) & (s_kernel >= 0))[737:737 + len(on_plane)]
+        if keep.all():
+            break
+        on_plane = on_plane[keep]
+    m = len(on_plane)  # 3 here (the points depend on the BLAS's rounding of pos @ inv_box)
+    assert m >= 1 and keep.all()
+    grid = bin_grid(cell, pbc, cutoff, len(pos), positions=pos, divisions=2)
+    assert (grid.region_scale < 1).any(axis=1).all()
+    ref = pair_set(*VesinNeighborList(cutoff=cutoff, full_list=True).compute(pos, cell, True, "ijS"))
+    for sorted_ in (False, True):
+        nl = fastfeat.neighbor_list(pos, cell, pbc, cutoff, sorted=sorted_)
+        assert pair_set(nl.i, nl.j, nl.shifts) == ref
+    assert {(737 + k, 737 + m + k, (0, 0, 0)) for k in range(m)} <= ref
