@@ -83,9 +83,11 @@ class BinGrid:
     #: _ADAPT_MIN_ATOMS atoms (a grid from the positions may do better); from positions: moreover the
     #: capped grid crowded the atoms, so this grid was adapted (cut axes, outliers, compressed gaps)
     sparse: bool = False
-    #: atoms an atom shares its bin with on average (see _crowding), where the grid was chosen by it (a structure
-    #: of at least _ADAPT_MIN_ATOMS atoms in a box the cap coarsens); None elsewhere
+    #: atoms an atom shares its bin with on average (see _crowding) and candidates a centre meets on average (see
+    #: _candidates), where the grid was chosen by how it bins the atoms (a structure of at least _ADAPT_MIN_ATOMS
+    #: atoms in a box the cap coarsens); None elsewhere
     crowding: float = None
+    candidates: float = None
 
     def __post_init__(self):  # defaults shared by every grid (never written: adapted grids get their own)
         if self.wrapped is None:
@@ -191,6 +193,7 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
         s = _binning_coordinates(positions, inv_box) if s is None else s
         plain.crowding = _crowding(s, plain)
         if plain.crowding <= _CROWDED:
+            plain.candidates = _candidates(s, plain)
             grids.append(plain)
             continue
         if adapted is None:
@@ -206,7 +209,7 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
             other_crowding = _crowding(s, other)
             if other_crowding < 0.5 * crowding:
                 grid, crowding = other, other_crowding
-        grid.crowding = crowding
+        grid.crowding, grid.candidates = crowding, _candidates(s, grid)
         grids.append(grid)
     return grids
 
@@ -317,10 +320,9 @@ def _capped(nbins, limit):
     return nbins
 
 
-def _crowding(s, grid):
-    """How crowded `grid` bins the atoms (s: their binning coordinates): the sum of squared bin counts / N,
-    the number of atoms an atom shares its bin with on average. The binning of the kernels (wrap, regions,
-    normalisation, edge bins), in NumPy."""
+def _bin_counts(s, grid):
+    """Atoms per bin of `grid` (s: their binning coordinates), flat in the kernels' bin order: the binning
+    of the kernels (wrap, regions, normalisation, edge bins), in NumPy."""
     key = np.zeros(len(s), np.int64)
     for a in range(3):
         x = s[:, a]
@@ -335,8 +337,34 @@ def _crowding(s, grid):
             x = (x - grid.smin[a]) / grid.extent[a]
         n = int(grid.nbins[a])
         key = key * n + np.clip(np.floor(x * n), 0, n - 1).astype(np.int64)
-    counts = np.bincount(key)
+    return np.bincount(key, minlength=grid.n_cells)
+
+
+def _crowding(s, grid):
+    """How crowded `grid` bins the atoms (s: their binning coordinates): the sum of squared bin counts / N,
+    the number of atoms an atom shares its bin with on average."""
+    counts = _bin_counts(s, grid)
     return float(np.dot(counts, counts)) / max(len(s), 1)
+
+
+def _candidates(s, grid):
+    """Mean number of candidates a centre meets on `grid`: the atoms of every (bin, image) its search visits
+    (periodic axes wrap, images counted once per visit; bounded axes stop at their ends)."""
+    counts = _bin_counts(s, grid).reshape(tuple(int(n) for n in grid.nbins)).astype(np.float64)
+    reached = counts
+    for a in range(3):
+        n, r = int(grid.nbins[a]), int(grid.search[a])
+        total = np.zeros_like(reached)
+        for d in range(-r, r + 1):
+            if grid.periodic[a]:
+                total += np.roll(reached, d, axis=a)
+            elif abs(d) < n:  # bins d apart along a bounded axis, zero beyond its ends
+                src = [slice(None)] * 3
+                dst = [slice(None)] * 3
+                src[a], dst[a] = (slice(0, n - d), slice(d, n)) if d >= 0 else (slice(-d, n), slice(0, n + d))
+                total[tuple(dst)] += reached[tuple(src)]
+        reached = total
+    return float(np.dot(counts.ravel(), reached.ravel())) / max(len(s), 1)
 
 
 #: an adapted grid is still crowded when its crowding exceeds this many times that of bins as wide without

@@ -78,7 +78,7 @@ _COST_GATHER = 3.0
 
 def _traversal_cost(grid, n):
     """Estimated traversal time (ns) of the one-shot kernel on `grid` for n uniformly spread atoms (or, where
-    the grid knows how crowded it bins them, as many atoms in every visited bin as in a centre's own)."""
+    the grid counted them, the candidates its centres meet)."""
     cand = float(n)
     visits = 1
     for a in range(3):
@@ -87,8 +87,8 @@ def _traversal_cost(grid, n):
             per_axis = min(per_axis, int(grid.nbins[a]))
         cand *= per_axis / int(grid.nbins[a])
         visits *= per_axis
-    if grid.crowding is not None:
-        cand = grid.crowding * visits
+    if grid.candidates is not None:
+        cand = grid.candidates
     bins = min(grid.n_cells, n)
     return n * cand * _COST_CANDIDATE + bins * (visits * _COST_VISIT + cand * _COST_GATHER)
 
