@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BinGrid", "bin_grid", "bin_grids", "pair_r2_limit", "MAX_SEARCH_CELLS", "CellTooSmallError"]
+__all__ = ["BinGrid", "bin_grid", "bin_grids", "candidates", "pair_r2_limit", "MAX_SEARCH_CELLS", "CellTooSmallError"]
 
 #: A periodic cell so small against the cutoff that each atom would have to
 #: visit more than this many (bin, image) combinations is refused.
@@ -83,11 +83,9 @@ class BinGrid:
     #: _ADAPT_MIN_ATOMS atoms (a grid from the positions may do better); from positions: moreover the
     #: capped grid crowded the atoms, so this grid was adapted (cut axes, outliers, compressed gaps)
     sparse: bool = False
-    #: atoms an atom shares its bin with on average (see _crowding) and candidates a centre meets on average (see
-    #: _candidates), where the grid was chosen by how it bins the atoms (a structure of at least _ADAPT_MIN_ATOMS
-    #: atoms in a box the cap coarsens); None elsewhere
+    #: atoms an atom shares its bin with on average (see _crowding), where the grid was chosen by how it bins the
+    #: atoms (a structure of at least _ADAPT_MIN_ATOMS atoms in a box the cap coarsens); None elsewhere
     crowding: float = None
-    candidates: float = None
 
     def __post_init__(self):  # defaults shared by every grid (never written: adapted grids get their own)
         if self.wrapped is None:
@@ -193,7 +191,6 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
         s = _binning_coordinates(positions, inv_box) if s is None else s
         plain.crowding = _crowding(s, plain)
         if plain.crowding <= _CROWDED:
-            plain.candidates = _candidates(s, plain)
             grids.append(plain)
             continue
         if adapted is None:
@@ -209,7 +206,7 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
             other_crowding = _crowding(s, other)
             if other_crowding < 0.5 * crowding:
                 grid, crowding = other, other_crowding
-        grid.crowding, grid.candidates = crowding, _candidates(s, grid)
+        grid.crowding = crowding
         grids.append(grid)
     return grids
 
@@ -345,6 +342,11 @@ def _crowding(s, grid):
     the number of atoms an atom shares its bin with on average."""
     counts = _bin_counts(s, grid)
     return float(np.dot(counts, counts)) / max(len(s), 1)
+
+
+def candidates(positions, grid):
+    """Mean number of candidates a centre meets on `grid` (see _candidates), from the positions."""
+    return _candidates(_binning_coordinates(positions, grid.inv_box), grid)
 
 
 def _candidates(s, grid):

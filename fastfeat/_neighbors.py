@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _device
-from ._box import bin_grid, bin_grids, pair_r2_limit
+from ._box import bin_grid, bin_grids, candidates, pair_r2_limit
 from ._validation import check_cell, check_cutoff, check_pbc, check_positions, check_device
 
 __all__ = ["NeighborList", "neighbor_list"]
@@ -76,19 +76,18 @@ _COST_VISIT = 20.0
 _COST_GATHER = 3.0
 
 
-def _traversal_cost(grid, n):
-    """Estimated traversal time (ns) of the one-shot kernel on `grid` for n uniformly spread atoms (or, where
-    the grid counted them, the candidates its centres meet)."""
-    cand = float(n)
+def _traversal_cost(grid, n, cand=None):
+    """Estimated traversal time (ns) of the one-shot kernel on `grid` for n uniformly spread atoms (or `cand`
+    candidates per centre, counted)."""
+    uniform = float(n)
     visits = 1
     for a in range(3):
         per_axis = 2 * int(grid.search[a]) + 1  # bins (with their images) visited along axis a
         if not grid.periodic[a]:
             per_axis = min(per_axis, int(grid.nbins[a]))
-        cand *= per_axis / int(grid.nbins[a])
+        uniform *= per_axis / int(grid.nbins[a])
         visits *= per_axis
-    if grid.candidates is not None:
-        cand = grid.candidates
+    cand = uniform if cand is None else cand
     bins = min(grid.n_cells, n)
     return n * cand * _COST_CANDIDATE + bins * (visits * _COST_VISIT + cand * _COST_GATHER)
 
@@ -100,7 +99,9 @@ def one_shot_grid(positions, cell, pbc, cutoff):
     keeps cutoff-wide bins, whose single gather serves ~24 centres."""
     n = positions.shape[0]
     grids = bin_grids(cell, pbc, cutoff, n, positions=positions, divisions=(1, 2))
-    return min(grids, key=lambda g: _traversal_cost(g, n))
+    # grids of a sparse box (atoms binned to choose them) may crowd some bins: their candidates counted
+    cands = [candidates(positions, g) if g.crowding is not None else None for g in grids]
+    return min(zip(grids, cands), key=lambda gc: _traversal_cost(gc[0], n, gc[1]))[0]
 
 
 #: positions at most this many cells from the origin along a periodic axis (int32 shifts; beyond
