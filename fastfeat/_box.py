@@ -213,8 +213,10 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
 
 def _binning_coordinates(positions, inv_box):
     """pos @ inv_box summed as the CPU kernel (assign_bins) sums it, so that the grid built here sees every
-    atom on the side of a boundary where the kernel bins it (a matmul may round an atom on a lattice plane
-    to the other side: -1e-18 instead of 0)."""
+    atom on the side of a boundary where that kernel bins it (a matmul may round an atom on a lattice plane
+    to the other side: -1e-18 instead of 0). The CUDA kernel may still differ by an ulp (contracted
+    multiply-adds); correctness does not rest on agreement: the maps are continuous wherever an atom may
+    lie (see _equalized_axis)."""
     p = np.asarray(positions, dtype=np.float64)
     return p[:, 0:1] * inv_box[0] + p[:, 1:2] * inv_box[1] + p[:, 2:3] * inv_box[2]
 
@@ -402,13 +404,18 @@ def _equalized_axis(x, periodic, cutoff, height, lo, hi):
     The axis is cut into slices a cutoff wide; a slice holding c atoms keeps its length if c is at least
     _EQUALIZE_KEEP times the typical count (that of the slice holding the median atom: the dense part) and
     is shrunk by the factor c / (_EQUALIZE_KEEP * typical) otherwise; empty slices shrink to nothing (on a
-    periodic axis, to what keeps the circle at least three cutoffs long, so a centre does not meet many
-    images of its bins). Every factor is <= 1: atoms are never further apart after the map, so cutoff-wide
-    bins over the mapped axis still find every pair in neighbouring bins, while the sparse parts no longer
-    spread the dense part's atoms over a few wide bins. Adjacent slices share their boundary (the map is
-    continuous there, so rounding at a boundary moves nothing); after empty slices a region starts in the
-    middle of the empty stretch (no atom near it); on a periodic axis the map is continuous across the
-    wrap (m(0) = 0, m(1) = extent), where an atom on the lattice plane may sit at either end."""
+    periodic axis, to what keeps the circle three cutoffs long where the empty slices allow it, so a centre
+    does not meet many images of its bins; with few empty slices the circle may be 1-3 cutoffs: one bin
+    or a few, searched with their images, still exact). Every factor is <= 1: atoms are never further
+    apart after the map, so cutoff-wide bins over the mapped axis still find every pair in neighbouring
+    bins, while the sparse parts no longer spread the dense part's atoms over a few wide bins.
+
+    Where an atom may lie, the map is continuous, so an atom binned by the kernel a rounding away from
+    where it was seen here lands where it was expected: adjacent slices share their boundary, and on a
+    periodic axis the map agrees across the wrap (m(0) = 0, m(1) = extent), where an atom on a lattice
+    plane may sit at either end. After empty slices a region starts in the middle of the empty stretch
+    and the map may step back there (the next slice's scale extended backwards): no atom lies within
+    half an empty slice of that point."""
     unit = height if periodic else 1.0  # Å per unit of x
     delta = cutoff * (1.0 + _SLACK) / unit
     if periodic:
