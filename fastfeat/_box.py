@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["BinGrid", "bin_grid", "bin_grids", "candidates", "pair_r2_limit", "MAX_SEARCH_CELLS", "CellTooSmallError"]
+__all__ = ["BinGrid", "assign_bins", "bin_grid", "bin_grids", "candidates", "pair_r2_limit", "MAX_SEARCH_CELLS", "CellTooSmallError"]
 
 #: A periodic cell so small against the cutoff that each atom would have to
 #: visit more than this many (bin, image) combinations is refused.
@@ -189,21 +189,23 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
             grids.append(plain)
             continue
         s = _binning_coordinates(positions, inv_box) if s is None else s
-        plain.crowding = _crowding(s, plain)
+        pos64 = np.ascontiguousarray(positions, dtype=np.float64)
+        cell64 = np.ascontiguousarray(cell, dtype=np.float64)
+        plain.crowding = _crowding(pos64, cell64, plain)
         if plain.crowding <= _CROWDED:
             grids.append(plain)
             continue
         if adapted is None:
             adapted = [_adapt_axis(s[:, a], pbc[a], cutoff, height[a], smin[a], smax[a]) for a in range(3)]
         grid = _adapted_grid(adapted, inv_box, pbc, smin, extent, height, width, limit, cutoff)
-        crowding = _crowding(s, grid)
+        crowding = _crowding(pos64, cell64, grid)
         if crowding > _CROWDED and crowding > _STILL_CROWDED * _ideal_crowding(s, pbc, height, width):
             # still crowded: atoms scattered in 3D (evaporated molecules around a droplet), which neither a cut
             # nor the per-axis stretches gather; every axis's density equalised may do better
             if equalized is None:
                 equalized = [_equalized_axis(s[:, a], pbc[a], cutoff, height[a], smin[a], smax[a]) for a in range(3)]
             other = _adapted_grid(equalized, inv_box, pbc, smin, extent, height, width, limit, cutoff)
-            other_crowding = _crowding(s, other)
+            other_crowding = _crowding(pos64, cell64, other)
             if other_crowding < 0.5 * crowding:
                 grid, crowding = other, other_crowding
         grid.crowding = crowding
@@ -319,42 +321,38 @@ def _capped(nbins, limit):
     return nbins
 
 
-def _bin_counts(s, grid):
-    """Atoms per bin of `grid` (s: their binning coordinates), flat in the kernels' bin order: the binning
-    of the kernels (wrap, regions, normalisation, edge bins), in NumPy."""
-    key = np.zeros(len(s), np.int64)
-    for a in range(3):
-        x = s[:, a]
-        if grid.wrapped[a]:
-            x = x - np.floor(x - grid.wrap_origin[a])
-        nr = int(grid.n_regions[a])
-        if nr > 0:
-            lo = grid.region_lo[a, :nr]
-            r = np.maximum(np.searchsorted(lo, x, side="right") - 1, 0)
-            x = (x - lo[r]) * grid.region_scale[a, r] + grid.region_at[a, r]
-        if nr > 0 or not grid.periodic[a]:
-            x = (x - grid.smin[a]) / grid.extent[a]
-        n = int(grid.nbins[a])
-        key = key * n + np.clip(np.floor(x * n), 0, n - 1).astype(np.int64)
-    return np.bincount(key, minlength=grid.n_cells)
+def assign_bins(positions, cell, grid):
+    """Wrapped positions (N, 3), wrap counts (N, 3), bin coordinates (N, 3) and flat bins (N,) of the atoms on
+    `grid`: the CPU kernel (positions and cell float64)."""
+    from ._kernels import neighbors_cpu as k
+
+    n = positions.shape[0]
+    posw = np.empty((n, 3), np.float64)
+    wrap = np.empty((n, 3), np.int64)
+    bin3 = np.empty((n, 3), np.int64)
+    bins = np.empty(n, np.int64)
+    k.assign_bins(positions, cell, grid.inv_box, grid.periodic, grid.wrapped, grid.wrap_origin, grid.smin, grid.extent,
+                  grid.region_lo, grid.region_at, grid.region_scale, grid.n_regions, grid.nbins, posw, wrap, bin3, bins)
+    return posw, wrap, bin3, bins
 
 
-def _crowding(s, grid):
-    """How crowded `grid` bins the atoms (s: their binning coordinates): the sum of squared bin counts / N,
-    the number of atoms an atom shares its bin with on average."""
-    counts = _bin_counts(s, grid)
-    return float(np.dot(counts, counts)) / max(len(s), 1)
+def _bin_counts(positions, cell, grid):
+    """Atoms per bin of `grid`, flat in the kernels' bin order (binned by the kernel itself)."""
+    return np.bincount(assign_bins(positions, cell, grid)[3], minlength=grid.n_cells)
 
 
-def candidates(positions, grid):
-    """Mean number of candidates a centre meets on `grid` (see _candidates), from the positions."""
-    return _candidates(_binning_coordinates(positions, grid.inv_box), grid)
+def _crowding(positions, cell, grid):
+    """How crowded `grid` bins the atoms: the sum of squared bin counts / N, the number of atoms an atom
+    shares its bin with on average."""
+    counts = _bin_counts(positions, cell, grid)
+    return float(np.dot(counts, counts)) / max(len(positions), 1)
 
 
-def _candidates(s, grid):
-    """Mean number of candidates a centre meets on `grid`: the atoms of every (bin, image) its search visits
-    (periodic axes wrap, images counted once per visit; bounded axes stop at their ends)."""
-    counts = _bin_counts(s, grid).reshape(tuple(int(n) for n in grid.nbins)).astype(np.float64)
+def candidates(positions, cell, grid):
+    """Mean number of candidates a centre meets on `grid` (positions and cell float64): the atoms of every
+    (bin, image) its search visits (periodic axes wrap, images counted once per visit; bounded axes stop at
+    their ends)."""
+    counts = _bin_counts(positions, cell, grid).reshape(tuple(int(n) for n in grid.nbins)).astype(np.float64)
     reached = counts
     for a in range(3):
         n, r = int(grid.nbins[a]), int(grid.search[a])
@@ -368,7 +366,7 @@ def _candidates(s, grid):
                 src[a], dst[a] = (slice(0, n - d), slice(d, n)) if d >= 0 else (slice(-d, n), slice(0, n + d))
                 total[tuple(dst)] += reached[tuple(src)]
         reached = total
-    return float(np.dot(counts.ravel(), reached.ravel())) / max(len(s), 1)
+    return float(np.dot(counts.ravel(), reached.ravel())) / max(len(positions), 1)
 
 
 #: an adapted grid is still crowded when its crowding exceeds this many times that of bins as wide without

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _device
-from ._box import bin_grid, bin_grids, candidates, pair_r2_limit
+from ._box import assign_bins, bin_grid, bin_grids, candidates, pair_r2_limit
 from ._validation import check_cell, check_cutoff, check_pbc, check_positions, check_device
 
 __all__ = ["NeighborList", "neighbor_list"]
@@ -100,7 +100,8 @@ def one_shot_grid(positions, cell, pbc, cutoff):
     n = positions.shape[0]
     grids = bin_grids(cell, pbc, cutoff, n, positions=positions, divisions=(1, 2))
     # grids of a sparse box (atoms binned to choose them) may crowd some bins: their candidates counted
-    cands = [candidates(positions, g) if g.crowding is not None else None for g in grids]
+    pos64, cell64 = np.ascontiguousarray(positions, dtype=np.float64), np.ascontiguousarray(cell, dtype=np.float64)
+    cands = [candidates(pos64, cell64, g) if g.crowding is not None else None for g in grids]
     return min(zip(grids, cands), key=lambda gc: _traversal_cost(gc[0], n, gc[1]))[0]
 
 
@@ -130,12 +131,7 @@ def bin_atoms(positions, cell, pbc, cutoff, divisions=1, grid=None):
     pos64 = positions.astype(np.float64, copy=False)
     if grid is None:
         grid = bin_grid(cell, pbc, cutoff, n, positions=pos64, divisions=divisions)
-    posw = np.empty((n, 3), np.float64)
-    wrap = np.empty((n, 3), np.int64)
-    bin3 = np.empty((n, 3), np.int64)
-    bins = np.empty(n, np.int64)
-    k.assign_bins(pos64, cell, grid.inv_box, grid.periodic, grid.wrapped, grid.wrap_origin, grid.smin, grid.extent,
-                  grid.region_lo, grid.region_at, grid.region_scale, grid.n_regions, grid.nbins, posw, wrap, bin3, bins)
+    posw, wrap, bin3, bins = assign_bins(pos64, cell, grid)
     _check_wraps(wrap)
     start = np.empty(grid.n_cells + 1, np.int64)
     order = np.empty(n, np.int64)
