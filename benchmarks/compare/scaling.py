@@ -3,7 +3,10 @@
 - Scaling: featurize (ANI-1x-sized spec, neighbour list included) and neighbor_list of the 3 k
   and the 100 k water boxes, interleaved in this one process; one sample of the 3 k box is 33
   back-to-back calls, so both sizes do the same work per sample under the same background load;
-  the ratio is (time per atom at 100 k) / (time per atom at 3 k), target <= 1.3.
+  the ratio is (time per atom at 100 k) / (time per atom at 3 k), target <= 1.3. The two
+  neighbour lists are also timed interleaved by themselves. The 100 k list returns ~300 MB of
+  freshly mapped memory whose first touch costs ~20-300 ms from one call to the next on this VM
+  (``python -m benchmarks.compare.list_memory``), so its ratio moves between runs.
 - Memory: each size in a fresh subprocess; after a warm-up on a small box (JIT cache loaded),
   the peak resident-set growth during one featurize call (Linux VmHWM after resetting it with
   /proc/self/clear_refs) and the tracemalloc peak (NumPy allocations only; Numba's internal
@@ -84,6 +87,17 @@ def _memory(n_target, threads):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _huge_pages():
+    """The host's transparent huge page mode (the bracketed word of /sys/kernel/mm/transparent_hugepage/
+    enabled), or None: whether fresh output memory comes in 2 MiB pages decides how much first touch costs."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
+
+
 def _sparse_boxes(n_cluster, spec, reps):
     """Water clusters in mostly empty space: two 80 Å / 1e4 Å apart (non-periodic), one alone without
     periodicity / in a 1000 Å periodic box; featurize and neighbor_list times and their ratios."""
@@ -160,7 +174,10 @@ def run(quick=False, threads=1):
         "neighbor_list large": lambda: fastfeat.neighbor_list(a_l.positions, a_l.cell.array, True, spec.cutoff),
     }
     t = interleaved_medians(fns, reps)
-    for key in ("featurize small", "neighbor_list small"):  # per call
+    # the two lists again, interleaved by themselves: no featurize call between them
+    alone = interleaved_medians({k: fns[k] for k in ("neighbor_list small", "neighbor_list large")}, reps)
+    t.update({f"{k} alone": v for k, v in alone.items()})
+    for key in ("featurize small", "neighbor_list small", "neighbor_list small alone"):  # per call
         v = t[key]
         t[key] = {"median_s": v["median_s"] / k, "min_s": v["min_s"] / k, "repeats": v["repeats"],
                   "times_s": [x / k for x in v["times_s"]]}
@@ -177,7 +194,19 @@ def run(quick=False, threads=1):
     nl_l = t["neighbor_list large"]["median_s"] / len(a_l)
     ratios.append(ratio(f"neighbour list: time per atom at {len(a_l)} / at {len(a_s)}", f"water {len(a_l)}", len(a_l), nl_s, nl_l,
                         TARGET_SCALING, higher_is_better=False))
+    for size, atoms in (("small", a_s), ("large", a_l)):
+        rows.append(row("fastfeat", "neighbour list (scaling, the two lists interleaved alone)", f"water {len(atoms)}",
+                        len(atoms), t[f"neighbor_list {size} alone"], len(atoms) / t[f"neighbor_list {size} alone"]["median_s"],
+                        "atoms/s"))
+    ratios.append(ratio(f"neighbour list, the two sizes interleaved alone: time per atom at {len(a_l)} / at {len(a_s)}",
+                        f"water {len(a_l)}", len(a_l), t["neighbor_list small alone"]["median_s"] / len(a_s),
+                        t["neighbor_list large alone"]["median_s"] / len(a_l), higher_is_better=False))
     notes.append(f"a small-box sample is {k} back-to-back calls (same work per sample as one large call), reported per call")
+    notes.append(
+        "the 100 k list returns ~300 MB of freshly mapped memory (the 3 k list's 9 MB come back from the allocator), "
+        f"in 2 MiB pages (NumPy asks for them; transparent huge pages here: {_huge_pages()}); on this VM their first "
+        "touch costs from ~20 ms to ~300 ms from one call to the next (python -m benchmarks.compare.list_memory), so "
+        "the list's ratio moves between runs (the two lists timed alone are a second sample)")
     rows_far, ratios_far = _sparse_boxes(30000 if not quick else 3000, spec, reps)
     rows += rows_far
     ratios += ratios_far
