@@ -13,7 +13,7 @@ Python API::
 
 or, with any force function ``f(positions (N,3) Å) -> forces (N,3) eV/Å``::
 
-    md = MolecularDynamics(f, positions, masses, dt=1.0, temperature=300)
+    md = MolecularDynamics(f, positions, masses, dt=0.5, temperature=300)
     result = md.run(1000)
 """
 
@@ -309,7 +309,8 @@ class MolecularDynamics:
     masses : (N,) array
         Masses, amu (> 0).
     dt : float
-        Time step, fs (> 0).
+        Time step, fs (> 0); default 0.5, as ``fastfeat md --dt`` (direct forces heat the system, and
+        hydrogen motion needs it).
     temperature : float
         Target temperature (Langevin) and initial Maxwell-Boltzmann temperature, K (>= 0).
     ensemble : {"langevin", "nve"}
@@ -339,7 +340,7 @@ class MolecularDynamics:
         Only used to write trajectories (extxyz).
     """
 
-    def __init__(self, force_fn, positions, masses, *, dt=1.0, temperature=300.0, ensemble="langevin",
+    def __init__(self, force_fn, positions, masses, *, dt=0.5, temperature=300.0, ensemble="langevin",
                  friction=0.05, seed=0, velocities=None, remove_net_force=False, max_force=1000.0,
                  max_temperature=None, symbols=None, cell=None, pbc=False):
         if not callable(force_fn):
@@ -680,7 +681,7 @@ class MolecularDynamics:
 
 
 # ------------------------------------------------------------ convenience API
-def run_md(model, atoms, steps, *, dt=1.0, temperature=300.0, ensemble="langevin", friction=0.05, seed=0,
+def run_md(model, atoms, steps, *, dt=0.5, temperature=300.0, ensemble="langevin", friction=0.05, seed=0,
            out=None, every=100, log=None, remove_net_force=False, max_force=1000.0, max_temperature=None,
            progress=False, velocities=None, device="cpu") -> MDResult:
     """Run MD of ``atoms`` with a fastfeat model.

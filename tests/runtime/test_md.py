@@ -549,3 +549,16 @@ def test_langevin_friction_decay_rate():
                            temperature=0.0, ensemble="langevin", friction=0.05, velocities=v0)
     r = md.run(20)
     np.testing.assert_allclose(r.velocities, v0 * np.exp(-0.05 * 20), rtol=1e-12)
+
+
+def test_python_time_step_default_is_the_command_line_one():
+    """run_md and MolecularDynamics default to the time step `fastfeat md` uses (they defaulted to 1 fs
+    while the command line and the README use 0.5 fs)."""
+    import inspect
+
+    from fastfeat.runtime.md_cli import build_parser
+
+    cli_dt = build_parser().parse_args(["model.onnx", "s.extxyz", "--steps", "1"]).dt
+    assert cli_dt == 0.5
+    assert inspect.signature(run_md).parameters["dt"].default == cli_dt
+    assert inspect.signature(MolecularDynamics).parameters["dt"].default == cli_dt

@@ -442,3 +442,14 @@ def test_read_explicit_energy_key_must_exist(tmp_path):
     assert got[1].get_potential_energy() == pytest.approx(frames[1].info["REF_energy"])
     with pytest.raises(TypeError, match="`energy_key`"):
         datasets.read(path, forces_key="REF_forces", energy_key=1)
+
+
+def test_data_list_help_and_arguments(capsys):
+    from fastfeat.cli import main as cli
+
+    # --help describes the command instead of listing the data (which loads every bundled set)
+    assert cli(["data", "list", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: fastfeat data list") and "frame and trajectory counts" in out and "peo:" not in out
+    assert cli(["data", "list", "peo"]) == 2
+    assert "takes no arguments, got peo" in capsys.readouterr().err

@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return relabel_main(rest)
     if command == "list":
+        if rest and rest[0] in ("-h", "--help"):
+            print("usage: fastfeat data list\n\nThe bundled data sets with their frame and trajectory counts.")
+            return 0
+        if rest:
+            print(f"fastfeat data list: error: takes no arguments, got {' '.join(rest)}", file=sys.stderr)
+            return 2
         from .loaders import available, load, split_trajectories
 
         for name in available():
