@@ -86,6 +86,8 @@ class BinGrid:
     #: atoms an atom shares its bin with on average (see _crowding), where the grid was chosen by how it bins the
     #: atoms (a structure of at least _ADAPT_MIN_ATOMS atoms in a box the cap coarsens); None elsewhere
     crowding: float = None
+    #: atoms per bin (flat, the kernels' bin order) from which `crowding` was computed; None where it is None
+    bin_counts: np.ndarray = None
 
     def __post_init__(self):  # defaults shared by every grid (never written: adapted grids get their own)
         if self.wrapped is None:
@@ -191,24 +193,27 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
         s = _binning_coordinates(positions, inv_box) if s is None else s
         pos64 = np.ascontiguousarray(positions, dtype=np.float64)
         cell64 = np.ascontiguousarray(cell, dtype=np.float64)
-        plain.crowding = _crowding(pos64, cell64, plain)
+        plain.bin_counts = _bin_counts(pos64, cell64, plain)
+        plain.crowding = _crowding(plain.bin_counts)
         if plain.crowding <= _CROWDED:
             grids.append(plain)
             continue
         if adapted is None:
             adapted = [_adapt_axis(s[:, a], pbc[a], cutoff, height[a], smin[a], smax[a]) for a in range(3)]
         grid = _adapted_grid(adapted, inv_box, pbc, smin, extent, height, width, limit, cutoff)
-        crowding = _crowding(pos64, cell64, grid)
+        counts = _bin_counts(pos64, cell64, grid)
+        crowding = _crowding(counts)
         if crowding > _CROWDED and crowding > _STILL_CROWDED * _ideal_crowding(s, pbc, height, width):
             # still crowded: atoms scattered in 3D (evaporated molecules around a droplet), which neither a cut
             # nor the per-axis stretches gather; every axis's density equalised may do better
             if equalized is None:
                 equalized = [_equalized_axis(s[:, a], pbc[a], cutoff, height[a], smin[a], smax[a]) for a in range(3)]
             other = _adapted_grid(equalized, inv_box, pbc, smin, extent, height, width, limit, cutoff)
-            other_crowding = _crowding(pos64, cell64, other)
+            other_counts = _bin_counts(pos64, cell64, other)
+            other_crowding = _crowding(other_counts)
             if other_crowding < 0.5 * crowding:
-                grid, crowding = other, other_crowding
-        grid.crowding = crowding
+                grid, crowding, counts = other, other_crowding, other_counts
+        grid.crowding, grid.bin_counts = crowding, counts
         grids.append(grid)
     return grids
 
@@ -341,18 +346,17 @@ def _bin_counts(positions, cell, grid):
     return np.bincount(assign_bins(positions, cell, grid)[3], minlength=grid.n_cells)
 
 
-def _crowding(positions, cell, grid):
-    """How crowded `grid` bins the atoms: the sum of squared bin counts / N, the number of atoms an atom
-    shares its bin with on average."""
-    counts = _bin_counts(positions, cell, grid)
-    return float(np.dot(counts, counts)) / max(len(positions), 1)
+def _crowding(counts):
+    """How crowded bins holding `counts` atoms are: the sum of squared bin counts / N, the number of atoms an
+    atom shares its bin with on average."""
+    return float(np.dot(counts, counts)) / max(int(counts.sum()), 1)
 
 
-def candidates(positions, cell, grid):
-    """Mean number of candidates a centre meets on `grid` (positions and cell float64): the atoms of every
-    (bin, image) its search visits (periodic axes wrap, images counted once per visit; bounded axes stop at
-    their ends)."""
-    counts = _bin_counts(positions, cell, grid).reshape(tuple(int(n) for n in grid.nbins)).astype(np.float64)
+def candidates(grid):
+    """Mean number of candidates a centre meets on a grid chosen by how it bins the atoms (its `bin_counts`):
+    the atoms of every (bin, image) its search visits (periodic axes wrap, images counted once per visit;
+    bounded axes stop at their ends)."""
+    counts = grid.bin_counts.reshape(tuple(int(n) for n in grid.nbins)).astype(np.float64)
     reached = counts
     for a in range(3):
         n, r = int(grid.nbins[a]), int(grid.search[a])
@@ -366,7 +370,7 @@ def candidates(positions, cell, grid):
                 src[a], dst[a] = (slice(0, n - d), slice(d, n)) if d >= 0 else (slice(-d, n), slice(0, n + d))
                 total[tuple(dst)] += reached[tuple(src)]
         reached = total
-    return float(np.dot(counts.ravel(), reached.ravel())) / max(len(positions), 1)
+    return float(np.dot(counts.ravel(), reached.ravel())) / max(int(grid.bin_counts.sum()), 1)
 
 
 #: an adapted grid is still crowded when its crowding exceeds this many times that of bins as wide without

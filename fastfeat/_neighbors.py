@@ -100,8 +100,7 @@ def one_shot_grid(positions, cell, pbc, cutoff):
     n = positions.shape[0]
     grids = bin_grids(cell, pbc, cutoff, n, positions=positions, divisions=(1, 2))
     # grids of a sparse box (atoms binned to choose them) may crowd some bins: their candidates counted
-    pos64, cell64 = np.ascontiguousarray(positions, dtype=np.float64), np.ascontiguousarray(cell, dtype=np.float64)
-    cands = [candidates(pos64, cell64, g) if g.crowding is not None else None for g in grids]
+    cands = [candidates(g) if g.bin_counts is not None else None for g in grids]
     return min(zip(grids, cands), key=lambda gc: _traversal_cost(gc[0], n, gc[1]))[0]
 
 
