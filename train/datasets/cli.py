@@ -8,7 +8,9 @@ import sys
 
 __all__ = ["main"]
 
-_USAGE = """usage: fastfeat data {generate,relabel,list} ...
+_LIST = "The bundled data sets with their frame and trajectory counts."
+
+_USAGE = f"""usage: fastfeat data {{generate,relabel,list}} ...
 
   generate NAME --out FILE [--frames N] [--temperatures T [T ...]] [--trajectories K] [--stride S]
            [--workers W] [--seed SEED] [--time-limit SECONDS] [--relax-steps N]
@@ -18,7 +20,7 @@ _USAGE = """usage: fastfeat data {generate,relabel,list} ...
   relabel IN --out FILE [--workers W] [--time-limit SECONDS] [--parts DIR]
       Recompute energy and forces of every frame with fresh GFN1-xTB single points.
   list
-      The bundled data sets with their frame and trajectory counts.
+      {_LIST}
 
 `fastfeat data generate --help` and `fastfeat data relabel --help` describe every option.
 """
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return relabel_main(rest)
     if command == "list":
         if rest and rest[0] in ("-h", "--help"):
-            print("usage: fastfeat data list\n\nThe bundled data sets with their frame and trajectory counts.")
+            print(f"usage: fastfeat data list\n\n{_LIST}")
             return 0
         if rest:
             print(f"fastfeat data list: error: takes no arguments, got {' '.join(rest)}", file=sys.stderr)

@@ -36,12 +36,11 @@ if __package__ in (None, ""):  # run as a script: the sibling modules are top-le
     # is importable from the checkout this file lies in even when the package is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(1, str(Path(__file__).resolve().parents[2]))
-    from fastfeat._validation import check_int
     import builders  # type: ignore[no-redef]
 else:
-    from fastfeat._validation import check_int
-
     from . import builders
+
+from fastfeat._validation import check_int  # noqa: E402 (after the checkout is on sys.path)
 
 __all__ = ["METHOD", "TrajectoryPlan", "generate", "main", "plan_trajectories", "run_trajectory"]
 
