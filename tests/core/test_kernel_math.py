@@ -1,4 +1,5 @@
-"""The CPU kernels' own arithmetic: the polynomial exp and the cosine cutoff from r^2."""
+"""The CPU kernels' own arithmetic: the polynomial exp, the cosine cutoff from r^2 and the cell-list
+walks' floor division."""
 
 import math
 
@@ -6,6 +7,7 @@ import numpy as np
 from numba import njit
 
 from fastfeat._kernels.features_cpu import _cutoff_r2, _fexp
+from fastfeat._kernels.neighbors_cpu import _floor_div, _wrap_index
 
 
 @njit(cache=False)
@@ -45,3 +47,24 @@ def test_cosine_cutoff_from_r_squared():
     rc = 5.2
     r = np.linspace(1e-6, rc * (1 - 1e-12), 20_001)
     np.testing.assert_allclose(_cutoff_all(r, rc), 0.5 * (np.cos(np.pi * r / rc) + 1.0), rtol=0, atol=1e-15)
+
+
+@njit(cache=False)
+def _floor_div_all(b, n):
+    out = np.empty((b.shape[0], 3), np.int64)
+    for k in range(b.shape[0]):
+        out[k, 0] = _floor_div(b[k], n)
+        w, t, ok = _wrap_index(b[k], n, True)
+        out[k, 1] = w
+        out[k, 2] = t
+    return out
+
+
+def test_floor_division_fast_path_equals_floor_division():
+    # the fast path covers -n <= b < 2n; far images (cutoffs of several cells) take the division
+    for n in range(1, 9):
+        b = np.arange(-5 * n - 3, 5 * n + 4, dtype=np.int64)
+        out = _floor_div_all(b, n)
+        np.testing.assert_array_equal(out[:, 0], b // n, err_msg=f"n={n}")
+        np.testing.assert_array_equal(out[:, 1], b % n, err_msg=f"n={n}")
+        np.testing.assert_array_equal(out[:, 1] + out[:, 2] * n, b, err_msg=f"n={n}")
