@@ -56,6 +56,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         versions = {"working tree": work, args.revision: _load_revision(args.revision, folder)}
         counts, fills, times = {}, {}, {}
+        reference = None  # the working tree's count and pairs: every revision must give the same
         for name, mod in versions.items():
             count = np.empty(n, np.int64)
             cargs = (cl.poss, cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start, cl.order,
@@ -71,12 +72,10 @@ def main(argv=None):
             mod.fill_pairs(*fargs)
             counts[name], fills[name] = (mod.count_pairs, cargs), (mod.fill_pairs, fargs)
             times[name] = {"count": [], "fill": []}
-            ref = out if name == "working tree" else None
-            if ref is not None:
-                first = (count.copy(), ref)
-            else:
-                assert (first[0] == count).all(), "counts differ"
-                assert all(np.array_equal(a, b) for a, b in zip(first[1], out)), "pairs differ"
+            if reference is None:
+                reference = (count.copy(), out)
+            elif not ((reference[0] == count).all() and all(np.array_equal(a, b) for a, b in zip(reference[1], out))):
+                raise SystemExit(f"the neighbour lists of the working tree and {name} differ: nothing timed")
         for _ in range(args.rounds):
             for name in versions:
                 for what, (f, a) in (("count", counts[name]), ("fill", fills[name])):

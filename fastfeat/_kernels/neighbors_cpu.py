@@ -124,8 +124,9 @@ def _max_bin(start_b):
 
 @njit(inline="always")
 def _columns(poss_nc):
-    """The positions as three contiguous columns (3, N): the distance loops then load whole vectors
-    instead of picking every third element (4x faster per candidate on Intel Skylake-SP)."""
+    """The positions as three contiguous columns (3, N), copied once per kernel call: the distance
+    loops then load whole vectors instead of picking every third element of the (N, 3) rows (on Intel
+    Skylake-SP a long run 4x faster per candidate; count_pairs 0.68x the time at 3 000 water atoms)."""
     n = poss_nc.shape[0]
     pos_cn = np.empty((3, n))
     for q in range(n):
