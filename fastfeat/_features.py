@@ -311,7 +311,7 @@ def _cells_cpu(params, pos, species, cell, pbc, g, v):
 
     cl = bin_atoms(pos, cell, pbc, params.cutoff, grid=one_shot_grid(pos, cell, pbc, params.cutoff))
     overlap = np.empty(pos.shape[0], np.int64)
-    features_cells(cl.poss, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
+    features_cells(cl.poss_cn, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
                    cl.start, cl.order, *params.args(), g, v, overlap)
     return overlap
 

@@ -56,7 +56,7 @@ class CellList(NamedTuple):
     grid: object  # fastfeat._box.BinGrid
     start: np.ndarray  # (n_cells + 1,) int64: atoms of bin b are rows start[b]:start[b+1]
     order: np.ndarray  # (N,) int64: atom index of each bin-ordered row
-    poss: np.ndarray  # (N, 3) float64 wrapped positions, bin order
+    poss_cn: np.ndarray  # (3, N) float64 wrapped positions as columns (the kernels' layout), bin order
     bin3s: np.ndarray  # (N, 3) int64 bin coordinates, bin order
     wraps: np.ndarray  # (N, 3) int64 cell shifts removed by wrapping, bin order
 
@@ -136,7 +136,7 @@ def bin_atoms(positions, cell, pbc, cutoff, divisions=1, grid=None):
     order = np.empty(n, np.int64)
     k.cell_starts(bins, grid.n_cells, start, order)
     # bin order: centres and neighbours of one cell are contiguous in memory
-    return CellList(grid, start, order, posw[order], bin3[order], wrap[order])
+    return CellList(grid, start, order, np.ascontiguousarray(posw[order].T), bin3[order], wrap[order])
 
 
 def _binned_counts(positions, cell, pbc, cutoff):
@@ -146,7 +146,7 @@ def _binned_counts(positions, cell, pbc, cutoff):
     n = positions.shape[0]
     cl = bin_atoms(positions, cell, pbc, cutoff, NL_BIN_DIVISIONS)
     count = np.empty(n, np.int64)
-    k.count_pairs(cl.poss, cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start, cl.order,
+    k.count_pairs(cl.poss_cn, cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start, cl.order,
                   pair_r2_limit(cutoff), count)
     offset = np.zeros(n + 1, np.int64)
     np.cumsum(count, out=offset[1:])
@@ -157,7 +157,7 @@ def _fill(cl, cell, cutoff, offset, i_p, j_p, shift, r, d, csr):
     from ._kernels import neighbors_cpu as k
 
     g = cl.grid
-    k.fill_pairs(cl.poss, cell, cl.wraps, g.periodic, g.nbins, g.search, cl.bin3s, cl.start, cl.order,
+    k.fill_pairs(cl.poss_cn, cell, cl.wraps, g.periodic, g.nbins, g.search, cl.bin3s, cl.start, cl.order,
                  pair_r2_limit(cutoff), offset, i_p, j_p, shift, r, d, csr)
 
 

@@ -15,28 +15,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from benchmarks.compare._revision import load_kernel_revision, positions_layout
 
 
 def _load_revision(rev, folder):
-    src = subprocess.run(["git", "show", f"{rev}:fastfeat/_kernels/features_cpu.py"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    src = src.replace("from .neighbors_cpu import", "from fastfeat._kernels.neighbors_cpu import")
-    path = Path(folder) / f"features_cpu_{rev.replace('~', '_').replace('^', '_')}.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_kernel_revision(rev, "fastfeat/_kernels/features_cpu.py", folder)
 
 
 def _arguments(mod, fz, pos, species, cell, cl, params, g, v, overlap):
@@ -58,8 +47,9 @@ def _arguments(mod, fz, pos, species, cell, cl, params, g, v, overlap):
     else:
         start = np.append(fz._seg[:, 0], fz._seg[-1, -1])
         reuse = (pos, species, start, fz._j, fz._shiftvec, *kargs, g, v, overlap)
-    cells = (cl.poss, species[cl.order], cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s,
-             cl.start, cl.order, *kargs, g, v, overlap)
+    # revisions before the column layout of the cell list take its positions as rows
+    cells = (positions_layout(mod.features_cells, cl.poss_cn), species[cl.order], cell, cl.grid.periodic,
+             cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start, cl.order, *kargs, g, v, overlap)
     return reuse, cells
 
 

@@ -12,27 +12,13 @@ are checked equal first. Kernel calls only: no binning, no allocation, no first 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_revision(rev, folder):
-    src = subprocess.run(["git", "show", f"{rev}:fastfeat/_kernels/neighbors_cpu.py"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
-    path = Path(folder) / f"neighbors_cpu_{rev.replace('~', '_').replace('^', '_')}.py"
-    path.write_text(src.replace("cache=True", "cache=False"))
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchmarks.compare._revision import ROOT, load_kernel_revision, positions_layout
 
 
 def main(argv=None):
@@ -54,12 +40,14 @@ def main(argv=None):
     n = len(pos)
     r2l = pair_r2_limit(5.2)
     with tempfile.TemporaryDirectory() as folder:
-        versions = {"working tree": work, args.revision: _load_revision(args.revision, folder)}
+        theirs = load_kernel_revision(args.revision, "fastfeat/_kernels/neighbors_cpu.py", folder)
+        versions = {"working tree": work, args.revision: theirs}
         counts, fills, times = {}, {}, {}
         reference = None  # the working tree's count and pairs: every revision must give the same
         for name, mod in versions.items():
             count = np.empty(n, np.int64)
-            cargs = (cl.poss, cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start, cl.order,
+            poss = positions_layout(mod.count_pairs, cl.poss_cn)  # rows for revisions before the columns
+            cargs = (poss, cell, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start, cl.order,
                      r2l, count)
             mod.count_pairs(*cargs)
             offset = np.zeros(n + 1, np.int64)
@@ -67,7 +55,7 @@ def main(argv=None):
             m = int(offset[-1])
             out = (np.empty(m, np.int32), np.empty(m, np.int32), np.empty((m, 3), np.int32), np.empty((m, 3)),
                    np.empty(m))
-            fargs = (cl.poss, cell, cl.wraps, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start,
+            fargs = (poss, cell, cl.wraps, cl.grid.periodic, cl.grid.nbins, cl.grid.search, cl.bin3s, cl.start,
                      cl.order, r2l, offset, *out, False)
             mod.fill_pairs(*fargs)
             counts[name], fills[name] = (mod.count_pairs, cargs), (mod.fill_pairs, fargs)

@@ -833,7 +833,7 @@ def features(
 
 @njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def features_cells(
-    poss_nc, species_s, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n,
+    poss_cn, species_s, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n,
     cutoff, acut,
     n_rad, rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c,
     n_cov, cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c,
@@ -843,10 +843,10 @@ def features_cells(
 ):
     """Features straight from a cell list (see neighbors_cpu).
 
-    `poss_nc`, `species_s` and `bin3s_nc` are wrapped positions, species and
-    bins in bin order (row k is atom order_n[k]); outputs are in atom order.
+    `poss_cn` (wrapped positions as three columns, (3, N)), `species_s` and `bin3s_nc` (bins) are
+    in bin order (entry k is atom order_n[k]); outputs are in atom order.
     """
-    n = poss_nc.shape[0]
+    n = poss_cn.shape[1]
     n_ang = grid_q.shape[0]
     n_u = eta_u.shape[0]
     n_v = zeta_v.shape[0]
@@ -907,17 +907,17 @@ def features_cells(
                             shifted = t0 != 0 or t1 != 0 or t2 != 0
                             bb = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
                             for q in range(start_b[bb], start_b[bb + 1]):
-                                cand[0, nc] = poss_nc[q, 0] + sx
-                                cand[1, nc] = poss_nc[q, 1] + sy
-                                cand[2, nc] = poss_nc[q, 2] + sz
+                                cand[0, nc] = poss_cn[0, q] + sx
+                                cand[1, nc] = poss_cn[1, q] + sy
+                                cand[2, nc] = poss_cn[2, q] + sz
                                 cand_sp[nc] = species_s[q]
                                 cand_q[nc] = q
                                 cand_img[nc] = shifted
                                 nc += 1
             m = 0
-            xi = poss_nc[k, 0]
-            yi = poss_nc[k, 1]
-            zi = poss_nc[k, 2]
+            xi = poss_cn[0, k]
+            yi = poss_cn[1, k]
+            zi = poss_cn[2, k]
             for t in range(nc):  # distances to every candidate first (vectorises), then the hits
                 dx = cand[0, t] - xi
                 dy = cand[1, t] - yi

@@ -123,30 +123,16 @@ def _max_bin(start_b):
 
 
 @njit(inline="always")
-def _columns(poss_nc):
-    """The positions as three contiguous columns (3, N), copied once per kernel call: the distance
-    loops then load whole vectors instead of picking every third element of the (N, 3) rows (on Intel
-    Skylake-SP a long run 4x faster per candidate; count_pairs 0.68x the time at 3 000 water atoms)."""
-    n = poss_nc.shape[0]
-    pos_cn = np.empty((3, n))
-    for q in range(n):
-        pos_cn[0, q] = poss_nc[q, 0]
-        pos_cn[1, q] = poss_nc[q, 1]
-        pos_cn[2, q] = poss_nc[q, 2]
-    return pos_cn
-
-
-@njit(inline="always")
-def _bin_r2(pos_cn, q0, q1, sx, sy, sz, xi, yi, zi, r2_b):
+def _bin_r2(poss_cn, q0, q1, sx, sy, sz, xi, yi, zi, r2_b):
     """r2_b[q - q0] = |(poss[q] - x_i) + s|^2 for the atoms q0 <= q < q1 of one bin (positions as
-    columns, see _columns): a vectorisable pass; the arithmetic is that of count_pairs, so callers
+    columns): a vectorisable pass; the arithmetic is that of count_pairs, so callers
     agree with it on borderline pairs. In this order the pair (j, i, -s) gets exactly the negated
     vector, so a pair at the cutoff to rounding is kept or dropped in both directions: the full list
     stays symmetric."""
     # views, so that the loop runs from 0 (no index wrap-around check: vectorises)
-    rx = pos_cn[0, q0:q1]
-    ry = pos_cn[1, q0:q1]
-    rz = pos_cn[2, q0:q1]
+    rx = poss_cn[0, q0:q1]
+    ry = poss_cn[1, q0:q1]
+    rz = poss_cn[2, q0:q1]
     for t in range(q1 - q0):
         ex = (rx[t] - xi) + sx
         ey = (ry[t] - yi) + sy
@@ -173,24 +159,25 @@ def _z_run(start_b, row, zlo, zhi, t, n):
 
 
 @njit(parallel=True, cache=True)
-def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, r2_limit, count_n):
+def count_pairs(poss_cn, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, r2_limit, count_n):
     """Number of neighbours (all images) of every atom with squared distance below `r2_limit`
     (fastfeat._box.pair_r2_limit: distance below the cutoff).
 
-    `poss_nc` and `bin3s_nc` are wrapped positions and bins in bin order
-    (row k is atom order_n[k]): centres and neighbours are visited in space
-    order, so neighbour positions are read from contiguous memory. Along the
+    `poss_cn` (wrapped positions as three columns, (3, N)) and `bin3s_nc` (bins) are in bin order
+    (entry k is atom order_n[k]): centres and neighbours are visited in space
+    order, so neighbour positions are read from contiguous memory, as whole vectors (on Intel
+    Skylake-SP picking every third element of (N, 3) rows cost 4x per candidate; count_pairs 0.68x
+    the time at 3 000 water atoms with columns). Along the
     innermost bin axis the bins of one image are consecutive, so each (row of
     bins, image) is one contiguous run of atoms.
     """
-    n = poss_nc.shape[0]
+    n = poss_cn.shape[1]
     rc2 = r2_limit
     nz = nbins_c[2]
-    pos_cn = _columns(poss_nc)
     for k in prange(n):
         i = order_n[k]
         cnt = 0
-        xi, yi, zi = poss_nc[k, 0], poss_nc[k, 1], poss_nc[k, 2]
+        xi, yi, zi = poss_cn[0, k], poss_cn[1, k], poss_cn[2, k]
         zlo, zhi, tz0, tz1 = _z_range(bin3s_nc[k, 2], search_c[2], nz, periodic_c[2])
         for d0 in range(-search_c[0], search_c[0] + 1):
             b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
@@ -208,9 +195,9 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
                     q0, q1 = _z_run(start_b, row, zlo, zhi, t2, nz)
                     # branch-free (vectorisable) count, the same arithmetic as fill_pairs (so both
                     # agree on every borderline pair); the centre itself is taken off below
-                    rx = pos_cn[0, q0:q1]
-                    ry = pos_cn[1, q0:q1]
-                    rz = pos_cn[2, q0:q1]
+                    rx = poss_cn[0, q0:q1]
+                    ry = poss_cn[1, q0:q1]
+                    rz = poss_cn[2, q0:q1]
                     for t in range(q1 - q0):
                         dx = (rx[t] - xi) + sx
                         dy = (ry[t] - yi) + sy
@@ -223,7 +210,7 @@ def count_pairs(poss_nc, cell_cc, periodic_c, nbins_c, search_c, bin3s_nc, start
 
 @njit(parallel=True, cache=True)
 def fill_pairs(
-    poss_nc, cell_cc, wraps_nc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, r2_limit,
+    poss_cn, cell_cc, wraps_nc, periodic_c, nbins_c, search_c, bin3s_nc, start_b, order_n, r2_limit,
     offset_n, i_p, j_p, shift_pc, r_pc, d_p, csr=False,
 ):
     """Write pairs of atom i at offset_n[i]:offset_n[i+1] (inputs in bin order, as count_pairs).
@@ -233,18 +220,17 @@ def fill_pairs(
     With ``csr`` only what the CSR feature kernel reads is written: j_p, and
     r_pc = shift @ cell (in r_pc's dtype); i_p, shift_pc and d_p are not touched.
     """
-    n = poss_nc.shape[0]
+    n = poss_cn.shape[1]
     rc2 = r2_limit
     nz = nbins_c[2]
     max_run = _max_bin(start_b) * min(2 * search_c[2] + 1, nz)
-    pos_cn = _columns(poss_nc)
     n_chunks = (n + _FILL_CHUNK - 1) // _FILL_CHUNK
     for c in prange(n_chunks):
         r2_b = np.empty(max_run)
         for k in range(c * _FILL_CHUNK, min(n, (c + 1) * _FILL_CHUNK)):
             i = order_n[k]
             p = offset_n[i]
-            xi, yi, zi = poss_nc[k, 0], poss_nc[k, 1], poss_nc[k, 2]
+            xi, yi, zi = poss_cn[0, k], poss_cn[1, k], poss_cn[2, k]
             zlo, zhi, tz0, tz1 = _z_range(bin3s_nc[k, 2], search_c[2], nz, periodic_c[2])
             for d0 in range(-search_c[0], search_c[0] + 1):
                 b0, t0, ok0 = _wrap_index(bin3s_nc[k, 0] + d0, nbins_c[0], periodic_c[0])
@@ -262,7 +248,7 @@ def fill_pairs(
                         same_image = t0 == 0 and t1 == 0 and t2 == 0
                         q0, q1 = _z_run(start_b, row, zlo, zhi, t2, nz)
                         # squared distances of the whole run first, then the writes for the pairs inside
-                        _bin_r2(pos_cn, q0, q1, sx, sy, sz, xi, yi, zi, r2_b)
+                        _bin_r2(poss_cn, q0, q1, sx, sy, sz, xi, yi, zi, r2_b)
                         u0 = t0 + wraps_nc[k, 0]
                         u1 = t1 + wraps_nc[k, 1]
                         u2 = t2 + wraps_nc[k, 2]
@@ -282,9 +268,9 @@ def fill_pairs(
                                 shift_pc[p, 0] = s0
                                 shift_pc[p, 1] = s1
                                 shift_pc[p, 2] = s2
-                                r_pc[p, 0] = (poss_nc[q, 0] - xi) + sx
-                                r_pc[p, 1] = (poss_nc[q, 1] - yi) + sy
-                                r_pc[p, 2] = (poss_nc[q, 2] - zi) + sz
+                                r_pc[p, 0] = (poss_cn[0, q] - xi) + sx
+                                r_pc[p, 1] = (poss_cn[1, q] - yi) + sy
+                                r_pc[p, 2] = (poss_cn[2, q] - zi) + sz
                                 d_p[p] = np.sqrt(r2)
                             p += 1
 
