@@ -2,11 +2,15 @@
 
 - Scaling: featurize (ANI-1x-sized spec, neighbour list included) and neighbor_list of the 3 k
   and the 100 k water boxes, interleaved in this one process; one sample of the 3 k box is 33
-  back-to-back calls, so both sizes do the same work per sample under the same background load;
+  back-to-back calls whose outputs are held until the sample ends, so both sizes do the same work
+  and write the same volume of fresh output memory per sample under the same background load;
   the ratio is (time per atom at 100 k) / (time per atom at 3 k), target <= 1.3. The two
-  neighbour lists are also timed interleaved by themselves. The 100 k list returns ~300 MB of
-  freshly mapped memory whose first touch costs ~20-300 ms from one call to the next on this VM
-  (``python -m benchmarks.compare.list_memory``), so its ratio moves between runs.
+  neighbour lists are also timed interleaved by themselves. A list of 100 k atoms returns ~300 MB
+  of output whose first touch costs ~20-300 ms from one sample to the next on this VM
+  (``python -m benchmarks.compare.list_memory``), so the lists' ratio moves between runs. Before
+  2026-12-01 09:20 each small call's output was freed at once and the next call got it back from
+  the allocator, already touched: the ratio then timed first touch at 100 k only (0.945-1.51 in
+  runs of the same code).
 - Memory: each size in a fresh subprocess; after a warm-up on a small box (JIT cache loaded),
   the peak resident-set growth during one featurize call (Linux VmHWM after resetting it with
   /proc/self/clear_refs) and the tracemalloc peak (NumPy allocations only; Numba's internal
@@ -158,13 +162,16 @@ def run(quick=False, threads=1):
     a_s, a_l = water_system(small), water_system(large)
     rows, ratios, notes = [], [], []
     # A sample of the small box is k back-to-back calls (k = n_large / n_small) so that both sizes
-    # do the same work per sample and see the same background load of a shared machine.
+    # do the same work per sample and see the same background load of a shared machine. The k outputs
+    # are held until the sample ends, as a large call's output is: both sizes then write the same
+    # volume of fresh memory per sample (a small call's output, freed at once, would come back from
+    # the allocator to the next call already touched, and the ratio would time first touch at 100 k only).
     k = max(1, round(len(a_l) / len(a_s)))
 
     def repeat(fn):
         def run_k():
-            for _ in range(k):
-                fn()
+            held = [fn() for _ in range(k)]
+            del held
         return run_k
 
     fns = {
@@ -201,12 +208,14 @@ def run(quick=False, threads=1):
     ratios.append(ratio(f"neighbour list, the two sizes interleaved alone: time per atom at {len(a_l)} / at {len(a_s)}",
                         f"water {len(a_l)}", len(a_l), t["neighbor_list small alone"]["median_s"] / len(a_s),
                         t["neighbor_list large alone"]["median_s"] / len(a_l), higher_is_better=False))
-    notes.append(f"a small-box sample is {k} back-to-back calls (same work per sample as one large call), reported per call")
+    notes.append(f"a small-box sample is {k} back-to-back calls (same work per sample as one large call), their "
+                 "outputs held until the sample ends (the same volume of fresh output memory as one large call); "
+                 "reported per call")
     notes.append(
-        "the 100 k list returns ~300 MB of freshly mapped memory (the 3 k list's 9 MB come back from the allocator), "
-        f"in 2 MiB pages (NumPy asks for them; transparent huge pages here: {_huge_pages()}); on this VM their first "
-        "touch costs from ~20 ms to ~300 ms from one call to the next (python -m benchmarks.compare.list_memory), so "
-        "the list's ratio moves between runs (the two lists timed alone are a second sample)")
+        "a sample of either size writes ~300 MB of list output into fresh memory, in 2 MiB pages where NumPy asks "
+        f"for them (transparent huge pages here: {_huge_pages()}); on this VM its first touch costs from ~20 ms to "
+        "~300 ms from one sample to the next (python -m benchmarks.compare.list_memory), so the lists' ratio moves "
+        "between runs (the two lists timed alone are a second sample)")
     rows_far, ratios_far = _sparse_boxes(30000 if not quick else 3000, spec, reps)
     rows += rows_far
     ratios += ratios_far
