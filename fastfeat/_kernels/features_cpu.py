@@ -661,7 +661,13 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     for k in range(mm):
         afc[k] = _cutoff_r2(ar2[k], w2a)
     _gaussian_rows(eta_u, ar2, afc, mm, ae)
-    _gaussian_rows(ang[14][:, 0], ar2, afc, mm, aw)  # the etas of the angular covariant parameters
+    wang = ang[14]
+    for p in range(wang.shape[0]):  # the etas of the angular covariant parameters: one row per distinct eta
+        if int(wang[p, 4]) == p:  # (read by _pair_sums for the first parameter with that eta only)
+            eta = wang[p, 0]
+            aw_p = aw[p]
+            for k in range(mm):
+                aw_p[k] = _fexp(-eta * ar2[k]) * afc[k]
     _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae, aw), n_sp, ang, pair_work, acc_a, acc_v,
                    n_sp * n_cov)
 
