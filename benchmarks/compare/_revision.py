@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def load_kernel_revision(rev, path, folder):
     src = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True,
                          text=True).stdout
     package = ".".join(Path(path).parent.parts)
-    src = src.replace("from .", f"from {package}.").replace("cache=True", "cache=False")
+    src = re.sub(r"^from \.(\w)", rf"from {package}.\1", src, flags=re.M).replace("cache=True", "cache=False")
     stem = Path(path).stem
     target = Path(folder) / f"{stem}_{rev.replace('~', '_').replace('^', '_').replace('/', '_')}.py"
     target.write_text(src)

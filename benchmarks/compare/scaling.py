@@ -7,8 +7,8 @@
   the ratio is (time per atom at 100 k) / (time per atom at 3 k), target <= 1.3. The two
   neighbour lists are also timed interleaved by themselves. A list of 100 k atoms returns ~300 MB
   of output whose first touch costs ~20-300 ms from one sample to the next on this VM
-  (``python -m benchmarks.compare.list_memory``), so the lists' ratio moves between runs. Before
-  2026-12-01 09:20 each small call's output was freed at once and the next call got it back from
+  (``python -m benchmarks.compare.list_memory``), so the lists' ratio moves between runs. Until
+  2026-12-01 each small call's output was freed at once and the next call got it back from
   the allocator, already touched: the ratio then timed first touch at 100 k only (0.945-1.51 in
   runs of the same code).
 - Memory: each size in a fresh subprocess; after a warm-up on a small box (JIT cache loaded),
