@@ -1,6 +1,6 @@
 """Interleaved A/B timing of the CPU feature kernels against an earlier git revision.
 
-    python -m benchmarks.compare.kernel_ab REV [REV ...] [--atoms N] [--threads T]
+    python -m benchmarks.compare.kernel_ab REV [REV ...] [--atoms N] [--threads T] [--system water|peo]
 
 Each revision's ``fastfeat/_kernels/features_cpu.py`` is loaded from git (``git show``) as a
 separate module next to the working tree's, the same inputs (water box, ANI-1x-sized spec, and the
@@ -9,6 +9,10 @@ with the angular covariant vectors W, for revisions that have them) go through e
 skin 1 Å) and ``features_cells`` (one-shot) kernels, rounds interleaved, best of 12 rounds.
 Outputs are checked to agree before timing. Kernel calls only: no binning, no Python set-up (the
 list's grouping by species, once per build, is not timed either).
+
+``--system peo``: the 112-atom PEO test frame, repeated to at least N atoms, with the bundled peo
+model's spec (the demo's MD path), and that spec without W, with one G4 and no W, and with one G4
+inside 0.5 Å (no angular neighbours: the fixed per-atom cost of any angular term).
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def main(argv=None):
     p.add_argument("--atoms", type=int, default=3000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--system", choices=("water", "peo"), default="water")
     args = p.parse_args(argv)
 
     import numba
@@ -84,16 +89,33 @@ def main(argv=None):
 
     tmp = tempfile.TemporaryDirectory()
     versions = [("working tree", features_cpu)] + [(r, _load_revision(r, tmp.name)) for r in args.revisions]
-    spec = ani1x_spec()
-    atoms = water_system(args.atoms)
-    cases = {
-        "full": spec,
-        "no G4": dataclasses.replace(spec, angular=()),
-        "1 G2 + 1 V": dataclasses.replace(spec, angular=(), radial=spec.radial[:1], covariant=spec.covariant[:1]),
-        "angular": fastfeat.FeatureSpec.default(("H", "O"), preset="angular"),
-        "ang-short": fastfeat.FeatureSpec.default(("H", "O"), preset="angular-short"),
-    }
-    print(f"water {len(atoms)} atoms, ANI-1x-sized spec, {args.threads} thread(s), best of {args.rounds} rounds "
+    if args.system == "peo":
+        from fastfeat.runtime import ForceModel
+        from fastfeat.train import datasets
+
+        frame = datasets.load("peo", split="test")[0]
+        atoms = frame.repeat((max(1, -(-args.atoms // len(frame))), 1, 1))
+        spec = ForceModel.pretrained("peo").spec
+        one = dataclasses.replace(spec, angular=spec.angular[:1], covariant_angular=())
+        cases = {
+            "peo model": spec,
+            "no W": dataclasses.replace(spec, covariant_angular=()),
+            "1 G4 no W": one,
+            "1 G4 0.5 Å": dataclasses.replace(one, angular_cutoff=0.5),
+        }
+        label = "PEO (bundled peo model's spec and parts of it)"
+    else:
+        spec = ani1x_spec()
+        atoms = water_system(args.atoms)
+        cases = {
+            "full": spec,
+            "no G4": dataclasses.replace(spec, angular=()),
+            "1 G2 + 1 V": dataclasses.replace(spec, angular=(), radial=spec.radial[:1], covariant=spec.covariant[:1]),
+            "angular": fastfeat.FeatureSpec.default(("H", "O"), preset="angular"),
+            "ang-short": fastfeat.FeatureSpec.default(("H", "O"), preset="angular-short"),
+        }
+        label = "water, ANI-1x-sized spec"
+    print(f"{label}: {len(atoms)} atoms, {args.threads} thread(s), best of {args.rounds} rounds "
           "(us per atom, kernel call only)")
     print(f"{'case':12s} {'kernel':8s} " + " ".join(f"{name:>14s}" for name, _ in versions))
     for cname, s in cases.items():

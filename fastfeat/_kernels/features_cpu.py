@@ -643,20 +643,23 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     if n_ang == 0 and n_w == 0:
         return
     w2a = (math.pi / acut) ** 2
+    # the neighbours inside the angular cutoff, species segment by species segment (the neighbours come
+    # sorted by species): each is written unconditionally and kept by advancing mm (no unpredictable
+    # branch); a segment's end is where mm stands after it (a count per neighbour into aseg[species]
+    # would chain every iteration through the store to the same entry)
     mm = 0
-    for a in range(n_sp + 1):
-        aseg[a] = 0
-    for k in range(m):  # written unconditionally, kept by advancing mm: no unpredictable branch
-        ax[mm] = nx[k]
-        ay[mm] = ny[k]
-        az[mm] = nz[k]
-        ad[mm] = 1.0 / nd[k]
-        ar2[mm] = nr2[k]
-        inside = nd[k] < acut
-        aseg[nsp[k] + 1] += inside
-        mm += inside
+    aseg[0] = 0
     for a in range(n_sp):
-        aseg[a + 1] += aseg[a]
+        for k in range(seg[a], seg[a + 1]):
+            ax[mm] = nx[k]
+            ay[mm] = ny[k]
+            az[mm] = nz[k]
+            ad[mm] = nd[k]
+            ar2[mm] = nr2[k]
+            mm += nd[k] < acut
+        aseg[a + 1] = mm
+    for k in range(mm):  # 1 / r of the kept neighbours only, one vectorised pass
+        ad[k] = 1.0 / ad[k]
     afc = gl  # free once the ladders are done
     for k in range(mm):
         afc[k] = _cutoff_r2(ar2[k], w2a)
