@@ -577,7 +577,7 @@ def _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_rad
 
 
 @njit(inline="always")
-def _sort_by_species(m, tx, ty, tz, tr2, tsp, n_sp, seg, cur, nx, ny, nz, nr2, nsp):
+def _sort_by_species(m, tx, ty, tz, tr2, tsp, n_sp, seg, cur, nx, ny, nz, nr2):
     """Counting sort of the m gathered neighbours by species (stable): species a is seg[a]:seg[a + 1]."""
     _count_starts(tsp, m, n_sp, seg)
     for a in range(n_sp):
@@ -590,7 +590,6 @@ def _sort_by_species(m, tx, ty, tz, tr2, tsp, n_sp, seg, cur, nx, ny, nz, nr2, n
         ny[p] = ty[k]
         nz[p] = tz[k]
         nr2[p] = tr2[k]
-        nsp[p] = a
 
 
 @njit(cache=True)
@@ -608,7 +607,7 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     Arguments are grouped in tuples: CPython compiles a call with more than 30
     arguments as a *args call, which Numba cannot inline.
     """
-    nx, ny, nz, nr2, nsp = nbr
+    nx, ny, nz, nr2 = nbr
     rl_eta, rl_rs0, rl_delta, rl_cnt, rl_start, rl_q, rl_c, rl_safe = rad
     cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe = cov
     eta_u = ang[0]
@@ -700,7 +699,7 @@ def _gaussian_rows(eta_q, r2, fc, m, out):
 def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov_total, n_acc_a, n_w):
     """Per-chunk work arrays for up to `cap` neighbours per atom, and the per-atom accumulators."""
     f = np.empty((16, cap))  # gathered, sorted and derived per-neighbour columns
-    ints = np.empty((2, cap), np.int64)
+    ints = np.empty((1, cap), np.int64)  # species of the gathered candidates (one-shot kernel)
     seg = np.empty((3, n_sp + 1), np.int64)
     ae = np.empty((n_u, cap))
     aw = np.empty((n_w, cap))  # exp(-eta r^2) fc(r) of the angular covariant parameters
@@ -811,7 +810,7 @@ def features(
             yi = pos_nc[i, 1]
             zi = pos_nc[i, 2]
             sg = seg[0]
-            nx, ny, nz, nr2, nsp = f[4], f[5], f[6], f[7], ints[1]
+            nx, ny, nz, nr2 = f[4], f[5], f[6], f[7]
             for a in range(n_sp):
                 sg[a] = m
                 p0 = seg_ns[i, a]
@@ -829,12 +828,11 @@ def features(
                     ny[m] = dy
                     nz[m] = dz
                     nr2[m] = r2
-                    nsp[m] = a
                     if r2 < 1e-12:
                         overlap_n[i] = j
                     m += (r2 < rc2) & (r2 >= 1e-12)
             sg[n_sp] = m
-            _atom_terms(m, (nx, ny, nz, nr2, nsp), sg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
+            _atom_terms(m, (nx, ny, nz, nr2), sg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
                         (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae, aw),
                         pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
@@ -945,8 +943,8 @@ def features_cells(
                     f[3, m] = r2
                     ints[0, m] = cand_sp[t]
                     m += 1
-            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7], ints[1])
-            _atom_terms(m, (f[4], f[5], f[6], f[7], ints[1]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
+            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7])
+            _atom_terms(m, (f[4], f[5], f[6], f[7]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
                         (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae, aw),
                         pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
