@@ -666,10 +666,7 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     wang = ang[14]
     for p in range(wang.shape[0]):  # the etas of the angular covariant parameters: one row per distinct eta
         if int(wang[p, 4]) == p:  # (read by _pair_sums for the first parameter with that eta only)
-            eta = wang[p, 0]
-            aw_p = aw[p]
-            for k in range(mm):
-                aw_p[k] = _fexp(-eta * ar2[k]) * afc[k]
+            _gaussian_row(wang[p, 0], ar2, afc, mm, aw[p])
     _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae, aw), n_sp, ang, pair_work, acc_a, acc_v,
                    n_sp * n_cov)
 
@@ -690,9 +687,14 @@ def _ipow(x, n):
 def _gaussian_rows(eta_q, r2, fc, m, out):
     """out[q, k] = exp(-eta_q[q] r2[k]) fc[k] for k < m: the neighbour factors of the angular terms."""
     for q in range(eta_q.shape[0]):
-        eta = eta_q[q]
-        for k in range(m):
-            out[q, k] = _fexp(-eta * r2[k]) * fc[k]
+        _gaussian_row(eta_q[q], r2, fc, m, out[q])
+
+
+@njit(inline="always")
+def _gaussian_row(eta, r2, fc, m, row):
+    """row[k] = exp(-eta r2[k]) fc[k] for k < m."""
+    for k in range(m):
+        row[k] = _fexp(-eta * r2[k]) * fc[k]
 
 
 @njit(inline="always")
