@@ -33,8 +33,16 @@ most loops here run over 10-60 elements):
 - a loop's set-up and reduction are paid once per pass, so one pass does
   several grid points of a ladder (four G2, two V) rather than one.
 
-Parallel over chunks of centre atoms. Accumulation in float64, one write per
-output element. No checks.
+Precision: positions, neighbour vectors and the radial terms (G2, V: their
+ladders multiply up to ~16 factors whose float32 rounding would add up to a few
+1e-6) are float64 whatever the output dtype. The angular terms (G4 and W, their
+per-pair arrays) are computed in the dtype of the outputs, as the CUDA kernels
+do: for float32 outputs twice the SIMD lanes over the neighbour pairs, at ~1e-6
+of a column's scale (float64 outputs are unchanged, bit for bit). Literals and
+parameters enter those loops through ``_c`` (a float64 literal would promote a
+float32 loop to float64); ``_fexp`` and ``_cutoff_r2`` follow the float type of
+their argument. Per-atom sums accumulate in float64; one write per output
+element. Parallel over chunks of centre atoms. No checks.
 """
 
 import math
@@ -42,7 +50,7 @@ import math
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .neighbors_cpu import _count_starts, _wrap_index
 
@@ -86,6 +94,50 @@ def _float_as_bits(typingctx, x):
     return types.int64(types.float64), codegen
 
 
+@intrinsic
+def _pow2_round32(typingctx, t):
+    """2^k as a float32, from t = 1.5 * 2^23 + k (the float32 rounding trick): its bits minus those of
+    1.5 * 2^23, plus the exponent bias, shifted into the exponent field (int32 arithmetic throughout)."""
+    if t != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i32 = ir.IntType(32)
+        bits = builder.bitcast(args[0], i32)
+        e = builder.add(builder.sub(bits, ir.Constant(i32, 0x4B400000)), ir.Constant(i32, 127))
+        return builder.bitcast(builder.shl(e, ir.Constant(i32, 23)), ir.FloatType())
+
+    return types.float32(types.float32), codegen
+
+
+def _c(x, like):
+    """x in the float type of ``like`` (a scalar or an array): the kernels compute in the dtype of their
+    outputs, and a float64 literal would promote a float32 expression (and its loop) to float64."""
+    return x
+
+
+@overload(_c, inline="always")
+def _c_impl(x, like):
+    dt = like.dtype if isinstance(like, types.Array) else like
+
+    def impl(x, like):
+        return dt(x)
+
+    return impl
+
+
+def _single(like):
+    """Whether ``like`` (a scalar or an array) is float32: a compile-time constant in the kernels."""
+    return False
+
+
+@overload(_single, inline="always")
+def _single_impl(like):
+    dt = like.dtype if isinstance(like, types.Array) else like
+    single = dt == types.float32
+    return lambda like: single
+
+
 @njit(inline="always")
 def _poly13(c, x):
     """c[0] + c[1] x + ... + c[13] x^13 by Estrin's scheme (short dependency chains instead of one
@@ -117,15 +169,50 @@ _ROUND_BITS = 0x4338000000000000  # bit pattern of _ROUND
 _EXP = tuple(1.0 / math.factorial(n) for n in range(14))
 
 
-@njit(inline="always")
 def _fexp(x):
-    """exp(x) for x <= 0 to within 2 ulp, as plain arithmetic (vectorises); x < -708 gives exp(-708)."""
+    """exp(x) for x <= 0 as plain arithmetic (vectorises), in the float type of x: float64 to within
+    2 ulp, x < -708 gives exp(-708); float32 to within 2 ulp, x < -87 gives exp(-87) (the smallest
+    arguments whose results are normal numbers: denormals would slow the arithmetic down)."""
+    return math.exp(x)
+
+
+@njit(inline="always")
+def _fexp64(x):
     x = max(x, -708.0)
     t = x * _LOG2E + _ROUND
     k = t - _ROUND  # nearest integer to x / ln 2
     r = x - k * _LN2_HI - k * _LN2_LO
     # 2^k from its exponent bits
     return _poly13(_EXP, r) * _bits_as_float((_float_as_bits(t) - _ROUND_BITS + 1023) << 52)
+
+
+_F32 = np.float32
+_LOG2E_32 = _F32(_LOG2E)
+_LN2_HI_32 = _F32(0.693145751953125)  # 16 significant bits: exact k * _LN2_HI_32 for |k| < 2^8
+_LN2_LO_32 = _F32(math.log(2.0) - 0.693145751953125)
+_ROUND_32 = _F32(12582912.0)  # 1.5 * 2^23
+_MIN_ARG_32 = _F32(-87.0)
+#: Taylor coefficients of exp(r), n = 0..7: below 5e-9 relative for |r| <= ln(2) / 2
+_EXP_32 = tuple(_F32(1.0 / math.factorial(n)) for n in range(8))
+
+
+@njit(inline="always")
+def _fexp32(x):
+    x = max(x, _MIN_ARG_32)
+    t = x * _LOG2E_32 + _ROUND_32
+    k = t - _ROUND_32
+    r = x - k * _LN2_HI_32 - k * _LN2_LO_32
+    c = _EXP_32
+    r2 = r * r
+    p = (c[0] + c[1] * r) + (c[2] + c[3] * r) * r2 + ((c[4] + c[5] * r) + (c[6] + c[7] * r) * r2) * (r2 * r2)
+    return p * _pow2_round32(t)
+
+
+@overload(_fexp, inline="always")
+def _fexp_impl(x):
+    if x == types.float32:
+        return lambda x: _fexp32(x)
+    return lambda x: _fexp64(x)
 
 
 #: a ladder runs from its first grid point while exponents stay below this (no under/overflow)
@@ -284,10 +371,25 @@ def _ladder_vector(nd, ux, uy, uz, eta, rs0, delta, cnt, start, lad_q, c, safe, 
 _COS_SQRT = tuple((-1.0) ** n / math.factorial(2 * n) for n in range(14))
 
 
+_COS_SQRT_32 = tuple(_F32(c) for c in _COS_SQRT)
+
+
+def _cos_sqrt_coefficients(like):
+    return _COS_SQRT
+
+
+@overload(_cos_sqrt_coefficients, inline="always")
+def _cos_sqrt_coefficients_impl(like):
+    if like == types.float32:
+        return lambda like: _COS_SQRT_32
+    return lambda like: _COS_SQRT
+
+
 @njit(inline="always")
 def _cutoff_r2(r2, w2):
-    """0.5 (cos(pi r / rc) + 1) from r^2 (r < rc), with w2 = (pi / rc)^2."""
-    return 0.5 * (_poly13(_COS_SQRT, w2 * r2) + 1.0)
+    """0.5 (cos(pi r / rc) + 1) from r^2 (r < rc), with w2 = (pi / rc)^2 (in the float type of r2)."""
+    y = w2 * r2
+    return _c(0.5, y) * (_poly13(_cos_sqrt_coefficients(y), y) + _c(1.0, y))
 
 
 #: neighbour pairs (triplets i, j, k) per block of the vectorised G4 passes (a block may overrun
@@ -297,21 +399,26 @@ _PAIR_BLOCK = 128
 
 @njit(inline="always")
 def _pair_factors(nt, w2a, ang, pair_work):
-    """pu[u, t] and tv[v, t] of the nt pairs in the block (tw, tr2, tcos filled), one loop over t per factor."""
+    """pu[u, t] and tv[v, t] of the nt pairs in the block (tw, tr2, tcos filled), one loop over t per factor,
+    in the float type of the block's arrays (see _angular_terms)."""
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v = ang[:9]
     tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk, tws = pair_work
-    eta0 = eta_u[0]
-    # exp(-eta_u r_jk^2) fc(r_jk) times the i-j and i-k factors
+    eta0 = _c(eta_u[0], tr2)
+    # exp(-eta_u r_jk^2) fc(r_jk) times the i-j and i-k factors; in float64 the other etas that are integer
+    # multiples of eta_u[0] are products of repeated squares of exp(-eta_u[0] r^2) (a square doubles the
+    # relative error: 40 eta_u[0] would carry 40 ulp, too much in float32, which takes one exp per eta)
+    squares = not _single(tr2)
     for t in range(nt):
         r2 = tr2[t]
         tfc[t] = _cutoff_r2(r2, w2a)
         sqe[0, t] = _fexp(-eta0 * r2)
-    for b in range(1, sqe.shape[0]):
-        for t in range(nt):
-            sqe[b, t] = sqe[b - 1, t] * sqe[b - 1, t]
+    if squares:
+        for b in range(1, sqe.shape[0]):
+            for t in range(nt):
+                sqe[b, t] = sqe[b - 1, t] * sqe[b - 1, t]
     for u in range(eta_u.shape[0]):
         nb = enb_u[u]
-        if nb > 0:  # eta_u an integer multiple of eta_u[0]: a product of repeated squares
+        if nb > 0 and squares:
             b0 = ebits_u[u, 0]
             for t in range(nt):
                 pu[u, t] = tw[u, t] * tfc[t] * sqe[b0, t]
@@ -320,21 +427,24 @@ def _pair_factors(nt, w2a, ang, pair_work):
                 for t in range(nt):
                     pu[u, t] *= sqe[bj, t]
         else:
-            eta = eta_u[u]
+            eta = _c(eta_u[u], tr2)
             for t in range(nt):
                 pu[u, t] = tw[u, t] * tfc[t] * _fexp(-eta * tr2[t])
     # 2^(1 - zeta) (1 + lambda cos)^zeta = pref ((1 + lambda cos) / 2)^zeta, pref = 2 (no overflow at any zeta)
+    half = _c(0.5, tr2)
+    one = _c(1.0, tr2)
+    zero = _c(0.0, tr2)
     for l in range(lam_l.shape[0]):
-        lam = lam_l[l]
+        lam = _c(lam_l[l], tr2)
         for t in range(nt):
-            b = 0.5 * (1.0 + lam * tcos[t])
-            sqb[l, 0, t] = b if b > 0.0 else 0.0
+            b = half * (one + lam * tcos[t])
+            sqb[l, 0, t] = b if b > zero else zero
         for j in range(1, sqb.shape[1]):
             for t in range(nt):
                 sqb[l, j, t] = sqb[l, j - 1, t] * sqb[l, j - 1, t]
     for v in range(zeta_v.shape[0]):
         l = lam_idx_v[v]
-        pref = pref_v[v]
+        pref = _c(pref_v[v], tr2)
         nb = znb_v[v]
         if nb > 0:  # integral zeta: a product of repeated squares
             b0 = zbits_v[v, 0]
@@ -345,7 +455,7 @@ def _pair_factors(nt, w2a, ang, pair_work):
                 for t in range(nt):
                     tv[v, t] *= sqb[l, bj, t]
         else:
-            z = zeta_v[v]
+            z = _c(zeta_v[v], tr2)
             for t in range(nt):
                 tv[v, t] = pref * sqb[l, 0, t] ** z
 
@@ -454,7 +564,7 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
                 pu_t = pu[u, t0:t1]
                 for v in range(n_v):
                     tv_t = tv[v, t0:t1]
-                    acc = 0.0
+                    acc = _c(0.0, pu)
                     for t in range(t1 - t0):
                         acc += pu_t[t] * tv_t[t]
                     acc_a[base + u * n_v + v] += acc
@@ -462,7 +572,7 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
             for q in range(n_ang):
                 pu_t = pu[ang_u_q[q], t0:t1]
                 tv_t = tv[ang_v_q[q], t0:t1]
-                acc = 0.0
+                acc = _c(0.0, pu)
                 for t in range(t1 - t0):
                     acc += pu_t[t] * tv_t[t]
                 acc_a[base + q] += acc
@@ -481,6 +591,9 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
     u2x = tws[o + 4]
     u2y = tws[o + 5]
     u2z = tws[o + 6]
+    half = _c(0.5, wt)
+    one = _c(1.0, wt)
+    zero = _c(0.0, wt)
     for t in range(nt):
         k1 = k1s[t]
         k2 = k2s[t]
@@ -492,19 +605,19 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
         u2z[t] = az[k2] * ad[k2]
     for p in range(n_w):
         if int(wang[p, 4]) == p:  # first parameter with this eta
-            eta = wang[p, 0]
+            eta = _c(wang[p, 0], wt)
             aw_p = aw[p]
             r_t = tws[p]
             for t in range(nt):
                 r_t[t] = aw_p[k1s[t]] * aw_p[k2s[t]] * tfc[t] * _fexp(-eta * tr2[t])
         if int(wang[p, 5]) == p:  # first parameter with this (zeta, lambda)
-            lam = wang[p, 2]
-            zeta = wang[p, 1]
+            lam = _c(wang[p, 2], wt)
+            zeta = _c(wang[p, 1], wt)
             zint = int(wang[p, 6])
             a_t = tws[n_w + p]
             for t in range(nt):
-                b = 0.5 * (1.0 + lam * tcos[t])  # halved, the prefactor is 2 (see _pair_factors)
-                a_t[t] = b if b > 0.0 else 0.0
+                b = half * (one + lam * tcos[t])  # halved, the prefactor is 2 (see _pair_factors)
+                a_t[t] = b if b > zero else zero
             if zint == 0:
                 for t in range(nt):
                     a_t[t] = a_t[t] ** zeta
@@ -512,7 +625,7 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
                 for t in range(nt):
                     a_t[t] = _ipow(a_t[t], zint)
     for p in range(n_w):
-        pref = wang[p, 3]
+        pref = _c(wang[p, 3], wt)
         r_t = tws[int(wang[p, 4])]
         a_t = tws[n_w + int(wang[p, 5])]
         for t in range(nt):
@@ -530,12 +643,12 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
             v2x = u2x[t0:t1]
             v2y = u2y[t0:t1]
             v2z = u2z[t0:t1]
-            s1x = 0.0
-            s1y = 0.0
-            s1z = 0.0
-            s2x = 0.0
-            s2y = 0.0
-            s2z = 0.0
+            s1x = zero
+            s1y = zero
+            s1z = zero
+            s2x = zero
+            s2y = zero
+            s2z = zero
             for t in range(t1 - t0):
                 w = w_t[t]
                 s1x += w * v1x[t]
@@ -612,7 +725,7 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     cl_eta, cl_rs0, cl_delta, cl_cnt, cl_start, cl_q, cl_c, cl_safe = cov
     eta_u = ang[0]
     n_ang = ang[13]
-    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, ar2, aseg, ae, aw = work
+    nd, nw, ux, uy, uz, gl, rl, ax, ay, az, ad, ar2, aseg, ae, aw, afc = work
     n_w = ang[14].shape[0]
     w2c = (math.pi / cutoff) ** 2
     for k in range(m):
@@ -641,7 +754,8 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
                            cl_start[l], cl_q, cl_c[l], cl_safe[l], gl_a, rl_a, acc_v, a * n_cov)
     if n_ang == 0 and n_w == 0:
         return
-    w2a = (math.pi / acut) ** 2
+    # the angular terms in the dtype of the outputs (that of the ax, ... arrays)
+    w2a = _c((math.pi / acut) ** 2, ad)
     # the neighbours inside the angular cutoff, species segment by species segment (the neighbours come
     # sorted by species): each is written unconditionally and kept by advancing mm (no unpredictable
     # branch); a segment's end is where mm stands after it (a count per neighbour into aseg[species]
@@ -657,9 +771,9 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
             ar2[mm] = nr2[k]
             mm += nd[k] < acut
         aseg[a + 1] = mm
+    one = _c(1.0, ad)
     for k in range(mm):  # 1 / r of the kept neighbours only, one vectorised pass
-        ad[k] = 1.0 / ad[k]
-    afc = gl  # free once the ladders are done
+        ad[k] = one / ad[k]
     for k in range(mm):
         afc[k] = _cutoff_r2(ar2[k], w2a)
     _gaussian_rows(eta_u, ar2, afc, mm, ae)
@@ -667,14 +781,14 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
     for p in range(wang.shape[0]):  # the etas of the angular covariant parameters: one row per distinct eta
         if int(wang[p, 4]) == p:  # (read by _pair_sums for the first parameter with that eta only)
             _gaussian_row(wang[p, 0], ar2, afc, mm, aw[p])
-    _angular_terms(w2a, acut * acut, (ax, ay, az, ad, aseg, ae, aw), n_sp, ang, pair_work, acc_a, acc_v,
+    _angular_terms(w2a, _c(acut * acut, ad), (ax, ay, az, ad, aseg, ae, aw), n_sp, ang, pair_work, acc_a, acc_v,
                    n_sp * n_cov)
 
 
 @njit(inline="always")
 def _ipow(x, n):
     """x ** n for an integer n >= 1 by repeated squaring (no libm pow)."""
-    r = 1.0
+    r = _c(1.0, x)
     while n > 0:
         if n & 1:
             r *= x
@@ -692,35 +806,40 @@ def _gaussian_rows(eta_q, r2, fc, m, out):
 
 @njit(inline="always")
 def _gaussian_row(eta, r2, fc, m, row):
-    """row[k] = exp(-eta r2[k]) fc[k] for k < m."""
+    """row[k] = exp(-eta r2[k]) fc[k] for k < m (in the dtype of row)."""
+    eta = _c(eta, row)
     for k in range(m):
         row[k] = _fexp(-eta * r2[k]) * fc[k]
 
 
 @njit(inline="always")
-def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov_total, n_acc_a, n_w):
-    """Per-chunk work arrays for up to `cap` neighbours per atom, and the per-atom accumulators."""
-    f = np.empty((16, cap))  # gathered, sorted and derived per-neighbour columns
+def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov_total, n_acc_a, n_w, like):
+    """Per-chunk work arrays for up to `cap` neighbours per atom, and the per-atom accumulators. The
+    angular terms' arrays are in the dtype of `like` (the outputs), the rest in float64."""
+    dt = like.dtype
+    f = np.empty((15, cap))  # gathered, sorted and derived per-neighbour columns
+    fa = np.empty((6, cap), dt)  # the neighbours inside the angular cutoff
     ints = np.empty((1, cap), np.int64)  # species of the gathered candidates (one-shot kernel)
     seg = np.empty((3, n_sp + 1), np.int64)
-    ae = np.empty((n_u, cap))
-    aw = np.empty((n_w, cap))  # exp(-eta r^2) fc(r) of the angular covariant parameters
+    ae = np.empty((n_u, cap), dt)
+    aw = np.empty((n_w, cap), dt)  # exp(-eta r^2) fc(r) of the angular covariant parameters
     # per block of neighbour pairs
     block = 2 * _PAIR_BLOCK  # a block fills up to _PAIR_BLOCK - 1 pairs, then one pass adds at most _PAIR_BLOCK
-    tf = np.empty((3, block))
-    tw = np.empty((n_u, block))
-    sqe = np.empty((max(ebits_u.shape[1], 1), block))
-    pu = np.empty((n_u, block))
-    sqb = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1), block))
-    tv = np.empty((n_v, block))
+    tf = np.empty((3, block), dt)
+    tw = np.empty((n_u, block), dt)
+    sqe = np.empty((max(ebits_u.shape[1], 1), block), dt)
+    pu = np.empty((n_u, block), dt)
+    sqb = np.empty((lam_l.shape[0], max(zbits_v.shape[1], 1), block), dt)
+    tv = np.empty((n_v, block), dt)
     acc_r = np.empty(n_radial_total)
     acc_v = np.empty((n_cov_total, 3))
     acc_a = np.empty(n_acc_a)
     # species-pair segments of a block: pair index, first and end pair, unlike-pair index (or -1)
     tseg = np.empty((4, n_sp * (n_sp + 1) // 2), np.int64)
     tk = np.empty((2, block), np.uint32)  # the two neighbours of each pair in a block
-    tws = np.empty((2 * n_w + 7, block))  # angular covariant vectors: factors, weights, unit vectors
-    return f, ints, seg, (ae, aw), (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg, tk, tws), acc_r, acc_v, acc_a
+    tws = np.empty((2 * n_w + 7, block), dt)  # angular covariant vectors: factors, weights, unit vectors
+    work = (f[8], f[9], f[10], f[11], f[12], f[13], f[14], fa[0], fa[1], fa[2], fa[3], fa[4], seg[2], ae, aw, fa[5])
+    return f, ints, seg, work, (tf[0], tf[1], tf[2], tw, sqe, pu, sqb, tv, tseg, tk, tws), acc_r, acc_v, acc_a
 
 
 @njit(parallel=True, cache=True)
@@ -799,9 +918,9 @@ def features(
         cap = 1
         for i in range(i0, i1):
             cap = max(cap, seg_ns[i, n_sp] - seg_ns[i, 0])
-        f, ints, seg, (ae, aw), pair_work, acc_r, acc_v, acc_a = _scratch(
+        f, ints, seg, work, pair_work, acc_r, acc_v, acc_a = _scratch(
             cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
-            n_pairs * (n_uv if use_grid else n_ang), wang_p.shape[0])
+            n_pairs * (n_uv if use_grid else n_ang), wang_p.shape[0], g_nf)
         for i in range(i0, i1):
             acc_r[:] = 0.0
             acc_v[:] = 0.0
@@ -835,8 +954,7 @@ def features(
                     m += (r2 < rc2) & (r2 >= 1e-12)
             sg[n_sp] = m
             _atom_terms(m, (nx, ny, nz, nr2), sg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
-                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae, aw),
-                        pair_work, acc_r, acc_v, acc_a)
+                        work, pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
 
@@ -877,9 +995,9 @@ def features_cells(
         cap = 1
         for k in range(i0, i1):
             cap = max(cap, _candidates(k, periodic_c, nbins_c, search_c, bin3s_nc, start_b))
-        f, ints, seg, (ae, aw), pair_work, acc_r, acc_v, acc_a = _scratch(
+        f, ints, seg, work, pair_work, acc_r, acc_v, acc_a = _scratch(
             cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
-            n_pairs * (n_uv if use_grid else n_ang), wang_p.shape[0])
+            n_pairs * (n_uv if use_grid else n_ang), wang_p.shape[0], g_nf)
         # candidates of the current bin: every atom of the visited (bin, image) cells, image-shifted
         cand = np.empty((3, cap))
         cand_sp = np.empty(cap, np.int64)
@@ -947,8 +1065,7 @@ def features_cells(
                     m += 1
             _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7])
             _atom_terms(m, (f[4], f[5], f[6], f[7]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
-                        (f[8], f[9], f[10], f[11], f[12], f[13], f[14], f[0], f[1], f[2], f[3], f[15], seg[2], ae, aw),
-                        pair_work, acc_r, acc_v, acc_a)
+                        work, pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
 

@@ -477,3 +477,28 @@ def test_featurizer_follows_a_changed_cell():
     ref = fastfeat.featurize(positions=pos * 1.02, numbers=Z, cell=cell * 1.02, pbc=True, spec=spec, dtype=np.float64)
     np.testing.assert_allclose(g, ref.invariant, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(v, ref.covariant, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("preset", ["angular", "ani1x"])
+def test_float32_features_radial_terms_rounded_angular_terms_close(preset):
+    """float32 outputs: G2 and V are computed in float64 and only rounded (each element within half an
+    ulp of float32, 6e-8 relative, or one ulp); G4 and W are computed in float32 (as on the GPU), within the README's
+    bounds of the float64 features relative to each column's largest value (1.5e-6 for G, 6e-6 for the
+    covariant vectors on the PEO frame)."""
+    rng = np.random.default_rng(11)
+    pos, Z, cell = random_structure(rng, 80, species=(1, 8, 6), scale=9.0, min_dist=0.9)
+    spec = fastfeat.FeatureSpec.default(("H", "C", "O"), preset=preset)
+    f64 = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    f32 = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float32)
+    g32, v32 = fastfeat.Featurizer(spec, dtype=np.float32)(pos, Z, cell, True)
+    nr, nc = spec.n_radial, len(spec.covariant) * len(spec.species)
+    for g, v in ((f32.invariant, f32.covariant), (g32, v32)):
+        # one ulp (the reused list sums in another order than the one-shot kernel), below float32's normal range
+        np.testing.assert_allclose(g[:, :nr], f64.invariant[:, :nr], rtol=1.2e-7, atol=np.finfo(np.float32).tiny)
+        np.testing.assert_allclose(v[:, :nc], f64.covariant[:, :nc], rtol=1.2e-7, atol=np.finfo(np.float32).tiny)
+        for got, want, bound in ((g[:, nr:], f64.invariant[:, nr:], 3e-6), (v[:, nc:], f64.covariant[:, nc:], 1.2e-5)):
+            if want.size == 0:  # no angular covariant vectors in the preset
+                continue
+            scale = np.abs(want).max(axis=0, keepdims=True)
+            err = np.abs(got - want) / np.where(scale > 0, scale, 1.0)
+            assert err.max() <= bound, f"{preset}: angular terms {err.max():.2g} of a column's scale"
