@@ -408,14 +408,17 @@ def _pair_factors(nt, w2a, ang, pair_work):
     # multiples of eta_u[0] are products of repeated squares of exp(-eta_u[0] r^2) (a square doubles the
     # relative error: 40 eta_u[0] would carry 40 ulp, too much in float32, which takes one exp per eta)
     squares = not _single(tr2)
-    for t in range(nt):
-        r2 = tr2[t]
-        tfc[t] = _cutoff_r2(r2, w2a)
-        sqe[0, t] = _fexp(-eta0 * r2)
     if squares:
+        for t in range(nt):
+            r2 = tr2[t]
+            tfc[t] = _cutoff_r2(r2, w2a)
+            sqe[0, t] = _fexp(-eta0 * r2)
         for b in range(1, sqe.shape[0]):
             for t in range(nt):
                 sqe[b, t] = sqe[b - 1, t] * sqe[b - 1, t]
+    else:
+        for t in range(nt):
+            tfc[t] = _cutoff_r2(tr2[t], w2a)
     for u in range(eta_u.shape[0]):
         nb = enb_u[u]
         if nb > 0 and squares:
