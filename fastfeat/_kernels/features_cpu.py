@@ -41,7 +41,8 @@ do: for float32 outputs twice the SIMD lanes over the neighbour pairs, at ~1e-6
 of a column's scale (float64 outputs are unchanged, bit for bit). Literals and
 parameters enter those loops through ``_c`` (a float64 literal would promote a
 float32 loop to float64); ``_fexp`` and ``_cutoff_r2`` follow the float type of
-their argument. Per-atom sums accumulate in float64; one write per output
+their argument. The per-atom accumulators are float64 (a species pair's sum
+over one block of pairs runs in the outputs' dtype); one write per output
 element. Parallel over chunks of centre atoms. No checks.
 """
 
