@@ -12,8 +12,11 @@ Two kernels share the per-neighbour and per-pair arithmetic:
 
 Both gather the neighbours of a centre atom inside the cutoff into short
 arrays sorted by species (``features`` reads them in that order,
-``features_cells`` sorts them); ``_atom_terms`` then computes everything from those
-arrays, one loop over the neighbours per quantity, so the compiler vectorises
+``features_cells`` sorts the candidates of a bin by species once, keeping only
+those within the cutoff of the bin's atoms' bounding box); the indices of the
+entries inside the cutoff are collected first (one store per entry, no
+unpredictable branch) and the vectors of those gathered after. ``_atom_terms``
+then computes everything from those arrays, one loop over the neighbours per quantity, so the compiler vectorises
 over neighbours: the Gaussians of an equally spaced grid are a ladder (two
 exps per neighbour, then two multiplications per grid point) and the exps are a
 polynomial (``_fexp``) instead of scalar libm calls. G4 over unordered pairs
@@ -626,8 +629,21 @@ def _pair_sums(nt, n_seg, w2a, angular_nbr, ang, pair_work, acc_a, acc_v, w_base
                 for t in range(nt):
                     a_t[t] = a_t[t] ** zeta
             elif zint > 1:
+                # a^zint by repeated squaring, one pass over the block per step (vectorised; an inner loop
+                # per pair keeps the pass scalar); wt, free until the weights below, holds the squares
                 for t in range(nt):
-                    a_t[t] = _ipow(a_t[t], zint)
+                    wt[t] = a_t[t]
+                if not zint & 1:
+                    for t in range(nt):
+                        a_t[t] = one
+                zb = zint >> 1
+                while zb > 0:
+                    for t in range(nt):
+                        wt[t] *= wt[t]
+                    if zb & 1:
+                        for t in range(nt):
+                            a_t[t] *= wt[t]
+                    zb >>= 1
     for p in range(n_w):
         pref = _c(wang[p, 3], wt)
         r_t = tws[int(wang[p, 4])]
@@ -691,22 +707,6 @@ def _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_rad
             base = pt * n_ang
             for q in range(n_ang):
                 g_nf[i, col + q] = acc_a[base + q]
-
-
-@njit(inline="always")
-def _sort_by_species(m, tx, ty, tz, tr2, tsp, n_sp, seg, cur, nx, ny, nz, nr2):
-    """Counting sort of the m gathered neighbours by species (stable): species a is seg[a]:seg[a + 1]."""
-    _count_starts(tsp, m, n_sp, seg)
-    for a in range(n_sp):
-        cur[a] = seg[a]
-    for k in range(m):
-        a = tsp[k]
-        p = cur[a]
-        cur[a] = p + 1
-        nx[p] = tx[k]
-        ny[p] = ty[k]
-        nz[p] = tz[k]
-        nr2[p] = tr2[k]
 
 
 @njit(cache=True)
@@ -790,18 +790,6 @@ def _atom_terms(m, nbr, seg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang, wo
 
 
 @njit(inline="always")
-def _ipow(x, n):
-    """x ** n for an integer n >= 1 by repeated squaring (no libm pow)."""
-    r = _c(1.0, x)
-    while n > 0:
-        if n & 1:
-            r *= x
-        x *= x
-        n >>= 1
-    return r
-
-
-@njit(inline="always")
 def _gaussian_rows(eta_q, r2, fc, m, out):
     """out[q, k] = exp(-eta_q[q] r2[k]) fc[k] for k < m: the neighbour factors of the angular terms."""
     for q in range(eta_q.shape[0]):
@@ -823,7 +811,7 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     dt = like.dtype
     f = np.empty((15, cap))  # gathered, sorted and derived per-neighbour columns
     fa = np.empty((6, cap), dt)  # the neighbours inside the angular cutoff
-    ints = np.empty((1, cap), np.int64)  # species of the gathered candidates (one-shot kernel)
+    ints = np.empty((1, cap), np.uint32)  # indices of the entries inside the cutoff
     seg = np.empty((3, n_sp + 1), np.int64)
     ae = np.empty((n_u, cap), dt)
     aw = np.empty((n_w, cap), dt)  # exp(-eta r^2) fc(r) of the angular covariant parameters
@@ -936,27 +924,40 @@ def features(
             zi = pos_nc[i, 2]
             sg = seg[0]
             nx, ny, nz, nr2 = f[4], f[5], f[6], f[7]
+            ex, ey, ez, er2 = f[0], f[1], f[2], f[3]
+            hits = ints[0]
+            p00 = seg_ns[i, 0]
+            ntot = seg_ns[i, n_sp] - p00
+            js = j_p[p00:p00 + ntot]
+            sv = shiftvec_pc[p00:p00 + ntot]
+            # the vectors of every entry first (one vectorised pass), then the indices of those inside the
+            # cutoff, species by species (one store per entry, kept by advancing m: no unpredictable
+            # branch), then their vectors gathered (a store of every column per entry cost more)
+            for p in range(ntot):
+                j = js[p]
+                dx = pos_nc[j, 0] - xi + sv[p, 0]
+                dy = pos_nc[j, 1] - yi + sv[p, 1]
+                dz = pos_nc[j, 2] - zi + sv[p, 2]
+                ex[p] = dx
+                ey[p] = dy
+                ez[p] = dz
+                er2[p] = dx * dx + dy * dy + dz * dz
             for a in range(n_sp):
                 sg[a] = m
-                p0 = seg_ns[i, a]
-                p1 = seg_ns[i, a + 1]
-                js = j_p[p0:p1]
-                sv = shiftvec_pc[p0:p1]
-                for p in range(p1 - p0):
-                    j = js[p]
-                    dx = pos_nc[j, 0] - xi + sv[p, 0]
-                    dy = pos_nc[j, 1] - yi + sv[p, 1]
-                    dz = pos_nc[j, 2] - zi + sv[p, 2]
-                    r2 = dx * dx + dy * dy + dz * dz
-                    # written unconditionally, kept by advancing m: no unpredictable branch
-                    nx[m] = dx
-                    ny[m] = dy
-                    nz[m] = dz
-                    nr2[m] = r2
+                for p in range(seg_ns[i, a] - p00, seg_ns[i, a + 1] - p00):
+                    r2 = er2[p]
                     if r2 < 1e-12:
-                        overlap_n[i] = j
+                        overlap_n[i] = js[p]
+                    hits[m] = p
                     m += (r2 < rc2) & (r2 >= 1e-12)
             sg[n_sp] = m
+            hs = hits[:m]
+            for h in range(m):
+                p = hs[h]
+                nx[h] = ex[p]
+                ny[h] = ey[p]
+                nz[h] = ez[p]
+                nr2[h] = er2[p]
             _atom_terms(m, (nx, ny, nz, nr2), sg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
                         work, pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
@@ -1002,12 +1003,18 @@ def features_cells(
         f, ints, seg, work, pair_work, acc_r, acc_v, acc_a = _scratch(
             cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, v_nfc.shape[1],
             n_pairs * (n_uv if use_grid else n_ang), wang_p.shape[0], g_nf)
-        # candidates of the current bin: every atom of the visited (bin, image) cells, image-shifted
+        # candidates of the current bin: the atoms of the visited (bin, image) cells, image-shifted, within
+        # the cutoff of the bin's atoms' bounding box, sorted by species (species a is cseg[a]:cseg[a + 1])
         cand = np.empty((3, cap))
-        cand_sp = np.empty(cap, np.int64)
         cand_q = np.empty(cap, np.int64)
         cand_img = np.empty(cap, np.bool_)
         cand_r2 = np.empty(cap)
+        gat = np.empty((3, cap))  # as gathered, before the sort
+        gat_sp = np.empty(cap, np.int64)
+        gat_q = np.empty(cap, np.int64)
+        gat_img = np.empty(cap, np.bool_)
+        cseg = np.empty(n_sp + 1, np.int64)
+        ccur = np.empty(n_sp + 1, np.int64)
         nc = 0
         cur = (-1, -1, -1)
         for k in range(i0, i1):
@@ -1019,6 +1026,21 @@ def features_cells(
             here = (bin3s_nc[k, 0], bin3s_nc[k, 1], bin3s_nc[k, 2])
             if here != cur:  # atoms in bin order: one gather serves every atom of the bin
                 cur = here
+                # the bounding box of the bin's atoms (consecutive in bin order from k): a candidate
+                # farther than the cutoff from it is no atom's neighbour and is not kept
+                lox = hix = poss_cn[0, k]
+                loy = hiy = poss_cn[1, k]
+                loz = hiz = poss_cn[2, k]
+                kb = k + 1
+                while kb < n and bin3s_nc[kb, 0] == here[0] and bin3s_nc[kb, 1] == here[1] and \
+                        bin3s_nc[kb, 2] == here[2]:
+                    lox = min(lox, poss_cn[0, kb])
+                    hix = max(hix, poss_cn[0, kb])
+                    loy = min(loy, poss_cn[1, kb])
+                    hiy = max(hiy, poss_cn[1, kb])
+                    loz = min(loz, poss_cn[2, kb])
+                    hiz = max(hiz, poss_cn[2, kb])
+                    kb += 1
                 nc = 0
                 for d0 in range(-search_c[0], search_c[0] + 1):
                     b0, t0, ok0 = _wrap_index(here[0] + d0, nbins_c[0], periodic_c[0])
@@ -1038,14 +1060,33 @@ def features_cells(
                             shifted = t0 != 0 or t1 != 0 or t2 != 0
                             bb = (b0 * nbins_c[1] + b1) * nbins_c[2] + b2
                             for q in range(start_b[bb], start_b[bb + 1]):
-                                cand[0, nc] = poss_cn[0, q] + sx
-                                cand[1, nc] = poss_cn[1, q] + sy
-                                cand[2, nc] = poss_cn[2, q] + sz
-                                cand_sp[nc] = species_s[q]
-                                cand_q[nc] = q
-                                cand_img[nc] = shifted
-                                nc += 1
-            m = 0
+                                x = poss_cn[0, q] + sx
+                                y = poss_cn[1, q] + sy
+                                z = poss_cn[2, q] + sz
+                                ex = max(lox - x, x - hix, 0.0)
+                                ey = max(loy - y, y - hiy, 0.0)
+                                ez = max(loz - z, z - hiz, 0.0)
+                                gat[0, nc] = x
+                                gat[1, nc] = y
+                                gat[2, nc] = z
+                                gat_sp[nc] = species_s[q]
+                                gat_q[nc] = q
+                                gat_img[nc] = shifted
+                                nc += ex * ex + ey * ey + ez * ez < rc2
+                # a stable counting sort by species, once per bin: the hits of every atom of the bin
+                # then come out sorted by species (no sort per atom)
+                _count_starts(gat_sp, nc, n_sp, cseg)
+                for a in range(n_sp):
+                    ccur[a] = cseg[a]
+                for t in range(nc):
+                    a = gat_sp[t]
+                    p = ccur[a]
+                    ccur[a] = p + 1
+                    cand[0, p] = gat[0, t]
+                    cand[1, p] = gat[1, t]
+                    cand[2, p] = gat[2, t]
+                    cand_q[p] = gat_q[t]
+                    cand_img[p] = gat_img[t]
             xi = poss_cn[0, k]
             yi = poss_cn[1, k]
             zi = poss_cn[2, k]
@@ -1054,21 +1095,31 @@ def features_cells(
                 dy = cand[1, t] - yi
                 dz = cand[2, t] - zi
                 cand_r2[t] = dx * dx + dy * dy + dz * dz
-            for t in range(nc):
-                r2 = cand_r2[t]
-                if r2 < rc2:
-                    if r2 < 1e-12:
+            # the hits' indices, species by species (one store per candidate, kept by advancing m: no
+            # unpredictable branch), then their vectors gathered (a store of every column per
+            # candidate cost twice as much)
+            sg = seg[0]
+            hits = ints[0]
+            m = 0
+            for a in range(n_sp):
+                sg[a] = m
+                for t in range(cseg[a], cseg[a + 1]):
+                    r2 = cand_r2[t]
+                    if r2 < 1e-12:  # the centre itself (or an overlapping atom): rare, predicted
                         if cand_q[t] != k or cand_img[t]:
                             overlap_n[i] = order_n[cand_q[t]]
-                        continue
-                    f[0, m] = cand[0, t] - xi
-                    f[1, m] = cand[1, t] - yi
-                    f[2, m] = cand[2, t] - zi
-                    f[3, m] = r2
-                    ints[0, m] = cand_sp[t]
-                    m += 1
-            _sort_by_species(m, f[0], f[1], f[2], f[3], ints[0], n_sp, seg[0], seg[1], f[4], f[5], f[6], f[7])
-            _atom_terms(m, (f[4], f[5], f[6], f[7]), seg[0], n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
+                    hits[m] = t
+                    m += (r2 < rc2) & (r2 >= 1e-12)
+            sg[n_sp] = m
+            nx, ny, nz, nr2 = f[4], f[5], f[6], f[7]
+            hs = hits[:m]
+            for h in range(m):
+                t = hs[h]
+                nx[h] = cand[0, t] - xi
+                ny[h] = cand[1, t] - yi
+                nz[h] = cand[2, t] - zi
+                nr2[h] = cand_r2[t]
+            _atom_terms(m, (nx, ny, nz, nr2), sg, n_sp, cutoff, acut, n_rad, rad, n_cov, cov, ang,
                         work, pair_work, acc_r, acc_v, acc_a)
             _store(i, acc_r, acc_v, acc_a, grid_q, use_grid, n_uv, n_pairs, n_ang, n_radial_total, g_nf, v_nfc)
 
