@@ -120,9 +120,14 @@ def _c(x, like):
     return x
 
 
+def _float_type(like):
+    """The Numba float type of ``like`` (a scalar type or an array type), at typing time."""
+    return like.dtype if isinstance(like, types.Array) else like
+
+
 @overload(_c, inline="always")
 def _c_impl(x, like):
-    dt = like.dtype if isinstance(like, types.Array) else like
+    dt = _float_type(like)
 
     def impl(x, like):
         return dt(x)
@@ -137,8 +142,7 @@ def _single(like):
 
 @overload(_single, inline="always")
 def _single_impl(like):
-    dt = like.dtype if isinstance(like, types.Array) else like
-    single = dt == types.float32
+    single = _float_type(like) == types.float32
     return lambda like: single
 
 
@@ -407,12 +411,12 @@ def _pair_factors(nt, w2a, ang, pair_work):
     in the float type of the block's arrays (see _angular_terms)."""
     eta_u, ebits_u, enb_u, zeta_v, lam_l, lam_idx_v, zbits_v, znb_v, pref_v = ang[:9]
     tr2, tfc, tcos, tw, sqe, pu, sqb, tv, tseg, tk, tws = pair_work
-    eta0 = _c(eta_u[0], tr2)
     # exp(-eta_u r_jk^2) fc(r_jk) times the i-j and i-k factors; in float64 the other etas that are integer
     # multiples of eta_u[0] are products of repeated squares of exp(-eta_u[0] r^2) (a square doubles the
     # relative error: 40 eta_u[0] would carry 40 ulp, too much in float32, which takes one exp per eta)
     squares = not _single(tr2)
     if squares:
+        eta0 = _c(eta_u[0], tr2)
         for t in range(nt):
             r2 = tr2[t]
             tfc[t] = _cutoff_r2(r2, w2a)
