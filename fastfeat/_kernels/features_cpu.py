@@ -17,9 +17,10 @@ those within the cutoff of the bin's atoms' bounding box); the indices of the
 entries inside the cutoff are collected first (one store per entry, no
 unpredictable branch) and the vectors of those gathered after. ``_atom_terms``
 then computes everything from those arrays, one loop over the neighbours per
-quantity, so the compiler vectorises over neighbours: the Gaussians of an equally spaced grid are a ladder (two
-exps per neighbour, then two multiplications per grid point) and the exps are a
-polynomial (``_fexp``) instead of scalar libm calls. G4 over unordered pairs
+quantity, so the compiler vectorises over neighbours: the Gaussians of an
+equally spaced grid are a ladder (two exps per neighbour, then two
+multiplications per grid point) and the exps are a polynomial (``_fexp``)
+instead of scalar libm calls. G4 over unordered pairs
 of neighbours inside the angular cutoff, all species pairs of an atom in one
 block of pairs (one loop per factor over the whole block); the optional angular
 covariant vectors (FeatureSpec.covariant_angular) from the same blocks: one
@@ -935,8 +936,9 @@ def features(
             js = j_p[p00:p00 + ntot]
             sv = shiftvec_pc[p00:p00 + ntot]
             # the vectors of every entry first (one pass, its stores independent of any count), then the
-            # indices of those inside the cutoff, species by species (one store per entry, kept by advancing m: no unpredictable
-            # branch), then their vectors gathered (a store of every column per entry cost more)
+            # indices of those inside the cutoff, species by species (one store per entry, kept by
+            # advancing m: no unpredictable branch), then their vectors gathered (a store of every
+            # column per entry cost more)
             for p in range(ntot):
                 j = js[p]
                 dx = pos_nc[j, 0] - xi + sv[p, 0]
