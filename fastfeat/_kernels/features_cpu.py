@@ -817,6 +817,7 @@ def _scratch(cap, n_sp, n_u, n_v, ebits_u, lam_l, zbits_v, n_radial_total, n_cov
     f = np.empty((15, cap))  # gathered, sorted and derived per-neighbour columns
     fa = np.empty((6, cap), dt)  # the neighbours inside the angular cutoff
     ints = np.empty((1, cap), np.uint32)  # indices of the entries inside the cutoff
+    # species segments: of the atom's neighbours, of the one-shot kernel's candidates, of the angular neighbours
     seg = np.empty((3, n_sp + 1), np.int64)
     ae = np.empty((n_u, cap), dt)
     aw = np.empty((n_w, cap), dt)  # exp(-eta r^2) fc(r) of the angular covariant parameters
@@ -1019,7 +1020,7 @@ def features_cells(
         gat_sp = np.empty(cap, np.int64)
         gat_q = np.empty(cap, np.int64)
         gat_img = np.empty(cap, np.bool_)
-        cseg = np.empty(n_sp + 1, np.int64)
+        cseg = seg[1]
         ccur = np.empty(n_sp + 1, np.int64)
         nc = 0
         cur = (-1, -1, -1)
