@@ -55,6 +55,56 @@ def test_features_match_reference(s):
     np.testing.assert_allclose(f.covariant, V, rtol=1e-9, atol=1e-12)
 
 
+_ZETAS = (1.0, 2.0, 3.0, 4.0, 8.0, 16.0, 1.5, 2.7)
+#: G4/W etas: equal, integer multiples of the smallest (repeated squares on the CPU), others, and 0
+_ANGULAR_ETAS = (0.0, 0.01, 0.02, 0.04, 0.08, 0.1, 0.37, 1.2)
+
+
+@st.composite
+def specs_and_structures(draw, max_atoms=12):
+    """A random FeatureSpec (1-4 species; cutoffs; radial and covariant grids as equally spaced ladders,
+    steep ladders or scattered points; G4 and W parameters with shared or multiple etas, integral and
+    non-integral zetas, both lambdas, repeats) and a structure of its species."""
+    symbols = draw(st.sampled_from([("H",), ("O", "H"), ("H", "C", "O"), ("C", "H", "N", "O")]))
+    cutoff = draw(st.floats(2.5, 6.0))
+    acut = cutoff if draw(st.booleans()) and draw(st.booleans()) else draw(st.floats(1.0, cutoff))
+
+    def shells(min_size):
+        kind = draw(st.sampled_from(["ladder", "steep", "scattered"]))
+        n = draw(st.integers(min_size, 12))
+        if kind == "scattered":
+            return [(draw(st.floats(0.0, 20.0)), draw(st.floats(0.0, cutoff))) for _ in range(n)]
+        eta = 45.0 if kind == "steep" else draw(st.sampled_from([0.0, 0.3, 1.0, 4.0, 12.0]))
+        return [(eta, float(r)) for r in np.linspace(draw(st.floats(0.0, 1.0)), cutoff, n)]
+
+    def triplets(max_size):
+        return draw(st.lists(st.tuples(st.sampled_from(_ANGULAR_ETAS), st.sampled_from(_ZETAS),
+                                       st.sampled_from([1.0, -1.0])), max_size=max_size))
+
+    angular = triplets(10)
+    radial = shells(0 if angular else 1)
+    spec = fastfeat.FeatureSpec(symbols, cutoff, acut, radial=radial, angular=angular, covariant=shells(1),
+                                covariant_angular=triplets(4))
+    pos, _, cell, pbc, rng = draw(structures(max_atoms))
+    numbers = rng.choice(spec.numbers, len(pos))
+    return spec, pos, numbers, cell, pbc
+
+
+@FAST
+@given(specs_and_structures())
+def test_random_specs_match_reference(case):
+    """Any spec, both CPU kernels (one-shot and the reused list of the Featurizer): the way a spec is
+    compiled for the kernels (ladders, the G4 grid, etas as repeated squares, integral zetas, W factors
+    shared between parameters) must not change a number."""
+    spec, pos, Z, cell, pbc = case
+    G, V = features_ref(pos, Z, cell, pbc, spec)
+    f = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=pbc, spec=spec, dtype=np.float64)
+    g, v = fastfeat.Featurizer(spec, dtype=np.float64)(pos, Z, cell, pbc)
+    for name, got_g, got_v in (("one-shot", f.invariant, f.covariant), ("reused list", g, v)):
+        np.testing.assert_allclose(got_g, G, rtol=1e-9, atol=1e-12, err_msg=f"{name}: {spec}")
+        np.testing.assert_allclose(got_v, V, rtol=1e-9, atol=1e-12, err_msg=f"{name}: {spec}")
+
+
 @FAST
 @given(structures(), st.floats(0.3, 3.0))
 def test_neighbor_list_matches_reference(s, frac):
