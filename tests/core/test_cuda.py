@@ -158,6 +158,39 @@ def spec_w(with_g4=True):
     return fastfeat.FeatureSpec(**kw)
 
 
+#: seeded random specs (see random_specs); their species match the "feat" case's H and O
+RANDOM_SPECS = 4
+
+
+def random_specs():
+    """Seeded random specs, as test_properties draws them for the CPU kernels: equally spaced, steep
+    (45 Å^-2) and scattered shells; G4 and W parameters with repeated and multiple etas (0 among them),
+    integral and non-integral zetas, both lambdas; C, absent from the structure, in one of them; the
+    angular cutoff equal to the cutoff in the last."""
+    import fastfeat
+
+    out = []
+    for s, species in enumerate([("H", "O"), ("O", "H"), ("H", "C", "O"), ("H", "O")][:RANDOM_SPECS]):
+        rng = np.random.default_rng(100 + s)
+        cutoff = float(rng.uniform(2.8, 4.0))
+        acut = cutoff if s == 3 else float(rng.uniform(1.5, cutoff))
+
+        def shells(n):
+            if rng.random() < 0.5:
+                return [(float(rng.uniform(0.0, 20.0)), float(rng.uniform(0.0, cutoff))) for _ in range(n)]
+            eta = float(rng.choice([0.0, 1.0, 4.0, 45.0]))
+            return [(eta, float(r)) for r in np.linspace(rng.uniform(0.0, 1.0), cutoff, n)]
+
+        def triplets(lo, hi):
+            return [(float(rng.choice([0.0, 0.01, 0.02, 0.04, 0.37])), float(rng.choice([1.0, 2.0, 3.0, 8.0, 1.5, 2.7])),
+                     float(rng.choice([1.0, -1.0]))) for _ in range(int(rng.integers(lo, hi)))]
+
+        out.append(fastfeat.FeatureSpec(species, cutoff, acut, radial=shells(int(rng.integers(1, 9))),
+                                        angular=triplets(1, 7), covariant=shells(int(rng.integers(1, 7))),
+                                        covariant_angular=triplets(0 if s == 1 else 1, 4)))
+    return out
+
+
 def _catch(fn):
     try:
         fn()
@@ -325,6 +358,19 @@ def run_device(out_path):
         g, v = fz(m["steps"][s], m["zs"][s], m["cells"][s], m["pbc"])
         res[f"w/md/{s}/g"], res[f"w/md/{s}/v"] = host(g), host(v)
     times["w"] = time.perf_counter() - t
+
+    t = time.perf_counter()  # random specs: warp kernel and thread per atom
+    k = c["feat"]
+    for i, rs in enumerate(random_specs()):
+        for label, limit in (("warp", 48 * 1024), ("thread", 0)):
+            _features_cuda._SHARED_LIMIT = limit
+            try:
+                f = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=rs,
+                                       device="cuda", dtype=np.float64)
+            finally:
+                _features_cuda._SHARED_LIMIT = 48 * 1024
+            res[f"random/{i}/{label}/g"], res[f"random/{i}/{label}/v"] = host(f.invariant), host(f.covariant)
+    times["random"] = time.perf_counter() - t
 
     t = time.perf_counter()
     atoms = [_atoms(s) for s in c["batch"]]
@@ -598,6 +644,23 @@ def test_angular_covariant_vectors_equal_cpu(device, label):
     assert np.abs(w[:, -len(W_PARAMS):]).max() > 1e-3, "and difference vectors of an unlike pair"
     _close(res[f"w/{label}/g"], ref.invariant, dtype, "invariant")
     _close(res[f"w/{label}/v"], ref.covariant, dtype, "covariant")
+
+
+@pytest.mark.cudasim
+@pytest.mark.parametrize("label", ["warp", "thread"])
+@pytest.mark.parametrize("i", range(RANDOM_SPECS))
+def test_random_specs_equal_cpu(device, i, label):
+    """The CUDA kernels' own compilation of a spec (parameter tables, G4 grid, W factors) on random specs."""
+    import fastfeat
+
+    res, _ = device
+    k = cases()["feat"]
+    sp = random_specs()[i]
+    ref = fastfeat.featurize(positions=k["pos"], numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp,
+                             dtype=np.float64)
+    assert np.abs(ref.invariant[:, sp.n_radial:]).max() > 1e-6, f"the case must have G4 terms: {sp}"
+    _close(res[f"random/{i}/{label}/g"], ref.invariant, np.float64, f"invariant, {sp}")
+    _close(res[f"random/{i}/{label}/v"], ref.covariant, np.float64, f"covariant, {sp}")
 
 
 @pytest.mark.cudasim
