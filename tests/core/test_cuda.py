@@ -182,8 +182,9 @@ def random_specs():
             return [(eta, float(r)) for r in np.linspace(rng.uniform(0.0, 1.0), cutoff, n)]
 
         def triplets(lo, hi):
-            return [(float(rng.choice([0.0, 0.01, 0.02, 0.04, 0.37])), float(rng.choice([1.0, 2.0, 3.0, 8.0, 1.5, 2.7])),
-                     float(rng.choice([1.0, -1.0]))) for _ in range(int(rng.integers(lo, hi)))]
+            etas, zetas = [0.0, 0.01, 0.02, 0.04, 0.37], [1.0, 2.0, 3.0, 8.0, 1.5, 2.7]
+            return [(float(rng.choice(etas)), float(rng.choice(zetas)), float(rng.choice([1.0, -1.0])))
+                    for _ in range(int(rng.integers(lo, hi)))]
 
         out.append(fastfeat.FeatureSpec(species, cutoff, acut, radial=shells(int(rng.integers(1, 9))),
                                         angular=triplets(1, 7), covariant=shells(int(rng.integers(1, 7))),
