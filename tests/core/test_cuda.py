@@ -158,8 +158,9 @@ def spec_w(with_g4=True):
     return fastfeat.FeatureSpec(**kw)
 
 
-#: seeded random specs (see random_specs); their species match the "feat" case's H and O
-RANDOM_SPECS = 4
+#: species of the seeded random specs (see random_specs), one spec each: the "feat" case's H and O, and C
+#: (absent from the structure) in one
+RANDOM_SPEC_SPECIES = [("H", "O"), ("O", "H"), ("H", "C", "O"), ("H", "O")]
 
 
 def random_specs():
@@ -170,7 +171,7 @@ def random_specs():
     import fastfeat
 
     out = []
-    for s, species in enumerate([("H", "O"), ("O", "H"), ("H", "C", "O"), ("H", "O")][:RANDOM_SPECS]):
+    for s, species in enumerate(RANDOM_SPEC_SPECIES):
         rng = np.random.default_rng(100 + s)
         cutoff = float(rng.uniform(2.8, 4.0))
         acut = cutoff if s == 3 else float(rng.uniform(1.5, cutoff))
@@ -649,7 +650,7 @@ def test_angular_covariant_vectors_equal_cpu(device, label):
 
 @pytest.mark.cudasim
 @pytest.mark.parametrize("label", ["warp", "thread"])
-@pytest.mark.parametrize("i", range(RANDOM_SPECS))
+@pytest.mark.parametrize("i", range(len(RANDOM_SPEC_SPECIES)))
 def test_random_specs_equal_cpu(device, i, label):
     """The CUDA kernels' own compilation of a spec (parameter tables, G4 grid, W factors) on random specs."""
     import fastfeat
