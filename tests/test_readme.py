@@ -1,0 +1,163 @@
+"""The README is what a new user runs first: its worked example runs and prints what its comments say,
+its test command is the one CI runs, and every file, module, command and option it names exists."""
+
+import contextlib
+import io
+import itertools
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+pytestmark = pytest.mark.skipif(not README.exists(), reason="README.md is not part of an installed package")
+
+#: names under a repository folder in the README that are not files of the checkout: the asv HTML report
+#: (written by `asv publish`, git-ignored) and the prose "train/val/test" (the three splits)
+NOT_FILES = {"benchmarks/html", "train/val/test"}
+
+
+def _text():
+    return README.read_text(encoding="utf-8")
+
+
+def _code_blocks(text, lang=None):
+    """Contents of the fenced code blocks (of one language when given)."""
+    blocks = re.findall(r"(?ms)^```(\w*)\n(.*?)^```", text)
+    return [body for tag, body in blocks if lang is None or tag == lang]
+
+
+def _section(text, heading):
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return text[start:] if end < 0 else text[start:end]
+
+
+def test_worked_example_runs_and_prints_the_shapes_its_comments_give():
+    """The "Worked example" block, executed as it stands; the shapes its comments state are the real ones."""
+    (code,) = _code_blocks(_section(_text(), "## Worked example"), "python")
+    env = {}
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        exec(compile(code, "README.md (Worked example)", "exec"), env)  # noqa: S102 - the README's own code
+    claimed = re.findall(r"(\w+(?:\.\w+)?) \((\d+(?:, \d+)*)\)", code)
+    assert claimed, "the worked example's comments state no shapes"
+    for expr, shape in claimed:
+        if expr.split(".")[0] not in env:
+            continue
+        value = eval(expr, env)  # noqa: S307 - a name from the block above
+        assert tuple(value.shape) == tuple(int(x) for x in shape.split(", ")), (expr, value.shape, shape)
+    mae = float(out.getvalue().split()[-1])
+    assert 0.0 < mae < 0.1, mae  # the bundled peo model against GFN1-xTB on a test frame (README: MAE 0.037)
+
+
+def test_test_command_is_what_ci_runs():
+    """README command 2 is, character for character, the command line of .ci/run."""
+    lines = _code_blocks(_section(_text(), "## Two commands"), "bash")[0].splitlines()
+    k = next(i for i, line in enumerate(lines) if line.startswith("# 2."))
+    readme_cmd = lines[k + 1].strip()
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    ci_cmds = [line.strip() for line in ci if line.strip() and not line.lstrip().startswith(("#", "set ", "cd "))]
+    assert ci_cmds == [readme_cmd]
+
+
+def _expand(path):
+    """`a/{x,y}.onnx` -> a/x.onnx, a/y.onnx; `a/b[_c].json` -> a/b.json, a/b_c.json."""
+    parts = re.split(r"(\{[^}]*\}|\[[^\]]*\])", path)
+    options = []
+    for part in parts:
+        if part.startswith("{"):
+            options.append(part[1:-1].split(","))
+        elif part.startswith("["):
+            options.append(["", part[1:-1]])
+        else:
+            options.append([part])
+    return ["".join(choice) for choice in itertools.product(*options)]
+
+
+def test_every_file_the_readme_names_exists():
+    folders = "benchmarks|fastfeat|examples|tests|train|runtime|\\.ci"
+    pattern = re.compile(rf"(?<![\w/.~$-])((?:{folders})/[\w./*{{}},<>\[\]-]*)")
+    missing = []
+    for name in sorted({m.group(1).rstrip(".,;:") for m in pattern.finditer(_text())}):
+        if name in NOT_FILES or "<" in name:  # `benchmarks/compare/<module>.py`: a placeholder
+            continue
+        for path in _expand(name):
+            if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()):
+                missing.append(path)
+    assert not missing, f"README names files that do not exist: {missing}"
+
+
+def test_every_python_module_the_readme_runs_exists():
+    missing = []
+    # `python -m benchmarks.compare.<module>` is a placeholder
+    for module in sorted(set(re.findall(r"python3? -m ([\w.]+\w)(?![\w.])", _text()))):
+        top = module.split(".")[0]
+        if top == "benchmarks":
+            path = ROOT / (module.replace(".", "/") + ".py")
+        elif top == "fastfeat":
+            sub = module.split(".")[1:]
+            folder = {"train": ROOT / "train", "runtime": ROOT / "runtime"}.get(sub[0] if sub else "", None)
+            path = (folder / "/".join(sub[1:])) if folder else ROOT / "fastfeat" / "/".join(sub)
+            path = path.with_suffix(".py") if path.name else path
+        else:
+            continue  # pytest, venv: not ours
+        if not path.exists():
+            missing.append(module)
+    assert not missing, f"README runs modules that do not exist: {missing}"
+
+
+def _command_lines(text):
+    """`fastfeat ...` command lines of the README: in code blocks (continuation lines joined) and inline."""
+    lines = []
+    for block in _code_blocks(text):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if line.startswith("fastfeat "):
+                lines.append(line)
+    lines += [m for m in re.findall(r"`(fastfeat [^`]+)`", text)]
+    return lines
+
+
+def _help(argv):
+    """`fastfeat ARGV --help`'s output (argparse exits, `fastfeat data list` returns)."""
+    from fastfeat.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        try:
+            code = main(argv + ["--help"])
+        except SystemExit as exc:
+            code = exc.code
+    assert code == 0, argv
+    return out.getvalue()
+
+
+def test_every_command_and_option_the_readme_gives_exists():
+    """Each `fastfeat COMMAND ... --option` of the README is a command whose --help lists that option."""
+    from fastfeat.cli import SUBCOMMANDS
+
+    helps = {}
+    problems = []
+    for line in _command_lines(_text()):
+        words = shlex.split(line.replace("|", " "))
+        if len(words) < 2 or words[1].startswith("-"):
+            continue
+        command = words[1]
+        if command == "COMMAND":  # `fastfeat COMMAND --help`: the placeholder
+            continue
+        if command not in SUBCOMMANDS:
+            problems.append(f"{line}: no command {command!r}")
+            continue
+        argv = [command]
+        if command == "data" and len(words) > 2 and not words[2].startswith("-"):
+            argv.append(words[2])  # `fastfeat data generate|relabel|list`
+        key = tuple(argv)
+        if key not in helps:
+            helps[key] = _help(argv)
+        for word in words[2:]:
+            option = word.split("=")[0]
+            if option.startswith("--") and option not in ("--help",) and option not in helps[key]:
+                problems.append(f"{line}: `{' '.join(argv)} --help` has no {option}")
+    assert not problems, "\n".join(problems)
