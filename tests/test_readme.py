@@ -1,5 +1,6 @@
 """The README is what a new user runs first: its worked example runs and prints what its comments say,
-its test command is the one CI runs, and every file, module, command and option it names exists."""
+its test command is the one CI runs, and every file, module, command, option and keyword argument it
+names exists."""
 
 import contextlib
 import io
@@ -160,4 +161,68 @@ def test_every_command_and_option_the_readme_gives_exists():
             option = word.split("=")[0]
             if option.startswith("--") and option not in ("--help",) and option not in helps[key]:
                 problems.append(f"{line}: `{' '.join(argv)} --help` has no {option}")
+    assert not problems, "\n".join(problems)
+
+
+def _api_namespace():
+    """The names the README's Python snippets call, bound to the real objects."""
+    import fastfeat
+    from fastfeat.runtime import Calculator, ForceModel, MolecularDynamics, run_md
+    from fastfeat.runtime.conservation import check_conservation, jacobian_asymmetry, nve_drift
+    from fastfeat.train import datasets
+    from fastfeat.train.datasets.relabel import label_frame, relabel
+
+    return dict(fastfeat=fastfeat, FeatureSpec=fastfeat.FeatureSpec, datasets=datasets, ForceModel=ForceModel,
+                Calculator=Calculator,
+                run_md=run_md, MolecularDynamics=MolecularDynamics, check_conservation=check_conservation,
+                jacobian_asymmetry=jacobian_asymmetry, nve_drift=nve_drift, relabel=relabel,
+                label_frame=label_frame)
+
+
+def _signature_snippets(text):
+    """(snippet, parameter names, keyword names) of the README's Python calls and signatures: keyword
+    arguments of every call in its python code blocks, and inline `name(...)` spans read as a call or,
+    with `*` or defaults, as a signature (`...` standing for parameters left out)."""
+    import ast
+
+    found = []
+    for body in _code_blocks(text, "python"):
+        for node in ast.walk(ast.parse(body)):
+            if isinstance(node, ast.Call) and node.keywords:
+                found.append((ast.unparse(node.func), [k.arg for k in node.keywords if k.arg]))
+    for span in re.findall(r"`([\w.]+\([^`]*\))`", text):
+        name, args = span.split("(", 1)
+        try:
+            node = ast.parse(span, mode="eval").body
+            keywords = [k.arg for k in node.keywords if k.arg] if isinstance(node, ast.Call) else []
+        except SyntaxError:
+            params = re.sub(r",\s*\.\.\.", "", "(" + args)
+            try:
+                fn = ast.parse(f"def f{params}: pass").body[0].args
+            except SyntaxError:
+                continue
+            keywords = [a.arg for a in fn.args + fn.kwonlyargs]
+        if keywords:
+            found.append((name, keywords))
+    return found
+
+
+def test_every_keyword_the_readme_passes_is_a_parameter():
+    """`run_md(..., every=100)`, `check_conservation(model, atoms, *, h=None, ...)`: each keyword (or
+    parameter) the README writes for a fastfeat function is a parameter of the real one."""
+    import inspect
+
+    namespace = _api_namespace()
+    checked, problems = 0, []
+    for name, keywords in _signature_snippets(_text()):
+        try:
+            target = eval(name, namespace)  # noqa: S307 - dotted names of the API above
+        except (NameError, AttributeError):
+            continue  # model.forces(...), np.abs(...): not looked up here
+        params = inspect.signature(target).parameters
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            continue
+        checked += 1
+        problems += [f"{name}: no parameter {k!r}" for k in keywords if k not in params and k != "self"]
+    assert checked >= 10, f"only {checked} README calls resolved: the snippet parser lost them"
     assert not problems, "\n".join(problems)
