@@ -32,9 +32,18 @@ def _code_blocks(text, lang=None):
 
 
 def _section(text, heading):
-    start = text.index(heading)
-    end = text.find("\n## ", start + len(heading))
-    return text[start:] if end < 0 else text[start:end]
+    """From `heading` (e.g. "## Worked example") to the next heading of its level or above (lines in code
+    blocks, such as a shell comment "# 1. ...", are not headings)."""
+    level = len(heading.split()[0])
+    lines = text.splitlines(keepends=True)
+    start = next(k for k, line in enumerate(lines) if line.startswith(heading))
+    fenced = False
+    for k in range(start + 1, len(lines)):
+        if lines[k].startswith("```"):
+            fenced = not fenced
+        elif not fenced and re.match(rf"#{{1,{level}}} ", lines[k]):
+            return "".join(lines[start:k])
+    return "".join(lines[start:])
 
 
 def test_worked_example_runs_and_prints_the_shapes_its_comments_give():
@@ -226,3 +235,70 @@ def test_every_keyword_the_readme_passes_is_a_parameter():
         problems += [f"{name}: no parameter {k!r}" for k in keywords if k not in params and k != "self"]
     assert checked >= 10, f"only {checked} README calls resolved: the snippet parser lost them"
     assert not problems, "\n".join(problems)
+
+
+def _shown(value, like):
+    """`value` written as the README writes `like` ("13.5", "31", "2.25", "1.9e4")."""
+    if "e" in like:
+        mantissa, exponent = like.split("e")
+        decimals = len(mantissa.split(".")[1]) if "." in mantissa else 0
+        return f"{value / 10 ** int(exponent):.{decimals}f}e{int(exponent)}"
+    decimals = len(like.split(".")[1]) if "." in like else 0
+    return f"{value:.{decimals}f}"
+
+
+def test_measured_speed_table_is_the_committed_results():
+    """Every figure of the README's "Measured speed" table is the one in benchmarks/results/compare.json
+    (the file `python -m benchmarks.compare.run_all` writes), as rounded there: a rerun that changes a
+    result must change the README too."""
+    import json
+
+    results = json.loads((ROOT / "benchmarks" / "results" / "compare.json").read_text())["comparisons"]
+
+    def ratio(comparison, what, structure=None):
+        rows = [r for r in results[comparison]["ratios"]
+                if r["what"] == what and (structure is None or r["structure"] == structure)]
+        assert rows, (comparison, what, structure)
+        return [r["value"] for r in rows]
+
+    memory = {m["n_atoms"]: m for m in results["scaling"]["memory"]}
+
+    def peak_memory(n):
+        m = memory[n]
+        return [m["rss_peak_growth_bytes"] / m["output_bytes"], m["tracemalloc_peak_bytes"] / m["all_output_bytes"]]
+
+    def both(comparison, what):
+        return [ratio(comparison, what, "water 3000"), ratio(comparison, what, "water 100032")]
+
+    paper = ratio("dscribe", "paper row: derivative features (DScribe) / our invariant+covariant")
+    expected = {  # row label (start of the first cell) -> [3 000-atom column, 100 032-atom column]
+        "features, speed-up vs TorchANI 2.9 AEV forward": both("torchani", "features speed-up vs TorchANI AEV forward"),
+        "features, speed-up vs TorchANI forward + autograd": both(
+            "torchani", "features speed-up vs TorchANI AEV forward+autograd (conservative path)"),
+        "features, speed-up vs DScribe": both("dscribe", "features speed-up vs DScribe ACSF"),
+        "neighbour list (i, j, S, d, D), speed-up vs vesin": both("neighbors", "NL speed-up vs vesin"),
+        "the same, both `sorted=True`": both("neighbors", "NL speed-up, both sorted=True"),
+        "neighbour list vs matscipy": both("neighbors", "NL speed-up vs matscipy"),
+        "time per atom at 100 k / at 3 k": [[], ratio("scaling", "features: time per atom at 100032 / at 3000")
+                                            + ratio("scaling", "neighbour list: time per atom at 100032 / at 3000")],
+        "peak memory / output arrays": [peak_memory(3000), peak_memory(100032)],
+        "MD atom-steps/s vs ASE + TorchANI": [ratio("ase_torchani_md", "MD atom-steps/s: fastfeat run_md / ASE + "
+                                                    "TorchANI-style conservative model"), []],
+        "MD atom-steps/s vs LAMMPS SNAP": [ratio("lammps_md", "MD atom-steps/s: fastfeat run_md / LAMMPS SNAP"), []],
+        "the same with the bundled PEO model": [ratio("lammps_md", "MD atom-steps/s: fastfeat run_md / LAMMPS SNAP "
+                                                      "(bundled peo model, PEO; other structure)"), []],
+        "DScribe numerical derivatives": [[min(paper), max(paper)], []],
+    }
+    table = [line for line in _section(_text(), "### Measured speed").splitlines() if line.startswith("| ")]
+    seen = set()
+    for line in table[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        label = next((k for k in expected if cells[0].startswith(k)), None)
+        assert label is not None, f"a row of the table without its result in compare.json: {cells[0]}"
+        seen.add(label)
+        for cell, values in zip(cells[1:3], expected[label]):
+            shown = re.findall(r"\d+(?:\.\d+)?(?:e\d+)?", cell)
+            assert len(shown) == len(values), (label, cell, values)
+            for text, value in zip(shown, values):
+                assert _shown(value, text) == text, f"{label}: README {text}, compare.json {value}"
+    assert seen == set(expected), sorted(set(expected) - seen)
