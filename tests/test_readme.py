@@ -302,3 +302,31 @@ def test_measured_speed_table_is_the_committed_results():
             for text, value in zip(shown, values):
                 assert _shown(value, text) == text, f"{label}: README {text}, compare.json {value}"
     assert seen == set(expected), sorted(set(expected) - seen)
+
+
+def test_bundled_models_table_is_what_the_shipped_models_record():
+    """The README's "Bundled models" rows of the shipped (basis) models give the test and validation
+    errors recorded in each .onnx file's metadata, its best epoch and its size."""
+    import json
+    import os
+
+    import fastfeat
+    from fastfeat.train.evaluate import OnnxForceModel
+
+    models = Path(fastfeat.__file__).parent / "data" / "models"
+    rows = [line for line in _section(_text(), "#### Bundled models").splitlines() if "| basis (bundled) |" in line]
+    assert len(rows) == 3, rows
+    for line in rows:
+        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+        name = cells[0]
+        path = models / f"{name}.onnx"
+        recorded = json.loads(OnnxForceModel(str(path)).metadata["fastfeat.validation"])
+        test, val = recorded["test"], recorded["val"]
+        rel = cells[5].split()[0].strip("*")
+        for text, value in ((cells[3], test["mae"]), (cells[4], test["rmse"]), (rel, test["rel_rmse"]),
+                            (cells[6], test["cosine"]), (cells[7], val["rel_rmse"])):
+            assert _shown(value, text) == text, f"{name}: README {text}, recorded {value}"
+        best = re.search(r"\((\d+)\)", cells[8]).group(1)
+        assert int(best) == recorded["best_epoch"], (name, cells[8], recorded["best_epoch"])
+        size_kb = int(cells[10].split()[0])  # rounded to 50 kB
+        assert round(os.path.getsize(path) / 50e3) * 50 == size_kb, (name, cells[10], os.path.getsize(path))
