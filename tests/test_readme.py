@@ -332,3 +332,30 @@ def test_bundled_models_table_is_what_the_shipped_models_record():
         assert int(best) == recorded["best_epoch"], (name, cells[8], recorded["best_epoch"])
         size_kb = int(cells[10].split()[0])  # rounded to 50 kB
         assert round(os.path.getsize(path) / 50e3) * 50 == size_kb, (name, cells[10], os.path.getsize(path))
+
+
+def test_conservation_table_is_the_committed_check_conservation_output():
+    """The README's table of `fastfeat check-conservation` figures equals the JSON outputs it cites
+    (benchmarks/results/conservation_{peo,li4p2o7,li4p2o7-water}.json)."""
+    import json
+
+    table = [line for line in _section(_text(), "#### Are the forces conservative?").splitlines()
+             if line.startswith("| ") and not line.startswith("| model")]
+    assert len(table) == 3, table
+    for line in table:
+        name, lam, drift, doubled, t_end, forces = [c.strip() for c in line.strip("|").split("|")]
+        report = json.loads((ROOT / "benchmarks" / "results" / f"conservation_{name}.json").read_text())
+        nve = report["nve"]
+        assert _shown(report["jacobian"]["lambda"], lam) == lam, (name, lam, report["jacobian"]["lambda"])
+        figure = drift.split()[0].lstrip("+")
+        assert _shown(nve["drift_K_per_ps"], figure) == figure, (name, drift, nve["drift_K_per_ps"])
+        if nve["doubling_time_ps"] is None:
+            start, end = re.findall(r"(\d+) → (\d+) K", doubled)[0]
+            assert (_shown(nve["temperature_start_K"], start), _shown(nve["temperature_end_K"], end)) == (start, end)
+        else:
+            figure = doubled.split()[0]
+            assert _shown(nve["doubling_time_ps"], figure) == figure, (name, doubled, nve["doubling_time_ps"])
+        figure = t_end.split()[0]
+        assert _shown(nve["temperature_end_K"], figure) == figure, (name, t_end, nve["temperature_end_K"])
+        net, rms = forces.split()[0], forces.split()[2]
+        assert (_shown(report["net_force_eV_per_A"], net), _shown(report["rms_force_eV_per_A"], rms)) == (net, rms)
