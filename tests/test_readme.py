@@ -306,32 +306,40 @@ def test_measured_speed_table_is_the_committed_results():
     assert seen == set(expected), sorted(set(expected) - seen)
 
 
-def test_bundled_models_table_is_what_the_shipped_models_record():
-    """The README's "Bundled models" rows of the shipped (basis) models give the test and validation
-    errors recorded in each .onnx file's metadata, its best epoch and its size."""
+def test_bundled_models_table_is_the_recorded_training_results():
+    """Every row of the README's "Bundled models" table (both heads) gives the test and validation errors,
+    epochs, training seconds and ONNX size of benchmarks/results/models.json, and the rows of the shipped
+    (basis) models the errors and best epoch their .onnx files record."""
     import json
-    import os
 
     import fastfeat
     from fastfeat.train.evaluate import OnnxForceModel
 
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "models.json").read_text())
     models = Path(fastfeat.__file__).parent / "data" / "models"
-    rows = [line for line in _section(_text(), "#### Bundled models").splitlines() if "| basis (bundled) |" in line]
-    assert len(rows) == 3, rows
+    rows = [line for line in _section(_text(), "#### Bundled models").splitlines()
+            if line.startswith("| ") and not line.startswith("| data set")]
+    assert len(rows) == 6, rows
+    shipped = 0
     for line in rows:
-        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-        name = cells[0]
-        path = models / f"{name}.onnx"
-        recorded = json.loads(OnnxForceModel(str(path)).metadata["fastfeat.validation"])
-        test, val = recorded["test"], recorded["val"]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        name, head = cells[0], cells[1].split()[0]
+        run = recorded[name][head]
+        sources = [(run["metrics"]["test"], run["metrics"]["val"], run["best_epoch"])]
+        if "(bundled)" in cells[1]:
+            meta = json.loads(OnnxForceModel(str(models / f"{name}.onnx")).metadata["fastfeat.validation"])
+            sources.append((meta["test"], meta["val"], meta["best_epoch"]))
+            shipped += 1
         rel = cells[5].split()[0].strip("*")
-        for text, value in ((cells[3], test["mae"]), (cells[4], test["rmse"]), (rel, test["rel_rmse"]),
-                            (cells[6], test["cosine"]), (cells[7], val["rel_rmse"])):
-            assert _shown(value, text) == text, f"{name}: README {text}, recorded {value}"
-        best = re.search(r"\((\d+)\)", cells[8]).group(1)
-        assert int(best) == recorded["best_epoch"], (name, cells[8], recorded["best_epoch"])
-        size_kb = int(cells[10].split()[0])  # rounded to 50 kB
-        assert round(os.path.getsize(path) / 50e3) * 50 == size_kb, (name, cells[10], os.path.getsize(path))
+        for test, val, best in sources:
+            for text, value in ((cells[3], test["mae"]), (cells[4], test["rmse"]), (rel, test["rel_rmse"]),
+                                (cells[6], test["cosine"]), (cells[7], val["rel_rmse"])):
+                assert _shown(value, text) == text, f"{name} {head}: README {text}, recorded {value}"
+            epochs, best_shown = re.match(r"(\d+) \((\d+)\)", cells[8]).groups()
+            assert (int(epochs), int(best_shown)) == (run["epochs_run"], best), (name, head, cells[8])
+        assert _shown(run["train_seconds"], cells[9]) == cells[9], (name, head, cells[9], run["train_seconds"])
+        assert round(run["onnx_bytes"] / 1024) == int(cells[10].split()[0]), (name, head, cells[10])
+    assert shipped == 3
 
 
 def test_conservation_table_is_the_committed_check_conservation_output():
