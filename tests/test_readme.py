@@ -47,6 +47,19 @@ def _section(text, heading):
     return "".join(lines[start:])
 
 
+def _table_rows(heading):
+    """The body rows (cells stripped) of the markdown tables in the section under `heading`."""
+    rows, body = [], False
+    for line in _section(_text(), heading).splitlines():
+        if line.startswith("|---"):
+            body = True
+        elif line.startswith("| ") and body:
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif not line.startswith("|"):
+            body = False
+    return rows
+
+
 def test_worked_example_runs_and_prints_the_shapes_its_comments_give():
     """The "Worked example" block, executed as it stands; the shapes its comments state are the real ones."""
     (code,) = _code_blocks(_section(_text(), "## Worked example"), "python")
@@ -184,14 +197,13 @@ def _api_namespace():
     from fastfeat.train.datasets.relabel import label_frame, relabel
 
     return dict(fastfeat=fastfeat, FeatureSpec=fastfeat.FeatureSpec, datasets=datasets, ForceModel=ForceModel,
-                Calculator=Calculator,
-                run_md=run_md, MolecularDynamics=MolecularDynamics, check_conservation=check_conservation,
-                jacobian_asymmetry=jacobian_asymmetry, nve_drift=nve_drift, relabel=relabel,
-                label_frame=label_frame)
+                Calculator=Calculator, run_md=run_md, MolecularDynamics=MolecularDynamics,
+                check_conservation=check_conservation, jacobian_asymmetry=jacobian_asymmetry, nve_drift=nve_drift,
+                relabel=relabel, label_frame=label_frame)
 
 
 def _signature_snippets(text):
-    """(snippet, parameter names, keyword names) of the README's Python calls and signatures: keyword
+    """(function name, keyword or parameter names) of the README's Python calls and signatures: keyword
     arguments of every call in its python code blocks, and inline `name(...)` spans read as a call or,
     with `*` or defaults, as a signature (`...` standing for parameters left out)."""
     import ast
@@ -263,11 +275,9 @@ def test_measured_speed_table_is_the_committed_results():
         assert rows, (comparison, what, structure)
         return [r["value"] for r in rows]
 
-    memory = {m["n_atoms"]: m for m in results["scaling"]["memory"]}
-
-    def peak_memory(n):
-        m = memory[n]
-        return [m["rss_peak_growth_bytes"] / m["output_bytes"], m["tracemalloc_peak_bytes"] / m["all_output_bytes"]]
+    def peak_memory(structure):
+        return (ratio("scaling", "peak memory (RSS growth) / output arrays", structure)
+                + ratio("scaling", "peak memory (tracemalloc, NumPy only) / output arrays", structure))
 
     def both(comparison, what):
         return [ratio(comparison, what, "water 3000"), ratio(comparison, what, "water 100032")]
@@ -283,7 +293,7 @@ def test_measured_speed_table_is_the_committed_results():
         "neighbour list vs matscipy": both("neighbors", "NL speed-up vs matscipy"),
         "time per atom at 100 k / at 3 k": [[], ratio("scaling", "features: time per atom at 100032 / at 3000")
                                             + ratio("scaling", "neighbour list: time per atom at 100032 / at 3000")],
-        "peak memory / output arrays": [peak_memory(3000), peak_memory(100032)],
+        "peak memory / output arrays": [peak_memory("water 3000"), peak_memory("water 100032")],
         "MD atom-steps/s vs ASE + TorchANI": [ratio("ase_torchani_md", "MD atom-steps/s: fastfeat run_md / ASE + "
                                                     "TorchANI-style conservative model"), []],
         "MD atom-steps/s vs LAMMPS SNAP": [ratio("lammps_md", "MD atom-steps/s: fastfeat run_md / LAMMPS SNAP"), []],
@@ -291,10 +301,8 @@ def test_measured_speed_table_is_the_committed_results():
                                                       "(bundled peo model, PEO; other structure)"), []],
         "DScribe numerical derivatives": [[min(paper), max(paper)], []],
     }
-    table = [line for line in _section(_text(), "### Measured speed").splitlines() if line.startswith("| ")]
     seen = set()
-    for line in table[1:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
+    for cells in _table_rows("### Measured speed"):
         label = next((k for k in expected if cells[0].startswith(k)), None)
         assert label is not None, f"a row of the table without its result in compare.json: {cells[0]}"
         seen.add(label)
@@ -317,12 +325,10 @@ def test_bundled_models_table_is_the_recorded_training_results():
 
     recorded = json.loads((ROOT / "benchmarks" / "results" / "models.json").read_text())
     models = Path(fastfeat.__file__).parent / "data" / "models"
-    rows = [line for line in _section(_text(), "#### Bundled models").splitlines()
-            if line.startswith("| ") and not line.startswith("| data set")]
+    rows = _table_rows("#### Bundled models")
     assert len(rows) == 6, rows
     shipped = 0
-    for line in rows:
-        cells = [c.strip() for c in line.strip("|").split("|")]
+    for cells in rows:
         name, head = cells[0], cells[1].split()[0]
         run = recorded[name][head]
         sources = [(run["metrics"]["test"], run["metrics"]["val"], run["best_epoch"])]
@@ -347,11 +353,9 @@ def test_conservation_table_is_the_committed_check_conservation_output():
     (benchmarks/results/conservation_{peo,li4p2o7,li4p2o7-water}.json)."""
     import json
 
-    table = [line for line in _section(_text(), "#### Are the forces conservative?").splitlines()
-             if line.startswith("| ") and not line.startswith("| model")]
-    assert len(table) == 3, table
-    for line in table:
-        name, lam, drift, doubled, t_end, forces = [c.strip() for c in line.strip("|").split("|")]
+    rows = _table_rows("#### Are the forces conservative?")
+    assert len(rows) == 3, rows
+    for name, lam, drift, doubled, t_end, forces in rows:
         report = json.loads((ROOT / "benchmarks" / "results" / f"conservation_{name}.json").read_text())
         nve = report["nve"]
         assert _shown(report["jacobian"]["lambda"], lam) == lam, (name, lam, report["jacobian"]["lambda"])
