@@ -221,6 +221,7 @@ class _SpecCache:
     def __init__(self, spec):
         self.spec = spec
         self.params = kernel_params(spec)
+        self.args = self.params.args()  # the kernels' parameter arguments, built once
         self.table = species_lookup(spec.numbers)
 
 
@@ -414,6 +415,40 @@ class Featurizer:
         if self.device == "cuda":
             return self._cuda(positions, numbers, cell, pbc, self)
         pos, species, cell, pbc = self._prepare(positions, numbers, cell, pbc)
+        return self._compute(pos, species, cell, pbc)
+
+    def _call_same_system(self, positions, numbers, cell=None, pbc=None):
+        """``self(positions, numbers, cell, pbc)`` where the caller guarantees that numbers, cell and pbc
+        are the very objects of every earlier call, unchanged (``ForceEvaluator`` keeps private copies):
+        an MD step.
+
+        While the list holds (every atom within skin / 2 of where it was at the last build) the
+        positions' finiteness and the reuse test are one pass over them and the kernel runs at once
+        (~25 µs less per call than the general path at 100 atoms); anything else (the first call, a
+        rebuild, non-finite positions, another shape or dtype, CUDA) takes the general path, which
+        validates and reports.
+        """
+        from ._kernels.neighbors_cpu import max_displacement2
+
+        last = self._inputs
+        key = self._key
+        if (
+            last is None
+            or key is None
+            or key[3] is not last[3]  # the list was built for other inputs (or their build failed)
+            or self.device == "cuda"
+            or self.skin == 0.0
+            or not isinstance(positions, np.ndarray)
+            or positions.dtype != np.float64
+            or positions.shape != self._pos_ref.shape
+            or not positions.flags.c_contiguous
+            or positions.shape[0] == 0
+            or not max_displacement2(positions, self._pos_ref) <= (0.5 * self.skin) ** 2
+        ):
+            return self(positions, numbers, cell, pbc)
+        return self._run_kernel(positions)
+
+    def _compute(self, pos, species, cell, pbc):
         n = pos.shape[0]
         spec = self.spec
         if self._needs_rebuild(pos, species, cell, pbc):
@@ -440,9 +475,13 @@ class Featurizer:
             self.n_rebuilds += 1
         if n == 0:
             return self._g, self._v
-        from ._kernels.features_cpu import features as kernel
+        return self._run_kernel(pos)
 
-        kernel(pos, self._seg, self._j, self._shiftvec, *self._cache.params.args(), self._g, self._v, self._overlap)
+    def _run_kernel(self, pos):
+        """Features at `pos` (validated float64) from the current list."""
+        from ._kernels.features_cpu import features as features_kernel
+
+        features_kernel(pos, self._seg, self._j, self._shiftvec, *self._cache.args, self._g, self._v, self._overlap)
         if self._overlap.max() >= 0:
             _overlap_error(self._overlap)
         return self._g, self._v

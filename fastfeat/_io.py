@@ -1,4 +1,5 @@
-"""Reading structure files (one place for every command and loader): clear errors, fast compressed text.
+"""Reading structure files (one place for every command and loader): clear errors, fast compressed text;
+writing JSON that strict parsers accept.
 
 ``ase.io.read`` reads the formats; this adds what a command line needs around it: a missing path,
 a folder, an empty file, a file ASE cannot parse and a file without structures each raise one
@@ -13,10 +14,12 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import json
 import lzma
+import math
 import os
 
-__all__ = ["read_structures", "check_output_path"]
+__all__ = ["read_structures", "check_output_path", "names_path", "json_ready", "json_text"]
 
 _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
@@ -110,3 +113,31 @@ def read_structures(path, index=":", format=None, what="structure file"):
     if not frames:
         raise ValueError(f"{what} {path!r} holds no structures")
     return frames
+
+
+def names_path(text, bundled_names) -> bool:
+    """True when ``text`` (a command-line argument that may name a bundled model or data set) is a
+    path: an existing file, or an existing folder that is not one of ``bundled_names`` (the reader then
+    says it is a folder). A folder that happens to be named like a bundled model or data set (say a
+    demo's output folder ``peo``) does not hide it."""
+    return os.path.isfile(text) or (os.path.exists(text) and text not in bundled_names)
+
+
+def json_ready(obj):
+    """``obj`` with every NaN or infinite float (Python or NumPy) replaced by None, NumPy scalars by
+    Python numbers and tuples by lists: ``json.dumps`` would write NaN, Infinity, which is not JSON
+    (strict parsers such as ``jq`` or JavaScript's ``JSON.parse`` reject it)."""
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # a NumPy scalar or 0-d array
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj, **kwargs):
+    """``json.dumps(json_ready(obj), allow_nan=False, **kwargs)``: undefined values written as null."""
+    return json.dumps(json_ready(obj), allow_nan=False, **kwargs)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import fastfeat
-from fastfeat._io import read_structures
+from fastfeat._io import names_path, read_structures
 
 __all__ = ["DATASETS_DIR", "bundled_dataset_names", "bundled_frames", "load_structure"]
 
@@ -63,9 +63,9 @@ def load_structure(text: str, frame: int = 0):
     ValueError
         The file cannot be read, or ``frame`` is out of range.
     """
-    if os.path.exists(text):
-        return read_structures(text, index=frame)
     name, _, split = text.partition(":")
+    if names_path(text, bundled_dataset_names() if name == text else ()):
+        return read_structures(text, index=frame)
     if name in bundled_dataset_names():
         frames = bundled_frames(name, split or "test")
         if not -len(frames) <= frame < len(frames):

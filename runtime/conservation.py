@@ -19,12 +19,12 @@ Two measures:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 
 import numpy as np
 
+from fastfeat._io import json_text
 from fastfeat._validation import check_int, check_positive
 
 __all__ = ["jacobian", "jacobian_asymmetry", "nve_drift", "check_conservation", "main"]
@@ -160,8 +160,10 @@ def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, de
     model 2x and li4p2o7 7x their drift after equilibration.
 
     ``steps`` must be >= 2 (the drifts are fits over >= 3 recorded points).
-    The run stops on unphysical forces (``max_force``) but not on a high
-    temperature: runaway heating is what it measures.
+    The NVE run starts without centre-of-mass motion (its temperature counts
+    3N - 3 degrees of freedom; the Langevin velocities are shifted to zero
+    total momentum). It stops on unphysical forces (``max_force``) but not on
+    a high temperature: runaway heating is what it measures.
 
     Returns
     -------
@@ -170,44 +172,63 @@ def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, de
         runaway dominates), ``doubling_time_ps`` (first time T reaches twice its
         start, None if never), ``integration_drift_eV_per_atom_per_ps``
         (slope of kinetic energy minus work: time-step error), start/end temperatures, and
-        ``stopped_at``/``stop_reason`` if the run became unstable.
+        ``stopped_at``/``stop_reason`` if a run became unstable: the NVE run, or
+        already the Langevin run before it (``stop_reason`` then says so, and the
+        temperatures and drifts are NaN). NaN also marks what too few recorded
+        points leave undefined.
     """
     from .md import MDInstabilityError, MolecularDynamics
 
     steps = check_int(steps, "`steps`", MIN_NVE_STEPS, " (the drift is a fit over >= 3 recorded points)")
     equilibrate_steps = check_int(equilibrate_steps, "`equilibrate_steps`", 0)
     fn = _force_fn(model, atoms, device)
+    nan = float("nan")
+    out = {
+        "steps": 0,
+        "dt_fs": float(dt),
+        "equilibrate_steps": int(equilibrate_steps),
+        "temperature_start_K": nan,
+        "temperature_end_K": nan,
+        "drift_K_per_ps": nan,
+        "fit_ps": float(fit_ps),
+        "doubling_time_ps": None,
+        "integration_drift_eV_per_atom_per_ps": nan,
+        "stopped_at": None,
+        "stop_reason": None,
+    }
+    masses = atoms.get_masses()
     positions, velocities = atoms.positions, None
     if equilibrate_steps:
-        eq = MolecularDynamics(fn, atoms.positions, atoms.get_masses(), dt=dt, temperature=temperature,
+        eq = MolecularDynamics(fn, atoms.positions, masses, dt=dt, temperature=temperature,
                                ensemble="langevin", friction=friction, seed=seed)
-        eq.run(equilibrate_steps, every=equilibrate_steps)  # MDInstabilityError: the model fails even thermostatted
+        try:
+            eq.run(equilibrate_steps, every=equilibrate_steps)
+        except MDInstabilityError as exc:  # the model fails even thermostatted: a finding, reported
+            out["stopped_at"] = exc.step
+            out["stop_reason"] = (f"in the Langevin warm-up before the NVE run (step {exc.step} of "
+                                  f"{equilibrate_steps}): {exc.reason}")
+            return out
         positions, velocities = np.array(eq.x, dtype=np.float64), np.array(eq.v, dtype=np.float64)
-    md = MolecularDynamics(fn, positions, atoms.get_masses(), dt=dt, temperature=temperature,
+        if len(masses) > 1:
+            velocities -= (masses @ velocities) / masses.sum()
+    md = MolecularDynamics(fn, positions, masses, dt=dt, temperature=temperature,
                            ensemble="nve", seed=seed, max_temperature=math.inf, velocities=velocities)
     every = max(1, steps // 200)
-    stopped = reason = None
     try:
         result = md.run(steps, every=every)
     except MDInstabilityError as exc:
-        result, stopped, reason = exc.result, exc.step, exc.reason
+        result = exc.result
+        out["stopped_at"], out["stop_reason"] = exc.step, exc.reason
     log = result.log
+    out["steps"] = int(result.steps_done)
+    temps = log["temperature_K"]
+    if not len(temps):  # the forces at the start were already bad: nothing recorded
+        return out
     t_ps = log["time_fs"] * 1e-3
     n = len(atoms)
-    out = {
-        "steps": int(result.steps_done),
-        "dt_fs": float(dt),
-        "equilibrate_steps": int(equilibrate_steps),
-        "temperature_start_K": float(log["temperature_K"][0]),
-        "temperature_end_K": float(log["temperature_K"][-1]),
-        "drift_K_per_ps": float("nan"),
-        "fit_ps": float(min(fit_ps, t_ps[-1])),
-        "doubling_time_ps": None,
-        "integration_drift_eV_per_atom_per_ps": float("nan"),
-        "stopped_at": stopped,
-        "stop_reason": reason,
-    }
-    temps = log["temperature_K"]
+    out["temperature_start_K"] = float(temps[0])
+    out["temperature_end_K"] = float(temps[-1])
+    out["fit_ps"] = float(min(fit_ps, t_ps[-1]))
     hot = np.flatnonzero(temps >= 2.0 * temps[0]) if temps[0] > 0 else []
     if len(hot):
         out["doubling_time_ps"] = float(t_ps[hot[0]])
@@ -220,6 +241,13 @@ def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, de
 
 
 def _advice(lam, nve):
+    if nve is not None and nve["stopped_at"] is not None:
+        return ("NVE became unstable: run thermostatted MD only (`--ensemble langevin`), and check the "
+                "structure is inside the model's training distribution")
+    if math.isnan(lam):
+        return ("λ is undefined: no displacement changed any force (‖J‖ = 0; atoms beyond the cutoff of each "
+                "other?), so the Jacobian says nothing about conservation here; check a structure where the "
+                "atoms interact")
     if nve is None:  # NVE skipped: λ alone
         if lam < 0.01:
             return ("the Jacobian is close to symmetric here (NVE drift not measured: --nve-steps 0); "
@@ -227,9 +255,6 @@ def _advice(lam, nve):
         return ("forces are measurably non-conservative (λ): use thermostatted MD (`--ensemble langevin`, friction "
                 "≳ 0.05 1/fs); do not use NVE energies or fluctuations")
     drift = abs(nve["drift_K_per_ps"]) if not math.isnan(nve["drift_K_per_ps"]) else math.inf
-    if nve["stopped_at"] is not None:
-        return ("NVE became unstable: run thermostatted MD only (`--ensemble langevin`), and check the "
-                "structure is inside the model's training distribution")
     if lam < 0.01 and drift < 5.0:
         return ("forces are close to conservative here: NVE is usable for short runs, but thermostatted MD "
                 "(Langevin) remains the safe default for direct forces")
@@ -350,7 +375,7 @@ def main(argv=None) -> int:
         print(f"fastfeat check-conservation: error: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json_text(report, indent=2))
         return 0
     jac, nve = report["jacobian"], report["nve"]
     print(f"model {report['model']} on {report['formula']} ({report['n_atoms']} atoms)")
@@ -360,13 +385,14 @@ def main(argv=None) -> int:
         print("  NVE drift: skipped (--nve-steps 0)")
     else:
         print(f"  NVE {nve['steps']} steps x {nve['dt_fs']} fs after {nve['equilibrate_steps']} Langevin steps: "
-              f"T {nve['temperature_start_K']:.1f} -> "
-              f"{nve['temperature_end_K']:.1f} K, drift {_fmt(nve['drift_K_per_ps'], '+.3g')} K/ps over the first "
+              f"T {_fmt(nve['temperature_start_K'], '.1f')} -> "
+              f"{_fmt(nve['temperature_end_K'], '.1f')} K, drift {_fmt(nve['drift_K_per_ps'], '+.3g')} K/ps over the first "
               f"{nve['fit_ps']:g} ps, T doubled "
               + (f"after {nve['doubling_time_ps']:g} ps " if nve["doubling_time_ps"] is not None else "never ")
               + f"(integration check: KE - work drifts {_fmt(nve['integration_drift_eV_per_atom_per_ps'], '+.2g')} "
                 "eV/atom/ps)"
-              + (f"; STOPPED at step {nve['stopped_at']}: {nve['stop_reason']}" if nve["stopped_at"] else ""))
+              + (f"; STOPPED at step {nve['stopped_at']}: {nve['stop_reason']}" if nve["stopped_at"] is not None
+                 else ""))
     print(f"  net force |ΣF| = {report['net_force_eV_per_A']:.3g} eV/Å (rms atomic force {report['rms_force_eV_per_A']:.3g})")
     print(f"  advice: {report['advice']}")
     return 0

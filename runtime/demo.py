@@ -9,13 +9,14 @@ present (``--device auto``, the default), else on the CPU.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 
 import numpy as np
+
+from fastfeat._io import json_text
 
 __all__ = ["main", "force_metrics", "reference_forces"]
 
@@ -73,7 +74,7 @@ def _pick_device(requested):
 
 
 def _load_frames(data, model_name):
-    from fastfeat._io import read_structures
+    from fastfeat._io import names_path, read_structures
 
     from ._structures import bundled_dataset_names, bundled_frames, split_loader
 
@@ -81,7 +82,7 @@ def _load_frames(data, model_name):
         if model_name is None:
             raise ValueError("`--data` is required when MODEL is a file (a data set name or an extxyz file)")
         data = model_name
-    if os.path.exists(data):
+    if names_path(data, bundled_dataset_names()):
         return data, read_structures(data)
     if data in bundled_dataset_names():
         label = "test split" if split_loader() is not None else "all frames: fastfeat.train.datasets is unavailable"
@@ -241,7 +242,7 @@ def main(argv=None) -> int:
         device, note = _pick_device(args.device)
         model = resolve_model(args.model, device=device)
         model.require_forces()
-        bundled = args.model in pretrained_names() and not os.path.exists(args.model)
+        bundled = args.model in pretrained_names() and not os.path.isfile(args.model)
         data_label, frames = _load_frames(args.data, args.model if bundled else None)
         if not frames:
             raise ValueError(f"the test data {data_label} holds no frames")
@@ -275,7 +276,8 @@ def main(argv=None) -> int:
         md = {
             "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms), "steps": result.steps_done,
             "dt_fs": args.dt, "temperature_K": args.temperature, "friction_per_fs": args.friction,
-            "mean_temperature_K": float(temps[len(temps) // 2:].mean()), "steps_per_s": result.steps_per_s,
+            "mean_temperature_K": float(temps[len(temps) // 2:].mean()) if len(temps) else float("nan"),
+            "steps_per_s": result.steps_per_s,
             "atom_steps_per_s": result.atom_steps_per_s, "ns_per_day": result.ns_per_day,
             "n_rebuilds": result.n_rebuilds, "stopped_at": result.stopped_at, "stop_reason": result.stop_reason,
             "machine": _machine(device),
@@ -294,7 +296,7 @@ def main(argv=None) -> int:
         summary["wall_s"] = time.perf_counter() - t_start
         _report(os.path.join(args.out, "report.md"), summary)
         with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2, default=str)
+            fh.write(json_text(summary, indent=2, default=str))
     except MDInstabilityError as exc:
         print(f"fastfeat demo: MD stopped: {exc}", file=sys.stderr)
         return 3

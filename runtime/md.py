@@ -32,6 +32,8 @@ from ase.data import atomic_masses, atomic_numbers
 from fastfeat._io import check_output_path
 from fastfeat._validation import check_int, check_number, check_positive
 
+from ._integrator import kick_drift, max_abs, work_kick
+
 __all__ = [
     "MolecularDynamics",
     "MDResult",
@@ -114,7 +116,10 @@ class MDInstabilityError(RuntimeError):
     reason : str
     result : MDResult
         State and log up to the last good step (``result.steps_done == step - 1``),
-        whose frame was written to the trajectory.
+        whose frame was written to the trajectory; ``result.stopped_at == step``.
+        When the forces at the starting positions are already bad, ``step`` is the
+        starting step, no step was run (``result.steps_run == 0``), the log is
+        empty and no file was written.
     """
 
     def __init__(self, message, step, reason, result):
@@ -325,6 +330,8 @@ class MolecularDynamics:
     velocities : (N, 3) array, optional
         Initial velocities in Å/fs; default Maxwell-Boltzmann at ``temperature``
         (centre-of-mass motion removed, rescaled to exactly ``temperature``).
+        NVE temperatures count 3N - 3 degrees of freedom, which assumes no
+        centre-of-mass motion: remove it from velocities you pass for NVE.
     remove_net_force : bool
         Subtract the mean force from every atom each step, so the total force
         is zero and momentum is conserved (direct forces do not guarantee it).
@@ -352,8 +359,9 @@ class MolecularDynamics:
         masses = np.array(masses, dtype=np.float64)
         if masses.shape != (n,):
             raise ValueError(f"`masses` must have shape ({n},) to match `positions`, got {masses.shape}")
-        if n and not (masses > 0).all():
-            raise ValueError(f"`masses` must be > 0 amu, got {masses.min()} for atom {int(np.argmin(masses))}")
+        bad = np.flatnonzero(~((masses > 0) & np.isfinite(masses)))
+        if len(bad):
+            raise ValueError(f"`masses` must be finite and > 0 amu, got {masses[bad[0]]} for atom {int(bad[0])}")
         check_positive(dt, "`dt`")
         check_number(temperature, "`temperature`", minimum=0.0)
         if ensemble not in ENSEMBLES:
@@ -482,10 +490,10 @@ class MolecularDynamics:
             fmax = self._forces_into(f)
             if not fmax <= self.max_force:
                 what = "not finite" if math.isnan(fmax) else f"too large ({fmax:.4g} eV/Å > max_force={self.max_force:g})"
+                reason = f"the initial forces are {what}"
                 raise MDInstabilityError(
-                    f"the initial forces are {what}; the structure or the model is unsuitable (step {self.step}); "
-                    "nothing was written", self.step, "initial forces",
-                    self._result(0, 0.0, self._records(), f, None, None))
+                    f"{reason}; the structure or the model is unsuitable (step {self.step}); nothing was written",
+                    self.step, reason, self._result(0, 0.0, self._records(), f, self.step, reason))
             self.f = f
         writer = logfh = None
         try:
@@ -560,25 +568,27 @@ class MolecularDynamics:
         t0 = time.perf_counter()
         t_last = t0
         for k in range(1, steps + 1):
-            x_prev[...] = x
-            v_prev[...] = v
-            xp.multiply(f, kick, out=tmp)
-            v += tmp
-            if nve:
-                xp.multiply(v, dt, out=tmp)
-                x += tmp
-            else:
-                xp.multiply(v, half_dt, out=tmp)
-                x += tmp
-                if on_host:
+            if on_host:  # the same arithmetic as below, fused (see _integrator)
+                if not nve:
                     rng.standard_normal(out=noise)
+                kick_drift(x, v, f, kick, x_prev, v_prev, dt, not nve, c1, noise, noise_scale)
+            else:
+                x_prev[...] = x
+                v_prev[...] = v
+                xp.multiply(f, kick, out=tmp)
+                v += tmp
+                if nve:
+                    xp.multiply(v, dt, out=tmp)
+                    x += tmp
                 else:
+                    xp.multiply(v, half_dt, out=tmp)
+                    x += tmp
                     noise[...] = rng.standard_normal((n, 3))
-                v *= c1
-                noise *= noise_scale
-                v += noise
-                xp.multiply(v, half_dt, out=tmp)
-                x += tmp
+                    v *= c1
+                    noise *= noise_scale
+                    v += noise
+                    xp.multiply(v, half_dt, out=tmp)
+                    x += tmp
             try:
                 f_new[...] = force_fn(x)
             except Exception as exc:  # any failure of the force call stops the run cleanly
@@ -586,22 +596,29 @@ class MolecularDynamics:
                 break
             if remove_net:
                 f_new -= f_new.mean(axis=0)
-            fmax = _max_abs(f_new)
+            fmax = max_abs(f_new) if on_host else _max_abs(f_new)
             if not fmax <= max_force:
                 what = "NaN or inf" if math.isnan(fmax) else f"{fmax:.4g} eV/Å > max_force={max_force:g}"
                 stop = (k, f"the forces became unphysical ({what})")
                 break
-            if nve:
-                work_prev = self.work
-                xp.subtract(x, x_prev, out=tmp)
-                dx = tmp.ravel()
-                self.work += 0.5 * float(xp.vdot(f.ravel(), dx) + xp.vdot(f_new.ravel(), dx))
-            f, f_new = f_new, f
-            xp.multiply(f, kick, out=tmp)
-            v += tmp
+            work_prev = self.work
+            if on_host:
+                work, mv2 = work_kick(f, f_new, x, x_prev, v, kick, self.masses)
+                f, f_new = f_new, f
+                if nve:
+                    self.work += work
+            else:
+                if nve:
+                    xp.subtract(x, x_prev, out=tmp)
+                    dx = tmp.ravel()
+                    self.work += 0.5 * float(xp.vdot(f.ravel(), dx) + xp.vdot(f_new.ravel(), dx))
+                f, f_new = f_new, f
+                xp.multiply(f, kick, out=tmp)
+                v += tmp
+                if check_t:
+                    xp.multiply(v, v, out=tmp)
+                    mv2 = float(xp.dot(m_flat, tmp.ravel()))
             if check_t:
-                xp.multiply(v, v, out=tmp)
-                mv2 = float(xp.dot(m_flat, tmp.ravel()))
                 if not mv2 <= mv2_limit:  # also NaN
                     t_bad = mv2 / (self.dof * KB * ACCEL)
                     f, f_new = f_new, f  # f: the forces at x_prev again
@@ -650,7 +667,7 @@ class MolecularDynamics:
         rate = k / elapsed if elapsed > 0 else 0.0
         t = self.current_temperature()
         ns_day = rate * self.dt * 1e-6 * 86400.0
-        line = (f"step {self.step if final else k:>8d}/{steps}  T {t:8.1f} K  {rate * self.n_atoms:11.4g} atom-steps/s  "
+        line = (f"step {k:>8d}/{steps}  T {t:8.1f} K  {rate * self.n_atoms:11.4g} atom-steps/s  "
                 f"{rate:9.1f} steps/s  {ns_day:8.3f} ns/day")
         tty = hasattr(stream, "isatty") and stream.isatty()
         stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")

@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 import fastfeat
+from fastfeat._io import names_path
 from fastfeat._validation import (
     check_device,
     check_feature_arrays,
@@ -54,7 +55,7 @@ def resolve_model(model, device="cpu", **kwargs):
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"`model` must be a ForceModel, a path or a bundled model name, got {type(model).__name__}")
     text = os.fspath(model)
-    if os.path.exists(text) or text.endswith(".onnx") or os.sep in text:
+    if names_path(text, pretrained_names()) or text.endswith(".onnx") or os.sep in text:
         return ForceModel.load(text, device=device, **kwargs)
     return ForceModel.pretrained(text, device=device, **kwargs)
 
@@ -216,7 +217,9 @@ class ForceModel:
         meta = dict(session.get_modelmeta().custom_metadata_map)
         info = read_model_info(meta, path)
         check_signature(session, info, path)
-        return cls(session, info, path, dev, skin, intra_op_threads)
+        # the absolute path: a model pickles as a reference to its file (see __reduce__), which must hold
+        # after a change of working directory
+        return cls(session, info, os.path.abspath(path), dev, skin, intra_op_threads)
 
     def __reduce__(self):
         # an onnxruntime session cannot be pickled: a model pickles (and deep-copies) as a reference to
@@ -379,14 +382,28 @@ class ForceModel:
             io = self._session.io_binding()
             _bind(io, "cuda", g, v, s, f)
             cp.cuda.Device().synchronize()
-            self._session.run_with_iobinding(io)
+            self._run(lambda: self._session.run_with_iobinding(io), n)
             return cp.asnumpy(f).astype(np.float64)
         feeds = {
             "invariant": np.ascontiguousarray(invariant, dtype=self.dtype),
             "covariant": np.ascontiguousarray(covariant, dtype=self.dtype),
             "species": np.ascontiguousarray(species, dtype=np.int64),
         }
-        return self._session.run([OUTPUT_NAME], feeds)[0].astype(np.float64)
+        out = self._run(lambda: self._session.run([OUTPUT_NAME], feeds)[0], n)
+        if out.shape != (n, 3):  # the declared output shape is checked at load; the graph may still differ
+            raise RuntimeError(f"model {self.path!r} returned `{OUTPUT_NAME}` of shape {out.shape} for {n} atoms, "
+                               f"expected ({n}, 3): the file does not keep the model contract")
+        return out.astype(np.float64)
+
+    def _run(self, call, n_atoms):
+        """``call()`` (an onnxruntime run), its errors re-raised as RuntimeError naming the model."""
+        try:
+            return call()
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise self._run_error(exc, n_atoms) from None
+
+    def _run_error(self, exc, n_atoms):
+        return RuntimeError(f"onnxruntime failed to run model {self.path!r} on {n_atoms} atoms: {exc}")
 
 
 def _load_model(path, device, intra_op_threads, skin):
@@ -466,6 +483,9 @@ class ForceEvaluator:
         self.pbc = np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
         self.device = model.device
         dtype = model.dtype
+        for arr in (self.numbers, self.cell, self.pbc):  # the featurizer relies on their staying unchanged
+            arr.flags.writeable = False
+        self._system = (self.numbers, self.cell, self.pbc)
         self._session = model._session
         self._fz = fastfeat.Featurizer(model.spec, device=self.device, dtype=dtype, skin=model.skin)
         self._io = self._session.io_binding()
@@ -504,9 +524,9 @@ class ForceEvaluator:
         """True when (numbers, cell, pbc) are this evaluator's."""
         return (
             len(numbers) == self.n_atoms
-            and np.array_equal(numbers, self.numbers)
-            and np.array_equal(cell, self.cell)
-            and np.array_equal(np.broadcast_to(pbc, (3,)), self.pbc)
+            and np.array_equal(numbers, self._system[0])
+            and np.array_equal(cell, self._system[1])
+            and np.array_equal(np.broadcast_to(pbc, (3,)), self._system[2])
         )
 
     def __call__(self, positions):
@@ -526,18 +546,23 @@ class ForceEvaluator:
         if self.n_atoms == 0:
             return self._out
         lock = self._lock
+        # numbers, cell and pbc are this evaluator's own read-only copies: the featurizer may skip their checks
+        _, cell, pbc = self._system
         if lock is None:
-            g, v = self._fz(positions, self._numbers_arg, self.cell, self.pbc)
+            g, v = self._fz._call_same_system(positions, self._numbers_arg, cell, pbc)
         else:
             with _WORKQUEUE_LOCK:
-                g, v = self._fz(positions, self._numbers_arg, self.cell, self.pbc)
+                g, v = self._fz._call_same_system(positions, self._numbers_arg, cell, pbc)
             if lock is _UNKNOWN:
                 self._lock = _parallel_lock()
         if g is not self._g or v is not self._v:
             self._rebind(g, v)
         if self._sync is not None:
             self._sync()  # features come from other CUDA streams than onnxruntime's
-        self._session.run_with_iobinding(self._io)
+        try:
+            self._session.run_with_iobinding(self._io)
+        except Exception as exc:  # onnxruntime's own exception types
+            raise self.model._run_error(exc, self.n_atoms) from None
         if self._same_dtype:
             return self._f_model
         self._out[...] = self._f_model

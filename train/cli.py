@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ import time
 import numpy as np
 
 from fastfeat._io import check_output_path as check_writable
+from fastfeat._io import json_text
 
 __all__ = ["train_main", "evaluate_main", "run_training", "prepare_features", "train_and_export", "evaluate",
            "check_writable", "check_outputs", "data_split", "missing_train_dependency"]
@@ -150,14 +150,14 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
     sha : str
         sha256 of the training + validation data.
     """
-    from .data import cached_features, check_species, data_hash, frame_targets, load_frames, split_frames
+    from .data import cached_features, check_species, data_hash, frame_targets, is_data_path, load_frames, split_frames
     from .trainer import Distributed
 
     dctx = dist_ctx or Distributed()
     say = log if (log and dctx.is_main) else (lambda msg: None)
     data = os.fspath(data)
     splits = {}
-    if os.path.exists(data):
+    if is_data_path(data):
         frames, label = load_frames(data, target=cfg.target, what="`--data`")
         targets = frame_targets(frames, cfg.target, label)
         i_tr, i_va = split_frames(len(frames), cfg.val_fraction, cfg.seed)
@@ -281,7 +281,7 @@ def train_main(argv) -> int:
         return 2
     if args.history and int(os.environ.get("RANK", "0")) == 0:
         with open(args.history, "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=1)
+            fh.write(json_text(summary, indent=1))
     return 0
 
 
@@ -304,12 +304,13 @@ def data_split(data, split=None):
     An existing file is returned as it is. ``NAME:SPLIT`` of a bundled data set gives that split;
     ``split`` then must be None or the same. Without either the split is "test".
     """
+    from .data import is_data_path
     from .datasets import available
 
     data = os.fspath(data)
     if split is not None and split not in EVAL_SPLITS:
         raise ValueError(f"`--split` must be one of {list(EVAL_SPLITS)}, got {split!r}")
-    if os.path.exists(data) or ":" not in data:
+    if is_data_path(data) or ":" not in data:
         return data, split or "test"
     name, _, named = data.partition(":")
     if name not in available():
@@ -381,7 +382,7 @@ def evaluate_main(argv) -> int:
         parity_plot(pred, ref, species, m.spec.species, args.plot, title=f"{metrics['model']} on {metrics['data']}",
                     unit=unit)
     if args.json:
-        print(json.dumps(metrics, indent=1))
+        print(json_text(metrics, indent=1))
     else:
         print(f"{metrics['model']} ({metrics['head']} head) on {metrics['data']}: {metrics['n_structures']} structures")
         print(format_metrics(metrics, unit))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import fastfeat
+from fastfeat._io import names_path
 
 __all__ = [
     "FeatureSet",
@@ -89,8 +90,12 @@ def atom_rows(offsets, structures) -> np.ndarray:
 
 
 # ----------------------------------------------------------------- frames
-def _is_file(data) -> bool:
-    return os.path.exists(os.fspath(data))
+def is_data_path(data) -> bool:
+    """``data`` (a `--data` argument) is a file or folder path, not a bundled data set's name (see
+    fastfeat._io.names_path)."""
+    from . import datasets
+
+    return names_path(os.fspath(data), datasets.available())
 
 
 def looks_like_path(text: str) -> bool:
@@ -131,7 +136,7 @@ def load_frames(data, split="train", *, target="forces", what="`data`"):
     from . import datasets
 
     data = os.fspath(data)
-    if _is_file(data):
+    if is_data_path(data):
         if target == "forces":
             frames = datasets.read(data, what=f"{what} file")
         else:

@@ -4,6 +4,8 @@ Kernels take arrays and scalars, write into preallocated outputs and check
 nothing; fastfeat._neighbors validates and dispatches.
 """
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -345,3 +347,22 @@ def sort_rows(offset_n, j_p, shift_pc, r_pc, d_p, smin_c, span_c):
             shift_pc[p0:p0 + m] = st[:m]
             r_pc[p0:p0 + m] = rt[:m]
             d_p[p0:p0 + m] = dt[:m]
+
+
+@njit(cache=True)
+def max_displacement2(pos_nc, ref_nc):
+    """max_i |pos_i - ref_i|^2 (the neighbour-list reuse test), NaN if any position is NaN or inf.
+
+    NumPy: ``np.max(((pos - ref) ** 2).sum(1))`` with non-finite positions giving NaN.
+    """
+    m = 0.0
+    for i in range(pos_nc.shape[0]):
+        dx = pos_nc[i, 0] - ref_nc[i, 0]
+        dy = pos_nc[i, 1] - ref_nc[i, 1]
+        dz = pos_nc[i, 2] - ref_nc[i, 2]
+        d2 = dx * dx + dy * dy + dz * dz
+        if not d2 <= m:  # larger, or NaN (a non-finite position: inf - ref is inf, inf - inf NaN)
+            if not math.isfinite(d2):
+                return math.nan
+            m = d2
+    return m

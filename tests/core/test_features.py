@@ -225,6 +225,58 @@ def test_featurizer_skin_reuse_matches_fresh():
     assert 1 < fz.n_rebuilds < 12, f"the walk must both reuse and rebuild the list: {fz.n_rebuilds}"
 
 
+def test_featurizer_same_system_path_equals_general_path():
+    """Featurizer._call_same_system (the MD step of ForceEvaluator: numbers, cell and pbc unchanged) gives
+    the general call's arrays bit for bit, reusing and rebuilding the list at the same steps, and falls
+    back to the general path's checks and messages."""
+    rng = np.random.default_rng(14)
+    spec = SPECS["irregular"]
+    pos, Z, cell = random_structure(rng, 20, species=(1, 8, 6), scale=5.5)
+    pbc = np.array([True, False, True])
+    general = fastfeat.Featurizer(spec, dtype=np.float64, skin=1.0)
+    fast = fastfeat.Featurizer(spec, dtype=np.float64, skin=1.0)
+    p = pos.copy()
+    for step in range(14):
+        g, v = general(p, Z, cell, pbc)
+        g2, v2 = fast._call_same_system(p, Z, cell, pbc)
+        assert np.array_equal(g, g2) and np.array_equal(v, v2), f"step {step}"
+        assert fast.n_rebuilds == general.n_rebuilds, f"step {step}"
+        p = p + rng.normal(size=p.shape) * 0.08
+    assert 1 < fast.n_rebuilds < 14, f"the walk must both reuse and rebuild the list: {fast.n_rebuilds}"
+    # float32 and Fortran-ordered positions take the general path, with the same result
+    g, v = general(p, Z, cell, pbc)
+    for q in (p.astype(np.float32).astype(np.float64), np.asfortranarray(p)):
+        g2, _ = fast._call_same_system(q, Z, cell, pbc)
+        assert np.array_equal(g2, general(q, Z, cell, pbc)[0])
+    bad = p.copy()
+    bad[7, 1] = np.nan
+    with pytest.raises(ValueError, match=r"`positions` must be finite.*atom 7"):
+        fast._call_same_system(bad, Z, cell, pbc)
+    bad[7, 1] = np.inf
+    with pytest.raises(ValueError, match=r"`positions` must be finite.*atom 7"):
+        fast._call_same_system(bad, Z, cell, pbc)
+    with pytest.raises(ValueError, match=r"shape \(N, 3\)"):
+        fast._call_same_system(p[:, :2].copy(), Z, cell, pbc)
+    # the first call of a new featurizer goes through the general path
+    first = fastfeat.Featurizer(spec, dtype=np.float64, skin=1.0)
+    assert np.array_equal(first._call_same_system(p, Z, cell, pbc)[0], general(p, Z, cell, pbc)[0])
+
+
+def test_max_displacement2_matches_numpy():
+    from fastfeat._kernels.neighbors_cpu import max_displacement2
+
+    rng = np.random.default_rng(2)
+    ref = rng.normal(size=(50, 3)) * 10
+    pos = ref + rng.normal(size=ref.shape) * 0.3
+    assert max_displacement2(pos, ref) == pytest.approx(np.max(((pos - ref) ** 2).sum(1)), rel=1e-15)
+    assert max_displacement2(ref, ref) == 0.0
+    assert max_displacement2(pos[:0], ref[:0]) == 0.0
+    for bad in (np.nan, np.inf, -np.inf):
+        q = pos.copy()
+        q[31, 2] = bad
+        assert np.isnan(max_displacement2(q, ref)), bad
+
+
 def test_fortran_and_strided_inputs_give_same_result():
     rng = np.random.default_rng(3)
     spec = SPECS["default"]

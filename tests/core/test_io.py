@@ -71,3 +71,22 @@ def test_featurize_cli_adds_npz_suffix_and_rejects_bad_files(files, capsys):
     assert cli(["featurize", str(files / "ok.extxyz"), "--model", str(files / "notes.txt"), "--out",
                 str(files / "x.npz")]) == 2
     assert "not a readable ONNX model" in capsys.readouterr().err
+
+
+def test_json_text_writes_undefined_values_as_null():
+    """NaN and inf (Python or NumPy, nested anywhere) become null: json.dumps alone writes NaN / Infinity,
+    which strict parsers reject."""
+    import json
+
+    from fastfeat._io import json_ready, json_text
+
+    obj = {"a": float("nan"), "b": [1.5, np.float32("inf"), (np.float64("-inf"), 2)], "c": {"d": np.int64(3)},
+           "e": np.float64(0.25), "f": None, "g": "x"}
+    text = json_text(obj, indent=1)
+
+    def refuse(token):
+        raise ValueError(token)
+
+    back = json.loads(text, parse_constant=refuse)
+    assert back == {"a": None, "b": [1.5, None, [None, 2]], "c": {"d": 3}, "e": 0.25, "f": None, "g": "x"}
+    assert json_ready(np.float32(1.0)) == 1.0 and type(json_ready(np.float32(1.0))) is float

@@ -209,8 +209,38 @@ def test_force_call_exception_stops_cleanly(tmp_path):
 def test_initial_nan_forces_raise_before_running():
     f, x0, masses = _system(n=5, seed=9)
     md = MolecularDynamics(lambda x: f(x) * np.nan, x0, masses, dt=1.0)
-    with pytest.raises(MDInstabilityError, match="initial forces are not finite"):
+    with pytest.raises(MDInstabilityError, match="initial forces are not finite") as info:
         md.run(10)
+    # the error's result says the run stopped, where and why, and that nothing was run or recorded
+    r = info.value.result
+    assert info.value.step == 0 and r.stopped_at == 0 and r.steps_run == 0 and r.steps_done == 0
+    assert r.stop_reason == info.value.reason and "not finite" in r.stop_reason
+    assert all(len(col) == 0 for col in r.log.values())
+    md = MolecularDynamics(lambda x: np.full_like(x, 5e3), x0, masses, dt=1.0)
+    with pytest.raises(MDInstabilityError, match="initial forces are too large") as info:
+        md.run(10)
+    assert info.value.result.stopped_at == 0 and "max_force" in info.value.result.stop_reason
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan, 0.0, -1.0])
+def test_masses_must_be_finite_and_positive(bad):
+    f, x0, masses = _system(n=5, seed=9)
+    masses[3] = bad
+    with pytest.raises(ValueError, match=r"`masses` must be finite and > 0 amu, got .* for atom 3"):
+        MolecularDynamics(f, x0, masses)
+
+
+def test_progress_counts_the_steps_of_this_run():
+    import io
+
+    f, x0, masses = _system(n=5, seed=9)
+    md = MolecularDynamics(f, x0, masses, dt=1.0)
+    md.run(30)
+    out = io.StringIO()
+    md.run(20, progress=out)
+    last = out.getvalue().strip().splitlines()[-1]
+    assert last.split()[1] == "20/20", last
+    assert md.step == 50
 
 
 def _unwritable_dir(tmp_path):
@@ -344,6 +374,75 @@ def test_device_branch_of_the_engine():
     np.testing.assert_array_equal(moved.positions, host.positions)
     langevin = MolecularDynamics(dev, x0, masses, dt=1.0, temperature=400.0, friction=0.05, seed=1).run(3000, every=10)
     assert abs(langevin.log["temperature_K"][100:].mean() - 400.0) < 40.0
+
+
+def test_fused_host_kernels_equal_the_array_expressions():
+    """runtime._integrator does on NumPy arrays what the generic (CuPy) path's array expressions do:
+    kicks and drifts bit for bit, the work and sum of m v^2 to rounding, max |F| with NaN and inf."""
+    from fastfeat.runtime._integrator import kick_drift, max_abs, work_kick
+
+    rng = np.random.default_rng(5)
+    n = 37
+    x, v, f = rng.normal(size=(3, n, 3))
+    masses = rng.uniform(1.0, 30.0, n)
+    kick = (0.25 * masses ** -1)[:, None]
+    noise = rng.normal(size=(n, 3))
+    scale = rng.uniform(0.01, 0.1, n)[:, None]
+    dt, c1 = 0.5, 0.97
+    for langevin in (False, True):
+        xr, vr = x.copy(), v.copy()
+        vr += f * kick
+        if langevin:
+            xr += vr * (0.5 * dt)
+            vr *= c1
+            vr += noise * scale
+            xr += vr * (0.5 * dt)
+        else:
+            xr += vr * dt
+        xk, vk, x_prev, v_prev = x.copy(), v.copy(), np.empty_like(x), np.empty_like(v)
+        kick_drift(xk, vk, f, kick, x_prev, v_prev, dt, langevin, c1, noise, scale)
+        assert np.array_equal(xk, xr) and np.array_equal(vk, vr), langevin
+        assert np.array_equal(x_prev, x) and np.array_equal(v_prev, v)
+    f_new = rng.normal(size=(n, 3))
+    vk = v.copy()
+    w, mv2 = work_kick(f, f_new, xr, x, vk, kick, masses)
+    v_ref = v + f_new * kick
+    assert np.array_equal(vk, v_ref)
+    assert w == pytest.approx(0.5 * (np.vdot(f, xr - x) + np.vdot(f_new, xr - x)), rel=1e-12)
+    assert mv2 == pytest.approx(float(np.dot(np.repeat(masses, 3), (v_ref * v_ref).ravel())), rel=1e-12)
+    assert max_abs(f) == np.abs(f).max() and max_abs(f[:0]) == 0.0
+    f[3, 1] = -np.inf
+    assert max_abs(f) == np.inf
+    f[20, 0] = np.nan
+    assert np.isnan(max_abs(f))
+
+
+def test_host_and_device_branches_agree_in_langevin():
+    """The fused host step and the generic array step of Langevin dynamics, fed the same noise, give
+    the same trajectory (the device branch draws its noise from its own generator, so the host's
+    generator is lent to it here)."""
+    f, x0, masses = _system(n=30, seed=4)
+
+    class OnDevice(Harmonic):
+        xp = _ArrayModuleProxy()
+
+    dev = OnDevice(x0, f.k[:, 0])
+    host = MolecularDynamics(f, x0, masses, dt=1.0, temperature=350.0, seed=9)
+    moved = MolecularDynamics(dev, x0, masses, dt=1.0, temperature=350.0, seed=9)
+
+    class SameNoise:  # the host's Generator behind the device branch's call signature
+        def __init__(self, seed):
+            self.rng = np.random.default_rng(seed)
+
+        def standard_normal(self, size=None, out=None):
+            return self.rng.standard_normal(size=size, out=out)
+
+    host._noise_rng = SameNoise(21)
+    moved._noise_rng = SameNoise(21)
+    a = host.run(200)
+    b = moved.run(200)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.velocities, b.velocities)
 
 
 # --------------------------------------------------------- temperature guard

@@ -343,6 +343,17 @@ print("ok")
     assert proc.stdout.strip().endswith("ok")
 
 
+def test_evaluator_system_is_read_only(model, water):
+    """The featurizer of an evaluator skips the checks of numbers, cell and pbc between steps, so the
+    evaluator's copies of them cannot be changed in place."""
+    ev = model.evaluator(water.numbers, water.cell.array, water.pbc)
+    ev(water.positions)
+    for arr, index, value in ((ev.cell, (0, 0), 1.0), (ev.numbers, 0, 8), (ev.pbc, 1, False)):
+        with pytest.raises(ValueError, match="read-only"):
+            arr[index] = value
+    assert ev.same_system(water.numbers, water.cell.array, water.pbc)
+
+
 def test_unwrapped_positions_give_the_same_forces(model, water):
     """MD never wraps positions: atoms displaced by lattice vectors must see the same forces."""
     f0 = model.forces(water)
@@ -514,3 +525,63 @@ def test_model_and_calculator_pickle_by_file_reference(model_path, water):
     atoms.calc = calc
     np.testing.assert_array_equal(atoms.get_forces(), m.forces(water))
     assert pickle.loads(pickle.dumps(ForceModel.pretrained("peo"))).path == ForceModel.pretrained("peo").path
+
+
+def test_model_returning_another_shape_than_declared_is_named(model_path, water, tmp_path):
+    """A file whose declared output is (n_atoms, 3) but whose graph computes (n_atoms, K): every way of
+    running it raises a RuntimeError naming the model, none returns the wrong array."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(str(model_path))
+    last = proto.graph.node[-1]
+    assert last.op_type == "ReduceSum"
+    last.input[1] = "axis2"  # sum over the components instead of the vectors: (n, K) ...
+    last.output[0] = "per_vector"
+    proto.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), "minus_one"))
+    proto.graph.node.extend([  # ... reshaped through a computed shape, which shape inference cannot follow
+        helper.make_node("Shape", ["species"], ["n"]),
+        helper.make_node("Concat", ["n", "minus_one"], ["n_rest"], axis=0),
+        helper.make_node("Reshape", ["per_vector", "n_rest"], ["forces"]),
+    ])
+    bad = tmp_path / "bad_output.onnx"
+    onnx.save(proto, str(bad))
+    m = ForceModel.load(bad)
+    with pytest.raises(RuntimeError, match=r"returned `forces` of shape \(24, 6\) for 24 atoms.*contract"):
+        m.forces_batch([water])
+    with pytest.raises(RuntimeError, match=r"onnxruntime failed to run model .*bad_output.onnx.* on 24 atoms"):
+        m.forces(water)
+
+
+def test_relative_model_path_survives_a_change_of_directory(model_path, water, tmp_path, monkeypatch):
+    """A model pickles as a reference to its file (an onnxruntime session cannot be pickled): the path it
+    keeps is absolute, so copies made after a chdir load the same file."""
+    import copy
+
+    from fastfeat.runtime import Calculator
+
+    monkeypatch.chdir(model_path.parent)
+    m = ForceModel.load(model_path.name)
+    assert m.path == str(model_path.resolve())
+    calc = Calculator(m)
+    monkeypatch.chdir(tmp_path)
+    twin = copy.deepcopy(calc)
+    np.testing.assert_array_equal(twin.model.forces(water), m.forces(water))
+
+
+def test_folder_named_like_a_bundled_model_does_not_hide_it(tmp_path, monkeypatch):
+    """`fastfeat md peo ...` in a folder holding a directory `peo` (e.g. a demo's --out) still means the
+    bundled model and data set; a folder not named like one is reported as a folder."""
+    from fastfeat.runtime._structures import bundled_dataset_names, load_structure
+
+    if "peo" not in model_module.pretrained_names() or "peo" not in bundled_dataset_names():
+        pytest.skip("bundled peo model or data set not present")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "peo").mkdir()
+    (tmp_path / "other").mkdir()
+    assert model_module.resolve_model("peo").path == ForceModel.pretrained("peo").path
+    with pytest.raises(ModelLoadError, match="is a directory"):
+        model_module.resolve_model("other")
+    assert len(load_structure("peo")) == len(load_structure("peo:test"))
+    with pytest.raises(ValueError, match="folder"):
+        load_structure("other")
