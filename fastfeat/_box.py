@@ -176,6 +176,9 @@ def bin_grids(cell, pbc, cutoff, n_atoms, smin=None, smax=None, positions=None, 
         else:
             extent[a] = max(smax[a] - smin[a], 0.0)
             height[a] = extent[a]
+            if not math.isfinite(extent[a]):  # finite coordinates whose spread overflows float64
+                raise ValueError(f"`positions` span more than float64 holds along non-periodic axis {a} "
+                                 f"(from {smin[a]:.3g} to {smax[a]:.3g} Å)")
     limit = max(8 * int(n_atoms), 27)
     adapted = equalized = None  # per axis: _adapt_axis's / _equalized_axis's result, computed once for every division
     grids = []

@@ -200,8 +200,11 @@ def _overlap_error(overlap_n, offset=0):
 def _structure_arrays(atoms=None, positions=None, numbers=None, cell=None, pbc=None, what="`atoms`"):
     """(positions, numbers, cell, pbc) from an ase.Atoms-like object or arrays."""
     if atoms is not None:
-        if positions is not None or numbers is not None:
-            raise TypeError("pass either `atoms` or `positions`/`numbers`, not both")
+        given = [name for name, value in (("positions", positions), ("numbers", numbers), ("cell", cell),
+                                          ("pbc", pbc)) if value is not None]
+        if given:  # ase.Atoms carry their own; silently ignoring these would featurize another structure
+            raise TypeError(f"pass either `atoms` or `positions`/`numbers`/`cell`/`pbc`, not both (got `atoms` and "
+                            f"{', '.join(f'`{g}`' for g in given)})")
         try:
             return atoms.positions, atoms.numbers, np.asarray(atoms.cell), atoms.pbc
         except AttributeError:
@@ -285,6 +288,9 @@ def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, position
     dev = check_device(device)
     dtype = check_dtype(dtype)
     if isinstance(atoms, (list, tuple)):
+        if not all(x is None for x in (positions, numbers, cell, pbc)):
+            raise TypeError("pass either `atoms` (here a list of structures) or `positions`/`numbers`/`cell`/`pbc`, "
+                            "not both")
         structures = [_structure_arrays(a, what=f"`atoms[{k}]`") for k, a in enumerate(atoms)]
     else:
         structures = [_structure_arrays(atoms, positions, numbers, cell, pbc)]

@@ -39,6 +39,8 @@ def _shape(x):
 
 def check_dtype(dtype):
     """Normalise a requested float dtype (float32 or float64)."""
+    if dtype is None:  # np.dtype(None) is float64: a None that slipped through would pick a precision
+        raise TypeError("`dtype` must be float32 or float64, got None")
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -146,10 +148,8 @@ def check_cell(cell, pbc):
             if lengths[ax] < 1e-8:
                 raise ValueError(f"`cell` vector {ax} has zero length but axis {ax} is periodic; got cell {cell.tolist()}")
         # volume spanned by the periodic vectors must be non-zero
-        per = cell[pbc]
-        gram = per @ per.T
-        scale = np.prod(lengths[pbc] ** 2)
-        if abs(np.linalg.det(gram)) <= 1e-12 * scale:
+        per = cell[pbc] / lengths[pbc, None]  # unit vectors: no overflow for any finite cell
+        if abs(np.linalg.det(per @ per.T)) <= 1e-12:
             raise ValueError(
                 f"`cell` is singular (zero volume along its periodic axes {np.flatnonzero(pbc).tolist()}), "
                 f"got {cell.tolist()}"
@@ -228,6 +228,8 @@ def species_index(numbers, table, n_atoms, species_names):
     if numbers is None:
         raise TypeError("`numbers` is required, got None")
     numbers = np.asarray(numbers)
+    if numbers.size == 0 and numbers.dtype.kind == "f":  # `[]`: NumPy makes an empty list float64
+        numbers = numbers.astype(np.int64)
     if numbers.dtype.kind not in "iu":
         raise TypeError(f"`numbers` must be an integer array of atomic numbers, got dtype {numbers.dtype}")
     if numbers.shape != (n_atoms,):

@@ -48,6 +48,7 @@ def feat(**kw):
         (dict(device="tpu"), ValueError, "`device` must be 'cpu' or 'cuda', got 'tpu'"),
         (dict(device=0), TypeError, "`device` must be 'cpu' or 'cuda'"),
         (dict(dtype=np.int32), TypeError, "`dtype` must be float32 or float64"),
+        (dict(dtype=None), TypeError, "`dtype` must be float32 or float64, got None"),
         (dict(spec="spec"), TypeError, "`spec` must be a fastfeat.FeatureSpec"),
     ],
 )
@@ -200,3 +201,38 @@ def test_featurizer_reports_overlapping_atoms():
     pos = np.array([[0.0, 0.0, 0.0], [0.96, 0.0, 0.0], [0.96, 0.0, 0.0]])
     with pytest.raises(ValueError, match="atoms 1 and 2 are at the same position"):
         fastfeat.Featurizer(spec, skin=0.5)(pos, [8, 1, 1], np.eye(3) * 6.0, True)
+
+
+def test_atoms_and_arrays_together_are_refused():
+    """An ase.Atoms (or a list of them) carries its own positions, numbers, cell and pbc: arrays passed beside
+    it were silently ignored (`featurize(atoms, spec, pbc=True)` featurized the non-periodic structure)."""
+    water = Atoms("OH2", positions=POS)
+    for kw in (dict(pbc=True), dict(cell=CELL), dict(positions=POS), dict(numbers=Z)):
+        name = next(iter(kw))
+        with pytest.raises(TypeError, match=rf"pass either `atoms` or .*not both \(got `atoms` and `{name}`\)"):
+            fastfeat.featurize(water, SPEC, **kw)
+        with pytest.raises(TypeError, match=r"`atoms` \(here a list of structures\) .*not both"):
+            fastfeat.featurize([water], SPEC, **kw)
+
+
+def test_extreme_but_finite_geometry():
+    """Finite coordinates whose spread overflows float64: a ValueError naming `positions`, not an
+    OverflowError from inside the grid; a huge orthogonal periodic cell is not called singular (the volume
+    test squared the lengths: L^6 overflowed for L > 2.6e51 Å)."""
+    far = np.array([[-1e308, 0.0, 0.0], [1e308, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="`positions` span more than float64 holds along non-periodic axis 0"):
+        fastfeat.neighbor_list(far, None, False, 3.0)
+    with pytest.raises(ValueError, match="`positions` span more than float64"):
+        fastfeat.featurize(positions=far, numbers=np.array([1, 1]), spec=SPEC)
+    nl = fastfeat.neighbor_list(np.array([[0.0, 0, 0], [1.0, 0, 0]]), np.eye(3) * 3e51, True, 1.5)
+    assert sorted(zip(nl.i.tolist(), nl.j.tolist())) == [(0, 1), (1, 0)]
+    with pytest.raises(ValueError, match="`cell` is singular"):
+        fastfeat.neighbor_list(POS, np.array([[3e51, 0, 0], [6e51, 0, 0], [0, 0, 3e51]]), True, 1.5)
+
+
+def test_empty_structure_from_plain_lists():
+    """`numbers=[]` (NumPy reads an empty list as float64) is an empty structure, as `numbers=np.array([], int)`."""
+    f = fastfeat.featurize(positions=np.zeros((0, 3)), numbers=[], spec=SPEC)
+    assert f.invariant.shape == (0, SPEC.n_invariant) and f.covariant.shape == (0, SPEC.n_covariant, 3)
+    g, v = fastfeat.Featurizer(SPEC)(np.zeros((0, 3)), [])
+    assert g.shape == (0, SPEC.n_invariant)
