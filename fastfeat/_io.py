@@ -101,7 +101,7 @@ def read_structures(path, index=":", format=None, what="structure file"):
             out = ase.io.read(source, index=index, format=fmt)
     except (IndexError, StopIteration):
         if isinstance(index, int):
-            raise ValueError(f"{what} {path!r} has no frame {index}") from None
+            raise ValueError(_frame_message(what, path, source, fmt, index)) from None
         raise ValueError(f"cannot read {what} {path!r}: no structure found") from None
     except Exception as exc:  # ASE raises many types (XYZError, ParseError, KeyError, UnicodeDecodeError, ...)
         raise ValueError(f"cannot read {what} {path!r}: {type(exc).__name__}: {exc}") from None
@@ -113,6 +113,22 @@ def read_structures(path, index=":", format=None, what="structure file"):
     if not frames:
         raise ValueError(f"{what} {path!r} holds no structures")
     return frames
+
+
+def _frame_message(what, path, source, fmt, index):
+    """Why frame `index` of a file is missing: the file has fewer frames, or none that ASE recognised
+    (a text file that is no structure format at all reads as zero frames)."""
+    import ase.io
+
+    try:
+        if hasattr(source, "seek"):
+            source.seek(0)
+        n = len(ase.io.read(source, index=":", format=fmt))
+    except Exception:  # noqa: BLE001 - only the message depends on it
+        n = 0
+    if n == 0:
+        return f"cannot read {what} {path!r}: ASE found no structure in it (is it a structure file?)"
+    return f"{what} {path!r} has {n} frame{'s' if n != 1 else ''}, no frame {index}"
 
 
 def names_path(text, bundled_names) -> bool:

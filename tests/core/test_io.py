@@ -46,9 +46,15 @@ def test_bad_files_raise_one_clear_error(files, name, error, match):
         read_structures(files / name, what="`--data` file")
 
 
-def test_frame_out_of_range(files):
-    with pytest.raises(ValueError, match="has no frame 5"):
+def test_frame_out_of_range(files, tmp_path):
+    n = len(read_structures(files / "ok.extxyz"))
+    with pytest.raises(ValueError, match=rf"has {n} frames, no frame 5"):
         read_structures(files / "ok.extxyz", index=5)
+    # a text file that is no structure format: ASE reads zero frames, which is what the message says
+    notes = tmp_path / "notes.md"
+    notes.write_text("# notes\n\nnot a structure\n")
+    with pytest.raises(ValueError, match="ASE found no structure in it"):
+        read_structures(notes, index=0)
 
 
 def test_featurize_cli_adds_npz_suffix_and_rejects_bad_files(files, capsys):

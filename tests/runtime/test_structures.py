@@ -43,7 +43,7 @@ def test_load_structure_file_and_frame(tmp_path):
     path = tmp_path / "d.extxyz"
     ase.io.write(path, frames)
     np.testing.assert_allclose(load_structure(str(path), 1).positions, frames[1].positions)
-    with pytest.raises(ValueError, match="has no frame 7"):
+    with pytest.raises(ValueError, match="has 3 frames, no frame 7"):
         load_structure(str(path), 7)
     bad = tmp_path / "bad.extxyz"
     bad.write_text("not\na structure\n")
