@@ -8,6 +8,7 @@ and parses its own arguments.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 __all__ = ["main"]
@@ -49,7 +50,15 @@ def main(argv=None) -> int:
         return 2
     module, func, _ = SUBCOMMANDS[name]
     handler = getattr(importlib.import_module(module), func)
-    return int(handler(argv[1:]) or 0)
+    try:
+        rc = int(handler(argv[1:]) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader of the output went away (`fastfeat data list | head -1`): stop quietly, as Unix tools do;
+        # stdout goes to devnull so that the interpreter's final flush does not raise again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return rc
 
 
 if __name__ == "__main__":  # pragma: no cover

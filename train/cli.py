@@ -40,7 +40,7 @@ __all__ = ["train_main", "evaluate_main", "run_training", "prepare_features", "t
            "check_writable", "check_outputs", "data_split", "missing_train_dependency"]
 
 #: splits of a bundled data set that ``fastfeat evaluate`` takes (``--split`` or ``DATA`` as ``NAME:SPLIT``)
-EVAL_SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("train", "val", "test", "all")
 
 #: what ``fastfeat train`` imports from the ``[train]`` extra: (module, name in the message)
 TRAIN_DEPENDENCIES = (("torch", "PyTorch"), ("onnx", "onnx"))
@@ -101,6 +101,9 @@ def _train_parser():
     p.add_argument("--head", choices=["projection", "basis"])
     p.add_argument("--epochs", type=int)
     p.add_argument("--target", help="per-atom (N, 3) quantity to learn (default: forces)")
+    p.add_argument("--forces-key", dest="forces_key",
+                   help="where a data file keeps the reference forces, e.g. REF_forces (an extxyz per-atom column or "
+                        "a calculator result; default: forces); the model predicts forces")
     p.add_argument("--spec", help="FeatureSpec JSON file (default: FeatureSpec.default(species of the data))")
     p.add_argument("--batch-size", type=int, dest="batch_size")
     p.add_argument("--lr", type=float)
@@ -150,29 +153,39 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
     sha : str
         sha256 of the training + validation data.
     """
-    from .data import cached_features, check_species, data_hash, frame_targets, is_data_path, load_frames, split_frames
+    from .data import (cached_features, check_species, check_trained_species, data_hash, frame_targets, is_data_path,
+                       load_frames, split_frames)
     from .trainer import Distributed
 
     dctx = dist_ctx or Distributed()
     say = log if (log and dctx.is_main) else (lambda msg: None)
     data = os.fspath(data)
     splits = {}
+    # (frames, label) checked against the spec, with the frame numbers messages give; held-out splits
+    # checked against the training frames' elements
+    checked, held_out = [], []
     if is_data_path(data):
-        frames, label = load_frames(data, target=cfg.target, what="`--data`")
+        frames, label = load_frames(data, target=cfg.target, forces_key=cfg.forces_key, what="`--data`")
         targets = frame_targets(frames, cfg.target, label)
         i_tr, i_va = split_frames(len(frames), cfg.val_fraction, cfg.seed)
         splits["train"] = ([frames[i] for i in i_tr], [targets[i] for i in i_tr], f"{label}[train]")
         splits["val"] = ([frames[i] for i in i_va], [targets[i] for i in i_va], f"{label}[val]")
+        checked.append((frames, label))  # frame numbers of the file, not of a split
+        held_out.append((splits["val"][0], f"{label} (held out for validation)", i_va))
     else:
         for split in ("train", "val", "test"):
             # a missing file or an unknown name fails on "train" with a message naming `--data`
-            frames, label = load_frames(data, split, target=cfg.target, what="`--data`")
+            frames, label = load_frames(data, split, target=cfg.target, forces_key=cfg.forces_key, what="`--data`")
             if split == "test" and not frames:
                 continue
             splits[split] = (frames, frame_targets(frames, cfg.target, label), label)
+            checked.append((frames, label))
+            if split != "train":
+                held_out.append((frames, label, None))
     spec = _spec_for(cfg, spec_path, [v[0] for v in splits.values()])
-    for frames, _, label in splits.values():
+    for frames, label in checked:
         check_species(frames, spec, label)
+    check_trained_species(splits["train"][0], held_out, splits["train"][2])
     sha = data_hash(splits["train"][0] + splits["val"][0], splits["train"][1] + splits["val"][1])
     feats = {}
     for rank_turn in (True, False):  # main rank fills the cache first, the others read it
@@ -271,7 +284,7 @@ def train_main(argv) -> int:
     from .config import load_config
 
     try:
-        overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "batch_size", "lr", "seed", "threads",
+        overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "forces_key", "batch_size", "lr", "seed", "threads",
                                                    "time_limit", "dtype", "export_dtype", "cache_dir")}
         cfg = load_config(args.config, **overrides)
         summary = run_training(args.data, args.out, cfg, spec_path=args.spec, checkpoint=args.checkpoint,
@@ -295,6 +308,8 @@ def _evaluate_parser():
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--plot", help="write a parity plot (PNG) here")
     p.add_argument("--target", help="per-atom quantity to compare with (default: the model's target)")
+    p.add_argument("--forces-key", dest="forces_key", default="forces",
+                   help="where a data file keeps the reference forces, e.g. REF_forces (default: forces)")
     return p
 
 
@@ -322,11 +337,12 @@ def data_split(data, split=None):
     return name, named
 
 
-def evaluate(model, data, split=None, target=None):
+def evaluate(model, data, split=None, target=None, forces_key="forces"):
     """Metrics dict + arrays (pred, ref, species) of ``model`` on ``data``.
 
     ``data`` is a structure file (used whole) or a bundled data set ``NAME`` / ``NAME:SPLIT``;
-    ``split`` (default: the one in ``data``, else "test") picks a bundled set's split.
+    ``split`` (default: the one in ``data``, else "test") picks a bundled set's split;
+    ``forces_key``: where a file keeps the reference forces (see ``load_frames``).
     """
     from .data import check_species, frame_targets, featurize_frames, load_frames
     from .evaluate import OnnxForceModel, force_metrics, resolve_model
@@ -334,7 +350,7 @@ def evaluate(model, data, split=None, target=None):
     data, split = data_split(data, split)
     m = OnnxForceModel(resolve_model(model))
     target = target or m.target
-    frames, label = load_frames(data, split, target=target, what="`DATA`")
+    frames, label = load_frames(data, split, target=target, forces_key=forces_key, what="`DATA`")
     targets = frame_targets(frames, target, label)
     check_species(frames, m.spec, label)
     fs = featurize_frames(frames, targets, m.spec, dtype=m.dtype)
@@ -373,7 +389,7 @@ def evaluate_main(argv) -> int:
         if args.plot:
             check_writable(args.plot, "`--plot`")
             _check_plot_format(args.plot)
-        metrics, (pred, ref, species, m) = evaluate(args.model, data, split, args.target)
+        metrics, (pred, ref, species, m) = evaluate(args.model, data, split, args.target, args.forces_key)
     except (ValueError, TypeError, OSError) as exc:
         print(f"fastfeat evaluate: error: {exc}", file=sys.stderr)
         return 2

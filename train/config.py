@@ -2,7 +2,7 @@
 
 A config file is TOML with top-level keys named like the fields of
 :class:`TrainConfig` and an optional ``[spec]`` table: a complete FeatureSpec
-(the keys of :meth:`fastfeat.FeatureSpec.to_dict`: ``cutoff``,
+(the keys of :meth:`fastfeat.FeatureSpec.to_dict` but ``format_version``: ``cutoff``,
 ``angular_cutoff``, ``radial``, ``angular``, ``covariant``, optional
 ``covariant_angular``; ``species`` may be left out, it then comes from the
 data). The table replaces ``spec_preset``, it is not merged with it. Unknown
@@ -81,6 +81,11 @@ class TrainConfig:
         Precision of the exported ONNX graph.
     target : str
         "forces" or the key of a per-atom (N, 3) array in the data.
+    forces_key : str
+        Where a data *file* keeps the reference forces when the target is forces: a per-atom
+        array (an extxyz column such as ``REF_forces``) or a calculator result; default "forces".
+        The model predicts forces whatever the key (``target`` would instead make it predict a
+        quantity named after the key, which the runtime does not take as forces).
     target_unit : str
         Unit of the target ("" = eV/Å for forces).
     val_fraction : float
@@ -127,6 +132,7 @@ class TrainConfig:
     dtype: str = "float32"
     export_dtype: str = "float32"
     target: str = "forces"
+    forces_key: str = "forces"
     target_unit: str = ""
     val_fraction: float = 0.1
     threads: int = 0
@@ -168,7 +174,7 @@ class TrainConfig:
             setattr(self, key, float(v))
         if not isinstance(self.gram, bool):
             raise TypeError(f"config `gram` must be true or false, got {type(self.gram).__name__} {self.gram!r}")
-        for key in ("head", "activation", "schedule", "dtype", "export_dtype", "target", "target_unit",
+        for key in ("head", "activation", "schedule", "dtype", "export_dtype", "target", "forces_key", "target_unit",
                     "cache_dir", "spec_preset"):
             v = getattr(self, key)
             if not isinstance(v, str):
@@ -190,6 +196,7 @@ class TrainConfig:
         need(0 < self.min_lr_ratio <= 1, "min_lr_ratio", "in (0, 1]")
         need(0 < self.plateau_factor < 1, "plateau_factor", "in (0, 1)")
         need(self.patience >= 0, "patience", ">= 0")
+        need(self.seed >= 0, "seed", ">= 0")
         need(self.eps_rel >= 0, "eps_rel", ">= 0")
         need(self.input_clip >= 0, "input_clip", ">= 0 (0 = off)")
         need(self.eps_abs > 0, "eps_abs", "> 0")
@@ -199,6 +206,10 @@ class TrainConfig:
         need(self.grad_clip >= 0, "grad_clip", ">= 0")
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
         need(self.target != "", "target", "a non-empty key")
+        need(self.forces_key != "", "forces_key", "a non-empty key")
+        if self.forces_key != "forces" and self.target != "forces":
+            raise ValueError(f"config `forces_key` ({self.forces_key!r}) names where a file keeps the forces, for the "
+                             f"target forces; the target here is {self.target!r}: give one of them")
         if not isinstance(self.spec, dict):
             raise TypeError(f"config `spec` must be a table of FeatureSpec fields, got {type(self.spec).__name__}")
         self._validate_spec()

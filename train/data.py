@@ -104,7 +104,7 @@ def looks_like_path(text: str) -> bool:
     return "/" in text or os.sep in text or os.path.splitext(text)[1] != ""
 
 
-def load_frames(data, split="train", *, target="forces", what="`data`"):
+def load_frames(data, split="train", *, target="forces", forces_key="forces", what="`data`"):
     """Frames of a bundled dataset split (``data`` a name) or of a file (all frames).
 
     Parameters
@@ -116,6 +116,10 @@ def load_frames(data, split="train", *, target="forces", what="`data`"):
         Used for bundled datasets only.
     target : str
         "forces" or a per-atom array key; used to pick the reader.
+    forces_key : str
+        Where a file keeps the forces (target "forces"): a per-atom array or calculator result; the
+        frames come back with them as their forces (:func:`datasets.read`). Bundled data sets keep
+        theirs under "forces", the only key they take.
     what : str
         How messages name the argument (e.g. "`--data`").
 
@@ -136,9 +140,12 @@ def load_frames(data, split="train", *, target="forces", what="`data`"):
     from . import datasets
 
     data = os.fspath(data)
+    if forces_key != "forces" and target != "forces":
+        raise ValueError(f"`forces_key` ({forces_key!r}) names where a file keeps the forces, for the target forces; "
+                         f"the target here is {target!r}: give one of them")
     if is_data_path(data):
         if target == "forces":
-            frames = datasets.read(data, what=f"{what} file")
+            frames = datasets.read(data, forces_key=forces_key, what=f"{what} file")
         else:
             from fastfeat._io import read_structures
 
@@ -149,6 +156,9 @@ def load_frames(data, split="train", *, target="forces", what="`data`"):
         if looks_like_path(data):
             raise FileNotFoundError(f"{what} file {data!r} does not exist (bundled data sets: {names})")
         raise ValueError(f"{what} {data!r} is neither a file nor a bundled data set {names}")
+    if forces_key != "forces":
+        raise ValueError(f"`forces_key` {forces_key!r} names where a data file keeps its forces; the bundled data "
+                         f"set {data!r} keeps them under 'forces'")
     frames = datasets.load(data, split=split)
     return list(frames), f"{data}[{split}]"
 
@@ -220,7 +230,7 @@ def species_of(frames_lists) -> tuple:
 
 
 def check_species(frames, spec, label="data"):
-    """ValueError naming frame, atom and element when an element is not in ``spec``."""
+    """ValueError naming frame (its index in ``frames``), atom and element when an element is not in ``spec``."""
     allowed = set(spec.numbers)
     for k, atoms in enumerate(frames):
         bad = [i for i, z in enumerate(atoms.numbers) if int(z) not in allowed]
@@ -228,6 +238,29 @@ def check_species(frames, spec, label="data"):
             i = bad[0]
             raise ValueError(f"{label}: frame {k}, atom {i} is {atoms.get_chemical_symbols()[i]}, which is not "
                              f"in the spec's species {list(spec.species)}")
+
+
+def check_trained_species(train_frames, other, train_label="train"):
+    """ValueError when an element occurs in held-out frames but in no training frame: its network would
+    stay at its random initial weights while the held-out errors looked like a trained model's.
+
+    ``other``: (frames, label, frame numbers or None) of each held-out split; the first such frame is named.
+    """
+    from fastfeat._elements import SYMBOLS
+
+    trained = set()
+    for atoms in train_frames:
+        trained.update(int(z) for z in np.unique(atoms.numbers))
+    for frames, label, numbers in other:
+        for k, atoms in enumerate(frames):
+            missing = sorted(set(int(z) for z in np.unique(atoms.numbers)) - trained)
+            if missing:
+                frame = numbers[k] if numbers is not None else k
+                names = ", ".join(SYMBOLS[z] for z in missing)
+                raise ValueError(
+                    f"{label}: frame {frame} holds {names}, which no frame of {train_label} holds: the network of "
+                    f"{names} would stay untrained; add training structures with {names} (for a data file, another "
+                    f"`seed` or `val_fraction` moves frames between the splits)")
 
 
 def data_hash(frames, targets) -> str:

@@ -30,6 +30,9 @@ from .model import StaggeredNetwork
 
 __all__ = ["train_model", "check_features", "predict", "Distributed", "TrainResult"]
 
+#: config keys that change which frames and targets a run trains and validates on
+_DATA_KEYS = ("seed", "val_fraction", "target", "forces_key")
+
 
 class Distributed:
     """Rank/world of the current process; initialises gloo/nccl under torchrun."""
@@ -264,8 +267,14 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
             raise ValueError(f"checkpoint {checkpoint!r} was written for a different model; cannot resume: "
                              + "; ".join(diff))
         if data_sha and ck.get("data_hash") and ck["data_hash"] != data_sha:
+            old = ck.get("config") or {}
+            # settings that change the frames or targets a data file gives, or its train/validation split
+            why = [f"{k} {getattr(cfg, k)!r} (was {old[k]!r})" for k in _DATA_KEYS
+                   if k in old and old[k] != getattr(cfg, k)]
             raise ValueError(f"checkpoint {checkpoint!r} was trained on other data (hash {ck['data_hash'][:12]}…, "
-                             f"now {data_sha[:12]}…); cannot resume")
+                             f"now {data_sha[:12]}…)"
+                             + (f": settings that select the data differ: {', '.join(why)}" if why else "")
+                             + "; cannot resume")
         model.load_state_dict(ck["model"])
         if ema is not None:
             if ck.get("ema") is None:

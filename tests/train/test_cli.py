@@ -159,6 +159,7 @@ def test_species_not_in_spec(workdir, capsys):
     assert _train(workdir, workdir / "li.extxyz") == 2
     err = capsys.readouterr().err
     assert "Li" in err and "not in the spec's species ['H', 'O']" in err and "atom 5" in err
+    assert "li.extxyz: frame 3," in err, err  # the frame's number in the file, not in the training split
 
 
 def test_empty_dataset(workdir, capsys):
@@ -303,7 +304,7 @@ def test_evaluate_accepts_name_split_and_checks_plot_first(tmp_path, capsys, mon
     monkeypatch.setattr(train_cli, "evaluate", _no_work)
     for argv, expected in [
         (["peo", "peo:val", "--split", "test"], "names split 'val' but `--split` is 'test'"),
-        (["peo", "peo:training"], "must be one of ['train', 'val', 'test'], got 'training'"),
+        (["peo", "peo:training"], "must be one of ['train', 'val', 'test', 'all'], got 'training'"),
         (["peo", "peo", "--plot", str(tmp_path / "missing" / "p.png")], "cannot write `--plot`"),
         (["peo", "peo", "--plot", str(tmp_path / "p.xyz")], "cannot write .xyz files"),
     ]:
@@ -370,3 +371,84 @@ def test_train_names_a_missing_onnx(workdir, tmp_path, capsys, monkeypatch):
     assert cli(["train", "--data", str(workdir / "syn.extxyz"), "--out", str(tmp_path / "m.onnx")]) == 2
     assert capsys.readouterr().err == ('fastfeat train: error: training needs onnx: pip install "fastfeat[train]" '
                                        '(see README)\n')
+
+
+def test_forces_under_another_key(workdir, capsys):
+    """A file that keeps its reference forces in a column named otherwise (REF_forces): `--forces-key` trains a
+    force field from it (the model predicts forces, usable by the runtime), `evaluate` reads it the same way."""
+    from fastfeat.runtime import ForceModel
+
+    frames = synthetic_frames(12, seed=5)
+    for a in frames:
+        a.arrays["REF_forces"] = a.get_forces().copy()
+        a.calc = None
+    ase.io.write(workdir / "ref.extxyz", frames)
+    assert _train(workdir, workdir / "ref.extxyz") == 2
+    assert "`forces_key` 'forces' not found in frame 0" in capsys.readouterr().err
+    out = workdir / "ref.onnx"
+    assert cli(["train", "--data", str(workdir / "ref.extxyz"), "--forces-key", "REF_forces", "--spec",
+                str(workdir / "spec.json"), "--epochs", "2", "--quiet", "--cache-dir", str(workdir / "cache"),
+                "--out", str(out)]) == 0
+    capsys.readouterr()
+    m = ForceModel.load(out)
+    assert m.predicts_forces and m.forces(frames[0]).shape == (12, 3)
+    assert cli(["evaluate", str(out), str(workdir / "ref.extxyz"), "--forces-key", "REF_forces", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_structures"] == 12
+    assert cli(["evaluate", str(out), "peo", "--forces-key", "REF_forces"]) == 2
+    assert "the bundled data set 'peo' keeps them under 'forces'" in capsys.readouterr().err
+    assert _train(workdir, workdir / "ref.extxyz", "--forces-key", "REF_forces", "--target", "polar") == 2
+    assert "`forces_key` ('REF_forces') names where a file keeps the forces" in capsys.readouterr().err
+
+
+def test_element_only_in_held_out_frames_is_refused(workdir, capsys):
+    """An element in validation frames only would get an untrained network while the validation errors looked
+    like a trained model's: refused, naming the element and the frame (its number in the file)."""
+    from fastfeat.train.data import split_frames
+
+    frames = synthetic_frames(10, seed=6)
+    _, i_va = split_frames(len(frames), 0.1, 0)
+    k = int(i_va[0])
+    frames[k][0].symbol = "N"
+    frames[k].calc = SinglePointCalculator(frames[k], forces=np.zeros((12, 3)))
+    ase.io.write(workdir / "valonly.extxyz", frames)
+    rc = cli(["train", "--data", str(workdir / "valonly.extxyz"), "--epochs", "1", "--quiet", "--cache-dir",
+              str(workdir / "cache"), "--out", str(workdir / "bad.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"valonly.extxyz (held out for validation): frame {k} holds N" in err, err
+    assert "would stay untrained" in err
+
+
+def test_negative_seed_is_named(workdir, capsys):
+    assert _train(workdir, workdir / "syn.extxyz", "--seed", "-1") == 2
+    assert "config `seed` must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_resume_names_the_settings_that_changed_the_data(workdir, capsys):
+    """Another seed (or val_fraction) splits a data file otherwise: resume refuses, naming the setting."""
+    args = ["train", "--data", str(workdir / "syn.extxyz"), "--spec", str(workdir / "spec.json"), "--epochs", "1",
+            "--quiet", "--cache-dir", str(workdir / "cache"), "--out", str(workdir / "rs.onnx")]
+    assert cli(args) == 0
+    capsys.readouterr()
+    assert cli(args[:-2] + ["--out", str(workdir / "rs.onnx"), "--epochs", "2", "--resume", "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on other data" in err and "settings that select the data differ: seed 3 (was 0)" in err, err
+
+
+def test_broken_pipe_ends_quietly(tmp_path, monkeypatch):
+    """`fastfeat data list | head -1`: the reader goes away; the command ends with status 1, no traceback."""
+    class ClosedPipe:
+        def __init__(self, fd):
+            self._fd = fd
+
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def fileno(self):
+            return self._fd
+
+    with open(tmp_path / "out", "w") as fh:
+        monkeypatch.setattr(sys, "stdout", ClosedPipe(fh.fileno()))
+        assert cli(["data", "list"]) == 1

@@ -160,6 +160,15 @@ def test_read_nan_forces_names_frame(tmp_path):
     write(path, frames, format="extxyz")
     with pytest.raises(ValueError, match=r"frame 2 .*not finite \(first at atom 1\)"):
         datasets.read(path, forces_key="REF_forces")
+    # a selection names the frame by its number in the file where the index tells it, else says it is the
+    # selection's
+    n = len(_frames())
+    assert n >= 3
+    for index in ("1:", slice(0, None, 2), 2):
+        with pytest.raises(ValueError, match=r"of frame 2 of .*nan.extxyz' are not finite"):
+            datasets.read(path, forces_key="REF_forces", index=index)
+    with pytest.raises(ValueError, match=rf"of frame 1 of those selected by index='-{n - 1}:'"):
+        datasets.read(path, forces_key="REF_forces", index=f"-{n - 1}:")
 
 
 def test_read_missing_file():

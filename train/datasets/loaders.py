@@ -57,6 +57,22 @@ def _single_point(atoms, energy, forces_nc):
     return out
 
 
+def _frame_numbers(index, n_read):
+    """k -> how messages name the k-th frame read with ``index``: its number in the file where the index
+    tells it without the file's length (":" , an int >= 0, a slice from a start >= 0 with a step > 0),
+    else its place in the selection ("frame 2 of those selected by index='-3:'")."""
+    from ase.io.formats import string2index
+
+    sel = string2index(index) if isinstance(index, str) else index
+    if isinstance(sel, int):
+        if sel >= 0:
+            return lambda k: sel + k
+    elif isinstance(sel, slice) and (sel.start or 0) >= 0 and (sel.step or 1) > 0:
+        start, step = sel.start or 0, sel.step or 1
+        return lambda k: start + k * step
+    return lambda k: f"{k} of those selected by index={index!r}"
+
+
 def read(path, forces_key: str = "forces", energy_key: str | None = None, index=":", format=None,
          what: str = "structure file") -> list:
     """Read frames with reference forces from extxyz or any format ``ase.io`` reads.
@@ -106,12 +122,10 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
         frames = [frames]
     if not frames:
         raise ValueError(f"`path` {path!r} holds no frames")
-    offset = 0
-    if isinstance(index, int) and index >= 0:
-        offset = index
+    frame_of = _frame_numbers(index, len(frames))
     out = []
     for k, atoms in enumerate(frames):
-        frame = offset + k
+        frame = frame_of(k)
         results = atoms.calc.results if atoms.calc is not None else {}
         if forces_key in atoms.arrays:
             forces_nc = np.array(atoms.arrays[forces_key], dtype=np.float64)
@@ -141,9 +155,9 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
         first = frames[0]
         results = first.calc.results if first.calc is not None else {}
         keys = sorted(set(first.info) | (set(results) - {"forces"}))
-        where = "any frame" if len(frames) > 1 else f"frame {offset}"
+        where = "any frame" if len(frames) > 1 else f"frame {frame_of(0)}"
         raise ValueError(f"`energy_key` {energy_key!r} not found in {where} of {path!r} "
-                         f"(atoms.info keys and calculator results of frame {offset}: {keys})")
+                         f"(atoms.info keys and calculator results of frame {frame_of(0)}: {keys})")
     return out
 
 
