@@ -430,7 +430,7 @@ class Featurizer:
 
         While the list holds (every atom within skin / 2 of where it was at the last build) the
         positions' finiteness and the reuse test are one pass over them and the kernel runs at once
-        (~25 µs less per call than the general path at 100 atoms); anything else (the first call, a
+        (tens of µs less per call than the general path at 100 atoms); anything else (the first call, a
         rebuild, non-finite positions, another shape or dtype, CUDA) takes the general path, which
         validates and reports.
         """

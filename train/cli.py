@@ -284,8 +284,8 @@ def train_main(argv) -> int:
     from .config import load_config
 
     try:
-        overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "forces_key", "batch_size", "lr", "seed", "threads",
-                                                   "time_limit", "dtype", "export_dtype", "cache_dir")}
+        overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "forces_key", "batch_size", "lr", "seed",
+                                                   "threads", "time_limit", "dtype", "export_dtype", "cache_dir")}
         cfg = load_config(args.config, **overrides)
         summary = run_training(args.data, args.out, cfg, spec_path=args.spec, checkpoint=args.checkpoint,
                                resume=args.resume, quiet=args.quiet, history=args.history)

@@ -57,7 +57,7 @@ def _single_point(atoms, energy, forces_nc):
     return out
 
 
-def _frame_numbers(index, n_read):
+def _frame_numbers(index):
     """k -> how messages name the k-th frame read with ``index``: its number in the file where the index
     tells it without the file's length (":" , an int >= 0, a slice from a start >= 0 with a step > 0),
     else its place in the selection ("frame 2 of those selected by index='-3:'")."""
@@ -122,7 +122,7 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
         frames = [frames]
     if not frames:
         raise ValueError(f"`path` {path!r} holds no frames")
-    frame_of = _frame_numbers(index, len(frames))
+    frame_of = _frame_numbers(index)
     out = []
     for k, atoms in enumerate(frames):
         frame = frame_of(k)
