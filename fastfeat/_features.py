@@ -474,6 +474,11 @@ class Featurizer:
                 self._seg = np.empty((n, spec.n_species + 1), np.int64)
                 group_by_species(start, self._j, self._shiftvec, species, self._seg)
             self._pos_ref = pos.copy()
+            # the reuse test of _call_same_system compiled (or loaded from the cache) here, with the list,
+            # not in the first MD step that uses it (an MD run times its steps)
+            from ._kernels.neighbors_cpu import max_displacement2
+
+            max_displacement2(self._pos_ref[:0], self._pos_ref[:0])
             self._key = (n, cell, pbc, species)  # validated copies, never handed out
             self._g = np.empty((n, spec.n_invariant), self.dtype)
             self._v = np.empty((n, spec.n_covariant, 3), self.dtype)
