@@ -7,7 +7,6 @@ bundled data set written as ``NAME[:SPLIT]`` (e.g. ``peo``, ``peo:test`` or
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import fastfeat
@@ -63,14 +62,13 @@ def load_structure(text: str, frame: int = 0):
     ValueError
         The file cannot be read, or ``frame`` is out of range.
     """
-    name, _, split = text.partition(":")
-    if names_path(text, bundled_dataset_names() if name == text else ()):
+    names = bundled_dataset_names()
+    if names_path(text, names):
         return read_structures(text, index=frame)
-    if name in bundled_dataset_names():
+    name, _, split = text.partition(":")
+    if name in names:
         frames = bundled_frames(name, split or "test")
         if not -len(frames) <= frame < len(frames):
             raise ValueError(f"bundled data set {text!r} has {len(frames)} frames, got `frame`={frame}")
         return frames[frame]
-    raise FileNotFoundError(
-        f"structure {text!r} is neither a file nor a bundled data set (available: {bundled_dataset_names()})"
-    )
+    raise FileNotFoundError(f"structure {text!r} is neither a file nor a bundled data set (available: {names})")

@@ -82,13 +82,13 @@ def _load_frames(data, model_name):
         if model_name is None:
             raise ValueError("`--data` is required when MODEL is a file (a data set name or an extxyz file)")
         data = model_name
-    if names_path(data, bundled_dataset_names()):
+    names = bundled_dataset_names()
+    if names_path(data, names):
         return data, read_structures(data)
-    if data in bundled_dataset_names():
+    if data in names:
         label = "test split" if split_loader() is not None else "all frames: fastfeat.train.datasets is unavailable"
         return f"{data} ({label})", bundled_frames(data, "test")
-    raise FileNotFoundError(f"`--data` {data!r} is neither a file nor a bundled data set "
-                            f"(available: {bundled_dataset_names()})")
+    raise FileNotFoundError(f"`--data` {data!r} is neither a file nor a bundled data set (available: {names})")
 
 
 def _plots(outdir, ref, pred, symbols, md_log, dt_fs, target_t):

@@ -36,6 +36,7 @@ from fastfeat._spec import SPEC_PRESETS, FeatureSpec
 
 # not from .model: reading a config must not need torch
 from ._defaults import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS, INPUT_CLIP
+from .data import check_forces_key
 
 __all__ = ["TrainConfig", "load_config", "SCHEDULES", "DTYPES", "SPEC_REQUIRED", "SPEC_OPTIONAL"]
 
@@ -207,9 +208,7 @@ class TrainConfig:
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
         need(self.target != "", "target", "a non-empty key")
         need(self.forces_key != "", "forces_key", "a non-empty key")
-        if self.forces_key != "forces" and self.target != "forces":
-            raise ValueError(f"config `forces_key` ({self.forces_key!r}) names where a file keeps the forces, for the "
-                             f"target forces; the target here is {self.target!r}: give one of them")
+        check_forces_key(self.forces_key, self.target, "config `forces_key`")
         if not isinstance(self.spec, dict):
             raise TypeError(f"config `spec` must be a table of FeatureSpec fields, got {type(self.spec).__name__}")
         self._validate_spec()

@@ -104,6 +104,13 @@ def looks_like_path(text: str) -> bool:
     return "/" in text or os.sep in text or os.path.splitext(text)[1] != ""
 
 
+def check_forces_key(forces_key, target, name="`forces_key`"):
+    """ValueError when ``forces_key`` (where a file keeps the forces) is given for a target other than forces."""
+    if forces_key != "forces" and target != "forces":
+        raise ValueError(f"{name} ({forces_key!r}) names where a file keeps the forces, for the target forces; "
+                         f"the target here is {target!r}: give one of them")
+
+
 def load_frames(data, split="train", *, target="forces", forces_key="forces", what="`data`"):
     """Frames of a bundled dataset split (``data`` a name) or of a file (all frames).
 
@@ -140,9 +147,7 @@ def load_frames(data, split="train", *, target="forces", forces_key="forces", wh
     from . import datasets
 
     data = os.fspath(data)
-    if forces_key != "forces" and target != "forces":
-        raise ValueError(f"`forces_key` ({forces_key!r}) names where a file keeps the forces, for the target forces; "
-                         f"the target here is {target!r}: give one of them")
+    check_forces_key(forces_key, target)
     if is_data_path(data):
         if target == "forces":
             frames = datasets.read(data, forces_key=forces_key, what=f"{what} file")
