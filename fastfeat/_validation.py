@@ -111,12 +111,13 @@ def check_pbc(pbc):
         return np.full(3, bool(pbc))
     arr = np.asarray(pbc)
     if arr.shape != (3,):
-        raise ValueError(f"`pbc` must be a bool or a sequence of 3 bools, got shape {arr.shape}")
+        shown = repr(pbc) if arr.size <= 6 else f"an array of shape {arr.shape}"
+        raise ValueError(f"`pbc` must be a bool or a sequence of 3 bools, got {shown}")
     if arr.dtype != bool:
         if arr.dtype.kind in "iu" and np.isin(arr, (0, 1)).all():
             arr = arr.astype(bool)
         else:
-            raise TypeError(f"`pbc` must contain booleans, got dtype {arr.dtype}")
+            raise TypeError(f"`pbc` must contain booleans, got {pbc!r} (dtype {arr.dtype})")
     return arr.astype(bool)
 
 

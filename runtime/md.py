@@ -453,7 +453,10 @@ class MolecularDynamics:
         log : str or os.PathLike, optional
             Text log, one line every ``every`` steps.
         every : int
-            Trajectory/log/record interval (steps, >= 1).
+            Trajectory/log/record interval (steps, >= 1), counted from the
+            start of this call: a second ``run`` records its own first frame
+            and then every ``every`` of its steps, whatever the step number
+            the engine had reached.
         progress : bool or file object
             Print a progress line (steps, temperature, atom-steps/s, ns/day) to
             stderr (``True``) or the given stream.

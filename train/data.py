@@ -29,6 +29,7 @@ __all__ = [
     "check_species",
     "featurize_frames",
     "cached_features",
+    "featurizer_code_hash",
     "default_cache_dir",
 ]
 
@@ -294,14 +295,41 @@ def default_cache_dir() -> str:
     return os.environ.get("FASTFEAT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "fastfeat")
 
 
+def featurizer_code_hash(root=None) -> str:
+    """sha256 of fastfeat's version and the source of every module of the featurizer package.
+
+    Part of the feature cache key, so that features cached by another version of the kernels (an
+    upgrade, or a development checkout between two commits) are computed again instead of read.
+    ``root`` is the package folder (default: the installed ``fastfeat``); its ``data`` folder is left out.
+    """
+    root = root or os.path.dirname(os.path.abspath(fastfeat.__file__))
+    if root == _CODE_HASH[0]:
+        return _CODE_HASH[1]
+    h = hashlib.sha256(fastfeat.__version__.encode())
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in ("data", "__pycache__"))
+        for name in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(folder, name)
+            h.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
+            with open(path, "rb") as fh:
+                h.update(hashlib.sha256(fh.read()).digest())
+    _CODE_HASH[:] = [root, h.hexdigest()]
+    return _CODE_HASH[1]
+
+
+_CODE_HASH = [None, None]  # (package folder, its hash): the sources do not change within a process
+
+
 def cached_features(frames, targets, spec, *, dtype="float32", target="forces", cache_dir="", data_sha=None,
                     log=None) -> FeatureSet:
     """:func:`featurize_frames`, read from / written to an npz cache.
 
-    The cache file is ``<cache_dir>/features/<sha256(data hash, spec JSON, dtype, target)>.npz``.
+    The cache file is ``<cache_dir>/features/<sha256(data hash, spec JSON, dtype, target, code hash)>.npz``,
+    where the code hash (:func:`featurizer_code_hash`) changes with any change to fastfeat's sources.
     """
     data_sha = data_sha or data_hash(frames, targets)
-    key = hashlib.sha256(json.dumps([data_sha, spec.to_json(), str(dtype), target]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([data_sha, spec.to_json(), str(dtype), target,
+                                     featurizer_code_hash()]).encode()).hexdigest()
     folder = os.path.join(cache_dir or default_cache_dir(), "features")
     path = os.path.join(folder, key[:32] + ".npz")
     if os.path.exists(path):

@@ -452,3 +452,41 @@ def test_broken_pipe_ends_quietly(tmp_path, monkeypatch):
     with open(tmp_path / "out", "w") as fh:
         monkeypatch.setattr(sys, "stdout", ClosedPipe(fh.fileno()))
         assert cli(["data", "list"]) == 1
+
+
+def test_feature_cache_is_keyed_by_the_featurizer_sources(tmp_path, monkeypatch):
+    """A cached feature file is read back only by the same fastfeat sources: a kernel change
+    (another version, or a checkout between two commits) computes the features again."""
+    import shutil
+
+    from fastfeat.train import data
+
+    frames = synthetic_frames(3, seed=5)
+    targets = [a.arrays["polar"] for a in frames]
+    spec = small_spec()
+    logs = []
+    first = data.cached_features(frames, targets, spec, cache_dir=str(tmp_path), log=logs.append)
+    again = data.cached_features(frames, targets, spec, cache_dir=str(tmp_path), log=logs.append)
+    assert "computed" in logs[0] and "cache hit" in logs[1]
+    np.testing.assert_array_equal(first.invariant, again.invariant)
+    with monkeypatch.context() as m:
+        m.setattr(data, "featurizer_code_hash", lambda: "another kernel")
+        data.cached_features(frames, targets, spec, cache_dir=str(tmp_path), log=logs.append)
+    assert "computed" in logs[2], logs
+
+    # the hash itself follows the bytes of any module of the package, the version and nothing in data/
+    pkg = tmp_path / "pkg"
+    shutil.copytree(os.path.dirname(fastfeat.__file__), pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(data, "_CODE_HASH", [None, None])
+    h0 = data.featurizer_code_hash(str(pkg))
+    assert h0 == data.featurizer_code_hash(str(os.path.dirname(fastfeat.__file__)))
+    (pkg / "data" / "extra.py").write_text("x = 1\n")
+    monkeypatch.setattr(data, "_CODE_HASH", [None, None])
+    assert data.featurizer_code_hash(str(pkg)) == h0
+    kernel = pkg / "_kernels" / "features_cpu.py"
+    kernel.write_text(kernel.read_text() + "\n# changed\n")
+    monkeypatch.setattr(data, "_CODE_HASH", [None, None])
+    assert data.featurizer_code_hash(str(pkg)) != h0
+    monkeypatch.setattr(data, "_CODE_HASH", [None, None])
+    monkeypatch.setattr(fastfeat, "__version__", "9.9.9")
+    assert data.featurizer_code_hash(str(os.path.dirname(fastfeat.__file__))) != h0
