@@ -17,6 +17,7 @@ __all__ = ["main"]
 SUBCOMMANDS = {
     "demo": ("fastfeat.runtime.demo", "main", "bundled model -> MD -> accuracy/speed report"),
     "md": ("fastfeat.runtime.md_cli", "main", "run molecular dynamics with a force model"),
+    "relax": ("fastfeat.runtime.relax_cli", "main", "relax a structure (FIRE, forces only) with a force model"),
     "check-conservation": ("fastfeat.runtime.conservation", "main", "Jacobian asymmetry and NVE drift of a model"),
     "featurize": ("fastfeat._featurize_cli", "main", "write invariant/covariant features of structures to .npz"),
     "train": ("fastfeat.train.cli", "train_main", "train a direct-force model and export it to ONNX"),

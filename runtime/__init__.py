@@ -7,6 +7,7 @@ from ._onnx_meta import ModelInfo, ModelLoadError
 from .calculator import Calculator
 from .md import MDInstabilityError, MDResult, MolecularDynamics, run_md
 from .model import ForceEvaluator, ForceModel, pretrained_names
+from .relaxation import RelaxInstabilityError, RelaxResult, relax
 
 __all__ = [
     "ForceModel",
@@ -18,5 +19,8 @@ __all__ = [
     "MDResult",
     "MDInstabilityError",
     "run_md",
+    "relax",
+    "RelaxResult",
+    "RelaxInstabilityError",
     "pretrained_names",
 ]

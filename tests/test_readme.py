@@ -371,3 +371,26 @@ def test_conservation_table_is_the_committed_check_conservation_output():
         assert _shown(nve["temperature_end_K"], figure) == figure, (name, t_end, nve["temperature_end_K"])
         net, rms = forces.split()[0], forces.split()[2]
         assert (_shown(report["net_force_eV_per_A"], net), _shown(report["rms_force_eV_per_A"], rms)) == (net, rms)
+
+
+def test_relax_table_is_the_committed_relax_check_output():
+    """The README's table of relaxations with the bundled models equals benchmarks/results/relax_check.json,
+    the file `python -m benchmarks.compare.relax_check` writes."""
+    import json
+
+    report = json.loads((ROOT / "benchmarks" / "results" / "relax_check.json").read_text())
+    by_key = {(r["model"], str(r["test_frame"])): r for r in report["rows"]}
+    rows = _table_rows("#### Relaxing a structure")
+    assert len(rows) == len(by_key), rows
+    for name, frame, steps, xtb, further in rows:
+        r = by_key[(name, frame)]
+        assert steps == f"{r['steps']}" + ("" if r["converged"] else " (not converged)"), (name, frame, steps)
+        start, end = xtb.split(" → ")
+        assert (_shown(r["reference_start"]["fmax"], start), _shown(r["reference_end"]["fmax"], end)) == (start, end)
+        if further == "-":
+            assert "reference_relax" not in r
+        else:
+            q = r["reference_relax"]
+            n, moved = further.split(", ")
+            assert n == f"{q['steps']}" + ("" if q["converged"] else " (not converged)"), (name, frame, further)
+            assert _shown(q["moved_rms_A"], moved) == moved, (name, frame, moved, q["moved_rms_A"])
