@@ -17,7 +17,9 @@ Metadata (all strings)
     ``fastfeat.format_version`` ("1"), ``fastfeat.spec`` (FeatureSpec JSON),
     ``fastfeat.species`` (JSON list), ``fastfeat.head``, ``fastfeat.target``,
     ``fastfeat.units`` (JSON), ``fastfeat.version``, ``fastfeat.data_hash``,
-    ``fastfeat.validation`` (JSON), ``fastfeat.dtype``.
+    ``fastfeat.validation`` (JSON), ``fastfeat.dtype``; optional
+    ``fastfeat.feature_range`` (JSON: per element, the training range of every
+    invariant column; see :mod:`fastfeat.runtime.extrapolation`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fastfeat import FeatureSpec
+
+from .extrapolation import FEATURE_RANGE_KEY, parse_feature_range
 
 __all__ = [
     "MODEL_FORMAT_VERSION",
@@ -85,6 +89,9 @@ class ModelInfo:
         Validation/test metrics stored by the exporter.
     metadata : dict
         All metadata_props, raw strings.
+    feature_range : dict or None
+        ``{symbol: (min, max)}``: the training range of every invariant column per element
+        (``fastfeat.feature_range``), None when the file has none (exported before it existed).
     """
 
     spec: FeatureSpec
@@ -97,6 +104,7 @@ class ModelInfo:
     data_hash: str = ""
     validation: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
+    feature_range: dict | None = None
 
 
 def make_metadata(spec, *, head="basis", target="forces", dtype="float32", version=None,
@@ -204,6 +212,12 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
         )
     units = _json_field(meta, "units", path, dict) if _PREFIX + "units" in meta else {}
     validation = _json_field(meta, "validation", path, dict) if _PREFIX + "validation" in meta else {}
+    feature_range = None
+    if FEATURE_RANGE_KEY in meta:
+        try:
+            feature_range = parse_feature_range(meta[FEATURE_RANGE_KEY], spec)
+        except ValueError as exc:
+            raise ModelLoadError(f"model {path!r}: {exc}") from None
     return ModelInfo(
         spec=spec,
         species=species,
@@ -215,6 +229,7 @@ def read_model_info(meta: dict, path: str) -> ModelInfo:
         data_hash=meta.get(_PREFIX + "data_hash", ""),
         validation=validation,
         metadata=dict(meta),
+        feature_range=feature_range,
     )
 
 

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ._structures import load_structure
+    from .extrapolation import report as report_extrapolation
     from .md import MDInstabilityError, check_outputs, run_md
     from .model import ModelLoadError, resolve_model
 
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
             print(f"fastfeat md: {model!r}", file=sys.stderr)
             print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}), {args.steps} steps of {args.dt} fs, "
                   f"{args.ensemble} at {args.temperature} K", file=sys.stderr)
+        report_extrapolation(model, atoms, "start", "fastfeat md", args.quiet)
         result = run_md(
             model, atoms, args.steps, dt=args.dt, temperature=args.temperature, ensemble=args.ensemble,
             friction=args.friction, seed=args.seed, out=args.out, every=args.every, log=args.log,
@@ -66,10 +68,13 @@ def main(argv=None) -> int:
         )
     except MDInstabilityError as exc:
         print(f"fastfeat md: {exc}", file=sys.stderr)
+        if exc.result.steps_run:
+            report_extrapolation(model, _at(atoms, exc.result.positions), "last good step", "fastfeat md", False)
         return 3
     except (OSError, ValueError, TypeError, RuntimeError, ModelLoadError) as exc:
         print(f"fastfeat md: error: {exc}", file=sys.stderr)
         return 2
+    report_extrapolation(model, _at(atoms, result.positions), "end", "fastfeat md", args.quiet)
     log = result.log
     print(
         f"done: {result.steps_run} steps in {result.wall_s:.2f} s: {result.steps_per_s:.1f} steps/s, "
@@ -82,3 +87,10 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+def _at(atoms, positions):
+    out = atoms.copy()
+    out.positions = positions
+    return out
+

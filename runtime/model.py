@@ -7,6 +7,7 @@ custom-op library is ever registered.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from pathlib import Path
@@ -20,6 +21,7 @@ from fastfeat._validation import (
     check_device,
     check_feature_arrays,
     check_int,
+    check_number,
     check_skin,
     species_index,
     species_lookup,
@@ -267,6 +269,48 @@ class ForceModel:
         numbers = np.asarray(numbers)
         return species_index(numbers, self._lookup, numbers.shape[0] if numbers.ndim == 1 else -1,
                              self.spec.species).astype(np.int64)
+
+    @property
+    def feature_range(self):
+        """``{symbol: (min, max)}``: per element, the training range of every invariant column
+        (metadata ``fastfeat.feature_range``); None for a file exported without it."""
+        return self.info.feature_range
+
+    def extrapolation(self, atoms, tolerance=1e-3):
+        """Which atoms of ``atoms`` have invariant features outside the model's training range.
+
+        Parameters
+        ----------
+        atoms : ase.Atoms
+        tolerance : float
+            Excess (in units of a column's training range) up to which an atom still counts as inside.
+            The default, 0.1 % of the range, absorbs the rounding of float32 features, whose
+            summation order differs between a structure featurized alone and in a batch.
+
+        Returns
+        -------
+        fastfeat.runtime.extrapolation.Extrapolation
+            ``.atoms`` (indices), ``.fraction``, ``.excess`` per atom, ``.summary()``.
+
+        Raises
+        ------
+        ValueError
+            The model file holds no training ranges (exported before fastfeat stored them), or an
+            element is not one of the model's species.
+        """
+        from .extrapolation import extrapolation
+
+        _check_atoms(atoms, "atoms")
+        tolerance = check_number(tolerance, "`tolerance`", 0.0)
+        if self.feature_range is None:
+            raise ValueError(f"model {self.path!r} holds no training feature ranges (metadata "
+                             "`fastfeat.feature_range`): it was exported before fastfeat stored them; "
+                             "re-export it (fastfeat train) to check extrapolation")
+        # the model's dtype: the ranges were taken from features of that precision
+        with (_WORKQUEUE_LOCK if _parallel_lock() is not None else contextlib.nullcontext()):
+            f = fastfeat.featurize(atoms, self.spec, device="cpu", dtype=self.dtype)
+        return extrapolation(np.asarray(f.invariant), np.asarray(f.species), self.spec, self.feature_range,
+                             tolerance)
 
     def evaluator(self, numbers, cell, pbc) -> "ForceEvaluator":
         """A low-overhead force function for one fixed system (MD).

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from ._structures import load_structure
+    from .extrapolation import report as report_extrapolation
     from .md import check_outputs
     from .model import ModelLoadError, resolve_model
     from .relaxation import RelaxInstabilityError, relax
@@ -52,15 +53,19 @@ def main(argv=None) -> int:
             print(f"fastfeat relax: {model!r}", file=sys.stderr)
             print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}), FIRE to fmax {args.fmax} eV/Å, "
                   f"at most {args.steps} steps", file=sys.stderr)
+        report_extrapolation(model, atoms, "start", "fastfeat relax", args.quiet)
         result = relax(model, atoms, fmax=args.fmax, steps=args.steps, maxstep=args.maxstep,
                        max_force=args.max_force, trajectory=args.trajectory, every=args.every, log=args.log,
                        progress=not args.quiet)
     except RelaxInstabilityError as exc:
         print(f"fastfeat relax: {exc}", file=sys.stderr)
+        if exc.step:
+            report_extrapolation(model, exc.result.atoms, "last good step", "fastfeat relax", False)
         return 3
     except (OSError, ValueError, TypeError, RuntimeError, ModelLoadError) as exc:
         print(f"fastfeat relax: error: {exc}", file=sys.stderr)
         return 2
+    report_extrapolation(model, result.atoms, "end", "fastfeat relax", args.quiet)
     if args.out:
         import ase.io
 
@@ -75,3 +80,4 @@ def main(argv=None) -> int:
               "non-conservative part (see `fastfeat check-conservation`) or the structure left the training data",
               file=sys.stderr)
     return 0 if result.converged else 1
+

@@ -394,3 +394,21 @@ def test_relax_table_is_the_committed_relax_check_output():
             n, moved = further.split(", ")
             assert n == f"{q['steps']}" + ("" if q["converged"] else " (not converged)"), (name, frame, further)
             assert _shown(q["moved_rms_A"], moved) == moved, (name, frame, moved, q["moved_rms_A"])
+
+
+def test_extrapolation_figures_are_the_committed_extrapolation_check_output():
+    """The README's shares of test atoms outside the bundled models' training ranges, and the training split's
+    zero, are benchmarks/results/extrapolation.json (`python -m benchmarks.compare.extrapolation_check`)."""
+    import json
+
+    rows = json.loads((ROOT / "benchmarks" / "results" / "extrapolation.json").read_text())["rows"]
+    text = _text()
+    for r in rows:
+        if r["split"] == "train":
+            assert r["mean_fraction"] == 0 and r["frames_with_any"] == 0, r
+        if r["split"] == "test":
+            line = re.search(rf"  - {re.escape(r['model'])}: ([\d.]+) %.*?, (?:largest excess|up to) (\d+(?:\.\d+)?)", text)
+            assert line, r["model"]
+            share, excess = line.groups()
+            assert _shown(100 * r["mean_fraction"], share) == share, (r["model"], share, r["mean_fraction"])
+            assert _shown(r["largest_excess"], excess) == excess, (r["model"], excess, r["largest_excess"])

@@ -11,6 +11,10 @@ kernels) and training (needs torch only) can run on different machines::
     # 3. gather the reports
     python -m fastfeat.train.bundle_models collect *.json --out benchmarks/results/models.json
 
+Models trained before the exporter stored training feature ranges get them without retraining::
+
+    python -m fastfeat.train.bundle_models annotate peo li4p2o7 li4p2o7-water
+
 ``fastfeat train --data li4p2o7 --config examples/bundled.toml --threads 1 --out li4p2o7.onnx``
 runs the same training in one go (for peo, set ``spec_preset = "angular-short"`` in a copy of the
 config: ``BUNDLED_PRESET``).
@@ -141,6 +145,35 @@ def train_one(src, name, head, out, time_limit, report=None, config_path=None, e
     return rep
 
 
+def annotate(names, models_dir, cache_dir=""):
+    """Add the training feature ranges (metadata ``fastfeat.feature_range``) to already trained model files
+    ``<models_dir>/<name>.onnx`` without retraining: the training split's features are computed again with
+    the bundled configuration, and the file is rewritten only if its spec and training-data hash are the
+    ones those features come from. Weights and graph are untouched."""
+    import onnx
+
+    from fastfeat.runtime.extrapolation import FEATURE_RANGE_KEY, feature_range_metadata
+
+    from .cli import prepare_features
+
+    for name in names:
+        path = os.path.join(models_dir, f"{name}.onnx")
+        proto = onnx.load(path)
+        meta = {p.key: p.value for p in proto.metadata_props}
+        cfg = bundled_config(name=name, cache_dir=cache_dir)
+        feats, spec, sha = prepare_features(name, cfg, log=_log)
+        if meta.get("fastfeat.data_hash") != sha or meta.get("fastfeat.spec") != spec.to_json():
+            raise ValueError(f"{path}: its training-data hash or spec differs from the bundled configuration's "
+                             f"({sha[:12]}...); retrain it instead (`train`)")
+        meta[FEATURE_RANGE_KEY] = feature_range_metadata(spec, feats["train"].invariant, feats["train"].species)
+        del proto.metadata_props[:]
+        onnx.helper.set_model_props(proto, meta)
+        tmp = path + ".tmp"
+        onnx.save(proto, tmp)
+        os.replace(tmp, path)
+        _log(f"{name}: feature ranges of {feats['train'].n_atoms} training atoms -> {path}")
+
+
 def collect(reports, out):
     table = {}
     if os.path.exists(out):
@@ -175,12 +208,20 @@ def main(argv=None) -> int:
     b.add_argument("--config")
     b.add_argument("--out", required=True)
     b.add_argument("--report")
+    n = sub.add_parser("annotate", help="add the training feature ranges to trained model files")
+    n.add_argument("names", nargs="+")
+    n.add_argument("--models-dir", default=None, help="default: the installed fastfeat's data/models")
+    n.add_argument("--cache-dir", default="")
     c = sub.add_parser("collect")
     c.add_argument("reports", nargs="+")
     c.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.cmd == "prepare":
         prepare(args.names, args.dest, args.cache_dir)
+    elif args.cmd == "annotate":
+        from fastfeat.runtime.model import MODELS_DIR
+
+        annotate(args.names, args.models_dir or str(MODELS_DIR), args.cache_dir)
     elif args.cmd == "train":
         train_one(args.src, args.name, args.head, args.out, args.time_limit, args.report, args.config, args.epochs)
     else:

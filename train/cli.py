@@ -223,8 +223,11 @@ def train_and_export(feats, spec, sha, out, cfg, *, checkpoint=None, resume=Fals
         unit = cfg.target_unit or ("eV/Å" if cfg.target == "forces" else "")
         validation = {k: {q: v[q] for q in ("mae", "rmse", "rel_rmse", "cosine", "n_atoms")} for k, v in metrics.items()}
         validation["best_epoch"] = res.best_epoch + 1
+        from fastfeat.runtime.extrapolation import feature_range_metadata
+
         export_onnx(res.model, out, target=cfg.target, units={"length": "Å", "force": unit}, data_hash=sha,
-                    validation=validation, dtype=cfg.export_dtype)
+                    validation=validation, dtype=cfg.export_dtype,
+                    feature_range=feature_range_metadata(spec, feats["train"].invariant, feats["train"].species))
         # the exported graph must reproduce the PyTorch model
         fs = feats["val"]
         onnx_f = OnnxForceModel(out)(fs.invariant, fs.covariant, fs.species)

@@ -33,7 +33,8 @@ into the spec's species); output ``forces`` [n_atoms, 3]. ``n_atoms`` is a
 dynamic dimension. ``metadata_props``: ``fastfeat.format_version``,
 ``fastfeat.spec``, ``fastfeat.species``, ``fastfeat.head``, ``fastfeat.target``,
 ``fastfeat.units``, ``fastfeat.version``, ``fastfeat.data_hash``,
-``fastfeat.validation``, ``fastfeat.dtype`` (all strings).
+``fastfeat.validation``, ``fastfeat.dtype`` and, when given, ``fastfeat.feature_range``
+(all strings).
 """
 
 from __future__ import annotations
@@ -234,7 +235,7 @@ def _basis_head(b: _Builder, c: str, cov: str, out: str) -> str:
 
 
 def model_to_onnx(model: StaggeredNetwork, *, target="forces", units=None, data_hash="", validation=None,
-                  dtype="float32", name="fastfeat_staggered") -> onnx.ModelProto:
+                  dtype="float32", name="fastfeat_staggered", feature_range=None) -> onnx.ModelProto:
     """Build the ONNX graph of a trained network (see module docstring).
 
     Parameters
@@ -250,6 +251,9 @@ def model_to_onnx(model: StaggeredNetwork, *, target="forces", units=None, data_
         Validation/test metrics stored as JSON.
     dtype : {"float32", "float64"}
         Floating type of inputs, weights and output.
+    feature_range : str, optional
+        ``fastfeat.feature_range`` metadata: the training range of every invariant column per element
+        (:func:`fastfeat.runtime.extrapolation.feature_range_metadata` of the training features).
 
     Returns
     -------
@@ -299,6 +303,8 @@ def model_to_onnx(model: StaggeredNetwork, *, target="forces", units=None, data_
         "fastfeat.validation": json.dumps(validation if validation is not None else {}, sort_keys=True),
         "fastfeat.dtype": dtype,
     }
+    if feature_range is not None:
+        meta["fastfeat.feature_range"] = feature_range
     helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     return proto

@@ -7,7 +7,8 @@ forces are GFN1-xTB (tblite) single points, the labelling of the bundled data; r
 largest per-atom norm and RMS component, and the model's own. With ``--reference-steps K > 0`` the
 relaxation is then continued with GFN1-xTB itself (ASE's FIRE, the same algorithm, at most K steps):
 how far the atoms still move (RMS and largest displacement, Å) says how near the model's end point
-is to the reference's.
+is to the reference's. The atoms whose invariant features leave the model's training range
+(``ForceModel.extrapolation``) are counted at the start and at the model's end point.
 
 Needs the ``[data]`` extra (tblite). A single point takes 3 / 7 / 18 s on one core for the peo /
 li4p2o7 / li4p2o7-water test frames. Writes ``benchmarks/results/relax_check.json`` and ``.md``.
@@ -74,6 +75,9 @@ def run(models, n_frames, fmax, steps, reference_steps, reference_models):
                 "reference_end": _stats(ref_end),
                 "model_end": _stats(res.forces),
                 "moved_rms_A": float(np.sqrt(((res.atoms.positions - atoms.positions) ** 2).sum(1).mean())),
+                # atoms with invariant features outside the model's training range (ForceModel.extrapolation)
+                "extrapolating_start": int(len(model.extrapolation(atoms).atoms)),
+                "extrapolating_end": int(len(model.extrapolation(res.atoms).atoms)),
             }
             if reference_steps and name in reference_models:
                 work = res.atoms.copy()
@@ -106,15 +110,16 @@ def markdown(res):
         "per-atom force norm; RMS: RMS force component (eV/Å).",
         "",
         "| model | test frame | atoms | steps | reference fmax / RMS at start | reference fmax / RMS at the model's "
-        "relaxed structure | model fmax there | moved (RMS, Å) |",
-        "|---|---:|---:|---:|---|---|---:|---:|",
+        "relaxed structure | model fmax there | moved (RMS, Å) | atoms outside the training range: start → end |",
+        "|---|---:|---:|---:|---|---|---:|---:|---|",
     ]
     for r in res["rows"]:
         lines.append(
             f"| {r['model']} | {r['test_frame']} | {r['n_atoms']} | {r['steps']}"
             f"{'' if r['converged'] else ' (not converged)'} | {r['reference_start']['fmax']:.2f} / "
             f"{r['reference_start']['rms']:.2f} | {r['reference_end']['fmax']:.2f} / {r['reference_end']['rms']:.3f} "
-            f"| {r['model_end']['fmax']:.3f} | {r['moved_rms_A']:.2f} |")
+            f"| {r['model_end']['fmax']:.3f} | {r['moved_rms_A']:.2f} | {r['extrapolating_start']} → "
+            f"{r['extrapolating_end']} |")
     ref = [r for r in res["rows"] if "reference_relax" in r]
     if ref:
         lines += [

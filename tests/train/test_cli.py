@@ -57,6 +57,28 @@ def test_train_learns_a_synthetic_covariant_target(trained, workdir):
     assert np.sqrt(((pred - ref) ** 2).mean()) / np.sqrt((ref**2).mean()) < 0.3
 
 
+def test_exported_model_holds_the_training_feature_ranges(trained, workdir):
+    """`fastfeat.feature_range`: per element, the min and max of every invariant column over the training
+    split's atoms (not the validation frames); the runtime reads them back."""
+    from fastfeat.runtime import ForceModel
+    from fastfeat.train.config import TrainConfig
+    from fastfeat.train.data import split_frames
+
+    frames = ase.io.read(workdir / "syn.extxyz", index=":")
+    cfg = TrainConfig()
+    i_tr, i_va = split_frames(len(frames), cfg.val_fraction, cfg.seed)
+    assert len(i_va) > 0
+    spec = fastfeat.FeatureSpec.from_json((workdir / "spec.json").read_text())
+    f = fastfeat.featurize([frames[i] for i in i_tr], spec, dtype=np.float32)
+    g, s = np.asarray(f.invariant), np.asarray(f.species)
+    model = ForceModel.load(trained)
+    for e, symbol in enumerate(spec.species):
+        lo, hi = model.feature_range[symbol]
+        np.testing.assert_array_equal(lo, g[s == e].min(0))
+        np.testing.assert_array_equal(hi, g[s == e].max(0))
+    assert not model.extrapolation(frames[int(i_tr[0])])
+
+
 def test_exported_model_is_covariant_and_invariant_end_to_end(trained):
     """Rotate/translate/permute a real structure, featurize, run the ONNX model."""
     m = OnnxForceModel(trained)
