@@ -24,7 +24,17 @@ if str(_ROOT) not in sys.path:  # allow `python benchmarks/compare/x.py`
 
 from benchmarks.common import interleaved_medians, machine_info, set_threads  # noqa: E402
 
-__all__ = ["row", "ratio", "main_for", "interleaved_medians", "set_threads"]
+__all__ = ["row", "ratio", "main_for", "interleaved_medians", "set_threads", "write_report"]
+
+
+def write_report(res, out, markdown):
+    """Write ``res`` as JSON to ``out`` and ``markdown(res)`` beside it (same name, ``.md``); print the latter."""
+    with open(out, "w") as fh:
+        json.dump(res, fh, indent=1)
+    text = markdown(res)
+    with open(os.path.splitext(out)[0] + ".md", "w") as fh:
+        fh.write(text)
+    print(text)
 
 
 def row(tool, task, structure, n_atoms, timing, throughput=None, unit=None, **extra):

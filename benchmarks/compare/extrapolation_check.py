@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from benchmarks.compare._harness import write_report
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(os.path.dirname(HERE), "results")
 
@@ -77,11 +79,7 @@ def main(argv=None):
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "rows": run(args.models),
     }
-    with open(args.out, "w") as fh:
-        json.dump(res, fh, indent=1)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as fh:
-        fh.write(markdown(res))
-    print(markdown(res))
+    write_report(res, args.out, markdown)
     return 0
 
 
