@@ -160,9 +160,13 @@ def _report(path, s):
         f"| simulated time per day | {md['ns_per_day']:.3f} ns/day |",
         f"| machine | {md['machine']} |",
         f"| neighbour-list builds | {md['n_rebuilds']} |",
+        f"| atoms outside the training feature ranges, last frame | "
+        f"{'not known (the model file holds no ranges)' if md['extrapolating_end'] is None else md['extrapolating_end']} |",
         f"| stopped early | {md['stopped_at'] if md['stopped_at'] is not None else 'no'} |",
         "",
     ]
+    if md["extrapolating_end"]:
+        lines += [f"The last frame extrapolates: {md['extrapolation_end']}.", ""]
     if md["stopped_at"] is not None:
         lines += [
             f"**The MD run stopped at step {md['stopped_at']}**: {md['stop_reason']}. The trajectory ends with "
@@ -282,6 +286,13 @@ def main(argv=None) -> int:
             "n_rebuilds": result.n_rebuilds, "stopped_at": result.stopped_at, "stop_reason": result.stop_reason,
             "machine": _machine(device),
         }
+        # is the last MD frame still inside the training data? (atoms with features outside the training range)
+        md["extrapolating_end"] = md["extrapolation_end"] = None
+        if model.feature_range is not None and result.steps_run:
+            last = atoms.copy()
+            last.positions = result.positions
+            ex = model.extrapolation(last)
+            md["extrapolating_end"], md["extrapolation_end"] = int(len(ex.atoms)), ex.summary()
         conservation = jacobian_asymmetry(model, atoms, seed=args.seed)  # whole Jacobian up to 128 atoms
         info = model.info
         summary = {

@@ -51,6 +51,32 @@ def test_demo_end_to_end(model, model_path, tmp_path):
     for name in ("parity.png", "temperature.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(ase.io.read(out / "md.extxyz", index=":")) >= 2
+    # the test model holds no training ranges: the report says the count is unknown
+    assert summary["md"]["extrapolating_end"] is None and "not known (the model file holds no ranges)" in report
+
+
+def test_demo_reports_extrapolation_of_the_last_frame(model, model_path, spec, tmp_path):
+    """With training ranges from one box, MD of another (random forces) ends outside them: counted, and the
+    report names the worst atom; the count is ForceModel.extrapolation of the last frame."""
+    import fastfeat
+    from _models import with_metadata
+
+    from fastfeat.runtime import ForceModel
+    from fastfeat.runtime.extrapolation import feature_range_metadata
+
+    f = fastfeat.featurize(random_water_box(seed=20), spec, dtype=np.float32)
+    ranged = with_metadata(model_path, tmp_path / "ranged.onnx",
+                           feature_range=feature_range_metadata(spec, np.asarray(f.invariant), np.asarray(f.species)))
+    frames = [random_water_box(seed=21)]
+    frames[0].calc = SinglePointCalculator(frames[0], forces=model.forces(frames[0]))
+    ase.io.write(tmp_path / "test.extxyz", frames)
+    out = tmp_path / "demo"
+    assert demo.main(["--model", str(ranged), "--data", str(tmp_path / "test.extxyz"), "--steps", "20", "--out",
+                      str(out), "--device", "cpu", "--quiet"]) == 0
+    md = json.loads((out / "summary.json").read_text())["md"]
+    last = ase.io.read(out / "md.extxyz", index=-1)
+    assert md["extrapolating_end"] == len(ForceModel.load(ranged).extrapolation(last).atoms) > 0
+    assert f"The last frame extrapolates: {md['extrapolation_end']}" in (out / "report.md").read_text()
 
 
 def test_demo_errors(model_path, tmp_path, capsys):
