@@ -382,8 +382,9 @@ def test_relax_table_is_the_committed_relax_check_output():
     by_key = {(r["model"], str(r["test_frame"])): r for r in report["rows"]}
     rows = _table_rows("#### Relaxing a structure")
     assert len(rows) == len(by_key), rows
-    for name, frame, steps, xtb, further in rows:
+    for name, frame, steps, xtb, further, outside in rows:
         r = by_key[(name, frame)]
+        assert outside == f"{r['extrapolating_start']} → {r['extrapolating_end']}", (name, frame, outside)
         assert steps == f"{r['steps']}" + ("" if r["converged"] else " (not converged)"), (name, frame, steps)
         start, end = xtb.split(" → ")
         assert (_shown(r["reference_start"]["fmax"], start), _shown(r["reference_end"]["fmax"], end)) == (start, end)
