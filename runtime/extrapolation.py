@@ -19,7 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["FEATURE_RANGE_KEY", "feature_range_metadata", "parse_feature_range", "Extrapolation", "extrapolation",
-           "report"]
+           "bounds", "report"]
+
+#: default tolerance of the check (in units of a column's training range): absorbs the float32 rounding of
+#: features whose summation order differs between a structure featurized alone and in a batch
+DEFAULT_TOLERANCE = 1e-3
 
 #: metadata key of the training ranges (JSON: {symbol: {"min": [...], "max": [...], "n_atoms": k}})
 FEATURE_RANGE_KEY = "fastfeat.feature_range"
@@ -121,6 +125,20 @@ class Extrapolation:
             by = f"by {e:.3g} x its training range" if np.isfinite(e) else "a column constant in training"
             worst = f"{self.worst_column} = {self.worst_value:.4g}, trained on [{lo:.4g}, {hi:.4g}], {by}"
         return head + worst + "); their forces are extrapolated"
+
+
+def bounds(spec, ranges, tolerance=DEFAULT_TOLERANCE):
+    """(lo, hi), each (n_species, n_invariant) float64: the training range of every column per element,
+    widened by ``tolerance`` times its width; an element without range gets lo = +inf, hi = -inf (every
+    value outside). A value v is outside exactly when :func:`extrapolation` counts it: v < lo or v > hi."""
+    lo = np.full((spec.n_species, spec.n_invariant), np.inf)
+    hi = np.full((spec.n_species, spec.n_invariant), -np.inf)
+    for e, symbol in enumerate(spec.species):
+        if symbol in ranges:
+            a, b = ranges[symbol]
+            lo[e] = a - tolerance * (b - a)
+            hi[e] = b + tolerance * (b - a)
+    return lo, hi
 
 
 def extrapolation(invariant, species, spec, ranges, tolerance=0.0) -> Extrapolation:

@@ -156,6 +156,10 @@ class MDResult:
         *any* force field up to integration error, so its drift measures the
         time step's error, not non-conservative forces (for conservative
         forces it is the total energy minus the initial potential energy).
+        With a model that holds training feature ranges (and the model's own
+        force function, as ``run_md`` uses), ``outside_training``: atoms whose
+        invariant features lie outside them (``ForceModel.extrapolation``;
+        -1 for the last good frame of a stopped run, not measured).
     stopped_at : int or None
         Step with bad forces, if the run stopped early.
     stop_reason : str or None
@@ -516,9 +520,15 @@ class MolecularDynamics:
         xp = self.xp
         n = self.n_atoms
         nve = self.ensemble == "nve"
-        records = self._records()
+        # atoms outside the model's training feature ranges, from the features of the latest force call
+        # (ForceEvaluator.outside_count; None for a force function or a model without ranges)
+        outside = getattr(self.force_fn, "outside_count", None)
+        if outside is not None and outside() is None:
+            outside = None
+        records = self._records(outside is not None)
         if logfh is not None:
-            cols = "step time_fs temperature_K kinetic_eV max_force_eV/A" + (" ke_minus_work_eV" if nve else "")
+            cols = "step time_fs temperature_K kinetic_eV max_force_eV/A" + (" ke_minus_work_eV" if nve else "") \
+                + (" outside_training" if outside is not None else "")
             logfh.write(f"# fastfeat md: {n} atoms, dt={self.dt} fs, ensemble={self.ensemble}, "
                         f"T={self.temperature} K\n# {cols}\n")
 
@@ -527,7 +537,8 @@ class MolecularDynamics:
         f[...] = self.f  # computed by run() before the files were opened
         fmax = _max_abs(f)
 
-        def record(step, x, v, f_arr, fmax_val):
+        def record(step, x, v, f_arr, fmax_val, latest=True):
+            """``latest``: the force function's last call was at ``x`` (not so after a stop's restore)."""
             vh = _host(v)
             ke = kinetic_energy(vh, self.masses)
             t = 2.0 * ke / (self.dof * KB)
@@ -535,10 +546,15 @@ class MolecularDynamics:
             row = [step, time_fs, t, ke, fmax_val]
             for key, val in zip(records, row):
                 records[key].append(val)
+            extra = ""
             if nve:
                 records["ke_minus_work_eV"].append(ke - self.work)
+                extra = f" {ke - self.work:.8f}"
+            if outside is not None:
+                n_out = outside() if latest else -1  # -1: not measured
+                records["outside_training"].append(n_out)
+                extra += f" {n_out}"
             if logfh is not None:
-                extra = f" {ke - self.work:.8f}" if nve else ""
                 logfh.write(f"{step} {time_fs:.4f} {t:.3f} {ke:.8f} {fmax_val:.5g}{extra}\n")
             if writer is not None:
                 writer.write(step, time_fs, t, _host(x), vh, _host(f_arr))
@@ -661,7 +677,7 @@ class MolecularDynamics:
         self.step = start_step + k - 1
         self.f = f.copy()
         if (k - 1) % every != 0:
-            record(self.step, x, v, f, _max_abs(f))
+            record(self.step, x, v, f, _max_abs(f), latest=False)
         bad_step = start_step + k
         if logfh is not None:
             logfh.write(f"# stopped at step {bad_step}: {reason}; last good step {self.step}\n")
@@ -681,10 +697,11 @@ class MolecularDynamics:
         stream.write(("\r" + line + ("\n" if final else "")) if tty else line + "\n")
         stream.flush()
 
-    def _records(self):
+    def _records(self, outside=False):
         """Empty per-record columns of the log (one list per quantity)."""
         keys = ("step", "time_fs", "temperature_K", "kinetic_eV", "max_force")
-        return {k: [] for k in keys + (("ke_minus_work_eV",) if self.ensemble == "nve" else ())}
+        keys += ("ke_minus_work_eV",) if self.ensemble == "nve" else ()
+        return {k: [] for k in keys + (("outside_training",) if outside else ())}
 
     def _result(self, steps_run, wall, records, f, stopped_at, reason):
         nrb = getattr(self.force_fn, "n_rebuilds", None)

@@ -76,6 +76,11 @@ def main(argv=None) -> int:
         return 2
     report_extrapolation(model, _at(atoms, result.positions), "end", "fastfeat md", args.quiet)
     log = result.log
+    outside = log.get("outside_training")
+    if outside is not None and len(outside) and outside.max() > 0:
+        k = int(outside.argmax())
+        print(f"fastfeat md: up to {outside.max()} of {len(atoms)} atoms were outside the training feature ranges "
+              f"in the recorded frames (step {log['step'][k]}; the log's outside_training column)", file=sys.stderr)
     print(
         f"done: {result.steps_run} steps in {result.wall_s:.2f} s: {result.steps_per_s:.1f} steps/s, "
         f"{result.atom_steps_per_s:.4g} atom-steps/s, {result.ns_per_day:.3f} ns/day; "

@@ -27,6 +27,7 @@ from fastfeat._validation import (
     species_lookup,
 )
 
+from .extrapolation import DEFAULT_TOLERANCE
 from ._onnx_meta import (
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -276,7 +277,7 @@ class ForceModel:
         (metadata ``fastfeat.feature_range``); None for a file exported without it."""
         return self.info.feature_range
 
-    def extrapolation(self, atoms, tolerance=1e-3):
+    def extrapolation(self, atoms, tolerance=DEFAULT_TOLERANCE):
         """Which atoms of ``atoms`` have invariant features outside the model's training range.
 
         Parameters
@@ -534,6 +535,7 @@ class ForceEvaluator:
         self._fz = fastfeat.Featurizer(model.spec, device=self.device, dtype=dtype, skin=model.skin)
         self._io = self._session.io_binding()
         self._g = self._v = None
+        self._bounds = None
         self._lock = _parallel_lock() if self.device == "cpu" else None
         n = self.n_atoms
         if self.device == "cuda":
@@ -572,6 +574,25 @@ class ForceEvaluator:
             and np.array_equal(cell, self._system[1])
             and np.array_equal(np.broadcast_to(pbc, (3,)), self._system[2])
         )
+
+    def outside_count(self):
+        """Atoms whose invariant features at the latest call's positions lie outside the model's training
+        ranges (:meth:`ForceModel.extrapolation`, default tolerance); None for a model without ranges or
+        before the first call. Reads the features already computed: no featurization."""
+        if self.model.feature_range is None or self._g is None:
+            return None
+        if self._bounds is None:
+            from .extrapolation import bounds
+
+            lo, hi = bounds(self.model.spec, self.model.feature_range)
+            self._bounds = (self.xp.asarray(lo), self.xp.asarray(hi))
+        lo, hi = self._bounds
+        if self.xp is np:
+            from ._range_kernel import count_outside
+
+            return int(count_outside(self._g, self._species, lo, hi))
+        s = self._species
+        return int(((self._g < lo[s]) | (self._g > hi[s])).any(axis=1).sum())
 
     def __call__(self, positions):
         """Forces at ``positions``.

@@ -155,3 +155,63 @@ def test_commands_report_extrapolation(ranged_model_path, model_path, tmp_path, 
     assert "extrapolation at the start: all 24 atoms inside" in capsys.readouterr().err
     md_cli.main([str(model_path), str(path), "--steps", "2"])
     assert "extrapolation" not in capsys.readouterr().err
+
+
+def test_count_kernel_equals_the_reference(spec):
+    """runtime/_range_kernel.count_outside against extrapolation() (the NumPy reference), random features
+    around the ranges, an element without range, several tolerances."""
+    from fastfeat.runtime._range_kernel import count_outside
+    from fastfeat.runtime.extrapolation import bounds
+
+    rng = np.random.default_rng(0)
+    g, s = _features(spec, [random_water_box(seed=k) for k in range(2)])
+    ranges = parse_feature_range(feature_range_metadata(spec, g, s), spec)
+    probe = g.astype(np.float32) * rng.uniform(0.9, 1.1, g.shape).astype(np.float32)
+    for rg in (ranges, {"O": ranges["O"]}):
+        for tol in (0.0, 1e-3, 0.05):
+            lo, hi = bounds(spec, rg, tol)
+            ref = extrapolation(probe, s, spec, rg, tol)
+            assert 0 < len(ref.atoms) < len(s) or rg is not ranges
+            assert count_outside(probe, s.astype(np.int64), lo, hi) == len(ref.atoms), (tol, list(rg))
+
+
+def test_md_log_follows_extrapolation(ranged_model_path, model_path, tmp_path):
+    """run_md with a model holding ranges logs, every record, the atoms outside them at that frame (the
+    evaluator's own features, no featurization): equal to ForceModel.extrapolation of the frame."""
+    import ase.io
+
+    from fastfeat.runtime import MDInstabilityError, run_md
+
+    m = ForceModel.load(ranged_model_path)
+    start = random_water_box(seed=1)
+    log = tmp_path / "md.log"
+    r = run_md(m, start, 30, dt=0.5, temperature=600.0, every=10, out=tmp_path / "t.extxyz", log=log)
+    counts = r.log["outside_training"]
+    frames = ase.io.read(tmp_path / "t.extxyz", index=":")
+    assert len(counts) == len(frames) == 4 and counts.max() > 0
+    for n_out, frame in zip(counts, frames):
+        assert n_out == len(m.extrapolation(frame).atoms)
+    lines = log.read_text().splitlines()
+    assert lines[1].endswith(" outside_training") and [int(x.split()[-1]) for x in lines[2:]] == list(counts)
+    # no ranges: no column
+    r = run_md(ForceModel.load(model_path), start, 10, every=5)
+    assert "outside_training" not in r.log
+    # a stopped run: the restored last good frame is not measured (-1)
+    ev = m.evaluator(start.numbers, start.cell.array, start.pbc)
+    calls = {"n": 0}
+
+    class Failing:
+        outside_count = ev.outside_count
+
+        def __call__(self, x):
+            calls["n"] += 1
+            f = ev(x)
+            return f * np.nan if calls["n"] == 8 else f
+
+    from fastfeat.runtime import MolecularDynamics
+
+    md = MolecularDynamics(Failing(), start.positions, start.get_masses(), dt=0.5, temperature=300.0)
+    with pytest.raises(MDInstabilityError) as info:
+        md.run(20, every=5)
+    counts = info.value.result.log["outside_training"]
+    assert list(info.value.result.log["step"]) == [0, 5, 6] and counts[-1] == -1 and (counts[:-1] >= 0).all()

@@ -1,0 +1,25 @@
+"""Counting the atoms whose invariant features leave the training ranges, on the CPU (Numba).
+
+Used by ``ForceEvaluator.outside_count`` on the features of its latest call, so an MD log can follow
+extrapolation every record without featurizing again. NumPy reference:
+:func:`fastfeat.runtime.extrapolation.extrapolation` (``len(ex.atoms)`` for the same tolerance).
+"""
+
+from __future__ import annotations
+
+from numba import njit
+
+
+@njit(cache=True)
+def count_outside(g, species, lo, hi):
+    """Atoms i with some column c where g[i, c] < lo[species[i], c] or g[i, c] > hi[species[i], c]
+    (``lo``/``hi``: per element, the training range widened by the tolerance)."""
+    n = 0
+    for i in range(g.shape[0]):
+        e = species[i]
+        for c in range(g.shape[1]):
+            x = g[i, c]
+            if x < lo[e, c] or x > hi[e, c]:
+                n += 1
+                break
+    return n
