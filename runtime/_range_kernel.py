@@ -1,4 +1,5 @@
-"""Counting the atoms whose invariant features leave the training ranges, on the CPU (Numba).
+"""Counting the atoms whose invariant features leave the training ranges: a Numba kernel on the CPU,
+array expressions for CuPy.
 
 Used by ``ForceEvaluator.outside_count`` on the features of its latest call, so an MD log can follow
 extrapolation every record without featurizing again. NumPy reference:
@@ -23,3 +24,8 @@ def count_outside(g, species, lo, hi):
                 n += 1
                 break
     return n
+
+
+def count_outside_array(g, species, lo, hi):
+    """The same count as array operations (CuPy on a GPU; any NumPy-like module)."""
+    return int(((g < lo[species]) | (g > hi[species])).any(axis=1).sum())

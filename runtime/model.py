@@ -587,12 +587,10 @@ class ForceEvaluator:
             lo, hi = bounds(self.model.spec, self.model.feature_range)
             self._bounds = (self.xp.asarray(lo), self.xp.asarray(hi))
         lo, hi = self._bounds
-        if self.xp is np:
-            from ._range_kernel import count_outside
+        from ._range_kernel import count_outside, count_outside_array
 
-            return int(count_outside(self._g, self._species, lo, hi))
-        s = self._species
-        return int(((self._g < lo[s]) | (self._g > hi[s])).any(axis=1).sum())
+        count = count_outside if self.xp is np else count_outside_array
+        return int(count(self._g, self._species, lo, hi))
 
     def __call__(self, positions):
         """Forces at ``positions``.

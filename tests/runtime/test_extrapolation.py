@@ -160,7 +160,7 @@ def test_commands_report_extrapolation(ranged_model_path, model_path, tmp_path, 
 def test_count_kernel_equals_the_reference(spec):
     """runtime/_range_kernel.count_outside against extrapolation() (the NumPy reference), random features
     around the ranges, an element without range, several tolerances."""
-    from fastfeat.runtime._range_kernel import count_outside
+    from fastfeat.runtime._range_kernel import count_outside, count_outside_array
     from fastfeat.runtime.extrapolation import bounds
 
     rng = np.random.default_rng(0)
@@ -173,6 +173,7 @@ def test_count_kernel_equals_the_reference(spec):
             ref = extrapolation(probe, s, spec, rg, tol)
             assert 0 < len(ref.atoms) < len(s) or rg is not ranges
             assert count_outside(probe, s.astype(np.int64), lo, hi) == len(ref.atoms), (tol, list(rg))
+            assert count_outside_array(probe, s.astype(np.int64), lo, hi) == len(ref.atoms), (tol, list(rg))
 
 
 def test_md_log_follows_extrapolation(ranged_model_path, model_path, tmp_path):
