@@ -14,8 +14,9 @@ DIRECT_FORCES_NOTE = (
     "energy, so there is no potential energy, and no stress or virial either. Works: fastfeat's MD "
     "(`fastfeat md`, `fastfeat.runtime.run_md`) and ASE MD integrators (VelocityVerlet, Langevin) without "
     "a logfile or MDLogger, with observers added by `dyn.attach`. ASE optimizers (FIRE, BFGS, ...) and "
-    "MDLogger call get_potential_energy() and need an energy; `fastfeat check-conservation` measures how far "
-    "the forces are from conservative"
+    "MDLogger call get_potential_energy() and need an energy: relax with `fastfeat relax` / "
+    "`fastfeat.runtime.relax` (FIRE as ASE's, forces only) instead; `fastfeat check-conservation` measures how "
+    "far the forces are from conservative"
 )
 
 
@@ -40,7 +41,8 @@ class Calculator(_ASECalculator):
     ``free_energy``, ``energies``, ``stress`` or ``stresses`` raises
     :class:`ase.calculators.calculator.PropertyNotImplementedError` with an
     explanation: direct forces are not the gradient of an energy. So ASE
-    optimizers and ``MDLogger`` (which log the energy) fail; ASE MD
+    optimizers and ``MDLogger`` (which log the energy) fail
+    (:func:`fastfeat.runtime.relax` relaxes with forces only); ASE MD
     integrators without a logfile, with observers via ``dyn.attach``, work,
     as do :func:`fastfeat.runtime.run_md` and ``fastfeat md``.
     Each thread uses its own featurizer and buffers, so calculators sharing

@@ -45,6 +45,7 @@ __all__ = [
     "ExtxyzWriter",
     "check_trajectory_path",
     "check_outputs",
+    "check_distinct_outputs",
     "default_max_temperature",
 ]
 
@@ -279,8 +280,23 @@ def check_outputs(trajectory, log, trajectory_what="trajectory `out`", log_what=
     (:func:`fastfeat._io.check_output_path`)."""
     if trajectory is not None:
         check_trajectory_path(trajectory, trajectory_what)
+    check_distinct_outputs((trajectory, trajectory_what), (log, log_what))
     check_output_path(trajectory, trajectory_what)
     check_output_path(log, log_what)
+
+
+def check_distinct_outputs(*named):
+    """ValueError when two of the (path, what) pairs name the same file (None paths are skipped): each
+    output is written on its own, so a shared file would interleave or replace them."""
+    seen = {}
+    for path, what in named:
+        if path is None:
+            continue
+        key = os.path.normcase(os.path.realpath(os.fspath(path)))
+        if key in seen:
+            raise ValueError(f"{seen[key]} and {what} are the same file {os.fspath(path)!r}; give each its own; "
+                             "nothing was run")
+        seen[key] = what
 
 
 def default_max_temperature(temperature_K) -> float:

@@ -261,7 +261,7 @@ class ForceModel:
         if not self.predicts_forces:
             raise ValueError(
                 f"model {self.path!r} predicts {self.target!r}, not forces (metadata `fastfeat.target`); "
-                "it cannot be used as a force field (forces, Calculator, MD, check-conservation, demo); "
+                "it cannot be used as a force field (forces, Calculator, MD, relax, check-conservation, demo); "
                 "`fastfeat evaluate MODEL DATA` compares its per-atom vectors with reference data"
             )
 

@@ -38,14 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from fastfeat._validation import check_int, check_positive
+
     from ._structures import load_structure
     from .extrapolation import report as report_extrapolation
-    from .md import check_outputs
+    from .md import check_distinct_outputs, check_outputs
     from .model import ModelLoadError, resolve_model
     from .relaxation import RelaxInstabilityError, relax
 
     try:
+        # arguments and outputs first, named as options: a bad one fails before anything is loaded or run
+        check_positive(args.fmax, "--fmax")
+        check_int(args.steps, "--steps", 0)
+        check_int(args.every, "--every", 1)
+        check_positive(args.maxstep, "--maxstep")
+        check_positive(args.max_force, "--max-force", allow_inf=True)
         check_outputs(args.out, None, "--out")  # creates nothing: --out may be STRUCTURE
+        check_outputs(args.trajectory, args.log, "--trajectory", "--log")
+        check_distinct_outputs((args.out, "--out"), (args.trajectory, "--trajectory"), (args.log, "--log"))
         atoms = load_structure(args.structure, args.frame)
         model = resolve_model(args.model, device=args.device, intra_op_threads=args.threads)
         model.require_forces()

@@ -48,8 +48,9 @@ class RelaxResult:
     Attributes
     ----------
     atoms : ase.Atoms
-        The structure at the last positions (a copy: the input is not modified; constraints kept),
-        with its forces attached (``atoms.get_forces()``).
+        The structure at the last positions: a copy with the input's cell, pbc, masses, tags and
+        constraints (not its ``info`` or other per-atom arrays such as momenta, which described the
+        input frame), its forces attached (``atoms.get_forces()`` equals ``forces``).
     converged : bool
         Whether the largest per-atom force norm fell below ``fmax``.
     steps : int
@@ -82,10 +83,10 @@ class RelaxInstabilityError(RuntimeError):
     Attributes
     ----------
     step : int
-        The step whose forces were bad (0: the starting structure).
+        The step whose forces were bad (0: the starting structure, nothing written).
     reason : str
     result : RelaxResult
-        The last good structure (``result.steps == step - 1``), written to the trajectory if any.
+        The last good structure (``result.steps == step - 1``), also the trajectory's last frame.
     """
 
     def __init__(self, message, step, reason, result):
@@ -129,6 +130,7 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=0.2, dt=0.1, dtmax=1.0
         Text log: ``step fmax_eV/A dt`` every ``every`` steps.
     progress : bool or file object
         A progress line (step, fmax) about once a second, to stderr (``True``) or the stream.
+        ``trajectory``, ``log`` (and a command's ``--out``) must be different files.
     device : {"cpu", "cuda"}
         Used when ``model`` is a path or a name.
 
@@ -145,7 +147,9 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=0.2, dt=0.1, dtmax=1.0
     OSError
         ``trajectory`` or ``log`` cannot be written (before any force is computed).
     RelaxInstabilityError
-        Non-finite forces, a component above ``max_force``, or a failing force call.
+        Non-finite forces, a component above ``max_force``, or a failing force call after the start.
+        An exception of the first force call (the starting structure's fault, e.g. overlapping atoms)
+        propagates as it is, before any file is written.
     """
     from .model import _check_atoms, resolve_model
 
@@ -158,23 +162,33 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=0.2, dt=0.1, dtmax=1.0
     dtmax = check_positive(dtmax, "`dtmax`")
     max_force = check_positive(max_force, "`max_force`", allow_inf=True)
     check_outputs(trajectory, log, "`trajectory`", "`log`")
+    if not (isinstance(progress, bool) or hasattr(progress, "write")):
+        raise TypeError(f"`progress` must be a bool or a file object, got {type(progress).__name__} {progress!r}")
     if callable(model):
         force_fn = model
     else:
         model = resolve_model(model, device=device)
         force_fn = model.evaluator(atoms.numbers, atoms.cell.array, atoms.pbc)  # ValueError unless forces
 
+    # the structure itself, without what belonged to the input frame (its info, momenta, stored labels)
     work = atoms.copy()
     work.calc = None
+    work.info = {}
+    for key in list(work.arrays):
+        if key not in ("numbers", "positions", "masses", "tags"):
+            del work.arrays[key]
     xp = getattr(force_fn, "xp", np)
 
     def forces_at(x):
-        f = np.array(_host(force_fn(xp.asarray(x))), dtype=np.float64)
-        if f.shape != x.shape:
-            raise ValueError(f"the force function returned shape {f.shape}, expected {x.shape}")
-        for c in work.constraints:  # as Atoms.get_forces applies them (positions of `work` are x)
+        """(raw, constrained) forces at x (the positions of `work`); constraints as Atoms.get_forces applies
+        them. A failing call raises; a wrong shape is a ValueError."""
+        raw = np.array(_host(force_fn(xp.asarray(x))), dtype=np.float64)
+        if raw.shape != x.shape:
+            raise ValueError(f"the force function returned shape {raw.shape}, expected {x.shape}")
+        f = raw.copy()
+        for c in work.constraints:
             c.adjust_forces(work, f)
-        return f
+        return raw, f
 
     def unusable(f):
         big = float(np.abs(f).max()) if f.size else 0.0
@@ -197,43 +211,28 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=0.2, dt=0.1, dtmax=1.0
         if log_fh is not None:
             log_fh.write(f"{step} {fm:.6g} {dt_now:.6g}\n")
 
-    def result(x, f, nsteps, converged, stopped_at=None, reason=None):
+    def result(x, raw, f, nsteps, converged, stopped_at=None, reason=None):
         from ase.calculators.singlepoint import SinglePointCalculator
 
         final = work.copy()
         final.set_positions(x, apply_constraint=False)
-        final.calc = SinglePointCalculator(final, forces=f.copy())
+        # the unconstrained forces: atoms.get_forces() applies the constraints (once) and gives `forces`
+        final.calc = SinglePointCalculator(final, forces=raw.copy())
         return RelaxResult(
             atoms=final, converged=converged, steps=nsteps, fmax=_fmax(f), forces=f.copy(),
             wall_s=time.perf_counter() - t0, log={k: np.asarray(v) for k, v in records.items()},
             stopped_at=stopped_at, stop_reason=reason,
         )
 
-    def fail(step, reason, x, f):
-        res = result(x, f, max(step - 1, 0), False, step, reason)
-        if step == 0:
-            msg = f"the forces of the starting structure are unusable: {reason}; nothing was written"
-        else:
-            msg = f"relaxation stopped at step {step}: {reason}" + (
-                f"; the last good structure (step {step - 1}) is in {os.fspath(trajectory)!r}"
-                if traj_fh is not None else "")
-        raise RelaxInstabilityError(msg, step, reason, res)
-
-    def call(x):
-        """Forces at x, or the reason they are unusable."""
-        try:
-            f = forces_at(x)
-        except ValueError:  # a wrong shape (or a model's own argument error): not an instability
-            raise
-        except Exception as exc:  # the force call itself failed
-            return None, f"the force call failed: {type(exc).__name__}: {exc}"
-        return f, unusable(f)
-
-    # the starting forces before any file is opened: a model that fails at once leaves no file behind
+    # the starting forces before any file is opened: a model that fails at once leaves no file behind, and
+    # an exception of this first call (the starting structure's fault, e.g. overlapping atoms) propagates
     x = work.get_positions()
-    f, bad = call(x)
+    raw, f = forces_at(x)
+    bad = unusable(f)
     if bad:
-        fail(0, bad, x, np.zeros_like(x) if f is None else f)
+        res = result(x, raw, f, 0, False, 0, bad)
+        raise RelaxInstabilityError(f"the forces of the starting structure are unusable: {bad}; nothing was written",
+                                    0, bad, res)
     try:
         if trajectory is not None:
             traj_fh = _open_for_writing(os.fspath(trajectory), "`trajectory`")
@@ -270,14 +269,24 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=0.2, dt=0.1, dtmax=1.0
             normdr = np.sqrt(np.vdot(dr, dr))
             if normdr > maxstep:
                 dr = maxstep * dr / normdr
-            x_prev, f_prev = x, f
+            x_prev, raw_prev, f_prev, fm_prev = x, raw, f, fm
             work.set_positions(x + dr.reshape(-1, 3))  # constraints applied as ASE's set_x does
             x = work.get_positions()
             nsteps += 1
-            f, bad = call(x)
-            if bad:
+            try:
+                raw, f = forces_at(x)
+                bad = unusable(f)
+            except Exception as exc:  # a failing call (a wrong shape too) ends the run cleanly
+                bad = f"the force call failed: {type(exc).__name__}: {exc}"
+            if bad:  # clean stop: the last good structure back in place, written, returned with the error
                 work.set_positions(x_prev, apply_constraint=False)
-                fail(nsteps, bad, x_prev, f_prev)
+                last = nsteps - 1
+                if last % every != 0:
+                    record(last, x_prev, f_prev, fm_prev, dt_now)
+                res = result(x_prev, raw_prev, f_prev, last, False, nsteps, bad)
+                where = f"; the last good structure (step {last}) is in {os.fspath(trajectory)!r}" \
+                    if traj_fh is not None else ""
+                raise RelaxInstabilityError(f"relaxation stopped at step {nsteps}: {bad}{where}", nsteps, bad, res)
             fm = _fmax(f)
             converged = fm < fmax
             if nsteps % every == 0 or converged or nsteps == steps:
@@ -291,7 +300,7 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=0.2, dt=0.1, dtmax=1.0
             state = "converged" if converged else "not converged"
             print(f"\rrelax: step {nsteps}/{steps}, fmax {fm:.4g} eV/Å ({state}, target {fmax:g})",
                   file=stream, flush=True)
-        return result(x, f, nsteps, converged)
+        return result(x, raw, f, nsteps, converged)
     finally:
         for fh in (traj_fh, log_fh):
             if fh is not None:

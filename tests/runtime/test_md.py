@@ -702,3 +702,15 @@ def test_no_compilation_inside_the_timed_loop():
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_trajectory_and_log_must_be_different_files(model, water, tmp_path, capsys):
+    """One file as both trajectory and log would interleave the two and read back as neither."""
+    same = tmp_path / "same.extxyz"
+    with pytest.raises(ValueError, match="trajectory `out` and `log` are the same file"):
+        run_md(model, water, 5, out=same, log=same)
+    assert not same.exists()
+    water.write(tmp_path / "w.xyz")
+    assert md_cli.main([str(model.path), str(tmp_path / "w.xyz"), "--steps", "1", "--out", str(same),
+                        "--log", str(same)]) == 2
+    assert "trajectory --out and --log are the same file" in capsys.readouterr().err

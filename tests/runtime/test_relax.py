@@ -144,10 +144,71 @@ def test_bad_forces_stop_cleanly_with_the_last_good_structure(tmp_path):
     def broken(x):
         raise RuntimeError("onnxruntime failed")
 
+    # the first call's exception propagates as it is (the starting structure's fault), no file written
     traj2 = tmp_path / "never.extxyz"
-    with pytest.raises(RelaxInstabilityError, match="starting structure.*force call failed: RuntimeError") as info:
+    with pytest.raises(RuntimeError, match="onnxruntime failed"):
         relax(broken, a, trajectory=traj2)
-    assert info.value.step == 0 and not traj2.exists()
+    assert not traj2.exists()
+    with pytest.raises(RelaxInstabilityError, match="forces of the starting structure are unusable.*not finite") as info:
+        relax(lambda x: good(x) * np.nan, a, trajectory=traj2)
+    assert info.value.step == 0 and info.value.result.steps == 0 and not traj2.exists()
+
+    # a later failing call (any exception, a wrong shape too) is an instability with the last good structure
+    def later(x):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise ValueError("atoms 1 and 2 are at the same position")
+        return good(x)
+
+    calls["n"] = 0
+    with pytest.raises(RelaxInstabilityError, match="step 3: the force call failed: ValueError: atoms 1 and 2") as info:
+        relax(later, a, fmax=1e-4, steps=50)
+    assert info.value.result.steps == 2
+
+
+def test_last_good_structure_is_written_whatever_every(tmp_path):
+    """The error says the last good structure is in the trajectory: it is, also between two records."""
+    a = _rattled_cu()
+    good = _emt_forces(a)
+    calls = {"n": 0}
+
+    def f(x):
+        calls["n"] += 1
+        return good(x) * (np.nan if calls["n"] == 8 else 1.0)
+
+    traj, log = tmp_path / "t.extxyz", tmp_path / "t.log"
+    with pytest.raises(RelaxInstabilityError, match=r"step 7: .*the last good structure \(step 6\) is in") as info:
+        relax(f, a, fmax=1e-4, steps=50, trajectory=traj, log=log, every=5)
+    frames = ase.io.read(traj, index=":")
+    assert [fr.info["step"] for fr in frames] == [0, 5, 6]
+    np.testing.assert_allclose(frames[-1].positions, info.value.result.atoms.positions, atol=1e-6)
+    assert [int(line.split()[0]) for line in log.read_text().splitlines()[1:]] == [0, 5, 6]
+
+
+def test_result_carries_the_structure_not_the_input_frames_labels():
+    """A relaxed structure is not the input MD frame: its info (step, method, ...) and momenta are not
+    carried; masses, tags and constraints are; get_forces() equals result.forces, also with a constraint
+    that changes forces (Hookean), which must not be applied twice."""
+    from ase.constraints import Hookean
+
+    a = _rattled_cu()
+    a.info.update(step=4, method="GFN1-xTB", temperature=800.0)
+    a.set_momenta(np.ones((len(a), 3)))
+    a.set_tags(np.arange(len(a)) % 3)
+    a.set_masses(np.full(len(a), 70.0))
+    a.set_constraint([Hookean(0, 1, k=5.0, rt=2.0), FixAtoms(indices=[3])])
+    r = relax(_emt_forces(a), a, fmax=0.05, steps=40)
+    out = r.atoms
+    assert out.info == {} and not out.has("momenta")
+    np.testing.assert_array_equal(out.get_tags(), a.get_tags())
+    np.testing.assert_array_equal(out.get_masses(), a.get_masses())
+    assert len(out.constraints) == 2
+    np.testing.assert_allclose(out.get_forces(), r.forces, rtol=0, atol=1e-12)
+    ref = a.copy()
+    ref.calc = EMT()
+    FIRE(ref, logfile=None).run(fmax=0.05, steps=40)
+    np.testing.assert_allclose(out.positions, ref.positions, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(r.forces, ref.get_forces(), rtol=0, atol=1e-10)
 
 
 def test_argument_errors(tmp_path, water):
@@ -167,6 +228,10 @@ def test_argument_errors(tmp_path, water):
         relax(f, [a])
     with pytest.raises(ValueError, match=r"returned shape \(3,\), expected \(32, 3\)"):
         relax(lambda x: np.zeros(3), a)
+    with pytest.raises(TypeError, match="`progress` must be a bool or a file object, got int 1"):
+        relax(f, a, progress=1)
+    with pytest.raises(ValueError, match="`trajectory` and `log` are the same file"):
+        relax(f, a, trajectory=tmp_path / "same.xyz", log=tmp_path / "same.xyz")
 
 
 def test_relax_cli(model_path, water_file, tmp_path, capsys):
@@ -194,7 +259,16 @@ def test_relax_cli_errors(model_path, water_file, tmp_path, capsys):
     assert relax_cli.main([str(model_path), str(water_file), "--out", str(tmp_path / "x.traj")]) == 2
     assert "must end in .extxyz or .xyz" in capsys.readouterr().err
     assert relax_cli.main([str(model_path), str(water_file), "--fmax", "-1"]) == 2
-    assert "`fmax` must be a finite number > 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--fmax must be a finite number > 0" in err and "extrapolation" not in err
+    assert relax_cli.main([str(model_path), str(water_file), "--every", "0"]) == 2
+    assert "--every must be an int >= 1" in capsys.readouterr().err
+    same = str(tmp_path / "same.extxyz")
+    assert relax_cli.main([str(model_path), str(water_file), "--out", same, "--trajectory", same]) == 2
+    assert "--out and --trajectory are the same file" in capsys.readouterr().err
+    assert relax_cli.main([str(model_path), str(water_file), "--log", str(tmp_path / "l.xyz"), "--trajectory",
+                           str(tmp_path / "t.xyz"), "--out", str(tmp_path / "l.xyz")]) == 2
+    assert "--out and --log are the same file" in capsys.readouterr().err
     assert relax_cli.main([str(model_path), str(water_file), "--max-force", "1e-9", "--steps", "3"]) == 3
     assert "unusable" in capsys.readouterr().err
 
