@@ -143,7 +143,9 @@ def bounds(spec, ranges, tolerance=DEFAULT_TOLERANCE):
 
 def extrapolation(invariant, species, spec, ranges, tolerance=0.0) -> Extrapolation:
     """:class:`Extrapolation` of features ``invariant`` (N, n_invariant) of atoms with element indices
-    ``species`` (N,) against ``ranges`` (:func:`parse_feature_range`)."""
+    ``species`` (N,) against ``ranges`` (:func:`parse_feature_range`); an atom counts as outside when its
+    largest excess is above ``tolerance`` (``ForceModel.extrapolation`` passes :data:`DEFAULT_TOLERANCE`).
+    The NumPy reference of ``runtime/_range_kernel.py``."""
     g = np.asarray(invariant, dtype=np.float64)
     s = np.asarray(species)
     tolerance = float(tolerance)
@@ -177,7 +179,6 @@ def extrapolation(invariant, species, spec, ranges, tolerance=0.0) -> Extrapolat
         out.worst_interval = (float(ranges[symbol][0][c]), float(ranges[symbol][1][c])) if symbol in ranges \
             else (float("nan"), float("nan"))
     return out
-
 
 
 def report(model, atoms, when, prog, quiet=False, stream=None):

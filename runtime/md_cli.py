@@ -90,12 +90,12 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 def _at(atoms, positions):
+    """A copy of ``atoms`` at ``positions``."""
     out = atoms.copy()
     out.positions = positions
     return out
 
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

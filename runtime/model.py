@@ -27,7 +27,6 @@ from fastfeat._validation import (
     species_lookup,
 )
 
-from .extrapolation import DEFAULT_TOLERANCE
 from ._onnx_meta import (
     INPUT_NAMES,
     OUTPUT_NAME,
@@ -37,6 +36,7 @@ from ._onnx_meta import (
     describe_unparsable,
     read_model_info,
 )
+from .extrapolation import DEFAULT_TOLERANCE
 
 __all__ = ["ForceModel", "ForceEvaluator", "ModelLoadError", "pretrained_names", "resolve_model"]
 
@@ -305,8 +305,8 @@ class ForceModel:
         tolerance = check_number(tolerance, "`tolerance`", 0.0)
         if self.feature_range is None:
             raise ValueError(f"model {self.path!r} holds no training feature ranges (metadata "
-                             "`fastfeat.feature_range`): it was exported before fastfeat stored them; "
-                             "re-export it (fastfeat train) to check extrapolation")
+                             "`fastfeat.feature_range`): it was exported before fastfeat stored them; a model trained "
+                             "again with `fastfeat train` has them")
         # the model's dtype: the ranges were taken from features of that precision
         with (_WORKQUEUE_LOCK if _parallel_lock() is not None else contextlib.nullcontext()):
             f = fastfeat.featurize(atoms, self.spec, device="cpu", dtype=self.dtype)
