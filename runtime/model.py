@@ -579,17 +579,16 @@ class ForceEvaluator:
         """Atoms whose invariant features at the latest call's positions lie outside the model's training
         ranges (:meth:`ForceModel.extrapolation`, default tolerance); None for a model without ranges or
         before the first call. Reads the features already computed: no featurization."""
-        if self.model.feature_range is None or self._g is None:
+        if self._g is None or self.model.feature_range is None:
             return None
-        if self._bounds is None:
+        if self._bounds is None:  # first call: the bounds and the counting function, kept
+            from ._range_kernel import count_outside, count_outside_array
             from .extrapolation import bounds
 
             lo, hi = bounds(self.model.spec, self.model.feature_range)
-            self._bounds = (self.xp.asarray(lo), self.xp.asarray(hi))
-        lo, hi = self._bounds
-        from ._range_kernel import count_outside, count_outside_array
-
-        count = count_outside if self.xp is np else count_outside_array
+            count = count_outside if self.xp is np else count_outside_array
+            self._bounds = (count, self.xp.asarray(lo), self.xp.asarray(hi))
+        count, lo, hi = self._bounds
         return int(count(self._g, self._species, lo, hi))
 
     def __call__(self, positions):
