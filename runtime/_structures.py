@@ -12,7 +12,7 @@ from pathlib import Path
 import fastfeat
 from fastfeat._io import names_path, read_structures
 
-__all__ = ["DATASETS_DIR", "bundled_dataset_names", "bundled_frames", "load_structure"]
+__all__ = ["DATASETS_DIR", "bundled_dataset_names", "bundled_frames", "load_structure", "at_positions"]
 
 #: folder of the bundled data sets (fastfeat/data/datasets/<name>.extxyz.xz)
 DATASETS_DIR = Path(fastfeat.__file__).resolve().parent / "data" / "datasets"
@@ -72,3 +72,10 @@ def load_structure(text: str, frame: int = 0):
             raise ValueError(f"bundled data set {text!r} has {len(frames)} frames, got `frame`={frame}")
         return frames[frame]
     raise FileNotFoundError(f"structure {text!r} is neither a file nor a bundled data set (available: {names})")
+
+
+def at_positions(atoms, positions):
+    """A copy of ``atoms`` (numbers, cell, pbc, ...) at ``positions``, e.g. an MD run's last frame."""
+    out = atoms.copy()
+    out.positions = positions
+    return out

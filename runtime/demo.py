@@ -229,6 +229,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
+    from ._structures import at_positions
     from .conservation import jacobian_asymmetry
     from .md import MDInstabilityError, run_md
     from .model import pretrained_names, resolve_model
@@ -289,9 +290,7 @@ def main(argv=None) -> int:
         # is the last MD frame still inside the training data? (atoms with features outside the training range)
         md["extrapolating_end"] = md["extrapolation_end"] = None
         if model.feature_range is not None and result.steps_run:
-            last = atoms.copy()
-            last.positions = result.positions
-            ex = model.extrapolation(last)
+            ex = model.extrapolation(at_positions(atoms, result.positions))
             md["extrapolating_end"], md["extrapolation_end"] = int(len(ex.atoms)), ex.summary()
         conservation = jacobian_asymmetry(model, atoms, seed=args.seed)  # whole Jacobian up to 128 atoms
         info = model.info

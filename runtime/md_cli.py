@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from ._structures import load_structure
+    from ._structures import at_positions, load_structure
     from .extrapolation import report as report_extrapolation
     from .md import MDInstabilityError, check_outputs, run_md
     from .model import ModelLoadError, resolve_model
@@ -69,12 +69,12 @@ def main(argv=None) -> int:
     except MDInstabilityError as exc:
         print(f"fastfeat md: {exc}", file=sys.stderr)
         if exc.result.steps_run:
-            report_extrapolation(model, _at(atoms, exc.result.positions), "last good step", "fastfeat md", False)
+            report_extrapolation(model, at_positions(atoms, exc.result.positions), "last good step", "fastfeat md", False)
         return 3
     except (OSError, ValueError, TypeError, RuntimeError, ModelLoadError) as exc:
         print(f"fastfeat md: error: {exc}", file=sys.stderr)
         return 2
-    report_extrapolation(model, _at(atoms, result.positions), "end", "fastfeat md", args.quiet)
+    report_extrapolation(model, at_positions(atoms, result.positions), "end", "fastfeat md", args.quiet)
     log = result.log
     outside = log.get("outside_training")
     if outside is not None and len(outside) and outside.max() > 0:
@@ -88,13 +88,6 @@ def main(argv=None) -> int:
         + (f"; trajectory {args.out}" if args.out else "")
     )
     return 0
-
-
-def _at(atoms, positions):
-    """A copy of ``atoms`` at ``positions``."""
-    out = atoms.copy()
-    out.positions = positions
-    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -307,11 +307,16 @@ class ForceModel:
             raise ValueError(f"model {self.path!r} holds no training feature ranges (metadata "
                              "`fastfeat.feature_range`): it was exported before fastfeat stored them; a model trained "
                              "again with `fastfeat train` has them")
-        # the model's dtype: the ranges were taken from features of that precision
-        with (_WORKQUEUE_LOCK if _parallel_lock() is not None else contextlib.nullcontext()):
-            f = fastfeat.featurize(atoms, self.spec, device="cpu", dtype=self.dtype)
+        f = self._featurize(atoms, "cpu")  # the model's dtype: the ranges were taken from features of it
         return extrapolation(np.asarray(f.invariant), np.asarray(f.species), self.spec, self.feature_range,
                              tolerance)
+
+    def _featurize(self, structures, device):
+        """``fastfeat.featurize`` with the model's spec and dtype; on the CPU under the lock that Numba's
+        workqueue threading layer needs when several threads featurize."""
+        lock = _WORKQUEUE_LOCK if device == "cpu" and _parallel_lock() is not None else contextlib.nullcontext()
+        with lock:
+            return fastfeat.featurize(structures, self.spec, device=device, dtype=self.dtype)
 
     def evaluator(self, numbers, cell, pbc) -> "ForceEvaluator":
         """A low-overhead force function for one fixed system (MD).
@@ -379,11 +384,7 @@ class ForceModel:
         if not atoms_list:
             return []
         # featurize validates every structure (unknown species: "structure k: atom i is X ...")
-        if self.device == "cpu" and _parallel_lock() is not None:
-            with _WORKQUEUE_LOCK:
-                feats = fastfeat.featurize(atoms_list, self.spec, device="cpu", dtype=self.dtype)
-        else:
-            feats = fastfeat.featurize(atoms_list, self.spec, device=self.device, dtype=self.dtype)
+        feats = self._featurize(atoms_list, self.device)
         f_nc = self.forces_from_features(feats.invariant, feats.covariant, feats.species)
         offsets = np.asarray(feats.offsets)
         return [f_nc[offsets[k]:offsets[k + 1]] for k in range(len(atoms_list))]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .relaxation import FIRE_DEFAULTS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -22,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fmax", type=float, default=0.05,
                    help="converged when every atom's force norm is below this (eV/Å, default 0.05)")
     p.add_argument("--steps", type=int, default=1000, help="largest number of FIRE steps (default 1000)")
-    p.add_argument("--maxstep", type=float, default=0.2, help="largest move per step in Å (default 0.2, as ASE)")
+    p.add_argument("--maxstep", type=float, default=FIRE_DEFAULTS["maxstep"],
+                   help=f"largest move per step in Å (default {FIRE_DEFAULTS['maxstep']:g}, as ASE)")
     p.add_argument("--out", default=None,
                    help="relaxed structure, extended XYZ (name ending in .extxyz or .xyz), with its forces")
     p.add_argument("--trajectory", default=None, help="relaxation path, extended XYZ, a frame every --every steps")
@@ -90,4 +93,3 @@ def main(argv=None) -> int:
               "non-conservative part (see `fastfeat check-conservation`) or the structure left the training data",
               file=sys.stderr)
     return 0 if result.converged else 1
-

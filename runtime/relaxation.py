@@ -101,8 +101,9 @@ def _fmax(f) -> float:
     return float(np.sqrt((f * f).sum(axis=1).max())) if len(f) else 0.0
 
 
-def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=0.2, dt=0.1, dtmax=1.0, max_force=1000.0,
-          trajectory=None, every=1, log=None, progress=False, device="cpu") -> RelaxResult:
+def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep"], dt=FIRE_DEFAULTS["dt"],
+          dtmax=FIRE_DEFAULTS["dtmax"], max_force=1000.0, trajectory=None, every=1, log=None, progress=False,
+          device="cpu") -> RelaxResult:
     """Relax ``atoms`` (fixed cell) with forces only, by ASE's FIRE algorithm.
 
     Parameters
