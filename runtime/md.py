@@ -202,7 +202,9 @@ class ExtxyzWriter:
     Each frame holds species, positions (Å), momenta (ASE units, so
     ``atoms.get_velocities()`` works after reading), forces (eV/Å) and the
     info keys ``step``, ``time_fs``, ``temperature_K``; masses too when they
-    are not ASE's defaults (isotopes), so velocities read back right.
+    are not ASE's defaults (isotopes), so velocities read back right; and
+    ``outside_training`` (atoms outside the model's training feature ranges)
+    when the caller measured it for the frame.
 
     The file is opened (and created) at construction, so a path that cannot
     be written fails before any MD step. Its name must end in ``.extxyz`` or
@@ -237,7 +239,7 @@ class ExtxyzWriter:
         if custom:
             self._rows[:, 4] = masses
 
-    def write(self, step, time_fs, temperature_K, positions, velocities, forces):
+    def write(self, step, time_fs, temperature_K, positions, velocities, forces, outside_training=None):
         rows = self._rows
         c = 4 + self._mass_cols
         rows[:, 1:4] = positions
@@ -245,7 +247,10 @@ class ExtxyzWriter:
         rows[:, c + 3:c + 6] = forces
         # repr of a Python float: exact (time at a ns with 0.5 fs steps keeps its step) and always
         # read back as a float (never as an int, as "300" would be)
-        head = f"{self._head} step={step} time_fs={float(time_fs)!r} temperature_K={float(temperature_K)!r}\n"
+        head = f"{self._head} step={step} time_fs={float(time_fs)!r} temperature_K={float(temperature_K)!r}"
+        if outside_training is not None:
+            head += f" outside_training={int(outside_training)}"
+        head += "\n"
         self._fh.write(head + (self._body % tuple(rows.ravel())) + "\n")
 
     def flush(self):
@@ -563,6 +568,7 @@ class MolecularDynamics:
             for key, val in zip(records, row):
                 records[key].append(val)
             extra = ""
+            n_out = None
             if nve:
                 records["ke_minus_work_eV"].append(ke - self.work)
                 extra = f" {ke - self.work:.8f}"
@@ -570,10 +576,12 @@ class MolecularDynamics:
                 n_out = outside() if latest else -1  # -1: not measured
                 records["outside_training"].append(n_out)
                 extra += f" {n_out}"
+                if n_out < 0:
+                    n_out = None  # the frame carries no count
             if logfh is not None:
                 logfh.write(f"{step} {time_fs:.4f} {t:.3f} {ke:.8f} {fmax_val:.5g}{extra}\n")
             if writer is not None:
-                writer.write(step, time_fs, t, _host(x), vh, _host(f_arr))
+                writer.write(step, time_fs, t, _host(x), vh, _host(f_arr), n_out)
 
         record(self.step, self.x, self.v, f, fmax)
 

@@ -191,12 +191,13 @@ def test_md_log_follows_extrapolation(ranged_model_path, model_path, tmp_path):
     frames = ase.io.read(tmp_path / "t.extxyz", index=":")
     assert len(counts) == len(frames) == 4 and counts.max() > 0
     for n_out, frame in zip(counts, frames):
-        assert n_out == len(m.extrapolation(frame).atoms)
+        assert n_out == len(m.extrapolation(frame).atoms) == frame.info["outside_training"]
     lines = log.read_text().splitlines()
     assert lines[1].endswith(" outside_training") and [int(x.split()[-1]) for x in lines[2:]] == list(counts)
     # no ranges: no column
-    r = run_md(ForceModel.load(model_path), start, 10, every=5)
+    r = run_md(ForceModel.load(model_path), start, 10, every=5, out=tmp_path / "u.extxyz")
     assert "outside_training" not in r.log
+    assert all("outside_training" not in a.info for a in ase.io.read(tmp_path / "u.extxyz", index=":"))
     # a stopped run: the restored last good frame is not measured (-1)
     ev = m.evaluator(start.numbers, start.cell.array, start.pbc)
     calls = {"n": 0}
@@ -213,6 +214,9 @@ def test_md_log_follows_extrapolation(ranged_model_path, model_path, tmp_path):
 
     md = MolecularDynamics(Failing(), start.positions, start.get_masses(), dt=0.5, temperature=300.0)
     with pytest.raises(MDInstabilityError) as info:
-        md.run(20, every=5)
+        md.run(20, every=5, trajectory=tmp_path / "s.extxyz")
     counts = info.value.result.log["outside_training"]
     assert list(info.value.result.log["step"]) == [0, 5, 6] and counts[-1] == -1 and (counts[:-1] >= 0).all()
+    # the restored frame carries no count; the measured ones carry theirs
+    frames = ase.io.read(tmp_path / "s.extxyz", index=":")
+    assert [a.info.get("outside_training") for a in frames] == [*counts[:-1], None]
