@@ -196,12 +196,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m fastfeat.train.bundle_models", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare")
-    a.add_argument("names", nargs="+")
+    a.add_argument("names", nargs="+", choices=BUNDLED, metavar="NAME", help=f"bundled data sets: {', '.join(BUNDLED)}")
     a.add_argument("--dest", required=True)
     a.add_argument("--cache-dir", default="")
     b = sub.add_parser("train")
     b.add_argument("--src", required=True)
-    b.add_argument("--name", required=True)
+    b.add_argument("--name", required=True, choices=BUNDLED)
     b.add_argument("--head", default=BUNDLED_HEAD, choices=["projection", "basis"])
     b.add_argument("--time-limit", type=float, default=600.0)
     b.add_argument("--epochs", type=int, help="default: the config's (60); 0 fits the count to --time-limit")
@@ -209,13 +209,22 @@ def main(argv=None) -> int:
     b.add_argument("--out", required=True)
     b.add_argument("--report")
     n = sub.add_parser("annotate", help="add the training feature ranges to trained model files")
-    n.add_argument("names", nargs="+")
+    n.add_argument("names", nargs="+", choices=BUNDLED, metavar="NAME", help=f"bundled models: {', '.join(BUNDLED)}")
     n.add_argument("--models-dir", default=None, help="default: the installed fastfeat's data/models")
     n.add_argument("--cache-dir", default="")
     c = sub.add_parser("collect")
     c.add_argument("reports", nargs="+")
     c.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    try:
+        _dispatch(args)
+    except (OSError, ValueError) as exc:  # a missing file or directory, or a model file that does not match
+        print(f"bundle_models {args.cmd}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _dispatch(args):
     if args.cmd == "prepare":
         prepare(args.names, args.dest, args.cache_dir)
     elif args.cmd == "annotate":
@@ -226,7 +235,6 @@ def main(argv=None) -> int:
         train_one(args.src, args.name, args.head, args.out, args.time_limit, args.report, args.config, args.epochs)
     else:
         collect(args.reports, args.out)
-    return 0
 
 
 if __name__ == "__main__":

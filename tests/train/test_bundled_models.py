@@ -93,3 +93,15 @@ def test_bundled_model_test_split_accuracy(name):
     metrics, _ = evaluate(os.path.join(MODELS, f"{name}.onnx"), name, "test")
     recorded = json.loads(m.metadata["fastfeat.validation"])["test"]
     assert metrics["rel_rmse"] == pytest.approx(recorded["rel_rmse"], rel=1e-3)
+
+
+def test_bundle_models_cli_errors_name_the_problem(tmp_path, capsys):
+    """The maintainer CLI refuses unknown names and missing files with a message and status 2, no traceback."""
+    from fastfeat.train.bundle_models import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["annotate", "nosuch"])
+    assert info.value.code == 2 and "invalid choice: 'nosuch'" in capsys.readouterr().err
+    assert main(["annotate", "peo", "--models-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bundle_models annotate: ") and str(tmp_path / "peo.onnx") in err
