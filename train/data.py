@@ -300,14 +300,18 @@ def featurizer_code_hash(root=None) -> str:
 
     Part of the feature cache key, so that features cached by another version of the kernels (an
     upgrade, or a development checkout between two commits) are computed again instead of read.
-    ``root`` is the package folder (default: the installed ``fastfeat``); its ``data`` folder is left out.
+    ``root`` is the package folder (default: the installed ``fastfeat``). Its ``data`` folder is left out, and
+    so are ``runtime`` and ``train``, which a wheel install places inside it (an editable install maps them from
+    the repository's top level): they compute no features.
     """
     root = root or os.path.dirname(os.path.abspath(fastfeat.__file__))
     if root == _CODE_HASH[0]:
         return _CODE_HASH[1]
     h = hashlib.sha256(fastfeat.__version__.encode())
     for folder, subfolders, files in os.walk(root):
-        subfolders[:] = sorted(d for d in subfolders if d not in ("data", "__pycache__"))
+        top = folder == root
+        subfolders[:] = sorted(d for d in subfolders
+                               if d != "__pycache__" and not (top and d in ("data", "runtime", "train")))
         for name in sorted(f for f in files if f.endswith(".py")):
             path = os.path.join(folder, name)
             h.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")

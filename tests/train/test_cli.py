@@ -496,13 +496,17 @@ def test_feature_cache_is_keyed_by_the_featurizer_sources(tmp_path, monkeypatch)
         data.cached_features(frames, targets, spec, cache_dir=str(tmp_path), log=logs.append)
     assert "computed" in logs[2], logs
 
-    # the hash itself follows the bytes of any module of the package, the version and nothing in data/
+    # the hash itself follows the bytes of any module of the package, the version and nothing in data/,
+    # runtime/ or train/
     pkg = tmp_path / "pkg"
     shutil.copytree(os.path.dirname(fastfeat.__file__), pkg, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(data, "_CODE_HASH", [None, None])
     h0 = data.featurizer_code_hash(str(pkg))
     assert h0 == data.featurizer_code_hash(str(os.path.dirname(fastfeat.__file__)))
     (pkg / "data" / "extra.py").write_text("x = 1\n")
+    for sub in ("runtime", "train"):  # where a wheel install puts fastfeat.runtime and fastfeat.train
+        (pkg / sub).mkdir(exist_ok=True)
+        (pkg / sub / "model.py").write_text("y = 2\n")
     monkeypatch.setattr(data, "_CODE_HASH", [None, None])
     assert data.featurizer_code_hash(str(pkg)) == h0
     kernel = pkg / "_kernels" / "features_cpu.py"
