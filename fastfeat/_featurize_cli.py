@@ -38,8 +38,11 @@ def spec_from_model(model):
 
     from ._spec import FeatureSpec
 
+    from ._io import names_path
+
     path = os.fspath(model)
-    if not os.path.exists(path):
+    bundled_names = sorted(f[:-5] for f in os.listdir(_models_dir()) if f.endswith(".onnx"))
+    if not names_path(path, bundled_names):  # a folder named like a bundled model does not hide it
         bundled = os.path.join(_models_dir(), f"{path}.onnx")
         if not os.path.exists(bundled):
             raise ValueError(f"`--model` must be an .onnx file or a bundled model name, got {path!r}")

@@ -79,6 +79,16 @@ def test_featurize_cli_adds_npz_suffix_and_rejects_bad_files(files, capsys):
     assert "not a readable ONNX model" in capsys.readouterr().err
 
 
+def test_featurize_cli_bundled_model_not_hidden_by_a_folder_of_its_name(files, monkeypatch, capsys):
+    """`--model peo` names the bundled model even where the working folder holds a folder `peo` (say a demo's
+    output), as in `fastfeat md`."""
+    monkeypatch.chdir(files)
+    (files / "peo").mkdir()
+    assert cli(["featurize", "ok.extxyz", "--model", "peo", "--out", "feats.npz"]) == 0
+    with np.load(files / "feats.npz") as z:
+        assert fastfeat.FeatureSpec.from_json(str(z["spec"])).species == ("H", "C", "O")
+
+
 def test_json_text_writes_undefined_values_as_null():
     """NaN and inf (Python or NumPy, nested anywhere) become null: json.dumps alone writes NaN / Infinity,
     which strict parsers reject."""
