@@ -289,7 +289,7 @@ def _grid(inv_box, pbc, searched, origin, smin, extent, height, nbins, regions, 
     if n_visit > MAX_SEARCH_CELLS:
         raise CellTooSmallError(
             f"`cutoff` {cutoff} Å is too large for this periodic cell (perpendicular widths "
-            f"{[round(h, 4) for h, p in zip(height, pbc) if p]} Å): every atom would see {n_visit} cell images, "
+            f"{[float(f'{h:.4g}') for h, p in zip(height, pbc) if p]} Å): every atom would see {n_visit} cell images, "
             f"more than the limit of {MAX_SEARCH_CELLS}; use a larger (supercell) cell or a smaller cutoff, or, for "
             f"a very skewed cell, the same lattice with a reduced basis (ase.geometry.minkowski_reduce)"
         )

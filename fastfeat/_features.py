@@ -417,7 +417,9 @@ class Featurizer:
                         np.array(pbc, copy=True), species, cell_v, pbc_v)
         return pos, species, cell_v, pbc_v
 
-    def __call__(self, positions, numbers, cell=None, pbc=None):
+    def __call__(self, positions, numbers=None, cell=None, pbc=None):
+        # numbers defaults to None so that a call with an ase.Atoms gets check_positions' advice, not Python's
+        # "missing argument"; None itself is refused by the checks
         if self.device == "cuda":
             return self._cuda(positions, numbers, cell, pbc, self)
         pos, species, cell, pbc = self._prepare(positions, numbers, cell, pbc)

@@ -69,7 +69,7 @@ def load_structure(text: str, frame: int = 0):
     if name in names:
         frames = bundled_frames(name, split or "test")
         if not -len(frames) <= frame < len(frames):
-            raise ValueError(f"bundled data set {text!r} has {len(frames)} frames, got `frame`={frame}")
+            raise ValueError(f"bundled data set {text!r} has {len(frames)} frames, no frame {frame}")
         return frames[frame]
     raise FileNotFoundError(f"structure {text!r} is neither a file nor a bundled data set (available: {names})")
 

@@ -43,15 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from fastfeat._validation import check_int, check_number, check_positive
+
     from ._structures import at_positions, load_structure
     from .extrapolation import report as report_extrapolation
     from .md import MDInstabilityError, check_outputs, run_md
     from .model import ModelLoadError, resolve_model
 
     try:
-        # check outputs first: a bad path fails before the model is loaded or anything runs
+        # options and outputs first, named as options (run_md checks them again under its argument names): a
+        # bad one fails before the model is loaded or anything runs
+        check_int(args.steps, "--steps", 0)
+        check_int(args.every, "--every", 1)
+        check_positive(args.dt, "--dt")
+        check_number(args.temperature, "--temperature", minimum=0.0)
+        if args.ensemble == "langevin":
+            check_positive(args.friction, "--friction")
+        check_positive(args.max_force, "--max-force")
+        if args.max_temperature is not None:
+            check_positive(args.max_temperature, "--max-temperature", allow_inf=True)
+        check_int(args.threads, "--threads", 0, " (0: all cores)")
+        check_number(args.skin, "--skin", minimum=0.0)
         check_outputs(args.out, args.log, "trajectory --out", "--log")  # creates nothing: --out may be STRUCTURE
         atoms = load_structure(args.structure, args.frame)
+        if args.keep_velocities and not atoms.has("momenta"):
+            raise ValueError(f"--keep-velocities, but frame {args.frame} of {args.structure!r} stores no velocities "
+                             "(momenta); drop it to draw Maxwell-Boltzmann velocities at --temperature")
         model = resolve_model(args.model, device=args.device, intra_op_threads=args.threads, skin=args.skin)
         model.require_forces()
         if not args.quiet:

@@ -18,10 +18,12 @@ import onnxruntime as ort
 import fastfeat
 from fastfeat._io import names_path
 from fastfeat._validation import (
+    check_cell,
     check_device,
     check_feature_arrays,
     check_int,
     check_number,
+    check_pbc,
     check_skin,
     species_index,
     species_lookup,
@@ -268,8 +270,9 @@ class ForceModel:
     def species_index(self, numbers) -> np.ndarray:
         """(N,) int64 species indices of atomic numbers; ValueError naming an unknown symbol."""
         numbers = np.asarray(numbers)
-        return species_index(numbers, self._lookup, numbers.shape[0] if numbers.ndim == 1 else -1,
-                             self.spec.species).astype(np.int64)
+        if numbers.ndim != 1:
+            raise ValueError(f"`numbers` must have shape (N,), got {numbers.shape}")
+        return species_index(numbers, self._lookup, numbers.shape[0], self.spec.species).astype(np.int64)
 
     @property
     def feature_range(self):
@@ -482,6 +485,13 @@ def _parallel_lock():
     return _WORKQUEUE_LOCK if layer == "workqueue" else None
 
 
+def _check_positions_shape(positions, n_atoms):
+    """ValueError unless ``positions`` (any array-like) has shape (n_atoms, 3)."""
+    shape = np.shape(positions) if not hasattr(positions, "shape") else tuple(positions.shape)
+    if shape != (n_atoms, 3):
+        raise ValueError(f"`positions` must have shape ({n_atoms}, 3), the evaluator's system, got {shape}")
+
+
 def _ptr(arr):
     return arr.data.ptr if hasattr(arr.data, "ptr") else arr.ctypes.data
 
@@ -522,11 +532,13 @@ class ForceEvaluator:
     def __init__(self, model: ForceModel, numbers, cell, pbc):
         model.require_forces()
         self.model = model
+        # checked as featurize checks them: integer atomic numbers of the model's species, a (3, 3) cell
+        # (None: none, for a non-periodic system), pbc a bool or 3 bools
+        species = model.species_index(numbers)
         self.numbers = np.array(numbers, dtype=np.int64)
         self.n_atoms = len(self.numbers)
-        species = model.species_index(self.numbers)
-        self.cell = np.array(cell, dtype=np.float64)
-        self.pbc = np.array(np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)))
+        self.pbc = check_pbc(pbc)
+        self.cell = check_cell(cell, self.pbc)
         self.device = model.device
         dtype = model.dtype
         for arr in (self.numbers, self.cell, self.pbc):  # the featurizer relies on their staying unchanged
@@ -606,6 +618,8 @@ class ForceEvaluator:
             Forces in eV/Å. An internal buffer, overwritten by the next call:
             copy it to keep it.
         """
+        if getattr(positions, "shape", None) != self._out.shape:  # before the featurizer blames `numbers`
+            _check_positions_shape(positions, self.n_atoms)
         if self.n_atoms == 0:
             return self._out
         lock = self._lock

@@ -56,6 +56,7 @@ def main(argv=None) -> int:
         check_int(args.every, "--every", 1)
         check_positive(args.maxstep, "--maxstep")
         check_positive(args.max_force, "--max-force", allow_inf=True)
+        check_int(args.threads, "--threads", 0, " (0: all cores)")
         check_outputs(args.out, None, "--out")  # creates nothing: --out may be STRUCTURE
         check_outputs(args.trajectory, args.log, "--trajectory", "--log")
         check_distinct_outputs((args.out, "--out"), (args.trajectory, "--trajectory"), (args.log, "--log"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import ase.io
 import numpy as np
@@ -352,6 +353,22 @@ def test_md_cli_errors(model_path, water_file, tmp_path, capsys):
     bad.write_text("no")
     assert md_cli.main([str(bad), str(water_file), "--steps", "3"]) == 2
     assert "not an ONNX model" in capsys.readouterr().err
+    # options are named as options, and refused before the model loads (no extrapolation report first)
+    for opts, match in ((["--steps", "-1"], "--steps must be an int >= 0"), (["--every", "0"], "--every must be an int >= 1"),
+                        (["--dt", "0"], "--dt must be a finite number > 0"),
+                        (["--temperature", "-5"], "--temperature must be a finite number >= 0"),
+                        (["--friction", "0"], "--friction must be a finite number > 0"),
+                        (["--max-force", "nan"], "--max-force must be a finite number > 0"),
+                        (["--max-temperature", "-1"], "--max-temperature must be a number > 0"),
+                        (["--threads", "-2"], r"--threads must be an int >= 0 \(0: all cores\)"),
+                        (["--skin", "-0.5"], "--skin must be a finite number >= 0"),
+                        (["--keep-velocities"], "--keep-velocities, but frame 0 of .* stores no velocities")):
+        assert md_cli.main([str(model_path), str(water_file), "--steps", "3", *opts]) == 2, opts
+        err = capsys.readouterr().err
+        assert re.search(match, err) and "training" not in err and "`" not in err, (opts, err)
+    assert md_cli.main([str(model_path), str(water_file), "--steps", "2", "--friction", "0", "--ensemble", "nve",
+                        "--quiet"]) == 0
+    capsys.readouterr()
 
 
 class _ArrayModuleProxy:
@@ -512,7 +529,7 @@ def test_md_cli_huge_dt_exits_3(model_path, water_file, tmp_path, capsys):
     assert "temperature became unphysical" in err and "max_temperature=5000 K" in err and "--dt" in err
     assert ase.io.read(out, index=-1).info["temperature_K"] <= 5000.0
     rc = md_cli.main([str(model_path), str(water_file), "--steps", "3", "--max-temperature", "-1", "--quiet"])
-    assert rc == 2 and "`max_temperature` must be a number > 0" in capsys.readouterr().err
+    assert rc == 2 and "--max-temperature must be a number > 0" in capsys.readouterr().err
 
 
 def test_run_md_passes_max_temperature(model, water):

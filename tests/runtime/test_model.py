@@ -354,6 +354,33 @@ def test_evaluator_system_is_read_only(model, water):
     assert ev.same_system(water.numbers, water.cell.array, water.pbc)
 
 
+def test_evaluator_checks_its_system_as_featurize_does(model, water):
+    """numbers, cell and pbc go through the featurizer's checks: no silent truncation of float atomic
+    numbers, no booleans read as hydrogen, no string read as a periodic axis; cell None for a molecule;
+    positions of another shape named as such."""
+    n, cell, pbc = water.numbers, water.cell.array, water.pbc
+    for numbers, exc, match in ((n + 0.5, TypeError, "integer array of atomic numbers"),
+                                (np.ones(len(n), dtype=bool), TypeError, "integer array"),
+                                (n[None, :], ValueError, r"`numbers` must have shape \(N,\)"),
+                                (np.full(len(n), 6), ValueError, "not in the spec's species")):
+        with pytest.raises(exc, match=match):
+            model.evaluator(numbers, cell, pbc)
+    for bad, exc, match in (("F", ValueError, "`pbc` must be a bool or a sequence of 3 bools, got 'F'"),
+                            ([True, True], ValueError, "`pbc` must be a bool or a sequence of 3 bools"),
+                            ([0.5, 1, 1], TypeError, "`pbc` must contain booleans")):
+        with pytest.raises(exc, match=match):
+            model.evaluator(n, cell, bad)
+    with pytest.raises(ValueError, match="`cell` vector 0 has zero length but axis 0 is periodic"):
+        model.evaluator(n, np.zeros((3, 3)), True)
+    molecule = water.copy()
+    molecule.pbc = False
+    ev = model.evaluator(n, None, False)
+    np.testing.assert_array_equal(ev(molecule.positions), model.forces(molecule))
+    for bad in (molecule.positions[:5], molecule.positions.ravel(), molecule.positions[:, :2].tolist()):
+        with pytest.raises(ValueError, match=rf"`positions` must have shape \({len(n)}, 3\)"):
+            ev(bad)
+
+
 def test_unwrapped_positions_give_the_same_forces(model, water):
     """MD never wraps positions: atoms displaced by lattice vectors must see the same forces."""
     f0 = model.forces(water)

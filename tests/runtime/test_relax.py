@@ -263,6 +263,8 @@ def test_relax_cli_errors(model_path, water_file, tmp_path, capsys):
     assert "--fmax must be a finite number > 0" in err and "extrapolation" not in err
     assert relax_cli.main([str(model_path), str(water_file), "--every", "0"]) == 2
     assert "--every must be an int >= 1" in capsys.readouterr().err
+    assert relax_cli.main([str(model_path), str(water_file), "--threads", "-1"]) == 2
+    assert "--threads must be an int >= 0" in capsys.readouterr().err
     same = str(tmp_path / "same.extxyz")
     assert relax_cli.main([str(model_path), str(water_file), "--out", same, "--trajectory", same]) == 2
     assert "--out and --trajectory are the same file" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def test_load_bundled_dataset_frame():
     atoms = load_structure("peo:test", 0)
     assert set(atoms.get_chemical_symbols()) == {"C", "H", "O"}
     assert atoms.pbc.all() and atoms.get_forces().shape == (len(atoms), 3)
-    with pytest.raises(ValueError, match="frames, got `frame`=100000"):
+    with pytest.raises(ValueError, match="frames, no frame 100000"):
         load_structure("peo:test", 100000)
 
 
