@@ -142,7 +142,10 @@ def describe_unparsable(path, exc) -> str:
         what = "it is empty (0 bytes)"
     elif head[0] == 0x08:
         # an ONNX ModelProto starts with field 1 (ir_version, varint): tag byte 0x08
-        what = "it starts like an ONNX model but cannot be parsed (truncated or corrupted file?)"
+        if "protobuf" in str(exc).lower():  # INVALID_PROTOBUF / "Protobuf parsing failed"
+            what = "it starts like an ONNX model but cannot be parsed (truncated or corrupted file?)"
+        else:  # parsed, then refused: a type or shape error, an unknown operator or opset
+            what = "it is an ONNX model whose graph onnxruntime refuses (invalid or unsupported graph)"
     else:
         what = f"it is not an ONNX model (it starts with {head[:8]!r})"
     return f"model file {str(path)!r} could not be loaded by onnxruntime: {what}. onnxruntime said: {exc}"

@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     p.add_argument("model", help="model file (.onnx) or bundled model name")
     p.add_argument("structure", help="structure file read by ase.io, or a bundled data set NAME[:SPLIT] "
                                      "(SPLIT: train, val, test (default) or all)")
-    p.add_argument("--frame", type=int, default=0)
+    p.add_argument("--frame", type=int, default=0, help="frame of STRUCTURE to measure from (default 0)")
     p.add_argument("--h", type=float, default=None, help="finite-difference step in Å, > 0 (default 0.01; 0.002 for float64 models)")
     p.add_argument("--max-atoms", type=int, default=DEFAULT_MAX_ATOMS,
                    help=f"the whole Jacobian up to this many atoms, else a block of this many neighbouring atoms, "

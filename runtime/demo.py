@@ -9,6 +9,7 @@ present (``--device auto``, the default), else on the CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -236,6 +237,7 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    created = not os.path.exists(args.out)
     try:
         if args.max_frames < 1:
             raise ValueError(f"`--max-frames` must be >= 1 (test frames used for accuracy), got {args.max_frames}")
@@ -312,6 +314,9 @@ def main(argv=None) -> int:
         return 3
     except (OSError, ValueError, TypeError, RuntimeError) as exc:
         print(f"fastfeat demo: error: {exc}", file=sys.stderr)
+        if created:  # a folder this call made and left empty (the device or the model failed) goes again
+            with contextlib.suppress(OSError):
+                os.rmdir(args.out)
         return 2
     if md["stopped_at"] is not None:
         print(f"fastfeat demo: MD stopped at step {md['stopped_at']} ({md['stop_reason']}); "

@@ -319,7 +319,7 @@ def _evaluate_parser():
 def data_split(data, split=None):
     """``(data, split)`` of ``DATA`` given as a file, ``NAME`` or ``NAME:SPLIT`` and an optional ``--split``.
 
-    An existing file is returned as it is. ``NAME:SPLIT`` of a bundled data set gives that split;
+    An existing file is returned as it is (ValueError with a ``split``). ``NAME:SPLIT`` of a bundled data set gives that split;
     ``split`` then must be None or the same. Without either the split is "test".
     """
     from .data import is_data_path
@@ -329,6 +329,9 @@ def data_split(data, split=None):
     if split is not None and split not in EVAL_SPLITS:
         raise ValueError(f"`--split` must be one of {list(EVAL_SPLITS)}, got {split!r}")
     if is_data_path(data) or ":" not in data:
+        if split is not None and os.path.isfile(data):
+            raise ValueError(f"`--split` picks a split of a bundled data set, but `DATA` {data!r} is a file, which is "
+                             "used whole; drop `--split`")
         return data, split or "test"
     name, _, named = data.partition(":")
     if name not in available():

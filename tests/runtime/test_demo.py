@@ -84,6 +84,12 @@ def test_demo_errors(model_path, tmp_path, capsys):
     assert "`--data` is required" in capsys.readouterr().err
     assert demo.main(["--model", "no-such-model", "--out", str(tmp_path / "d"), "--quiet"]) == 2
     assert "no bundled model named 'no-such-model'" in capsys.readouterr().err
+    # a folder the failed call made is gone again (here: the model, or CUDA on a machine without it, failed);
+    # one that existed before stays
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "mine").mkdir()
+    assert demo.main(["--model", "no-such-model", "--out", str(tmp_path / "mine"), "--quiet"]) == 2
+    assert (tmp_path / "mine").is_dir()
 
 
 def test_demo_unwritable_out_fails_first(model_path, tmp_path, capsys):

@@ -48,6 +48,18 @@ def test_truncated_file(model_path, tmp_path):
         ForceModel.load(bad)
 
 
+def test_graph_onnxruntime_refuses(model_path, tmp_path):
+    """A well-formed ONNX file whose graph fails onnxruntime's checks is not called truncated."""
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(model_path))
+    proto.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.INT32  # the graph computes floats
+    bad = tmp_path / "retyped.onnx"
+    onnx.save(proto, str(bad))
+    with pytest.raises(ModelLoadError, match="an ONNX model whose graph onnxruntime refuses") as info:
+        ForceModel.load(bad)
+    assert "truncated" not in str(info.value)
+
+
 def test_non_onnx_file(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_text("this is a text file, not a model\n")

@@ -324,8 +324,10 @@ def test_evaluate_accepts_name_split_and_checks_plot_first(tmp_path, capsys, mon
     assert by_name["data"] == by_flag["data"] == "peo[val]"
     assert by_name["rmse"] == by_flag["rmse"] and by_name["n_structures"] == by_flag["n_structures"]
     monkeypatch.setattr(train_cli, "evaluate", _no_work)
+    (tmp_path / "frames.extxyz").write_text("")
     for argv, expected in [
         (["peo", "peo:val", "--split", "test"], "names split 'val' but `--split` is 'test'"),
+        (["peo", str(tmp_path / "frames.extxyz"), "--split", "val"], "is a file, which is used whole"),
         (["peo", "peo:training"], "must be one of ['train', 'val', 'test', 'all'], got 'training'"),
         (["peo", "peo", "--plot", str(tmp_path / "missing" / "p.png")], "cannot write `--plot`"),
         (["peo", "peo", "--plot", str(tmp_path / "p.xyz")], "cannot write .xyz files"),
