@@ -107,6 +107,11 @@ class ModelInfo:
     feature_range: dict | None = None
 
 
+#: spellings of eV/Å that a forces model's ``fastfeat.units`` "force" may hold: the unit of ASE, and so of the
+#: runtime's forces, Calculator, MD and relaxation (a model without the key is taken to be in eV/Å)
+EV_PER_ANGSTROM = ("eV/Å", "eV/A", "eV/Ang", "eV/Angstrom", "eV/angstrom")
+
+
 def make_metadata(spec, *, head="basis", target="forces", dtype="float32", version=None,
                   data_hash="", validation=None, units=None) -> dict:
     """metadata_props of a model-format-1 file, as a dict of strings."""

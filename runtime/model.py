@@ -30,6 +30,7 @@ from fastfeat._validation import (
 )
 
 from ._onnx_meta import (
+    EV_PER_ANGSTROM,
     INPUT_NAMES,
     OUTPUT_NAME,
     ModelInfo,
@@ -259,12 +260,20 @@ class ForceModel:
         return self.target == "forces"
 
     def require_forces(self) -> None:
-        """ValueError unless the model predicts forces (its ``fastfeat.target`` is "forces")."""
+        """ValueError unless the model predicts forces (its ``fastfeat.target`` is "forces") in eV/Å (its
+        ``fastfeat.units`` "force", when present)."""
         if not self.predicts_forces:
             raise ValueError(
                 f"model {self.path!r} predicts {self.target!r}, not forces (metadata `fastfeat.target`); "
                 "it cannot be used as a force field (forces, Calculator, MD, relax, check-conservation, demo); "
                 "`fastfeat evaluate MODEL DATA` compares its per-atom vectors with reference data"
+            )
+        unit = self.info.units.get("force", EV_PER_ANGSTROM[0])
+        if unit not in EV_PER_ANGSTROM:
+            raise ValueError(
+                f"model {self.path!r} predicts forces in {unit!r} (metadata `fastfeat.units`), not eV/Å, the unit "
+                "of ASE and of fastfeat's forces, Calculator, MD and relax; train it again on forces in eV/Å "
+                "(1 kcal/mol/Å = 0.0433641 eV/Å); `fastfeat evaluate MODEL DATA` still compares it with reference data"
             )
 
     def species_index(self, numbers) -> np.ndarray:

@@ -33,6 +33,7 @@ except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (a dependen
     import tomli as tomllib
 
 from fastfeat._spec import SPEC_PRESETS, FeatureSpec
+from fastfeat.runtime._onnx_meta import EV_PER_ANGSTROM
 
 # not from .model: reading a config must not need torch
 from ._defaults import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS, INPUT_CLIP
@@ -88,7 +89,8 @@ class TrainConfig:
         The model predicts forces whatever the key (``target`` would instead make it predict a
         quantity named after the key, which the runtime does not take as forces).
     target_unit : str
-        Unit of the target ("" = eV/Å for forces).
+        Unit of the target, stored in the model ("" = eV/Å for forces; forces in any other unit are
+        refused, as the runtime takes them in eV/Å).
     val_fraction : float
         Share of structures held out for validation when the data is a file.
     threads : int
@@ -208,6 +210,11 @@ class TrainConfig:
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
         need(self.target != "", "target", "a non-empty key")
         need(self.forces_key != "", "forces_key", "a non-empty key")
+        if self.target == "forces" and self.target_unit and self.target_unit not in EV_PER_ANGSTROM:
+            raise ValueError(
+                f"config `target_unit` = {self.target_unit!r}: forces are learned in eV/Å, the unit of ASE and of "
+                "fastfeat's runtime (which refuses a force model in another unit); convert the reference forces "
+                "(1 kcal/mol/Å = 0.0433641 eV/Å) and leave `target_unit` empty")
         check_forces_key(self.forces_key, self.target, "config `forces_key`")
         if not isinstance(self.spec, dict):
             raise TypeError(f"config `spec` must be a table of FeatureSpec fields, got {type(self.spec).__name__}")

@@ -456,6 +456,23 @@ def test_only_the_target_forces_is_a_force_model(model_path, tmp_path, water, ta
         m.forces(water)
 
 
+def test_force_model_in_another_unit_is_refused(model_path, tmp_path, water):
+    """The runtime's forces are eV/Å (ASE's unit): a model whose metadata says otherwise is no force field for
+    it; the spellings of eV/Å pass."""
+    from _models import with_metadata
+
+    kcal = ForceModel.load(with_metadata(model_path, tmp_path / "k.onnx",
+                                         units=json.dumps({"length": "Å", "force": "kcal/mol/A"})))
+    assert kcal.predicts_forces
+    for call in (lambda: kcal.forces(water), lambda: kcal.evaluator(water.numbers, water.cell.array, water.pbc),
+                 lambda: kcal.forces_batch([water])):
+        with pytest.raises(ValueError, match=r"predicts forces in 'kcal/mol/A' \(metadata `fastfeat.units`\), not eV/Å"):
+            call()
+    for unit in ("eV/A", "eV/Angstrom"):
+        ok = ForceModel.load(with_metadata(model_path, tmp_path / "e.onnx", units=json.dumps({"force": unit})))
+        assert ok.forces(water).shape == (len(water), 3)
+
+
 def test_force_model_target_and_missing_target_key(model, spec, tmp_path, water):
     assert model.target == "forces" and model.predicts_forces
     model.require_forces()

@@ -131,3 +131,11 @@ def test_eps_ranges():
         TrainConfig(eps_rel=-0.1)
     with pytest.raises(ValueError, match="`eps_abs`"):
         TrainConfig(eps_abs=0.0)
+
+
+def test_forces_in_another_unit_are_refused():
+    """Forces are learned in eV/Å, the runtime's unit; another target may carry any unit."""
+    with pytest.raises(ValueError, match=r"config `target_unit` = 'kcal/mol/A': forces are learned in eV/Å"):
+        TrainConfig(target_unit="kcal/mol/A")
+    assert TrainConfig(target_unit="eV/A").target_unit == "eV/A"
+    assert TrainConfig(target="dipole", target_unit="e Å").target_unit == "e Å"
