@@ -185,7 +185,7 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
     spec = _spec_for(cfg, spec_path, [v[0] for v in splits.values()])
     for frames, label in checked:
         check_species(frames, spec, label)
-    check_trained_species(splits["train"][0], held_out, splits["train"][2])
+    check_trained_species(splits["train"][0], held_out, splits["train"][2], spec)
     sha = data_hash(splits["train"][0] + splits["val"][0], splits["train"][1] + splits["val"][1])
     feats = {}
     for rank_turn in (True, False):  # main rank fills the cache first, the others read it

@@ -246,9 +246,10 @@ def check_species(frames, spec, label="data"):
                              f"in the spec's species {list(spec.species)}")
 
 
-def check_trained_species(train_frames, other, train_label="train"):
-    """ValueError when an element occurs in held-out frames but in no training frame: its network would
-    stay at its random initial weights while the held-out errors looked like a trained model's.
+def check_trained_species(train_frames, other, train_label="train", spec=None):
+    """ValueError when an element occurs in held-out frames, or in ``spec``'s species, but in no training frame:
+    its network would stay at its random initial weights while the held-out errors looked like a trained
+    model's, and the exported model would serve its random forces.
 
     ``other``: (frames, label, frame numbers or None) of each held-out split; the first such frame is named.
     """
@@ -267,6 +268,14 @@ def check_trained_species(train_frames, other, train_label="train"):
                     f"{label}: frame {frame} holds {names}, which no frame of {train_label} holds: the network of "
                     f"{names} would stay untrained; add training structures with {names} (for a data file, another "
                     f"`seed` or `val_fraction` moves frames between the splits)")
+    if spec is not None:
+        untrained = [sym for sym, z in zip(spec.species, spec.numbers) if int(z) not in trained]
+        if untrained:
+            names = ", ".join(untrained)
+            raise ValueError(
+                f"the spec's species {names} occur in no frame of {train_label}: the network of {names} would stay "
+                f"untrained and the model would serve its random forces; drop {names} from the spec's `species`, or "
+                f"add training structures with {names}")
 
 
 def data_hash(frames, targets) -> str:

@@ -442,6 +442,18 @@ def test_element_only_in_held_out_frames_is_refused(workdir, capsys):
     assert "would stay untrained" in err
 
 
+def test_spec_species_without_training_atoms_is_refused(workdir, capsys):
+    """A species of the spec that no training frame holds would export a random network that the runtime
+    then serves: refused, naming it."""
+    fields = json.loads((workdir / "spec.json").read_text())
+    fields["species"] = ["H", "N", "O"]
+    (workdir / "spec_hno.json").write_text(fastfeat.FeatureSpec.from_json(json.dumps(fields)).to_json())
+    rc = cli(["train", "--data", str(workdir / "syn.extxyz"), "--spec", str(workdir / "spec_hno.json"), "--epochs",
+              "1", "--quiet", "--cache-dir", str(workdir / "cache"), "--out", str(workdir / "bad.onnx")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "the spec's species N occur in no frame of" in err and "would stay untrained" in err, err
+
+
 def test_negative_seed_is_named(workdir, capsys):
     assert _train(workdir, workdir / "syn.extxyz", "--seed", "-1") == 2
     assert "config `seed` must be >= 0, got -1" in capsys.readouterr().err
