@@ -85,14 +85,15 @@ def _load_frames(data, model_name):
         data = model_name
     names = bundled_dataset_names()
     if names_path(data, names):
-        return data, read_structures(data)
+        return data, read_structures(data), "file"
     if data in names:
-        label = "test split" if split_loader() is not None else "all frames: fastfeat.train.datasets is unavailable"
-        return f"{data} ({label})", bundled_frames(data, "test")
+        if split_loader() is None:
+            return f"{data} (all frames: fastfeat.train.datasets is unavailable)", bundled_frames(data, "test"), "all"
+        return f"{data} (test split)", bundled_frames(data, "test"), "test"
     raise FileNotFoundError(f"`--data` {data!r} is neither a file nor a bundled data set (available: {names})")
 
 
-def _plots(outdir, ref, pred, symbols, md_log, dt_fs, target_t):
+def _plots(outdir, ref, pred, symbols, md_log, dt_fs, target_t, scope="test"):
     """parity.png and temperature.png; returns the file names written (or a note)."""
     try:
         import matplotlib
@@ -108,7 +109,7 @@ def _plots(outdir, ref, pred, symbols, md_log, dt_fs, target_t):
         ax.scatter(ref[mask].ravel(), pred[mask].ravel(), s=3, alpha=0.4, label=s, rasterized=True)
     ax.plot([-lim, lim], [-lim, lim], "k--", lw=0.8)
     ax.set(xlim=(-lim, lim), ylim=(-lim, lim), xlabel="reference force component (eV/Å)",
-           ylabel="predicted (eV/Å)", title="force parity, test split")
+           ylabel="predicted (eV/Å)", title="force parity" + (", test split" if scope == "test" else ""))
     ax.legend(markerscale=4, frameon=False)
     fig.tight_layout()
     fig.savefig(os.path.join(outdir, "parity.png"))
@@ -124,6 +125,11 @@ def _plots(outdir, ref, pred, symbols, md_log, dt_fs, target_t):
     return ["parity.png", "temperature.png"], ""
 
 
+#: what the report says when the accuracy is not measured on a test split
+_NOT_TEST = ("Not a test split: these frames are unseen by the model only if they were held out of its "
+             "training data.")
+
+
 def _report(path, s):
     acc, md, info = s["accuracy"], s["md"], s["model"]
     lines = [
@@ -133,9 +139,10 @@ def _report(path, s):
         f"device **{s['device']}**{(' — ' + s['device_note']) if s['device_note'] else ''}.",
         f"Training data hash `{info['data_hash'][:16]}`; fastfeat {info['version']}.",
         "",
-        "## Accuracy on the test split",
+        "## Accuracy on the test split" if s["accuracy_scope"] == "test" else "## Accuracy on the given data",
         "",
-        f"Data: {s['data']} — {acc['n_frames']} frames, {acc['n_atoms']} atoms.",
+        f"Data: {s['data']} — {acc['n_frames']} frames, {acc['n_atoms']} atoms."
+        + ("" if s["accuracy_scope"] == "test" else f" {_NOT_TEST}"),
         "",
         "| metric | value |",
         "|---|---|",
@@ -250,7 +257,8 @@ def main(argv=None) -> int:
         model = resolve_model(args.model, device=device)
         model.require_forces()
         bundled = args.model in pretrained_names() and not os.path.isfile(args.model)
-        data_label, frames = _load_frames(args.data, args.model if bundled else None)
+        data_label, frames, scope = _load_frames(args.data, args.model if bundled else None)
+        what = "test" if scope == "test" else "data"  # a file or a whole data set may hold training frames
         if not frames:
             raise ValueError(f"the test data {data_label} holds no frames")
         frames = frames[: args.max_frames]
@@ -265,7 +273,7 @@ def main(argv=None) -> int:
         symbols = np.concatenate([a.get_chemical_symbols() for a in frames])
         acc = force_metrics(pred, ref, symbols)
         acc["n_frames"] = len(frames)
-        say(f"  test MAE {acc['mae']:.4f} eV/Å, relative RMSE {acc['relative_rmse']:.4f}, cosine {acc['cosine']:.4f}")
+        say(f"  {what} MAE {acc['mae']:.4f} eV/Å, relative RMSE {acc['relative_rmse']:.4f}, cosine {acc['cosine']:.4f}")
 
         # MD from the first test frame
         atoms = frames[0].copy()
@@ -297,14 +305,14 @@ def main(argv=None) -> int:
         conservation = jacobian_asymmetry(model, atoms, seed=args.seed)  # whole Jacobian up to 128 atoms
         info = model.info
         summary = {
-            "device": device, "device_note": note, "data": data_label,
+            "device": device, "device_note": note, "data": data_label, "accuracy_scope": scope,
             "model": {"name": args.model, "path": model.path, "head": info.head, "dtype": info.dtype.name,
                       "species": list(info.species), "data_hash": info.data_hash, "version": info.version,
                       "validation": info.validation},
             "accuracy": acc, "md": md, "conservation": conservation,
         }
         summary["plots"], summary["plot_note"] = _plots(args.out, ref, pred, symbols, result.log, args.dt,
-                                                        args.temperature)
+                                                        args.temperature, scope)
         summary["wall_s"] = time.perf_counter() - t_start
         _report(os.path.join(args.out, "report.md"), summary)
         with open(os.path.join(args.out, "summary.json"), "w", encoding="utf-8") as fh:
@@ -322,7 +330,7 @@ def main(argv=None) -> int:
         print(f"fastfeat demo: MD stopped at step {md['stopped_at']} ({md['stop_reason']}); "
               f"report: {os.path.join(args.out, 'report.md')}", file=sys.stderr)
         return 3
-    print(f"fastfeat demo: test relative RMSE {acc['relative_rmse']:.3f}, MD {md['steps_per_s']:.0f} steps/s "
+    print(f"fastfeat demo: {what} relative RMSE {acc['relative_rmse']:.3f}, MD {md['steps_per_s']:.0f} steps/s "
           f"({md['atom_steps_per_s']:.3g} atom-steps/s, {md['ns_per_day']:.2f} ns/day) on {device}; "
           f"report: {os.path.join(args.out, 'report.md')} ({summary['wall_s']:.0f} s)")
     return 0

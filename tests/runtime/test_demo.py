@@ -46,6 +46,9 @@ def test_demo_end_to_end(model, model_path, tmp_path):
     assert summary["md"]["steps"] == 60 and summary["md"]["atom_steps_per_s"] > 0
     report = (out / "report.md").read_text()
     assert "relative RMSE" in report and "ns/day" in report and "λ" in report
+    # a file is not a test split: the report says so, and does not call the figure a test error
+    assert summary["accuracy_scope"] == "file" and "## Accuracy on the given data" in report
+    assert "Not a test split" in report and "test split" not in report.replace("Not a test split", "")
     # the speed comes with the machine it was measured on
     assert summary["md"]["machine"] in report and "Numba threads" in summary["md"]["machine"]
     for name in ("parity.png", "temperature.png"):
