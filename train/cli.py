@@ -132,8 +132,14 @@ def _spec_for(cfg, spec_path, frames_lists):
     if spec_path:
         if not os.path.exists(spec_path):
             raise FileNotFoundError(f"`--spec` file {spec_path!r} does not exist")
+        if os.path.isdir(spec_path):
+            raise IsADirectoryError(f"`--spec` {spec_path!r} is a folder, not a FeatureSpec JSON file")
         with open(spec_path, encoding="utf-8") as fh:
-            return fastfeat.FeatureSpec.from_json(fh.read())
+            text = fh.read()
+        try:
+            return fastfeat.FeatureSpec.from_json(text)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"`--spec` file {spec_path!r}: {str(exc).replace('`text` is not', 'not')}") from None
     species = species_of(frames_lists)
     if cfg.spec:
         d = dict(cfg.spec)
@@ -319,7 +325,7 @@ def _evaluate_parser():
 def data_split(data, split=None):
     """``(data, split)`` of ``DATA`` given as a file, ``NAME`` or ``NAME:SPLIT`` and an optional ``--split``.
 
-    An existing file is returned as it is (ValueError with a ``split``). ``NAME:SPLIT`` of a bundled data set gives that split;
+    An existing file is returned as it is. ``NAME:SPLIT`` of a bundled data set gives that split;
     ``split`` then must be None or the same. Without either the split is "test".
     """
     from .data import is_data_path
@@ -329,9 +335,6 @@ def data_split(data, split=None):
     if split is not None and split not in EVAL_SPLITS:
         raise ValueError(f"`--split` must be one of {list(EVAL_SPLITS)}, got {split!r}")
     if is_data_path(data) or ":" not in data:
-        if split is not None and os.path.isfile(data):
-            raise ValueError(f"`--split` picks a split of a bundled data set, but `DATA` {data!r} is a file, which is "
-                             "used whole; drop `--split`")
         return data, split or "test"
     name, _, named = data.partition(":")
     if name not in available():
@@ -391,6 +394,9 @@ def evaluate_main(argv) -> int:
     args = _evaluate_parser().parse_args(argv)
     try:
         # cheap checks first: nothing is loaded or computed for a bad DATA[:SPLIT] or --plot
+        if args.split is not None and os.path.isfile(args.data):
+            raise ValueError(f"`--split` picks a split of a bundled data set, but `DATA` {args.data!r} is a file, "
+                             "which is used whole; drop `--split`")
         data, split = data_split(args.data, args.split)
         if args.plot:
             check_writable(args.plot, "`--plot`")

@@ -268,6 +268,8 @@ def load_config(path=None, **overrides) -> TrainConfig:
         path = os.fspath(path)
         if not os.path.exists(path):
             raise FileNotFoundError(f"`--config` file {path!r} does not exist")
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"`--config` {path!r} is a folder, not a TOML file")
         with open(path, "rb") as fh:
             try:
                 data = tomllib.load(fh)

@@ -17,14 +17,18 @@ def _models_dir() -> str:
 
 def resolve_model(model) -> str:
     """Path of ``model``: an existing file, or a bundled model's name (``peo`` …)."""
+    from fastfeat._io import names_path
+
     path = os.fspath(model)
-    if os.path.exists(path):
+    names = sorted(f[:-5] for f in os.listdir(_models_dir()) if f.endswith(".onnx")) if os.path.isdir(
+        _models_dir()) else []
+    if names_path(path, names):  # a folder named like a bundled model does not hide it
         return path
     bundled = os.path.join(_models_dir(), f"{path}.onnx")
     if os.path.exists(bundled):
         return bundled
-    names = sorted(f[:-5] for f in os.listdir(_models_dir()) if f.endswith(".onnx")) if os.path.isdir(
-        _models_dir()) else []
+    if path.endswith(".onnx") or os.sep in path:
+        raise FileNotFoundError(f"`MODEL` file {path!r} does not exist")
     raise ValueError(f"`MODEL` must be an .onnx file or a bundled model name {names}, got {path!r}")
 
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -233,6 +234,17 @@ def test_unknown_config_key(workdir, capsys):
     assert "unknown config key `learning_rate`" in err and "lr" in err and "batch_size" in err
 
 
+def test_config_and_spec_files_are_named_in_errors(workdir, tmp_path, capsys):
+    (tmp_path / "notjson.json").write_text("nope")
+    for args, match in ((["--config", str(tmp_path)], "`--config` '.*' is a folder, not a TOML file"),
+                        (["--spec", str(tmp_path)], "`--spec` '.*' is a folder, not a FeatureSpec JSON file"),
+                        (["--spec", str(tmp_path / "notjson.json")], "`--spec` file '.*notjson.json': not valid")):
+        rc = cli(["train", "--data", str(workdir / "syn.extxyz"), *args, "--epochs", "1", "--quiet", "--out",
+                  str(workdir / "bad.onnx")])
+        err = capsys.readouterr().err
+        assert rc == 2 and re.search(match, err) and "Errno" not in err, err
+
+
 def test_unknown_dataset_name(workdir, capsys):
     assert _train(workdir, "no-such-dataset") == 2
     assert "no-such-dataset" in capsys.readouterr().err
@@ -240,7 +252,10 @@ def test_unknown_dataset_name(workdir, capsys):
 
 def test_evaluate_errors(trained, workdir, capsys):
     assert cli(["evaluate", str(workdir / "nothing.onnx"), str(workdir / "syn.extxyz")]) == 2
-    assert "`MODEL`" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "`MODEL` file '" in err and "nothing.onnx' does not exist" in err, err
+    assert cli(["evaluate", "nothing", str(workdir / "syn.extxyz")]) == 2
+    assert "`MODEL` must be an .onnx file or a bundled model name" in capsys.readouterr().err
     frames = synthetic_frames(2, seed=4)
     for a in frames:
         a.calc = None
@@ -408,7 +423,8 @@ def test_forces_under_another_key(workdir, capsys):
         a.calc = None
     ase.io.write(workdir / "ref.extxyz", frames)
     assert _train(workdir, workdir / "ref.extxyz") == 2
-    assert "`forces_key` 'forces' not found in frame 0" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "`forces_key` 'forces' not found in frame 0" in err and "`--forces-key REF_forces`" in err, err
     out = workdir / "ref.onnx"
     assert cli(["train", "--data", str(workdir / "ref.extxyz"), "--forces-key", "REF_forces", "--spec",
                 str(workdir / "spec.json"), "--epochs", "2", "--quiet", "--cache-dir", str(workdir / "cache"),

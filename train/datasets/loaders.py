@@ -133,8 +133,10 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
             forces_nc = np.array(results[forces_key], dtype=np.float64)
         else:
             keys = sorted((set(atoms.arrays) | set(results)) - {"numbers", "positions"})
+            hint = "" if not keys else (f"; if the forces are one of these, name it with `forces_key` "
+                                         f"(`--forces-key {keys[0]}` on the command line)")
             raise ValueError(f"`forces_key` {forces_key!r} not found in frame {frame} of {path!r} "
-                             f"(per-atom arrays and results there: {keys})")
+                             f"(per-atom arrays and results there: {keys}){hint}")
         if forces_nc.shape != (len(atoms), 3):
             raise ValueError(f"forces {forces_key!r} of frame {frame} of {path!r} must have shape "
                              f"({len(atoms)}, 3), got {forces_nc.shape}")
