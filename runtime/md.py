@@ -370,11 +370,17 @@ class MolecularDynamics:
         ``temperature``); ``math.inf`` disables the check.
     symbols, cell, pbc
         Only used to write trajectories (extxyz).
+    step : int
+        Step number of the initial state (>= 0; default 0): records, the trajectory and ``steps_done``
+        count on from it, e.g. in a run restarted from a trajectory frame.
+    time_fs : float
+        Time of the initial state, fs (default 0.0): a record at step k is at
+        ``time_fs + (k - step) * dt``.
     """
 
     def __init__(self, force_fn, positions, masses, *, dt=0.5, temperature=300.0, ensemble="langevin",
                  friction=0.05, seed=0, velocities=None, remove_net_force=False, max_force=1000.0,
-                 max_temperature=None, symbols=None, cell=None, pbc=False):
+                 max_temperature=None, symbols=None, cell=None, pbc=False, step=0, time_fs=0.0):
         if not callable(force_fn):
             raise TypeError(f"`force_fn` must be callable, got {type(force_fn).__name__}")
         positions = np.array(_host(positions), dtype=np.float64)
@@ -399,6 +405,8 @@ class MolecularDynamics:
         else:
             check_positive(max_temperature, "`max_temperature`", allow_inf=True)
         check_int(seed, "`seed`")
+        step = check_int(step, "`step`", 0)
+        time_fs = check_number(time_fs, "`time_fs`")
 
         self.force_fn = force_fn
         self.xp = xp = getattr(force_fn, "xp", np)
@@ -441,7 +449,8 @@ class MolecularDynamics:
         self.x = xp.asarray(positions)
         self.v = xp.asarray(v)
         self.f = None  # forces at self.x, computed at the first run (its shape is checked then)
-        self.step = 0
+        self.step = step
+        self._step0, self._time0 = step, time_fs  # the initial state's step and time (a restart's)
         self.work = 0.0  # work done by the forces since step 0 (eV), tracked in NVE
 
     # ---------------------------------------------------------------- helpers
@@ -563,7 +572,7 @@ class MolecularDynamics:
             vh = _host(v)
             ke = kinetic_energy(vh, self.masses)
             t = 2.0 * ke / (self.dof * KB)
-            time_fs = step * self.dt
+            time_fs = self._time0 + (step - self._step0) * self.dt
             row = [step, time_fs, t, ke, fmax_val]
             for key, val in zip(records, row):
                 records[key].append(val)
@@ -749,7 +758,7 @@ class MolecularDynamics:
 # ------------------------------------------------------------ convenience API
 def run_md(model, atoms, steps, *, dt=0.5, temperature=300.0, ensemble="langevin", friction=0.05, seed=0,
            out=None, every=100, log=None, remove_net_force=False, max_force=1000.0, max_temperature=None,
-           progress=False, velocities=None, device="cpu") -> MDResult:
+           progress=False, velocities=None, device="cpu", step=0, time_fs=0.0) -> MDResult:
     """Run MD of ``atoms`` with a fastfeat model.
 
     Parameters
@@ -759,8 +768,10 @@ def run_md(model, atoms, steps, *, dt=0.5, temperature=300.0, ensemble="langevin
         function ``f(positions) -> forces``.
     atoms : ase.Atoms
         Initial structure (positions Å, masses amu, cell, pbc). Not modified.
-    steps, dt, temperature, ensemble, friction, seed, remove_net_force, max_force, max_temperature
-        See :class:`MolecularDynamics`.
+    steps, dt, temperature, ensemble, friction, seed, remove_net_force, max_force, max_temperature, step, time_fs
+        See :class:`MolecularDynamics` (``step``, ``time_fs``: where the count and the clock start, e.g. a
+        restart's ``atoms.info["step"]`` and ``atoms.info["time_fs"]``, which ``fastfeat md --keep-velocities``
+        passes).
     out, log, every, progress
         See :meth:`MolecularDynamics.run` (``out`` is its ``trajectory``: an
         extxyz file whose name ends in .extxyz or .xyz). Output files are
@@ -812,6 +823,6 @@ def run_md(model, atoms, steps, *, dt=0.5, temperature=300.0, ensemble="langevin
         force_fn, atoms.positions, atoms.get_masses(), dt=dt, temperature=temperature, ensemble=ensemble,
         friction=friction, seed=seed, velocities=velocities, remove_net_force=remove_net_force,
         max_force=max_force, max_temperature=max_temperature, symbols=atoms.get_chemical_symbols(),
-        cell=atoms.cell.array, pbc=atoms.pbc,
+        cell=atoms.cell.array, pbc=atoms.pbc, step=step, time_fs=time_fs,
     )
     return md.run(steps, trajectory=out, log=log, every=every, progress=progress)

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=100, help="write trajectory/log every k steps (default 100)")
     p.add_argument("--log", default=None, help="text log file")
     p.add_argument("--keep-velocities", action="store_true",
-                   help="start from the velocities (momenta) stored in STRUCTURE instead of Maxwell-Boltzmann")
+                   help="start from the velocities (momenta) stored in STRUCTURE instead of Maxwell-Boltzmann; a "
+                        "frame written by fastfeat md also continues its step and time (a restart)")
     p.add_argument("--remove-net-force", action="store_true", help="make the total force zero every step")
     p.add_argument("--max-force", type=float, default=1000.0,
                    help="stop when a force component exceeds this (eV/Å, default 1000) or is NaN")
@@ -39,6 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skin", type=float, default=1.0, help="neighbour-list skin in Å (default 1.0)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     return p
+
+
+def _restart_clock(atoms):
+    """(step, time_fs) a frame written by fastfeat md carries in its info, else (0, 0.0)."""
+    import math
+    import numbers
+
+    step, time_fs = atoms.info.get("step"), atoms.info.get("time_fs")
+    if (isinstance(step, numbers.Integral) and not isinstance(step, bool) and step >= 0
+            and isinstance(time_fs, numbers.Real) and not isinstance(time_fs, bool) and math.isfinite(time_fs)):
+        return int(step), float(time_fs)
+    return 0, 0.0
 
 
 def main(argv=None) -> int:
@@ -76,12 +89,15 @@ def main(argv=None) -> int:
             print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}), {args.steps} steps of {args.dt} fs, "
                   f"{args.ensemble} at {args.temperature} K", file=sys.stderr)
         report_extrapolation(model, atoms, "start", "fastfeat md", args.quiet)
+        step, time_fs = _restart_clock(atoms) if args.keep_velocities else (0, 0.0)
+        if step and not args.quiet:
+            print(f"  continuing from step {step} (t = {time_fs:g} fs) of the frame", file=sys.stderr)
         result = run_md(
             model, atoms, args.steps, dt=args.dt, temperature=args.temperature, ensemble=args.ensemble,
             friction=args.friction, seed=args.seed, out=args.out, every=args.every, log=args.log,
             remove_net_force=args.remove_net_force, max_force=args.max_force,
             max_temperature=args.max_temperature, progress=not args.quiet,
-            velocities="atoms" if args.keep_velocities else None,
+            velocities="atoms" if args.keep_velocities else None, step=step, time_fs=time_fs,
         )
     except MDInstabilityError as exc:
         print(f"fastfeat md: {exc}", file=sys.stderr)

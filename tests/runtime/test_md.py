@@ -341,6 +341,19 @@ def test_md_cli(model_path, water_file, tmp_path, capsys):
     first = ase.io.read(tmp_path / "t2.extxyz", index=0)
     np.testing.assert_allclose(first.get_velocities(), ase.io.read(restart).get_velocities(), rtol=1e-7, atol=1e-12)
     assert not np.allclose(first.get_velocities(), 0.0)
+    # the restart continues the frame's step and clock (the frame carries step 30, t = 15 fs)
+    assert "continuing from step 30 (t = 15 fs)" in err
+    assert [(a.info["step"], a.info["time_fs"]) for a in ase.io.read(tmp_path / "t2.extxyz", index=":")] == \
+        [(30, 15.0), (40, 20.0)]
+    # ... with another time step too; without --keep-velocities the count starts at 0
+    assert md_cli.main([str(model_path), str(restart), "--steps", "10", "--dt", "0.25", "--ensemble", "nve",
+                        "--keep-velocities", "--every", "5", "--out", str(tmp_path / "t3.extxyz"), "--quiet"]) == 0
+    assert [(a.info["step"], a.info["time_fs"]) for a in ase.io.read(tmp_path / "t3.extxyz", index=":")] == \
+        [(30, 15.0), (35, 16.25), (40, 17.5)]
+    assert md_cli.main([str(model_path), str(restart), "--steps", "10", "--every", "10", "--out",
+                        str(tmp_path / "t4.extxyz"), "--quiet"]) == 0
+    assert [a.info["step"] for a in ase.io.read(tmp_path / "t4.extxyz", index=":")] == [0, 10]
+    capsys.readouterr()
 
 
 def test_md_cli_errors(model_path, water_file, tmp_path, capsys):
@@ -564,6 +577,17 @@ def test_md_cli_refuses_traj_out(model_path, water_file, tmp_path, capsys):
 
 
 # ------------------------------------------------------------ other refusals
+def test_engine_counts_on_from_the_initial_step_and_time():
+    f, x0, masses = _system(n=6, seed=3)
+    md = MolecularDynamics(f, x0, masses, dt=0.5, ensemble="nve", step=100, time_fs=1000.0)
+    r = md.run(20, every=10)
+    assert list(r.log["step"]) == [100, 110, 120] and list(r.log["time_fs"]) == [1000.0, 1005.0, 1010.0]
+    assert r.steps_done == 120 and r.steps_run == 20
+    for bad, exc in (({"step": -1}, ValueError), ({"step": 1.5}, TypeError), ({"time_fs": float("nan")}, ValueError)):
+        with pytest.raises(exc, match=f"`{next(iter(bad))}`"):
+            MolecularDynamics(f, x0, masses, **bad)
+
+
 def test_keep_velocities_without_momenta(model, model_path, water, water_file, capsys):
     assert not water.has("momenta")
     with pytest.raises(ValueError, match="structure has no velocities.*Maxwell-Boltzmann"):
