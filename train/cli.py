@@ -160,7 +160,7 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
         sha256 of the training + validation data.
     """
     from .data import (cached_features, check_species, check_trained_species, data_hash, frame_targets, is_data_path,
-                       load_frames, split_frames)
+                       load_frames, split_frames, trajectory_labels)
     from .trainer import Distributed
 
     dctx = dist_ctx or Distributed()
@@ -173,7 +173,11 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
     if is_data_path(data):
         frames, label = load_frames(data, target=cfg.target, forces_key=cfg.forces_key, what="`--data`")
         targets = frame_targets(frames, cfg.target, label)
-        i_tr, i_va = split_frames(len(frames), cfg.val_fraction, cfg.seed)
+        groups = trajectory_labels(frames)  # frames of one trajectory stay on one side of the split
+        i_tr, i_va = split_frames(len(frames), cfg.val_fraction, cfg.seed, groups)
+        if groups is not None and len(set(groups)) >= 2:
+            say(f"{label}: validation holds out whole trajectories (info['trajectory']): "
+                f"{len(set(groups[i] for i in i_va))} of {len(set(groups))}, {len(i_va)} frames")
         splits["train"] = ([frames[i] for i in i_tr], [targets[i] for i in i_tr], f"{label}[train]")
         splits["val"] = ([frames[i] for i in i_va], [targets[i] for i in i_va], f"{label}[val]")
         checked.append((frames, label))  # frame numbers of the file, not of a split

@@ -23,6 +23,7 @@ __all__ = [
     "load_frames",
     "looks_like_path",
     "split_frames",
+    "trajectory_labels",
     "frame_targets",
     "data_hash",
     "species_of",
@@ -169,14 +170,40 @@ def load_frames(data, split="train", *, target="forces", forces_key="forces", wh
     return list(frames), f"{data}[{split}]"
 
 
-def split_frames(n_frames: int, val_fraction: float, seed: int):
-    """Deterministic (train, val) index arrays of a single file's frames."""
+def split_frames(n_frames: int, val_fraction: float, seed: int, groups=None):
+    """Deterministic (train, val) index arrays of a single file's frames.
+
+    Without ``groups``, a seeded ``val_fraction`` of the frames (at least one, and one left for training).
+    ``groups`` (one label per frame, e.g. each frame's trajectory) with two or more distinct labels holds out
+    whole groups instead: a seeded ``val_fraction`` of the groups (at least one, and one left), so that no
+    validation frame has a correlated neighbour, a frame femtoseconds away in the same trajectory, in training.
+    """
     if n_frames < 2:
         raise ValueError(f"a data file needs at least 2 frames to hold out a validation set, got {n_frames}")
     rng = np.random.default_rng(seed)
+    if groups is not None:
+        if len(groups) != n_frames:
+            raise ValueError(f"`groups` must give one label per frame ({n_frames}), got {len(groups)}")
+        labels, inverse = np.unique(np.asarray(groups), return_inverse=True)
+        if len(labels) >= 2:
+            perm = rng.permutation(len(labels))
+            n_val = min(max(1, int(round(val_fraction * len(labels)))), len(labels) - 1)
+            val = np.isin(inverse, perm[:n_val])
+            return np.flatnonzero(~val), np.flatnonzero(val)
     perm = rng.permutation(n_frames)
     n_val = min(max(1, int(round(val_fraction * n_frames))), n_frames - 1)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def trajectory_labels(frames):
+    """Each frame's ``info["trajectory"]`` (an integer, as ``fastfeat data generate`` writes it), or None unless
+    every frame has one."""
+    import numbers
+
+    labels = [a.info.get("trajectory") for a in frames]
+    if all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in labels):
+        return [int(t) for t in labels]
+    return None
 
 
 def frame_targets(frames, target="forces", label="data"):

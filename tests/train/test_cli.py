@@ -470,6 +470,47 @@ def test_spec_species_without_training_atoms_is_refused(workdir, capsys):
     assert rc == 2 and "the spec's species N occur in no frame of" in err and "would stay untrained" in err, err
 
 
+def test_file_split_holds_out_whole_trajectories():
+    """Frames labelled by trajectory (info["trajectory"], as `fastfeat data generate` writes) are held out
+    trajectory by trajectory; unlabelled (or partly labelled) frames by frame, as before."""
+    from fastfeat.train.data import split_frames, trajectory_labels
+
+    groups = [t for t in range(10) for _ in range(5)]  # 10 trajectories of 5 frames
+    for seed in range(5):
+        i_tr, i_va = split_frames(50, 0.2, seed, groups)
+        tr, va = {groups[i] for i in i_tr}, {groups[i] for i in i_va}
+        assert len(va) == 2 and not tr & va and len(i_tr) + len(i_va) == 50
+        assert sorted(np.concatenate([i_tr, i_va]).tolist()) == list(range(50))
+    assert len({groups[i] for i in split_frames(50, 0.01, 0, groups)[1]}) == 1  # at least one trajectory
+    assert len({groups[i] for i in split_frames(50, 0.99, 0, groups)[0]}) == 1  # and one left for training
+    # one trajectory only, or no labels: the frame split, unchanged
+    for g in ([0] * 50, None):
+        np.testing.assert_array_equal(split_frames(50, 0.2, 3, g)[1], split_frames(50, 0.2, 3)[1])
+    frames = synthetic_frames(3, seed=0)
+    assert trajectory_labels(frames) is None
+    for k, a in enumerate(frames):
+        a.info["trajectory"] = k // 2
+    assert trajectory_labels(frames) == [0, 0, 1]
+    frames[2].info["trajectory"] = "x"
+    assert trajectory_labels(frames) is None
+
+
+def test_train_on_a_labelled_file_says_it_splits_by_trajectory(workdir, tmp_path):
+    frames = synthetic_frames(12, seed=9)
+    for k, a in enumerate(frames):
+        a.info["trajectory"] = k // 3
+    ase.io.write(tmp_path / "traj.extxyz", frames)
+    logs = []
+    from fastfeat.train.cli import prepare_features
+    from fastfeat.train.config import TrainConfig
+
+    cfg = TrainConfig(val_fraction=0.25, cache_dir=str(tmp_path / "cache"))
+    feats, _, _ = prepare_features(str(tmp_path / "traj.extxyz"), cfg, spec_path=str(workdir / "spec.json"),
+                                   log=logs.append)
+    assert any("validation holds out whole trajectories (info['trajectory']): 1 of 4, 3 frames" in m for m in logs)
+    assert feats["val"].n_structures == 3 and feats["train"].n_structures == 9
+
+
 def test_negative_seed_is_named(workdir, capsys):
     assert _train(workdir, workdir / "syn.extxyz", "--seed", "-1") == 2
     assert "config `seed` must be >= 0, got -1" in capsys.readouterr().err
