@@ -390,6 +390,9 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
         return 0
     print(f"[{system}] wrote {n} frames to {out} ({complete}/{len(plans)} trajectories complete, "
           f"{time.time() - start:.0f} s)", file=stream, flush=True)
+    if complete < len(plans):
+        print(f"[{system}] INCOMPLETE: {len(plans) - complete} trajectories are missing or partial (the time "
+              f"limit, or a failure reported above, stopped them); the same command again continues them", file=stream, flush=True)
     return n
 
 
