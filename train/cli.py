@@ -159,8 +159,8 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
     sha : str
         sha256 of the training + validation data.
     """
-    from .data import (cached_features, check_species, check_trained_species, data_hash, frame_targets, is_data_path,
-                       load_frames, split_frames, trajectory_labels)
+    from .data import (cached_features, check_cells, check_species, check_trained_species, data_hash, frame_targets,
+                       is_data_path, load_frames, split_frames, trajectory_labels)
     from .trainer import Distributed
 
     dctx = dist_ctx or Distributed()
@@ -195,6 +195,7 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
     spec = _spec_for(cfg, spec_path, [v[0] for v in splits.values()])
     for frames, label in checked:
         check_species(frames, spec, label)
+        check_cells(frames, label)
     check_trained_species(splits["train"][0], held_out, splits["train"][2], spec)
     sha = data_hash(splits["train"][0] + splits["val"][0], splits["train"][1] + splits["val"][1])
     feats = {}

@@ -23,6 +23,7 @@ __all__ = [
     "load_frames",
     "looks_like_path",
     "split_frames",
+    "check_cells",
     "trajectory_labels",
     "frame_targets",
     "data_hash",
@@ -271,6 +272,18 @@ def check_species(frames, spec, label="data"):
             i = bad[0]
             raise ValueError(f"{label}: frame {k}, atom {i} is {atoms.get_chemical_symbols()[i]}, which is not "
                              f"in the spec's species {list(spec.species)}")
+
+
+def check_cells(frames, label="data"):
+    """ValueError naming the frame (numbered as in ``frames``) whose cell or periodicity ``featurize`` would
+    refuse: a zero-length or singular cell vector along a periodic axis."""
+    from fastfeat._validation import check_cell, check_pbc
+
+    for k, atoms in enumerate(frames):
+        try:
+            check_cell(atoms.cell.array, check_pbc(atoms.pbc))
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{label}: frame {k}: {exc}") from None
 
 
 def check_trained_species(train_frames, other, train_label="train", spec=None):

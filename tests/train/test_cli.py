@@ -185,6 +185,16 @@ def test_species_not_in_spec(workdir, capsys):
     assert "li.extxyz: frame 3," in err, err  # the frame's number in the file, not in the training split
 
 
+def test_bad_cell_names_the_frame_of_the_file(workdir, capsys):
+    frames = synthetic_frames(6, seed=3)
+    frames[4].cell = np.zeros((3, 3))
+    frames[4].pbc = True
+    ase.io.write(workdir / "zerocell.extxyz", frames)
+    assert _train(workdir, workdir / "zerocell.extxyz") == 2
+    err = capsys.readouterr().err
+    assert "zerocell.extxyz: frame 4: `cell` vector 0 has zero length but axis 0 is periodic" in err, err
+
+
 def test_empty_dataset(workdir, capsys):
     (workdir / "empty.extxyz").write_text("")
     assert _train(workdir, workdir / "empty.extxyz") == 2
