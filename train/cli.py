@@ -274,6 +274,10 @@ def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=Fals
             print(msg, file=sys.stderr, flush=True)
     dctx = Distributed()
     say = log if dctx.is_main else (lambda msg: None)
+    ckpt = os.fspath(checkpoint or f"{os.fspath(out)}.ckpt")
+    if not resume and os.path.isfile(ckpt):  # a forgotten --resume would lose a long run's state: say so
+        say(f"note: checkpoint {ckpt!r} exists and this run starts afresh, replacing it (and {os.fspath(out)!r}); "
+            "`--resume` continues it instead")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()

@@ -535,6 +535,9 @@ def test_resume_names_the_settings_that_changed_the_data(workdir, capsys):
     assert cli(args[:-2] + ["--out", str(workdir / "rs.onnx"), "--epochs", "2", "--resume", "--seed", "3"]) == 2
     err = capsys.readouterr().err
     assert "trained on other data" in err and "settings that select the data differ: seed 3 (was 0)" in err, err
+    # the same command again without --resume starts afresh, and says so (a forgotten --resume)
+    assert cli(args) == 0
+    assert "rs.onnx.ckpt' exists and this run starts afresh, replacing it" in capsys.readouterr().err
 
 
 def test_broken_pipe_ends_quietly(tmp_path, monkeypatch):
