@@ -178,6 +178,9 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
         if groups is not None and len(set(groups)) >= 2:
             say(f"{label}: validation holds out whole trajectories (info['trajectory']): "
                 f"{len(set(groups[i] for i in i_va))} of {len(set(groups))}, {len(i_va)} frames")
+        if len(i_va) < 5:
+            say(f"note: {label} holds {len(frames)} frames, so validation has {len(i_va)}: its errors (and the "
+                "epoch picked by them) are a rough estimate; more frames, or a larger `val_fraction`, firm them up")
         splits["train"] = ([frames[i] for i in i_tr], [targets[i] for i in i_tr], f"{label}[train]")
         splits["val"] = ([frames[i] for i in i_va], [targets[i] for i in i_va], f"{label}[val]")
         checked.append((frames, label))  # frame numbers of the file, not of a split

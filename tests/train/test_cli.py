@@ -518,6 +518,7 @@ def test_train_on_a_labelled_file_says_it_splits_by_trajectory(workdir, tmp_path
     feats, _, _ = prepare_features(str(tmp_path / "traj.extxyz"), cfg, spec_path=str(workdir / "spec.json"),
                                    log=logs.append)
     assert any("validation holds out whole trajectories (info['trajectory']): 1 of 4, 3 frames" in m for m in logs)
+    assert any("so validation has 3: its errors" in m for m in logs)
     assert feats["val"].n_structures == 3 and feats["train"].n_structures == 9
 
 
