@@ -258,7 +258,8 @@ def main(argv=None) -> int:
         model.require_forces()
         bundled = args.model in pretrained_names() and not os.path.isfile(args.model)
         data_label, frames, scope = _load_frames(args.data, args.model if bundled else None)
-        what = "test" if scope == "test" else "data"  # a file or a whole data set may hold training frames
+        # a file or a whole data set may hold training frames: its figures are not called test errors
+        test, where = ("test ", "") if scope == "test" else ("", " on the given data (not a test split)")
         if not frames:
             raise ValueError(f"the test data {data_label} holds no frames")
         frames = frames[: args.max_frames]
@@ -273,7 +274,8 @@ def main(argv=None) -> int:
         symbols = np.concatenate([a.get_chemical_symbols() for a in frames])
         acc = force_metrics(pred, ref, symbols)
         acc["n_frames"] = len(frames)
-        say(f"  {what} MAE {acc['mae']:.4f} eV/Å, relative RMSE {acc['relative_rmse']:.4f}, cosine {acc['cosine']:.4f}")
+        say(f"  {test}MAE {acc['mae']:.4f} eV/Å, relative RMSE {acc['relative_rmse']:.4f}, cosine {acc['cosine']:.4f}"
+            f"{where}")
 
         # MD from the first test frame
         atoms = frames[0].copy()
@@ -330,7 +332,7 @@ def main(argv=None) -> int:
         print(f"fastfeat demo: MD stopped at step {md['stopped_at']} ({md['stop_reason']}); "
               f"report: {os.path.join(args.out, 'report.md')}", file=sys.stderr)
         return 3
-    print(f"fastfeat demo: {what} relative RMSE {acc['relative_rmse']:.3f}, MD {md['steps_per_s']:.0f} steps/s "
+    print(f"fastfeat demo: {test}relative RMSE {acc['relative_rmse']:.3f}{where}, MD {md['steps_per_s']:.0f} steps/s "
           f"({md['atom_steps_per_s']:.3g} atom-steps/s, {md['ns_per_day']:.2f} ns/day) on {device}; "
           f"report: {os.path.join(args.out, 'report.md')} ({summary['wall_s']:.0f} s)")
     return 0
