@@ -11,7 +11,6 @@ device: the host only reads a few status scalars per call.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,14 +65,13 @@ class _DeviceParams:
     table: object  # atomic number -> species index, int64 device array
 
 
-_PARAM_CACHE: OrderedDict = OrderedDict()
-
-
 def _device_params(spec_cache, dtype, stream):
-    key = (spec_cache.spec.to_json(), np.dtype(dtype).str)
-    hit = _PARAM_CACHE.get(key)
+    """The spec's kernel parameters on the device, kept on its (cached, per-spec) ``_SpecCache`` by dtype: an
+    MD step finds them with one dict lookup (a key made of the spec's JSON cost ~0.1 ms per call)."""
+    per_dtype = spec_cache.__dict__.setdefault("device_params", {})
+    key = np.dtype(dtype).str
+    hit = per_dtype.get(key)
     if hit is not None:
-        _PARAM_CACHE.move_to_end(key)
         return hit
     spec = spec_cache.spec
     f = np.dtype(dtype).type
@@ -92,9 +90,7 @@ def _device_params(spec_cache, dtype, stream):
     scalars = (float(spec.cutoff), float(spec.angular_cutoff), f(0.0), f(1.0), f(0.5), f(math.pi / spec.cutoff),
                f(math.pi / spec.angular_cutoff), 1e-6)
     params = _DeviceParams(scalars, arrays, int(spec.n_radial), len(spec.angular), upload(spec_cache.table, stream))
-    _PARAM_CACHE[key] = params
-    while len(_PARAM_CACHE) > 8:
-        _PARAM_CACHE.popitem(last=False)
+    per_dtype[key] = params
     return params
 
 
@@ -109,18 +105,19 @@ class _Outputs:
         self.status = alloc(2, np.int32)
 
 
-def _run_features(params, spec, pos, species, offset_n, j_p, shiftvec, order_n, out, stream, capacity=None):
-    """Launch the feature kernels; returns (number of atoms with an overlap)."""
+def _run_features(params, spec, disp, species, offset_n, j_p, rbuild, order_n, out, stream, capacity=None):
+    """Launch the feature kernels on r_ij = rbuild[p] + disp[j] - disp[i] (the CSR list's pair vectors at its
+    build and the displacements since); returns (number of atoms with an overlap)."""
     k = _k()
-    n = pos.shape[0]
-    dtype = np.dtype(pos.dtype)
+    n = disp.shape[0]
+    dtype = np.dtype(disp.dtype)
     fill(out.status, 0, stream)
     cap = int(ANGULAR_CAPACITY if capacity is None else capacity)
     per_warp = k.shared_floats_per_warp(spec.n_species, len(spec.radial), len(spec.covariant), spec.n_angular, cap,
                                         spec.n_covariant_angular)
     lanes, _ = k.radial_split(len(spec.radial), len(spec.covariant))
     wpb = min(1 if k.SIMULATOR else WARPS_PER_BLOCK, _SHARED_LIMIT // (per_warp * dtype.itemsize))
-    common = (pos, species, offset_n, j_p, shiftvec, order_n)
+    common = (disp, species, offset_n, j_p, rbuild, order_n)
     if wpb >= 1:
         if dtype == np.float64:
             kernel = k.features_warp_f64
@@ -217,8 +214,8 @@ def featurize_cuda(spec_cache, structures, dtype):
             else:
                 pos = check_positions(p)
                 n_s = pos.shape[0]
-                if n_s:  # relative to the first atom, in float64 (see stage_positions), then in dtype
-                    pos = (pos.astype(np.float64) - pos[0]).astype(dtype)
+                if n_s:  # relative to the first atom, in float64 (the list's pair vectors are computed from these)
+                    pos = pos.astype(np.float64) - pos[0]
             cell = check_cell(c, pbc)
             z_host, z_dev = _check_numbers_host(z, n_s)
             species = None if z_dev is not None else species_index(z_host, spec_cache.table, n_s, spec.species)
@@ -235,7 +232,7 @@ def featurize_cuda(spec_cache, structures, dtype):
     if n == 0:
         return Features(to_user(out.g), to_user(out.v), to_user(species_all), offsets)
 
-    pos_all = alloc((n, 3), dtype)
+    pos_all = alloc((n, 3), np.float64)
     status_f = upload(np.array([0.0, n, n, 0.0]), stream)
     fill(species_all, -1, stream)
     for (pos, on_dev, species, z_dev, _, _, n_s, prefix), a in zip(checked, offsets[:-1]):
@@ -259,7 +256,11 @@ def featurize_cuda(spec_cache, structures, dtype):
     prefixes = [c[7] for c in checked]
     nl = build_device(pos_all, offsets, cells, pbcs, spec.cutoff, stream, csr=True, out_dtype=dtype,
                       prefixes=prefixes)
-    n_overlap = _run_features(params, spec, pos_all, species_all, nl.offset_n, nl.j_p, nl.shiftvec_pc, nl.order_n,
+    del pos_all
+    # the feature kernels take r_ij = rbuild + (u_j - u_i), u the displacement since the build: none here
+    disp = alloc((n, 3), dtype)
+    fill(disp.reshape(3 * n), 0.0, stream)
+    n_overlap = _run_features(params, spec, disp, species_all, nl.offset_n, nl.j_p, nl.rbuild_pc, nl.order_n,
                               out, stream)
     if n_overlap:
         _raise_overlap(out, nl.j_p, offsets, stream)
@@ -282,12 +283,16 @@ def _raise_in_structure(checked, spec_cache, stream):
 class CudaFeaturizerState:
     """Device state of a :class:`fastfeat.Featurizer` with device="cuda".
 
-    Keeps the positions at the last neighbour-list build, the CSR list (built
-    with cutoff + skin) and the output buffers on the device. A call copies
-    the positions into its own buffer while checking finiteness and the
-    largest displacement since the last build (one kernel, one small read),
+    Keeps the positions at the last neighbour-list build (float64, relative to
+    an origin fixed until the next build), the CSR list (built with cutoff +
+    skin; its pair vectors r_ij at the build, computed in float64) and the
+    output buffers on the device. A call writes every atom's displacement since
+    the build into its own buffer (in the features' dtype: small numbers, so
+    float32 keeps its precision wherever the atoms sit) while checking
+    finiteness and the largest displacement (one kernel, one small read),
     rebuilds the list when an atom moved more than skin / 2 (or the cell,
-    periodicity, atom count or species changed), then runs the feature kernels.
+    periodicity, atom count or species changed), then runs the feature kernels
+    on r_ij = r_build + u_j - u_i.
     """
 
     def __init__(self, spec_cache, dtype, skin):
@@ -304,8 +309,8 @@ class CudaFeaturizerState:
     def _allocate(self, n, stream):
         spec = self.cache.spec
         self.n = n
-        self.pos = alloc((n, 3), self.dtype)
-        self.ref = alloc((n, 3), self.dtype)
+        self.pos = alloc((n, 3), self.dtype)  # displacements since the last build (see stage_positions)
+        self.ref = alloc((n, 3), np.float64)  # positions at the last build, relative to origin
         self.species = alloc(n, np.int32)
         fill(self.species, -1, stream)
         self.species_host = None
@@ -377,19 +382,20 @@ class CudaFeaturizerState:
             or disp2 > (0.5 * self.skin) ** 2
         )
         if rebuild:
-            # a fresh origin, the first atom (a frame far from the last one keeps float32 precision), fixed
-            # until the next build so the skin test still sees every displacement
+            # a fresh origin, the first atom, fixed until the next build so the skin test still sees every
+            # displacement; the positions at the build in float64 (the list's pair vectors come from them) and
+            # no displacement yet
             launch(k.set_origin, 3, stream, src, self.origin)
-            launch(k.stage_positions, n, stream, src, self.pos, self.ref, False, self.status_f, self.origin,
+            launch(k.stage_positions, n, stream, src, self.ref, self.ref, False, self.status_f, self.origin,
                    threads=k.STAGE_THREADS)
-            self.nl = build_device(self.pos, np.array([0, n]), cell[None], pbc[None],
+            self.nl = build_device(self.ref, np.array([0, n]), cell[None], pbc[None],
                                    self.cache.spec.cutoff + self.skin, stream, csr=True, out_dtype=self.dtype)
-            launch(k.copy_rows, n, stream, self.pos, self.ref)
+            fill(self.pos.reshape(3 * n), 0.0, stream)
             self.key = key
             featurizer.n_rebuilds += 1
         nl = self.nl
         n_overlap = _run_features(params, self.cache.spec, self.pos, self.species, nl.offset_n, nl.j_p,
-                                  nl.shiftvec_pc, nl.order_n, self.out, stream, self.capacity)
+                                  nl.rbuild_pc, nl.order_n, self.out, stream, self.capacity)
         if n_overlap:
             _raise_overlap(self.out, nl.j_p, np.array([0, n]), stream)
         return self.user

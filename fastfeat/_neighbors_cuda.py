@@ -218,7 +218,8 @@ class DeviceNeighbors:
     order_n : (N,) int32        atoms in bin order (spatially coherent; used to schedule work)
     n_pairs : int
     Full lists add i_p, j_p (P,) int32, shift_pc (P, 3) int32, r_pc (P, 3), d_p (P,);
-    CSR lists add j_p and shiftvec_pc (P, 3) = shift @ cell in Å.
+    CSR lists add j_p and rbuild_pc (P, 3): r_ij at the build in Å, from the float64 positions (the
+    feature kernels add the displacements since the build).
     """
 
     offset_n: object
@@ -229,7 +230,7 @@ class DeviceNeighbors:
     shift_pc: object = None
     r_pc: object = None
     d_p: object = None
-    shiftvec_pc: object = None
+    rbuild_pc: object = None
 
 
 def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype, prefixes=None, name="positions"):
@@ -244,8 +245,8 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
     cells : (S, 3, 3) float64 host array, Å;  pbcs : (S, 3) bool host array
     cutoff : float, Å
     csr : bool
-        True: (j, shift vector) for the feature kernels; False: the full list.
-    out_dtype : float dtype of r_pc, d_p or shiftvec_pc.
+        True: (j, pair vector at the build) for the feature kernels; False: the full list.
+    out_dtype : float dtype of r_pc, d_p or rbuild_pc (computed in float64, then cast).
     prefixes : list of str, optional
         Error-message prefix of each structure ("structure k: ").
     """
@@ -284,6 +285,8 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
         except ValueError as exc:
             raise ValueError(prefixes[s] + str(exc)) from None
         grids.append(g)
+        if a1 > a0:
+            _check_wraps_device(g, lo, hi, pos[a0:a1], stream, prefixes[s])
     bin_base = np.zeros(s_count + 1, np.int64)
     np.cumsum([g.n_cells for g in grids], out=bin_base[1:])
     n_cells = int(bin_base[-1])
@@ -344,9 +347,9 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
     if csr:
         check_device_memory(n_pairs * (4 + 3 * itemsize), f"the neighbour list ({n_pairs} pairs)")
         j_p = alloc(n_pairs, np.int32)
-        shiftvec = alloc((n_pairs, 3), out_dtype)
-        launch(k.fill_csr, n, stream, *common, j_p, shiftvec)
-        return DeviceNeighbors(offset_n, order_n, n_pairs, j_p=j_p, shiftvec_pc=shiftvec)
+        rbuild = alloc((n_pairs, 3), out_dtype)
+        launch(k.fill_csr, n, stream, *common, j_p, rbuild)
+        return DeviceNeighbors(offset_n, order_n, n_pairs, j_p=j_p, rbuild_pc=rbuild)
     check_device_memory(n_pairs * (20 + 4 * itemsize), f"the neighbour list ({n_pairs} pairs)")
     i_p = alloc(n_pairs, np.int32)
     j_p = alloc(n_pairs, np.int32)
@@ -355,6 +358,31 @@ def build_device(pos, atom_start, cells, pbcs, cutoff, stream, *, csr, out_dtype
     d = alloc(n_pairs, out_dtype)
     launch(k.fill_pairs, n, stream, *common, i_p, j_p, shift, r, d)
     return DeviceNeighbors(offset_n, order_n, n_pairs, i_p=i_p, j_p=j_p, shift_pc=shift, r_pc=r, d_p=d)
+
+
+def _check_wraps_device(grid, smin, smax, pos, stream, prefix):
+    """The CPU path's MAX_WRAP refusal (fastfeat._neighbors._check_wraps), from the structure's bounding box in
+    fractional coordinates: an atom more than MAX_WRAP cells out along a wrapped axis would overflow the int32
+    wrap counts and silently lose its pairs. The atom is found on the host, on this error path only."""
+    from ._box import _binning_coordinates
+    from ._neighbors import MAX_WRAP
+
+    wrapped = np.asarray(grid.wrapped, bool)
+    if not wrapped.any():
+        return
+    origin = np.asarray(grid.wrap_origin, np.float64)
+    with np.errstate(invalid="ignore"):
+        far = (np.floor(np.asarray(smin) - origin) < -MAX_WRAP) | (np.floor(np.asarray(smax) - origin) > MAX_WRAP)
+    if not (far & wrapped).any():
+        return
+    frac = _binning_coordinates(download(pos, stream).astype(np.float64), grid.inv_box)
+    w = np.floor(frac - origin)
+    bad_rows = (((w < -MAX_WRAP) | (w > MAX_WRAP)) & wrapped).any(axis=1)
+    bad = int(np.flatnonzero(bad_rows)[0]) if bad_rows.any() else 0
+    raise ValueError(
+        f"{prefix}`positions` of atom {bad} lies more than {MAX_WRAP} cells from the origin along a periodic axis: "
+        "its cell shifts would not fit in int32; wrap the positions into the cell (e.g. atoms.wrap())"
+    )
 
 
 def _sort_device(nl, stream):

@@ -1,9 +1,12 @@
 """Invariant (G2, G4) and covariant (V) features, Numba CUDA kernels.
 
 Same definitions and neighbour order as fastfeat._kernels.features_cpu; r_ij
-is recomputed from the current positions and the CSR shift vectors, so a
-neighbour list built with a skin is reused (pairs beyond the cutoff are
-skipped). Geometry and accumulation are in the dtype of the outputs.
+is the CSR list's pair vector at its build (computed in float64) plus the
+displacements of j and i since the build (``pos_nc`` holds those
+displacements, ``shiftvec_pc`` the pair vectors: r = pos[j] - pos[i] +
+shiftvec[p]), so a neighbour list built with a skin is reused (pairs beyond
+the cutoff are skipped) and float32 keeps its precision far from the
+coordinate origin. Geometry and accumulation are in the dtype of the outputs.
 
 ``features_warp_f32`` / ``features_warp_f32_fast`` / ``features_warp_f64``
 (one warp per centre atom, the fast path; ``_fast`` uses the GPU's
@@ -37,7 +40,7 @@ shared memory. Overlapping atoms (r < 1e-6 Å) are skipped and reported:
 (-1 when none), ``status[0]`` counts atoms with an overlap, ``status[1]``
 atoms that overflowed. No other checks.
 
-``species_lookup``, ``stage_positions``, ``copy_rows`` and ``set_status``
+``species_lookup``, ``stage_positions``, ``set_origin``, ``copy_relative`` and ``set_status``
 stage inputs for fastfeat._features_cuda (device-side species, finiteness
 and displacement checks).
 
@@ -66,7 +69,6 @@ __all__ = [
     "radial_split",
     "species_lookup",
     "stage_positions",
-    "copy_rows",
     "set_status",
     "STAGE_THREADS",
 ]
@@ -636,10 +638,11 @@ def species_lookup(numbers_n, table, species_n, status_f):
 
 @cuda.jit(cache=True)
 def stage_positions(src_nc, dst_nc, ref_nc, use_ref, status_f, origin_c):
-    """dst = src - origin (the difference in float64, then cast to dst's dtype: float32 features keep
-    their precision far from the coordinate origin; features are translation invariant; the origin is
-    fixed between list builds, see set_origin); status_f[1] = min index of a non-finite atom;
-    status_f[0] = max |dst - ref|^2 when use_ref (block reduction, then one atomic per block)."""
+    """Without use_ref: dst = src - origin (float64 arithmetic, cast to dst's dtype; the origin is fixed
+    between list builds, see set_origin). With use_ref: dst = (src - origin) - ref, the displacement since
+    the build (ref: float64 positions at the build, relative to origin), all in float64 and then cast: small
+    numbers, so float32 keeps its precision wherever the atoms sit; status_f[0] = max |displacement|^2
+    (block reduction, then one atomic per block). status_f[1] = min index of a non-finite atom."""
     sh = cuda.shared.array(STAGE_THREADS, float64)
     tid = cuda.threadIdx.x
     i = cuda.blockIdx.x * cuda.blockDim.x + tid
@@ -650,13 +653,14 @@ def stage_positions(src_nc, dst_nc, ref_nc, use_ref, status_f, origin_c):
             x = src_nc[i, c]
             if math.isinf(x) or math.isnan(x):
                 finite = False
-            dst_nc[i, c] = float64(x) - origin_c[c]
+            u = float64(x) - origin_c[c]
+            if use_ref:
+                u -= float64(ref_nc[i, c])
+                d2 += u * u
+            dst_nc[i, c] = u
         if not finite:
             cuda.atomic.min(status_f, 1, float64(i))
-        elif use_ref:
-            for c in range(3):
-                u = float64(dst_nc[i, c]) - float64(ref_nc[i, c])
-                d2 += u * u
+            d2 = 0.0
     sh[tid] = d2
     cuda.syncthreads()
     stride = cuda.blockDim.x // 2
@@ -667,15 +671,6 @@ def stage_positions(src_nc, dst_nc, ref_nc, use_ref, status_f, origin_c):
         stride //= 2
     if tid == 0 and use_ref:
         cuda.atomic.max(status_f, 0, sh[0])
-
-
-@cuda.jit(cache=True)
-def copy_rows(src_nc, dst_nc):
-    """dst[i, :] = src[i, :] (cast to dst's dtype)."""
-    i = cuda.grid(1)
-    if i < src_nc.shape[0]:
-        for c in range(src_nc.shape[1]):
-            dst_nc[i, c] = src_nc[i, c]
 
 
 @cuda.jit(cache=True)

@@ -395,9 +395,11 @@ def fill_pairs(
 @cuda.jit(cache=True)
 def fill_csr(
     posw_sorted_nc, order_n, struct_n, cell_scc, wrap_nc, periodic_sc, nbins_sc, search_sc, bin_base_s, bin3_nc,
-    start_b, r2_limit, offset_n, j_p, shiftvec_pc,
+    start_b, r2_limit, offset_n, j_p, rbuild_pc,
 ):
-    """Like fill_pairs, but writes only what the feature kernels read: j and shift @ cell (Å)."""
+    """Like fill_pairs, but writes only what the feature kernels read: j and the pair vector r_ij at the
+    build (Å), computed in float64 from the float64 positions and cast to rbuild_pc's dtype: a float32 list
+    keeps full precision wherever the atoms sit (the feature kernels add the small displacements since)."""
     k = cuda.grid(1)
     if k >= order_n.shape[0]:
         return
@@ -437,11 +439,9 @@ def fill_csr(
                     dz = (posw_sorted_nc[q, 2] - zi) + sz
                     if dx * dx + dy * dy + dz * dz < rc2:
                         j_p[p] = j
-                        u0 = t0 - wrap_nc[j, 0] + wrap_nc[i, 0]
-                        u1 = t1 - wrap_nc[j, 1] + wrap_nc[i, 1]
-                        u2 = t2 - wrap_nc[j, 2] + wrap_nc[i, 2]
-                        for c in range(3):
-                            shiftvec_pc[p, c] = u0 * cell_scc[s, 0, c] + u1 * cell_scc[s, 1, c] + u2 * cell_scc[s, 2, c]
+                        rbuild_pc[p, 0] = dx
+                        rbuild_pc[p, 1] = dy
+                        rbuild_pc[p, 2] = dz
                         p += 1
 
 

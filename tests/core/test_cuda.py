@@ -54,6 +54,14 @@ def _structure(seed, n, cell, min_dist=0.8, species=(1, 8)):
 
 #: a translation of a whole frame (unwrapped MD far from the origin)
 FAR_SHIFT = np.array([1.0e4, -2.5e4, 7.0e3])
+
+
+def SPREAD_CELLS(n):
+    """Integer lattice translations per atom (periodic axes 0 and 2 of the "feat" case): unwrapped MD, a large
+    box."""
+    t = np.random.default_rng(11).integers(-100, 101, (n, 3))
+    t[:, 1] = 0
+    return t
 TRICLINIC = np.array([[4.6, 0.0, 0.0], [1.2, 4.1, 0.0], [0.6, -0.9, 4.4]])
 LEFT_HANDED = np.array([[-4.0, 0.3, 0.0], [0.5, 4.2, 0.1], [0.2, 0.4, 3.9]])
 SMALL = np.array([[2.4, 0.0, 0.0], [0.7, 2.2, 0.0], [0.3, 0.5, 2.5]])
@@ -131,6 +139,8 @@ def cases():
     nan[5, 1] = np.nan
     c["err_nan"] = dict(pos=nan, z=z, cell=TRICLINIC, pbc=[True, True, True])
     c["err_images"] = dict(pos=pos[:2] * 0.01, cell=np.eye(3) * 0.05, pbc=[True, True, True], cutoff=6.0)
+    far_out = np.array([[0.5, 0.5, 0.5], [1.0, 1.2, 0.9], [1.0e10, 0.3, 0.2]])  # 3.3e9 cells out on axis 0
+    c["err_wrap"] = dict(pos=far_out, cell=np.eye(3) * 3.0, pbc=[True, True, True], cutoff=2.0)
     return c
 
 
@@ -299,6 +309,15 @@ def run_device(out_path):
     fz(far, k["z"], k["cell"], k["pbc"])
     g, v = fz(far + 0.01, k["z"], k["cell"], k["pbc"])  # reused list
     res["far/featurizer/g"], res["far/featurizer/v"] = host(g), host(v)
+    # every atom moved by its own lattice vectors, up to ~100 cells (~500 Å) from atom 0 along the periodic axes
+    spread = k["pos"] + SPREAD_CELLS(len(k["pos"])) @ k["cell"]
+    f = fastfeat.featurize(positions=spread, numbers=k["z"], cell=k["cell"], pbc=k["pbc"], spec=sp, device="cuda",
+                           dtype=np.float32)
+    res["spread/host/g"], res["spread/host/v"] = host(f.invariant), host(f.covariant)
+    fz = fastfeat.Featurizer(sp, device="cuda", dtype=np.float32, skin=0.5)
+    fz(spread - 0.01, k["z"], k["cell"], k["pbc"])
+    g, v = fz(spread, k["z"], k["cell"], k["pbc"])  # reused list, displaced since its build
+    res["spread/featurizer/g"], res["spread/featurizer/v"] = host(g), host(v)
     times["far"] = time.perf_counter() - t
 
     t = time.perf_counter()  # angular neighbours beyond the warp's shared-memory list
@@ -411,6 +430,9 @@ def run_device(out_path):
     k = c["err_images"]
     meta["err_images"] = _catch(lambda: fastfeat.neighbor_list(k["pos"], k["cell"], k["pbc"], k["cutoff"],
                                                                device="cuda"))
+    k = c["err_wrap"]
+    meta["err_wrap"] = _catch(lambda: fastfeat.neighbor_list(k["pos"], k["cell"], k["pbc"], k["cutoff"],
+                                                             device="cuda"))
     times["errors"] = time.perf_counter() - t
     meta["times"] = times
     meta["total_s"] = time.perf_counter() - t_start
@@ -593,6 +615,24 @@ def test_float32_features_far_from_the_origin(device, label):
 
 
 @pytest.mark.cudasim
+@pytest.mark.parametrize("label", ["host", "featurizer"])
+def test_float32_features_of_atoms_far_from_each_other_in_the_frame(device, label):
+    """Atoms spread over ~100 cells (~500 Å) by lattice translations, one each: the same structure, and float32
+    CUDA features as close to the float64 CPU ones as those of the compact frame (the pair vectors are formed in
+    float64 at the list build; forming them from float32 coordinates lost 1e-5 relative at 500 Å)."""
+    res, _ = device
+    ref = _cpu_features(cases()["feat"], np.float64)
+
+    def err(g, v):
+        return max(float(np.abs(g - ref.invariant).max() / np.abs(ref.invariant).max()),
+                   float(np.abs(v - ref.covariant).max() / np.abs(ref.covariant).max()))
+
+    compact = err(res["feat/float32/g"], res["feat/float32/v"])
+    spread = err(res[f"spread/{label}/g"], res[f"spread/{label}/v"])
+    assert spread <= 3.0 * compact + 1e-7, (spread, compact)
+
+
+@pytest.mark.cudasim
 def test_features_angular_overflow_path(device):
     """Atoms with more angular neighbours than the warp keeps go to the thread-per-atom kernel."""
     res, _ = device
@@ -751,6 +791,11 @@ def test_device_input_errors(device):
     k = cases()["err_species"]
     assert meta["err_species_device"] == _catch(lambda: _cpu_features(k, np.float32))
     assert meta["err_images"].startswith("ValueError: `cutoff` 6.0 Å is too large"), meta["err_images"]
+    # an atom 3e9 cells out: refused as on the CPU (the int32 wrap count would overflow and lose its pairs)
+    k = cases()["err_wrap"]
+    cpu = _catch(lambda: _cpu_nl(dict(k, dtype="float64"), False))
+    assert cpu.startswith("ValueError: `positions` of atom 2 lies more than") and meta["err_wrap"] == cpu, \
+        (meta["err_wrap"], cpu)
 
 
 @pytest.mark.cudasim

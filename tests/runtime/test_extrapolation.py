@@ -174,6 +174,8 @@ def test_count_kernel_equals_the_reference(spec):
             assert 0 < len(ref.atoms) < len(s) or rg is not ranges
             assert count_outside(probe, s.astype(np.int64), lo, hi) == len(ref.atoms), (tol, list(rg))
             assert count_outside_array(probe, s.astype(np.int64), lo, hi) == len(ref.atoms), (tol, list(rg))
+            for chunk in (1, 7 * probe.shape[1], 10 ** 9):  # one atom, 7 atoms, all at once per chunk
+                assert count_outside_array(probe, s.astype(np.int64), lo, hi, chunk) == len(ref.atoms), chunk
 
 
 def test_md_log_follows_extrapolation(ranged_model_path, model_path, tmp_path):
