@@ -388,6 +388,7 @@ def _check_wraps_device(grid, smin, smax, pos, stream, prefix):
 def _sort_device(nl, stream):
     k = _kernels()
     p = nl.n_pairs
+    check_device_memory(p * (20 + 4 * np.dtype(nl.r_pc.dtype).itemsize), f"sorting the neighbour list ({p} pairs)")
     out = (alloc(p, np.int32), alloc(p, np.int32), alloc((p, 3), np.int32), alloc((p, 3), nl.r_pc.dtype),
            alloc(p, nl.d_p.dtype))
     launch(k.sort_segments, p, stream, nl.offset_n, nl.i_p, nl.j_p, nl.shift_pc, nl.r_pc, nl.d_p, *out)
