@@ -382,6 +382,10 @@ class CudaFeaturizerState:
             or disp2 > (0.5 * self.skin) ** 2
         )
         if rebuild:
+            # the old list goes first: its origin and reference positions are overwritten below, so after a
+            # failed build (an error, say) the next call must build again, not reuse it
+            self.nl = None
+            self.key = None
             # a fresh origin, the first atom, fixed until the next build so the skin test still sees every
             # displacement; the positions at the build in float64 (the list's pair vectors come from them) and
             # no displacement yet

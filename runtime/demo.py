@@ -29,7 +29,8 @@ def reference_forces(atoms) -> np.ndarray:
         return np.asarray(calc.results["forces"], dtype=np.float64)
     if "forces" in atoms.arrays:
         return np.asarray(atoms.arrays["forces"], dtype=np.float64)
-    raise ValueError("a test frame has no reference forces (no calculator results and no 'forces' array)")
+    raise ValueError("a frame of the accuracy data has no reference forces (no calculator results and no "
+                     "'forces' array)")
 
 
 def force_metrics(pred_nc, ref_nc, symbols=None) -> dict:
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
         # a file or a whole data set may hold training frames: its figures are not called test errors
         test, where = ("test ", "") if scope == "test" else ("", " on the given data (not a test split)")
         if not frames:
-            raise ValueError(f"the test data {data_label} holds no frames")
+            raise ValueError(f"the accuracy data {data_label} holds no frames")
         frames = frames[: args.max_frames]
         say(f"fastfeat demo: {model!r} on {device}; accuracy on {len(frames)} frames of {data_label}")
 

@@ -177,7 +177,8 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
         i_tr, i_va = split_frames(len(frames), cfg.val_fraction, cfg.seed, groups)
         if groups is not None and len(set(groups)) >= 2:
             say(f"{label}: validation holds out whole trajectories (info['trajectory']): "
-                f"{len(set(groups[i] for i in i_va))} of {len(set(groups))}, {len(i_va)} frames")
+                f"{len(set(groups[i] for i in i_va))} of {len(set(groups))}, {len(i_va)} frames "
+                f"({100 * len(i_va) / len(frames):.0f} % of the file; `val_fraction` {cfg.val_fraction:g})")
         if len(i_va) < 5:
             say(f"note: {label} holds {len(frames)} frames, so validation has {len(i_va)}: its errors (and the "
                 "epoch picked by them) are a rough estimate; more frames, or a larger `val_fraction`, firm them up")

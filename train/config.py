@@ -33,7 +33,6 @@ except ModuleNotFoundError:  # Python 3.10: tomli is the same parser (a dependen
     import tomli as tomllib
 
 from fastfeat._spec import SPEC_PRESETS, FeatureSpec
-from fastfeat.runtime._onnx_meta import EV_PER_ANGSTROM
 
 # not from .model: reading a config must not need torch
 from ._defaults import ACTIVATIONS, EPS_ABS, EPS_REL, HEADS, INPUT_CLIP
@@ -46,6 +45,14 @@ DTYPES = ("float32", "float64")
 #: keys of the ``[spec]`` table: it is a complete FeatureSpec (not merged with ``spec_preset``)
 SPEC_REQUIRED = ("cutoff", "angular_cutoff", "radial", "angular", "covariant")
 SPEC_OPTIONAL = ("covariant_angular", "species")
+
+
+def _ev_per_angstrom():
+    """The runtime's spellings of eV/Å, imported only when a config names a force unit (importing
+    fastfeat.runtime loads onnxruntime: reading a config stays light)."""
+    from fastfeat.runtime._onnx_meta import EV_PER_ANGSTROM
+
+    return EV_PER_ANGSTROM
 
 
 @dataclass
@@ -210,7 +217,7 @@ class TrainConfig:
         need(0 <= self.ema_decay < 1, "ema_decay", "in [0, 1) (0 = off)")
         need(self.target != "", "target", "a non-empty key")
         need(self.forces_key != "", "forces_key", "a non-empty key")
-        if self.target == "forces" and self.target_unit and self.target_unit not in EV_PER_ANGSTROM:
+        if self.target == "forces" and self.target_unit and self.target_unit not in _ev_per_angstrom():
             raise ValueError(
                 f"config `target_unit` = {self.target_unit!r}: forces are learned in eV/Å, the unit of ASE and of "
                 "fastfeat's runtime (which refuses a force model in another unit); convert the reference forces "

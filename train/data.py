@@ -176,8 +176,10 @@ def split_frames(n_frames: int, val_fraction: float, seed: int, groups=None):
 
     Without ``groups``, a seeded ``val_fraction`` of the frames (at least one, and one left for training).
     ``groups`` (one label per frame, e.g. each frame's trajectory) with two or more distinct labels holds out
-    whole groups instead: a seeded ``val_fraction`` of the groups (at least one, and one left), so that no
-    validation frame has a correlated neighbour, a frame femtoseconds away in the same trajectory, in training.
+    whole groups instead, so that no validation frame has a correlated neighbour, a frame femtoseconds away in
+    the same trajectory, in training: in a seeded order, each group joins validation if the validation frames
+    stay within ``val_fraction`` of all frames (at least the smallest group is held out, and one group is left
+    for training). With few or unequal groups the share can differ from ``val_fraction``.
     """
     if n_frames < 2:
         raise ValueError(f"a data file needs at least 2 frames to hold out a validation set, got {n_frames}")
@@ -187,9 +189,16 @@ def split_frames(n_frames: int, val_fraction: float, seed: int, groups=None):
             raise ValueError(f"`groups` must give one label per frame ({n_frames}), got {len(groups)}")
         labels, inverse = np.unique(np.asarray(groups), return_inverse=True)
         if len(labels) >= 2:
-            perm = rng.permutation(len(labels))
-            n_val = min(max(1, int(round(val_fraction * len(labels)))), len(labels) - 1)
-            val = np.isin(inverse, perm[:n_val])
+            sizes = np.bincount(inverse, minlength=len(labels))
+            target = val_fraction * n_frames
+            chosen, held = [], 0
+            for g in rng.permutation(len(labels)):
+                if held + sizes[g] <= target and len(chosen) < len(labels) - 1:
+                    chosen.append(g)
+                    held += sizes[g]
+            if not chosen:  # every group is larger than the target: the smallest one (the first of them in order)
+                chosen = [int(np.argmin(sizes))]
+            val = np.isin(inverse, chosen)
             return np.flatnonzero(~val), np.flatnonzero(val)
     perm = rng.permutation(n_frames)
     n_val = min(max(1, int(round(val_fraction * n_frames))), n_frames - 1)

@@ -273,7 +273,10 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
                    if k in old and old[k] != getattr(cfg, k)]
             raise ValueError(f"checkpoint {checkpoint!r} was trained on other data (hash {ck['data_hash'][:12]}…, "
                              f"now {data_sha[:12]}…)"
-                             + (f": settings that select the data differ: {', '.join(why)}" if why else "")
+                             + (f": settings that select the data differ: {', '.join(why)}" if why else
+                                ": the data or its train/validation split differ (with an unchanged data file: a "
+                                "file whose frames carry info['trajectory'] is now split by whole trajectories, "
+                                "which a checkpoint of the earlier frame split cannot continue)")
                              + "; cannot resume")
         model.load_state_dict(ck["model"])
         if ema is not None:

@@ -433,6 +433,16 @@ def run_device(out_path):
     k = c["err_wrap"]
     meta["err_wrap"] = _catch(lambda: fastfeat.neighbor_list(k["pos"], k["cell"], k["pbc"], k["cutoff"],
                                                              device="cuda"))
+    # a Featurizer whose rebuild fails (atom 3 beyond MAX_WRAP cells) refuses every call at those positions, and
+    # builds afresh when they are good again (the failed rebuild left no stale list behind)
+    k = c["feat"]
+    fz = fastfeat.Featurizer(sp, device="cuda", dtype=np.float64, skin=0.5)
+    fz(k["pos"], k["z"], k["cell"], k["pbc"])
+    bad = k["pos"].copy()
+    bad[3] += 3.0e9 * k["cell"][0]
+    meta["err_wrap_featurizer"] = [_catch(lambda: fz(bad, k["z"], k["cell"], k["pbc"])) for _ in range(2)]
+    g, v = fz(k["pos"], k["z"], k["cell"], k["pbc"])
+    res["wrap_recovered/g"], res["wrap_recovered/v"] = host(g), host(v)
     times["errors"] = time.perf_counter() - t
     meta["times"] = times
     meta["total_s"] = time.perf_counter() - t_start
@@ -784,7 +794,7 @@ def test_errors_match_cpu(device, name):
 
 @pytest.mark.cudasim
 def test_device_input_errors(device):
-    _, meta = device
+    res, meta = device
     assert meta["err_nan_device"].startswith("ValueError: `positions` must be finite"), meta["err_nan_device"]
     assert "for atom 5" in meta["err_nan_device"]
     assert meta["err_nan_featurizer"].startswith("ValueError: `positions` must be finite"), meta["err_nan_featurizer"]
@@ -796,6 +806,11 @@ def test_device_input_errors(device):
     cpu = _catch(lambda: _cpu_nl(dict(k, dtype="float64"), False))
     assert cpu.startswith("ValueError: `positions` of atom 2 lies more than") and meta["err_wrap"] == cpu, \
         (meta["err_wrap"], cpu)
+    first, again = meta["err_wrap_featurizer"]
+    assert first == again and first.startswith("ValueError: `positions` of atom 3 lies more than"), (first, again)
+    ref = _cpu_features(cases()["feat"], np.float64)
+    _close(res["wrap_recovered/g"], ref.invariant, np.float64, "invariant")
+    _close(res["wrap_recovered/v"], ref.covariant, np.float64, "covariant")
 
 
 @pytest.mark.cudasim

@@ -493,6 +493,11 @@ def test_file_split_holds_out_whole_trajectories():
         assert sorted(np.concatenate([i_tr, i_va]).tolist()) == list(range(50))
     assert len({groups[i] for i in split_frames(50, 0.01, 0, groups)[1]}) == 1  # at least one trajectory
     assert len({groups[i] for i in split_frames(50, 0.99, 0, groups)[0]}) == 1  # and one left for training
+    # unequal trajectories: validation stays within val_fraction of the frames (the long one is never held out)
+    unequal = [0] * 400 + [t for t in range(1, 5) for _ in range(20)]
+    for seed in range(25):
+        i_tr, i_va = split_frames(480, 0.1, seed, unequal)
+        assert 20 <= len(i_va) <= 48 and 0 in {unequal[i] for i in i_tr}, (seed, len(i_va))
     # one trajectory only, or no labels: the frame split, unchanged
     for g in ([0] * 50, None):
         np.testing.assert_array_equal(split_frames(50, 0.2, 3, g)[1], split_frames(50, 0.2, 3)[1])

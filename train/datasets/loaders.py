@@ -133,8 +133,10 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
             forces_nc = np.array(results[forces_key], dtype=np.float64)
         else:
             keys = sorted((set(atoms.arrays) | set(results)) - {"numbers", "positions"})
-            hint = "" if not keys else (f"; if the forces are one of these, name it with `forces_key` "
-                                         f"(`--forces-key {keys[0]}` on the command line)")
+            shaped = [k for k in keys  # the ones that could hold forces: one 3-vector per atom
+                      if np.shape(atoms.arrays[k] if k in atoms.arrays else results[k]) == (len(atoms), 3)]
+            hint = "" if not shaped else (f"; if the forces are one of {shaped}, name it with `forces_key` "
+                                           f"(`--forces-key {shaped[0]}` on the command line)")
             raise ValueError(f"`forces_key` {forces_key!r} not found in frame {frame} of {path!r} "
                              f"(per-atom arrays and results there: {keys}){hint}")
         if forces_nc.shape != (len(atoms), 3):
