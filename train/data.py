@@ -191,13 +191,14 @@ def split_frames(n_frames: int, val_fraction: float, seed: int, groups=None):
         if len(labels) >= 2:
             sizes = np.bincount(inverse, minlength=len(labels))
             target = val_fraction * n_frames
+            order = rng.permutation(len(labels))
             chosen, held = [], 0
-            for g in rng.permutation(len(labels)):
+            for g in order:
                 if held + sizes[g] <= target and len(chosen) < len(labels) - 1:
                     chosen.append(g)
                     held += sizes[g]
-            if not chosen:  # every group is larger than the target: the smallest one (the first of them in order)
-                chosen = [int(np.argmin(sizes))]
+            if not chosen:  # every group is larger than the target: the first of the smallest in the seeded order
+                chosen = [next(g for g in order if sizes[g] == sizes.min())]
             val = np.isin(inverse, chosen)
             return np.flatnonzero(~val), np.flatnonzero(val)
     perm = rng.permutation(n_frames)

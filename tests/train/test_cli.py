@@ -492,6 +492,7 @@ def test_file_split_holds_out_whole_trajectories():
         assert len(va) == 2 and not tr & va and len(i_tr) + len(i_va) == 50
         assert sorted(np.concatenate([i_tr, i_va]).tolist()) == list(range(50))
     assert len({groups[i] for i in split_frames(50, 0.01, 0, groups)[1]}) == 1  # at least one trajectory
+    assert len({groups[split_frames(50, 0.01, seed, groups)[1][0]] for seed in range(10)}) > 1  # the seed picks it
     assert len({groups[i] for i in split_frames(50, 0.99, 0, groups)[0]}) == 1  # and one left for training
     # unequal trajectories: validation stays within val_fraction of the frames (the long one is never held out)
     unequal = [0] * 400 + [t for t in range(1, 5) for _ in range(20)]
