@@ -28,25 +28,16 @@ import numpy as np
 __all__ = ["main", "spec_from_model", "write_features"]
 
 
-def _models_dir() -> str:
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "models")
-
-
 def spec_from_model(model):
     """FeatureSpec stored in an exported model (path or bundled name)."""
     import onnxruntime as ort
 
+    from ._io import bundled_model_file
     from ._spec import FeatureSpec
 
-    from ._io import names_path
-
-    path = os.fspath(model)
-    bundled_names = sorted(f[:-5] for f in os.listdir(_models_dir()) if f.endswith(".onnx"))
-    if not names_path(path, bundled_names):  # a folder named like a bundled model does not hide it
-        bundled = os.path.join(_models_dir(), f"{path}.onnx")
-        if not os.path.exists(bundled):
-            raise ValueError(f"`--model` must be an .onnx file or a bundled model name, got {path!r}")
-        path = bundled
+    path = bundled_model_file(os.fspath(model))  # a folder named like a bundled model does not hide it
+    if path is None:
+        raise ValueError(f"`--model` must be an .onnx file or a bundled model name, got {os.fspath(model)!r}")
     try:
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own types for a corrupt or foreign file

@@ -18,8 +18,10 @@ import json
 import lzma
 import math
 import os
+from pathlib import Path
 
-__all__ = ["read_structures", "check_output_path", "names_path", "json_ready", "json_text"]
+__all__ = ["read_structures", "check_output_path", "names_path", "MODELS_DIR", "bundled_model_names",
+           "bundled_model_file", "json_ready", "json_text"]
 
 _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
@@ -137,6 +139,28 @@ def names_path(text, bundled_names) -> bool:
     says it is a folder). A folder that happens to be named like a bundled model or data set (say a
     demo's output folder ``peo``) does not hide it."""
     return os.path.isfile(text) or (os.path.exists(text) and text not in bundled_names)
+
+
+#: folder of the bundled models (fastfeat/data/models/<name>.onnx)
+MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
+
+
+def bundled_model_names() -> list:
+    """Names of the bundled models present in this installation."""
+    if not MODELS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in MODELS_DIR.glob("*.onnx"))
+
+
+def bundled_model_file(text):
+    """The model file a command-line argument names: ``text`` itself when it is a path (see :func:`names_path`),
+    a bundled model's file when it is a bundled model's name, else None."""
+    names = bundled_model_names()
+    if names_path(text, names):
+        return text
+    if text in names:
+        return str(MODELS_DIR / f"{text}.onnx")
+    return None
 
 
 def json_ready(obj):

@@ -365,7 +365,7 @@ def _check_wraps_device(grid, smin, smax, pos, stream, prefix):
     fractional coordinates: an atom more than MAX_WRAP cells out along a wrapped axis would overflow the int32
     wrap counts and silently lose its pairs. The atom is found on the host, on this error path only."""
     from ._box import _binning_coordinates
-    from ._neighbors import MAX_WRAP
+    from ._neighbors import MAX_WRAP, _check_wraps
 
     wrapped = np.asarray(grid.wrapped, bool)
     if not wrapped.any():
@@ -376,13 +376,10 @@ def _check_wraps_device(grid, smin, smax, pos, stream, prefix):
     if not (far & wrapped).any():
         return
     frac = _binning_coordinates(download(pos, stream).astype(np.float64), grid.inv_box)
-    w = np.floor(frac - origin)
-    bad_rows = (((w < -MAX_WRAP) | (w > MAX_WRAP)) & wrapped).any(axis=1)
-    bad = int(np.flatnonzero(bad_rows)[0]) if bad_rows.any() else 0
-    raise ValueError(
-        f"{prefix}`positions` of atom {bad} lies more than {MAX_WRAP} cells from the origin along a periodic axis: "
-        "its cell shifts would not fit in int32; wrap the positions into the cell (e.g. atoms.wrap())"
-    )
+    try:  # the wrap counts the device would store (as floats: no int overflow here), checked as on the CPU
+        _check_wraps(np.where(wrapped, np.floor(frac - origin), 0.0))
+    except ValueError as exc:
+        raise ValueError(prefix + str(exc)) from None
 
 
 def _sort_device(nl, stream):

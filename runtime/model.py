@@ -10,13 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 import fastfeat
-from fastfeat._io import names_path
+from fastfeat._io import MODELS_DIR, bundled_model_names, names_path
 from fastfeat._validation import (
     check_cell,
     check_device,
@@ -43,15 +42,9 @@ from .extrapolation import DEFAULT_TOLERANCE
 
 __all__ = ["ForceModel", "ForceEvaluator", "ModelLoadError", "pretrained_names", "resolve_model"]
 
-#: folder of the bundled models (fastfeat/data/models/<name>.onnx)
-MODELS_DIR = Path(fastfeat.__file__).resolve().parent / "data" / "models"
-
-
 def pretrained_names() -> list:
     """Names of the bundled models present in this installation."""
-    if not MODELS_DIR.is_dir():
-        return []
-    return sorted(p.stem for p in MODELS_DIR.glob("*.onnx"))
+    return bundled_model_names()
 
 
 def resolve_model(model, device="cpu", **kwargs):

@@ -9,27 +9,17 @@ import numpy as np
 
 __all__ = ["force_metrics", "OnnxForceModel", "resolve_model", "parity_plot", "format_metrics"]
 
-def _models_dir() -> str:
-    import fastfeat
-
-    return os.path.join(os.path.dirname(os.path.abspath(fastfeat.__file__)), "data", "models")
-
-
 def resolve_model(model) -> str:
     """Path of ``model``: an existing file, or a bundled model's name (``peo`` …)."""
-    from fastfeat._io import names_path
+    from fastfeat._io import bundled_model_file, bundled_model_names
 
     path = os.fspath(model)
-    names = sorted(f[:-5] for f in os.listdir(_models_dir()) if f.endswith(".onnx")) if os.path.isdir(
-        _models_dir()) else []
-    if names_path(path, names):  # a folder named like a bundled model does not hide it
-        return path
-    bundled = os.path.join(_models_dir(), f"{path}.onnx")
-    if os.path.exists(bundled):
-        return bundled
+    found = bundled_model_file(path)  # a folder named like a bundled model does not hide it
+    if found is not None:
+        return found
     if path.endswith(".onnx") or os.sep in path:
         raise FileNotFoundError(f"`MODEL` file {path!r} does not exist")
-    raise ValueError(f"`MODEL` must be an .onnx file or a bundled model name {names}, got {path!r}")
+    raise ValueError(f"`MODEL` must be an .onnx file or a bundled model name {bundled_model_names()}, got {path!r}")
 
 
 def force_metrics(pred_nc, ref_nc, species_n=None, symbols=None, offsets=None) -> dict:
