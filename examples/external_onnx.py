@@ -38,6 +38,20 @@ def predict_forces(session, meta, features):
     if "spec" in features and json.loads(str(features["spec"])) != json.loads(meta["fastfeat.spec"]):
         raise ValueError("the features were computed with a different FeatureSpec than the model's")
     dtype = np.float64 if meta.get("fastfeat.dtype") == "float64" else np.float32
+    # the graph does not check that its inputs agree: rows beyond the shortest input would get zero
+    # or undefined forces, so the three arrays must describe the same atoms
+    spec = json.loads(meta["fastfeat.spec"])
+    n = len(features["species"])
+    g, v = np.shape(features["invariant"]), np.shape(features["covariant"])
+    if g[0] != n or v[0] != n:
+        raise ValueError(f"invariant ({g[0]} rows), covariant ({v[0]} rows) and species ({n}) disagree on the atoms")
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    n_inv, n_cov = shapes["invariant"][1], shapes["covariant"][1]
+    if g[1:] != (n_inv,) or v[1:] != (n_cov, 3):
+        raise ValueError(f"the model takes invariant (n, {n_inv}) and covariant (n, {n_cov}, 3), got {g} and {v}")
+    if n and not (0 <= features["species"].min() and features["species"].max() < len(spec["species"])):
+        raise ValueError(f"species indices must lie in 0 ... {len(spec['species']) - 1} (the model's species); "
+                         "an atom with another index would get zero force")
     (forces,) = session.run(["forces"], {
         "invariant": np.ascontiguousarray(features["invariant"], dtype=dtype),
         "covariant": np.ascontiguousarray(features["covariant"], dtype=dtype),
@@ -62,6 +76,9 @@ def main(argv=None):
     print(f"model: {meta['fastfeat.head']} head, species {species}, target {meta['fastfeat.target']} ({unit})")
     for s in range(len(offsets) - 1):
         f = forces[offsets[s]:offsets[s + 1]]
+        if len(f) == 0:
+            print(f"structure {s}: 0 atoms")
+            continue
         print(f"structure {s}: {len(f)} atoms, max |F| = {np.linalg.norm(f, axis=1).max():.4f} {unit}, "
               f"sum F = {np.array2string(f.sum(axis=0), precision=4)}")
     if args.out:

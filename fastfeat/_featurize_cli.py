@@ -6,8 +6,9 @@ exported model with onnxruntime alone (see ``examples/external_onnx.py``).
 
 The ``.npz`` holds:
 
-``invariant``  (N, n_invariant) float32/float64
-``covariant``  (N, n_covariant, 3) float32/float64
+``invariant``  (N, n_invariant) float32/float64 (``--dtype``; default: the model's precision with
+               ``--model``, float32 with ``--spec``)
+``covariant``  (N, n_covariant, 3), the same dtype
 ``species``    (N,) int64, index into the spec's species (the model's ``species`` input)
 ``offsets``    (n_structures + 1,) int64, atoms of structure s are offsets[s]:offsets[s+1]
 ``numbers``    (N,) int64 atomic numbers
@@ -29,7 +30,7 @@ __all__ = ["main", "spec_from_model", "write_features"]
 
 
 def spec_from_model(model):
-    """FeatureSpec stored in an exported model (path or bundled name)."""
+    """(FeatureSpec, numpy dtype) of an exported model (path or bundled name): the features it takes."""
     import onnxruntime as ort
 
     from ._io import bundled_model_file
@@ -45,7 +46,10 @@ def spec_from_model(model):
     meta = sess.get_modelmeta().custom_metadata_map
     if "fastfeat.spec" not in meta:
         raise ValueError(f"`--model` {path!r} has no `fastfeat.spec` metadata; it was not exported by fastfeat")
-    return FeatureSpec.from_json(meta["fastfeat.spec"])
+    dtype = meta.get("fastfeat.dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"`--model` {path!r} has `fastfeat.dtype` {dtype!r}, expected 'float32' or 'float64'")
+    return FeatureSpec.from_json(meta["fastfeat.spec"]), np.dtype(dtype)
 
 
 def write_features(frames, spec, out, dtype=np.float32):
@@ -70,28 +74,27 @@ def main(argv) -> int:
     g.add_argument("--spec", help="FeatureSpec JSON file")
     g.add_argument("--model", help="exported .onnx model (or bundled name): use its FeatureSpec")
     p.add_argument("--out", required=True, help="output .npz (the suffix is added when missing)")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                   help="feature precision (default: the model's with --model, float32 with --spec)")
     args = p.parse_args(argv)
     try:
-        from ._spec import FeatureSpec
+        from ._io import check_output_path, read_spec_file, read_structures
 
         if args.spec:
-            if not os.path.exists(args.spec):
-                raise FileNotFoundError(f"`--spec` file {args.spec!r} does not exist")
-            with open(args.spec, encoding="utf-8") as fh:
-                spec = FeatureSpec.from_json(fh.read())
+            spec, dtype = read_spec_file(args.spec), np.dtype(np.float32)
         else:
-            spec = spec_from_model(args.model)
-        from ._io import check_output_path, read_structures
+            spec, dtype = spec_from_model(args.model)
+        if args.dtype is not None:
+            dtype = np.dtype(args.dtype)
 
         # np.savez appends .npz to any other name: check and report the file actually written
         out = args.out if args.out.endswith(".npz") else args.out + ".npz"
         check_output_path(out, "`--out`")
         frames = read_structures(args.structures, what="`STRUCTURES` file")
-        f = write_features(frames, spec, out, dtype=np.dtype(args.dtype))
+        f = write_features(frames, spec, out, dtype=dtype)
     except (ValueError, TypeError, OSError) as exc:
         print(f"fastfeat featurize: error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}: {len(f.offsets) - 1} structures, {len(f)} atoms, "
-          f"{spec.n_invariant} invariant + {spec.n_covariant} covariant features")
+          f"{spec.n_invariant} invariant + {spec.n_covariant} covariant features ({dtype.name})")
     return 0

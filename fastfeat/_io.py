@@ -133,6 +133,34 @@ def _frame_message(what, path, source, fmt, index):
     return f"{what} {path!r} has {n} frame{'s' if n != 1 else ''}, no frame {index}"
 
 
+def read_spec_file(path, what="`--spec` file"):
+    """The FeatureSpec in the JSON file ``path``, or one error naming ``what`` and the file.
+
+    Raises
+    ------
+    FileNotFoundError, IsADirectoryError
+        No such file; a folder.
+    ValueError
+        Not UTF-8 text, not FeatureSpec JSON (the spec's own message, after the file's name).
+    """
+    from ._spec import FeatureSpec
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what} {path!r} is a folder, not a FeatureSpec JSON file")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        raise ValueError(f"{what} {path!r} is not a text file (a FeatureSpec is JSON text)") from None
+    try:
+        return FeatureSpec.from_json(text)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"{what} {path!r}: {str(exc).replace('`text` is not', 'not')}") from None
+
+
 def names_path(text, bundled_names) -> bool:
     """True when ``text`` (a command-line argument that may name a bundled model or data set) is a
     path: an existing file, or an existing folder that is not one of ``bundled_names`` (the reader then

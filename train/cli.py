@@ -126,20 +126,12 @@ def _train_parser():
 
 def _spec_for(cfg, spec_path, frames_lists):
     import fastfeat
+    from fastfeat._io import read_spec_file
 
     from .data import species_of
 
     if spec_path:
-        if not os.path.exists(spec_path):
-            raise FileNotFoundError(f"`--spec` file {spec_path!r} does not exist")
-        if os.path.isdir(spec_path):
-            raise IsADirectoryError(f"`--spec` {spec_path!r} is a folder, not a FeatureSpec JSON file")
-        with open(spec_path, encoding="utf-8") as fh:
-            text = fh.read()
-        try:
-            return fastfeat.FeatureSpec.from_json(text)
-        except (ValueError, TypeError) as exc:
-            raise type(exc)(f"`--spec` file {spec_path!r}: {str(exc).replace('`text` is not', 'not')}") from None
+        return read_spec_file(spec_path)
     species = species_of(frames_lists)
     if cfg.spec:
         d = dict(cfg.spec)

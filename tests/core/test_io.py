@@ -79,6 +79,19 @@ def test_featurize_cli_adds_npz_suffix_and_rejects_bad_files(files, capsys):
     assert "not a readable ONNX model" in capsys.readouterr().err
 
 
+def test_featurize_cli_spec_file_errors_name_the_file(files, capsys):
+    """A binary file, a folder or bad JSON given as `--spec`: one line naming the option and the file (it was a
+    bare UnicodeDecodeError, errno text, or a message about an internal parameter `text`)."""
+    (files / "binary.json").write_bytes(b"\xb9\xff\x00")
+    (files / "bad.json").write_text('{"species":')
+    for name, match in [("binary.json", "is not a text file"), ("folder", "is a folder"), ("bad.json", "not valid FeatureSpec JSON"),
+                        ("missing.json", "does not exist")]:
+        assert cli(["featurize", str(files / "ok.extxyz"), "--spec", str(files / name), "--out", str(files / "x.npz")]) == 2
+        err = capsys.readouterr().err
+        assert f"`--spec` file {str(files / name)!r}" in err and match in err and "`text`" not in err, err
+    assert not (files / "x.npz").exists()
+
+
 def test_featurize_cli_bundled_model_not_hidden_by_a_folder_of_its_name(files, monkeypatch, capsys):
     """`--model peo` names the bundled model even where the working folder holds a folder `peo` (say a demo's
     output), as in `fastfeat md`."""

@@ -246,8 +246,10 @@ def test_unknown_config_key(workdir, capsys):
 
 def test_config_and_spec_files_are_named_in_errors(workdir, tmp_path, capsys):
     (tmp_path / "notjson.json").write_text("nope")
+    (tmp_path / "binary.json").write_bytes(b"\xb9\xff")
     for args, match in ((["--config", str(tmp_path)], "`--config` '.*' is a folder, not a TOML file"),
-                        (["--spec", str(tmp_path)], "`--spec` '.*' is a folder, not a FeatureSpec JSON file"),
+                        (["--spec", str(tmp_path)], "`--spec` file '.*' is a folder, not a FeatureSpec JSON file"),
+                        (["--spec", str(tmp_path / "binary.json")], "`--spec` file '.*binary.json' is not a text file"),
                         (["--spec", str(tmp_path / "notjson.json")], "`--spec` file '.*notjson.json': not valid")):
         rc = cli(["train", "--data", str(workdir / "syn.extxyz"), *args, "--epochs", "1", "--quiet", "--out",
                   str(workdir / "bad.onnx")])
