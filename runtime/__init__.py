@@ -5,7 +5,7 @@ Never imports torch.
 
 from ._onnx_meta import ModelInfo, ModelLoadError
 from .calculator import Calculator
-from .md import MDInstabilityError, MDResult, MolecularDynamics, run_md
+from .md import MDInstabilityError, MDInterrupted, MDResult, MolecularDynamics, run_md
 from .model import ForceEvaluator, ForceModel, pretrained_names
 from .relaxation import RelaxInstabilityError, RelaxResult, relax
 
@@ -18,6 +18,7 @@ __all__ = [
     "MolecularDynamics",
     "MDResult",
     "MDInstabilityError",
+    "MDInterrupted",
     "run_md",
     "relax",
     "RelaxResult",

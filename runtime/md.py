@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +40,7 @@ __all__ = [
     "MolecularDynamics",
     "MDResult",
     "MDInstabilityError",
+    "MDInterrupted",
     "run_md",
     "maxwell_boltzmann",
     "kinetic_energy",
@@ -128,6 +131,51 @@ class MDInstabilityError(RuntimeError):
         self.step = step
         self.reason = reason
         self.result = result
+
+
+class MDInterrupted(KeyboardInterrupt):
+    """MD stopped by Ctrl-C (SIGINT) at the end of a step: the engine's state is that step's, its frame was
+    written to the trajectory and log, and ``run`` can be called again to go on as if uninterrupted.
+
+    Attributes
+    ----------
+    step : int
+        The last step completed (``result.steps_done``).
+    result : MDResult
+        State and log up to that step; ``result.stop_reason`` says it was interrupted.
+    """
+
+    def __init__(self, message, step, result):
+        super().__init__(message)
+        self.step = step
+        self.result = result
+
+
+class _DeferredInterrupt:
+    """Ctrl-C during an MD run: the first SIGINT asks the loop to stop at the end of the current step (a
+    consistent state, written out); a second one raises KeyboardInterrupt at once. Installed only where
+    Python's default SIGINT handler is in place, in the main thread (elsewhere a handler cannot be set)."""
+
+    def __init__(self):
+        self.requested = False
+        self._installed = False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        return False
 
 
 @dataclass
@@ -345,13 +393,15 @@ class MolecularDynamics:
         Target temperature (Langevin) and initial Maxwell-Boltzmann temperature, K (>= 0).
     ensemble : {"langevin", "nve"}
     friction : float
-        Langevin friction γ, 1/fs (> 0 for Langevin). The default 0.05 (a 20 fs
+        Langevin friction γ, 1/fs (> 0 for Langevin; unused in NVE, >= 0). The default 0.05 (a 20 fs
         velocity relaxation time) is stronger than usual for conservative force
         fields on purpose: direct forces heat the system (they are not a
         gradient), and with 0.01 the bundled peo model ran away within 0.5 ps
         while 0.05 held it near the target temperature.
     seed : int
-        Seeds the initial velocities and the Langevin noise.
+        Seeds the initial velocities and the Langevin noise (>= 0). With ``step`` > 0 (a restart) the
+        generator is seeded from (seed, step), so a run continued from a frame draws noise independent of
+        the original run's even with the same seed.
     velocities : (N, 3) array, optional
         Initial velocities in Å/fs; default Maxwell-Boltzmann at ``temperature``
         (centre-of-mass motion removed, rescaled to exactly ``temperature``).
@@ -387,6 +437,9 @@ class MolecularDynamics:
         if positions.ndim != 2 or positions.shape[1] != 3:
             raise ValueError(f"`positions` must have shape (N, 3), got {positions.shape}")
         n = positions.shape[0]
+        bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+        if len(bad):
+            raise ValueError(f"`positions` must be finite, got {positions[bad[0]].tolist()} for atom {int(bad[0])}")
         masses = np.array(masses, dtype=np.float64)
         if masses.shape != (n,):
             raise ValueError(f"`masses` must have shape ({n},) to match `positions`, got {masses.shape}")
@@ -399,12 +452,14 @@ class MolecularDynamics:
             raise ValueError(f"`ensemble` must be one of {list(ENSEMBLES)}, got {ensemble!r}")
         if ensemble == "langevin":
             check_positive(friction, "`friction`")
+        else:  # not used in NVE, but no nonsense either
+            check_number(friction, "`friction`", minimum=0.0)
         check_positive(max_force, "`max_force`")
         if max_temperature is None:
             max_temperature = default_max_temperature(temperature)
         else:
             check_positive(max_temperature, "`max_temperature`", allow_inf=True)
-        check_int(seed, "`seed`")
+        check_int(seed, "`seed`", 0)
         step = check_int(step, "`step`", 0)
         time_fs = check_number(time_fs, "`time_fs`")
 
@@ -426,7 +481,9 @@ class MolecularDynamics:
         # momentum stays zero, otherwise a net force shows up as heating); Langevin's thermostat acts on
         # every atom, the centre of mass included (3N)
         self.dof = max(3 * n - 3, 1) if ensemble == "nve" else max(3 * n, 1)
-        rng = np.random.default_rng(seed)
+        # a restart (step > 0) seeds from (seed, step): a run continued from a frame with the same seed does not
+        # replay the thermostat noise the original run drew from that seed
+        rng = np.random.default_rng(seed if step == 0 else [seed, step])
         if velocities is None:
             # the centre-of-mass motion is removed, so 3N - 3 dof carry the energy: scaled to exactly
             # `temperature` over those (Langevin's 3N-dof reading starts (3N - 3) / 3N of it)
@@ -512,6 +569,16 @@ class MolecularDynamics:
             trajectory and log hold everything up to the last good step.
             Initial forces that are NaN/inf or above ``max_force`` raise it
             before any file is written.
+        MDInterrupted
+            Ctrl-C (SIGINT, in the main thread): the run stops at the end of
+            the step in progress, writes that step's frame and log line and
+            raises this ``KeyboardInterrupt``; the engine holds that step's
+            state, so ``run`` can go on from it. A second Ctrl-C interrupts
+            at once (the state may then be mid-step).
+
+        The trajectory and log are flushed at every record, so a run killed
+        from outside (a batch system's time limit) leaves them complete up to
+        the last record.
 
         An exception of the first force call (at the starting positions, e.g.
         overlapping atoms) concerns the input: it propagates unchanged, and no
@@ -539,14 +606,15 @@ class MolecularDynamics:
             if log is not None:
                 logfh = _open_for_writing(os.fspath(log), "log")
             stream = sys.stderr if progress is True else (progress or None)
-            return self._run(int(steps), int(every), writer, logfh, stream)
+            with _DeferredInterrupt() as interrupt:
+                return self._run(int(steps), int(every), writer, logfh, stream, interrupt)
         finally:
             if writer is not None:
                 writer.close()
             if logfh is not None and not logfh.closed:
                 logfh.close()
 
-    def _run(self, steps, every, writer, logfh, stream):
+    def _run(self, steps, every, writer, logfh, stream, interrupt):
         xp = self.xp
         n = self.n_atoms
         nve = self.ensemble == "nve"
@@ -589,15 +657,17 @@ class MolecularDynamics:
                     n_out = None  # the frame carries no count
             if logfh is not None:
                 logfh.write(f"{step} {time_fs:.4f} {t:.3f} {ke:.8f} {fmax_val:.5g}{extra}\n")
+                logfh.flush()
             if writer is not None:
                 writer.write(step, time_fs, t, _host(x), vh, _host(f_arr), n_out)
+                writer.flush()
 
         record(self.step, self.x, self.v, f, fmax)
 
         dt = self.dt
         half_dt = 0.5 * dt
         kick = xp.asarray(0.5 * dt * ACCEL / self.masses)[:, None]
-        c1 = math.exp(-self.friction * dt)
+        c1 = math.exp(-self.friction * dt) if not nve else 1.0  # NVE: unused
         noise_scale = xp.asarray(math.sqrt(1.0 - c1 * c1) * np.sqrt(KB * self.temperature / self.masses) * units.fs)[:, None]
         x, v = self.x, self.v
         x_prev = xp.empty_like(x)
@@ -693,6 +763,9 @@ class MolecularDynamics:
                 if now - t_last > 1.0:
                     t_last = now
                     self._progress(stream, k, steps, now - t0)
+            if interrupt.requested:  # Ctrl-C: step k is complete, stop here
+                steps = k
+                break
         wall = time.perf_counter() - t0
         if stop is None:
             self.step = start_step + steps
@@ -701,6 +774,13 @@ class MolecularDynamics:
             self.f = f.copy()
             if stream is not None:
                 self._progress(stream, steps, steps, wall, final=True)
+            if interrupt.requested:
+                reason = "interrupted (Ctrl-C)"
+                if logfh is not None:
+                    logfh.write(f"# {reason} after step {self.step}\n")
+                result = self._result(steps, wall, records, f, None, reason)
+                where = f"; its frame is the last in {writer.path!r}" if writer is not None else ""
+                raise MDInterrupted(f"MD interrupted after step {self.step}{where}", self.step, result)
             return self._result(steps, wall, records, f, None, None)
 
         # clean stop: restore and save the last good state (step k - 1)
@@ -794,7 +874,7 @@ def run_md(model, atoms, steps, *, dt=0.5, temperature=300.0, ensemble="langevin
         without stored momenta, or a model that does not predict forces.
     OSError
         ``out`` or ``log`` cannot be written.
-    MDInstabilityError
+    MDInstabilityError, MDInterrupted
         See :meth:`MolecularDynamics.run`.
     """
     from .model import _check_atoms, resolve_model

@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
     p.add_argument("--ensemble", choices=("langevin", "nve"), default="langevin")
     p.add_argument("--friction", type=float, default=0.05, help="Langevin friction in 1/fs (default 0.05: direct forces heat, the thermostat must remove it)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initial velocities and noise (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initial velocities and noise (>= 0, default 0; continued from a frame of step s with --keep-velocities, the noise is seeded from (seed, s): independent of the original run's)")
     p.add_argument("--out", default=None, help="trajectory file, extended XYZ: its name must end in .extxyz or .xyz")
     p.add_argument("--every", type=int, default=100, help="write trajectory/log every k steps (default 100)")
     p.add_argument("--log", default=None, help="text log file")
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     from ._structures import at_positions, load_structure
     from .extrapolation import report as report_extrapolation
-    from .md import MDInstabilityError, check_outputs, run_md
+    from .md import MDInstabilityError, MDInterrupted, check_outputs, run_md
     from .model import ModelLoadError, resolve_model
 
     try:
@@ -72,6 +72,9 @@ def main(argv=None) -> int:
         check_number(args.temperature, "--temperature", minimum=0.0)
         if args.ensemble == "langevin":
             check_positive(args.friction, "--friction")
+        else:
+            check_number(args.friction, "--friction", minimum=0.0)
+        check_int(args.seed, "--seed", 0)
         check_positive(args.max_force, "--max-force")
         if args.max_temperature is not None:
             check_positive(args.max_temperature, "--max-temperature", allow_inf=True)
@@ -99,6 +102,12 @@ def main(argv=None) -> int:
             max_temperature=args.max_temperature, progress=not args.quiet,
             velocities="atoms" if args.keep_velocities else None, step=step, time_fs=time_fs,
         )
+    except MDInterrupted as exc:  # Ctrl-C: the run stopped at the end of a step and wrote it
+        print(f"fastfeat md: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before the run (loading) or a second Ctrl-C
+        print("fastfeat md: interrupted", file=sys.stderr)
+        return 130
     except MDInstabilityError as exc:
         print(f"fastfeat md: {exc}", file=sys.stderr)
         if exc.result.steps_run:

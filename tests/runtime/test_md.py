@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 
 import ase.io
 import numpy as np
@@ -12,7 +13,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator as ASECalculator
 from ase.md.verlet import VelocityVerlet
 
-from fastfeat.runtime import MDInstabilityError, MolecularDynamics, run_md
+from fastfeat.runtime import MDInstabilityError, MDInterrupted, MolecularDynamics, run_md
 from fastfeat.runtime import md_cli
 from fastfeat.runtime.md import ExtxyzWriter, maxwell_boltzmann, temperature
 
@@ -309,6 +310,49 @@ def test_argument_errors():
         MolecularDynamics(f, x0, masses).run(10, every=0)
     with pytest.raises(TypeError, match="`seed` must be an int, got bool True"):
         MolecularDynamics(f, x0, masses, seed=True)
+    # numpy's "expected non-negative integer" came from inside, naming nothing
+    with pytest.raises(ValueError, match="`seed` must be an int >= 0, got -1"):
+        MolecularDynamics(f, x0, masses, seed=-1)
+    # friction is unused in NVE, but a negative one was a "math domain error" at run()
+    with pytest.raises(ValueError, match="`friction` must be a finite number >= 0"):
+        MolecularDynamics(f, x0, masses, ensemble="nve", friction=-1.0)
+    MolecularDynamics(f, x0, masses, ensemble="nve", friction=0.0).run(2)
+    bad = x0.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="`positions` must be finite, got .* for atom 2"):
+        MolecularDynamics(f, bad, masses)
+
+
+def _langevin_noise(md, steps):
+    """The noise each Langevin step drew, recovered from the velocities (zero forces: v' = c1 v + s xi)."""
+    c1 = np.exp(-md.friction * md.dt)
+    s = np.sqrt(1 - c1 * c1) * np.sqrt(units.kB * md.temperature / md.masses)[:, None] * units.fs
+    out = []
+    for _ in range(steps):
+        v = md.v.copy()
+        md.run(1, every=1)
+        out.append(((md.v - c1 * v) / s).ravel())
+    return np.array(out)
+
+
+def test_restart_draws_new_langevin_noise():
+    """A run continued from step s with the same seed (`--keep-velocities`) drew exactly the original run's
+    noise, shifted by one step (correlation 1.0); it is now seeded from (seed, s): independent, and still
+    reproducible."""
+    n = 6
+    x0 = np.random.default_rng(0).uniform(0, 10, (n, 3))
+    masses = np.full(n, 12.0)
+    zero = lambda x: np.zeros_like(x)  # noqa: E731
+    a = MolecularDynamics(zero, x0, masses, temperature=300.0, seed=0)
+    na = _langevin_noise(a, 40)
+    assert np.abs(na.mean()) < 0.3 and 0.7 < na.std() < 1.3  # the recovery is right: unit normal draws
+    runs = []
+    for _ in range(2):
+        b = MolecularDynamics(zero, a.x, masses, temperature=300.0, seed=0, velocities=a.v, step=a.step)
+        runs.append(_langevin_noise(b, 40))
+    np.testing.assert_array_equal(runs[0], runs[1])
+    corr = np.corrcoef(np.vstack([na, runs[0]]))[:40, 40:]
+    assert np.abs(corr).max() < 0.95, np.abs(corr).max()
 
 
 def test_run_md_with_onnx_model(model, water, tmp_path):
@@ -375,6 +419,8 @@ def test_md_cli_errors(model_path, water_file, tmp_path, capsys):
                         (["--max-temperature", "-1"], "--max-temperature must be a number > 0"),
                         (["--threads", "-2"], r"--threads must be an int >= 0 \(0: all cores\)"),
                         (["--skin", "-0.5"], "--skin must be a finite number >= 0"),
+                        (["--seed", "-1"], "--seed must be an int >= 0"),
+                        (["--friction", "-1", "--ensemble", "nve"], "--friction must be a finite number >= 0"),
                         (["--keep-velocities"], "--keep-velocities, but frame 0 of .* stores no velocities")):
         assert md_cli.main([str(model_path), str(water_file), "--steps", "3", *opts]) == 2, opts
         err = capsys.readouterr().err
@@ -755,3 +801,96 @@ def test_trajectory_and_log_must_be_different_files(model, water, tmp_path, caps
     assert md_cli.main([str(model.path), str(tmp_path / "w.xyz"), "--steps", "1", "--out", str(same),
                         "--log", str(same)]) == 2
     assert "trajectory --out and --log are the same file" in capsys.readouterr().err
+
+
+class _InterruptAt(Harmonic):
+    """Harmonic forces; sends itself ``count`` SIGINTs during force call ``call`` (as Ctrl-C would, mid-step)."""
+
+    def __init__(self, x0, k, call, count=1):
+        super().__init__(x0, k)
+        self.at, self.count = call, count
+
+    def __call__(self, x):
+        f = super().__call__(x)
+        if self.calls == self.at:
+            for _ in range(self.count):
+                os.kill(os.getpid(), signal.SIGINT)
+        return f
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler, as in a script or a notebook (restored afterwards)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "langevin"])
+def test_ctrl_c_stops_at_the_end_of_a_step_and_can_go_on(default_sigint, tmp_path, ensemble):
+    """Ctrl-C mid-step used to leave positions advanced into the next step, half-kicked velocities and the run's
+    first forces in the engine, so that going on gave another trajectory. Now the step in progress completes, its
+    frame is written, MDInterrupted (a KeyboardInterrupt) is raised, and going on equals the uninterrupted run."""
+    _, x0, masses = _system(n=8)
+    k = np.linspace(1.0, 4.0, 8)
+    ref = MolecularDynamics(Harmonic(x0, k), x0 + 0.05, masses, ensemble=ensemble, dt=1.0, seed=1)
+    ref.run(100, every=10)
+    f = _InterruptAt(x0, k, call=58)  # call 1: the starting forces; call 58: step 57's
+    md = MolecularDynamics(f, x0 + 0.05, masses, ensemble=ensemble, dt=1.0, seed=1)
+    traj, log = tmp_path / "t.extxyz", tmp_path / "md.log"
+    with pytest.raises(MDInterrupted, match="interrupted after step 57") as info:
+        md.run(100, every=10, trajectory=traj, log=log)
+    assert isinstance(info.value, KeyboardInterrupt)
+    assert info.value.step == 57 and md.step == 57 and info.value.result.steps_done == 57
+    assert info.value.result.stop_reason == "interrupted (Ctrl-C)"
+    np.testing.assert_array_equal(info.value.result.positions, md.x)
+    np.testing.assert_array_equal(md.f, Harmonic(x0, k)(md.x))  # the forces at the state held
+    frames = ase.io.read(traj, index=":")
+    assert [a.info["step"] for a in frames] == [0, 10, 20, 30, 40, 50, 57]
+    np.testing.assert_array_equal(frames[-1].positions, np.round(md.x, 10))
+    assert open(log).read().splitlines()[-1] == "# interrupted (Ctrl-C) after step 57"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    md.run(43)
+    assert md.step == 100
+    np.testing.assert_array_equal(md.x, ref.x)
+    np.testing.assert_array_equal(md.v, ref.v)
+
+
+def test_second_ctrl_c_interrupts_at_once(default_sigint):
+    _, x0, masses = _system(n=4)
+    md = MolecularDynamics(_InterruptAt(x0, np.ones(4), call=5, count=2), x0, masses, dt=1.0)
+    with pytest.raises(KeyboardInterrupt) as info:
+        md.run(20)
+    assert not isinstance(info.value, MDInterrupted)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_outputs_are_flushed_at_every_record(tmp_path):
+    """A run killed from outside (a batch time limit) loses nothing recorded: the files are complete at each
+    record (the log lagged the trajectory by up to 8 kB, and both lagged the run)."""
+    _, x0, masses = _system(n=4)
+    traj, log = tmp_path / "t.extxyz", tmp_path / "md.log"
+    seen = {}
+
+    def force(x):
+        if traj.exists():  # call 0, the starting forces, comes before the files are opened
+            seen[force.calls] = (len(ase.io.read(traj, index=":")) if traj.stat().st_size else 0,
+                                 sum(1 for line in open(log) if not line.startswith("#")))
+        force.calls += 1
+        return -(x - x0)
+
+    force.calls = 0
+    MolecularDynamics(force, x0, masses).run(25, every=5, trajectory=traj, log=log)
+    # call c (c >= 1) is step c's force call, after the records of steps 0, 5, ... < c
+    assert seen[1] == (1, 1) and seen[6] == (2, 2) and seen[21] == (5, 5), seen
+
+
+def test_md_cli_ctrl_c_exits_130(model_path, water_file, tmp_path, capsys, monkeypatch):
+    from fastfeat.runtime import md as md_module
+
+    def interrupted(*args, **kwargs):
+        raise MDInterrupted("MD interrupted after step 7; its frame is the last in 't.extxyz'", 7, None)
+
+    monkeypatch.setattr(md_module, "run_md", interrupted)
+    assert md_cli.main([str(model_path), str(water_file), "--steps", "20", "--quiet"]) == 130
+    assert "fastfeat md: MD interrupted after step 7" in capsys.readouterr().err
