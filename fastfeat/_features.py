@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _device
+from . import _device, _fork
 from ._box import CellTooSmallError
 from ._neighbors import bin_atoms, build_csr_cpu, one_shot_grid
 from ._spec import FeatureSpec
@@ -494,6 +494,7 @@ class Featurizer:
         """Features at `pos` (validated float64) from the current list."""
         from ._kernels.features_cpu import features as features_kernel
 
+        _fork.check()
         features_kernel(pos, self._seg, self._j, self._shiftvec, *self._cache.args, self._g, self._v, self._overlap)
         if self._overlap.max() >= 0:
             _overlap_error(self._overlap)

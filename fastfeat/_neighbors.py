@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _device
+from . import _device, _fork
 from ._box import assign_bins, bin_grid, bin_grids, candidates, pair_r2_limit
 from ._validation import check_cell, check_cutoff, check_pbc, check_positions, check_device
 
@@ -126,6 +126,7 @@ def bin_atoms(positions, cell, pbc, cutoff, divisions=1, grid=None):
     """
     from ._kernels import neighbors_cpu as k
 
+    _fork.check()  # every CPU list and one-shot feature call bins its atoms first
     n = positions.shape[0]
     pos64 = positions.astype(np.float64, copy=False)
     if grid is None:

@@ -259,8 +259,9 @@ def check_feature_arrays(spec, invariant, covariant, species, xp=np, what=""):
     The one check for feature arrays that did not come from :func:`fastfeat.featurize` in this call
     (inference from features, training sets): species must be integer indices into the spec's species
     (an exported model routes an atom to the network of its index, so an index out of range would
-    silently give zero forces), and the shapes ``(N, n_invariant)``, ``(N, n_covariant, 3)`` must match
-    the species and the spec. ``what`` prefixes the messages (e.g. ``"training set: "``).
+    silently give zero forces), the shapes ``(N, n_invariant)``, ``(N, n_covariant, 3)`` must match
+    the species and the spec, and the features must be finite floating-point numbers. ``what`` prefixes
+    the messages (e.g. ``"training set: "``).
     """
     s = xp.asarray(species)
     if s.dtype.kind not in "iu":
@@ -280,6 +281,13 @@ def check_feature_arrays(spec, invariant, covariant, species, xp=np, what=""):
         more = hint if v.ndim == 3 and v.shape[0] == n and v.shape[2] == 3 else ""
         raise ValueError(f"{what}`covariant` must have shape (N, n_covariant, 3) = ({n}, {spec.n_covariant}, 3) "
                          f"to match `species` ({n} atoms) and the spec, got {tuple(v.shape)}{more}")
+    for name, arr in (("invariant", g), ("covariant", v)):
+        if arr.dtype.kind != "f":  # a silent cast would drop imaginary parts, parse strings, read bools as 0/1
+            raise TypeError(f"{what}`{name}` must be a floating-point array, got dtype {arr.dtype}")
+        finite = xp.isfinite(arr).reshape(n, -1).all(axis=1) if n else None
+        if n and not bool(finite.all()):
+            bad = int(xp.flatnonzero(~finite)[0])
+            raise ValueError(f"{what}`{name}` holds NaN or inf at atom {bad}: features must be finite")
     n_species = spec.n_species
     if n and (int(s.min()) < 0 or int(s.max()) >= n_species):
         bad = int(xp.flatnonzero((s < 0) | (s >= n_species))[0])

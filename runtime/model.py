@@ -132,7 +132,9 @@ class ForceModel:
     Pickling (``multiprocessing``, ``copy.deepcopy``, a pickled Calculator): a
     model pickles as a reference to its file (:attr:`path`) and is loaded again
     with the same device, threads and skin where it is unpickled, so the file
-    must be readable there.
+    must be readable there. Workers started by ``fork`` after the parent computed
+    forces cannot run the CPU kernels under GNU OpenMP (a RuntimeError says so):
+    use the ``spawn`` or ``forkserver`` start method.
     """
 
     def __init__(self, session, info: ModelInfo, path: str, device: str, skin: float, intra_op_threads=1):
@@ -412,11 +414,12 @@ class ForceModel:
         Raises
         ------
         TypeError
-            ``species`` is not an integer array.
+            ``species`` is not an integer array, or the features are not
+            floating-point (complex, string, bool or object arrays).
         ValueError
             The model does not predict forces, the shapes do not match each
-            other and the spec, or a species index is out of range (naming the
-            first such atom).
+            other and the spec, a feature is NaN or inf, or a species index is
+            out of range (each naming the first such atom).
         """
         self.require_forces()
         xp = _cupy() if self.device == "cuda" else np

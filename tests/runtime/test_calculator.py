@@ -117,6 +117,30 @@ print("ok")
     assert proc.stdout.strip().endswith("ok")
 
 
+def test_calculator_options_reach_the_model_or_are_refused(model_path, model, water):
+    """skin, intra_op_threads and misspelt keywords were stored as unused ASE parameters; device was not checked."""
+    calc = Calculator(model_path, skin=0.3, intra_op_threads=2)
+    assert calc.model.skin == 0.3 and calc.model._intra_op_threads == 2
+    water.calc = calc
+    np.testing.assert_allclose(water.get_forces(), model.forces(water), rtol=1e-6, atol=1e-6)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['devise'\]"):
+        Calculator(model_path, devise="cuda")
+    with pytest.raises(ValueError, match="`device` must be 'cpu' or 'cuda', got 'gpu'"):
+        Calculator(model, device="gpu")
+    with pytest.raises(ValueError, match="`skin`=0.3, but the ForceModel given was loaded with 1.0"):
+        Calculator(model, skin=0.3)
+    assert Calculator(model, device="cpu", skin=1.0).model is model
+    assert Calculator(model, directory=".", label="x").model is model  # ASE's own arguments pass
+
+
+def test_calculator_messages(model, water):
+    calc = Calculator(model)
+    with pytest.raises(ValueError, match="no structure to compute: attach the calculator"):
+        calc.get_forces()
+    calc.calculate(water, "forces")  # a name for a list of names, as ASE's calculate takes it
+    np.testing.assert_array_equal(calc.results["forces"], model.forces(water))
+
+
 def test_non_force_model_is_refused(dipole_model_path):
     with pytest.raises(ValueError, match="predicts 'dipole', not forces"):
         Calculator(dipole_model_path)

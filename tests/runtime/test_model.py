@@ -545,6 +545,25 @@ def test_forces_from_features_refuses_bad_species_dtype_and_rank(model, water_fe
         model.forces_from_features(g, v, 1)
 
 
+def test_forces_from_features_refuses_non_float_and_non_finite_features(model, water_feats):
+    """Complex, string and bool features were cast silently (imaginary parts dropped, strings parsed, bools read
+    as 0/1: forces 7 eV/Å off), NaN features gave NaN forces."""
+    g, v, s = water_feats
+    for bad, dtype in ((g + 5j, "complex"), (g.astype(str), "<U"), (g > 0.1, "bool"), (g.astype(object), "object")):
+        with pytest.raises(TypeError, match=f"`invariant` must be a floating-point array, got dtype {dtype}"):
+            model.forces_from_features(bad, v, s)
+    with pytest.raises(TypeError, match="`covariant` must be a floating-point array, got dtype int64"):
+        model.forces_from_features(g, v.astype(np.int64), s)
+    g2 = g.copy()
+    g2[5, 3] = np.nan
+    with pytest.raises(ValueError, match="`invariant` holds NaN or inf at atom 5"):
+        model.forces_from_features(g2, v, s)
+    v2 = v.copy()
+    v2[9, 1, 2] = -np.inf
+    with pytest.raises(ValueError, match="`covariant` holds NaN or inf at atom 9"):
+        model.forces_from_features(g, v2, s)
+
+
 def test_forces_from_features_valid_inputs(model, water, water_feats):
     g, v, s = water_feats
     f = model.forces_from_features(g, v, s)
