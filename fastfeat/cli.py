@@ -54,6 +54,9 @@ def main(argv=None) -> int:
     try:
         rc = int(handler(argv[1:]) or 0)
         sys.stdout.flush()
+    except KeyboardInterrupt as exc:  # Ctrl-C in a command without its own handling: one line, no traceback
+        print(f"fastfeat {name}: interrupted" + (f" ({exc})" if str(exc) else ""), file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # the reader of the output went away (`fastfeat data list | head -1`): stop quietly, as Unix tools do;
         # stdout goes to devnull so that the interpreter's final flush does not raise again

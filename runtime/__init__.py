@@ -5,7 +5,8 @@ Never imports torch.
 
 from ._onnx_meta import ModelInfo, ModelLoadError
 from .calculator import Calculator
-from .md import MDInstabilityError, MDInterrupted, MDResult, MolecularDynamics, run_md
+from ._interrupt import Interrupted
+from .md import MDInstabilityError, MDResult, MolecularDynamics, run_md
 from .model import ForceEvaluator, ForceModel, pretrained_names
 from .relaxation import RelaxInstabilityError, RelaxResult, relax
 
@@ -18,7 +19,7 @@ __all__ = [
     "MolecularDynamics",
     "MDResult",
     "MDInstabilityError",
-    "MDInterrupted",
+    "Interrupted",
     "run_md",
     "relax",
     "RelaxResult",

@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from fastfeat._io import json_text
-from fastfeat._validation import check_int, check_positive
+from fastfeat._validation import check_int, check_number, check_positive
 
 __all__ = ["jacobian", "jacobian_asymmetry", "nve_drift", "check_conservation", "main"]
 
@@ -240,7 +240,19 @@ def nve_drift(model, atoms, *, steps=2000, dt=0.5, temperature=300.0, seed=0, de
     return out
 
 
-def _advice(lam, nve):
+def resolvable_drift(nve, n_atoms) -> float:
+    """The smallest NVE temperature drift (K/ps) the fit can tell from thermal noise: 5 K/ps, or the drift that
+    moves T by twice its equilibrium fluctuation T sqrt(2 / (3N - 3)) within the fit window, if larger. A
+    32-atom conservative EMT copper read -115 to +51 K/ps over 0.25 ps by noise alone."""
+    t = nve["temperature_start_K"]
+    fit = nve["fit_ps"]
+    if not (t > 0 and fit > 0):
+        return 5.0
+    sigma = t * math.sqrt(2.0 / max(3 * n_atoms - 3, 1))
+    return max(5.0, 2.0 * sigma / fit)
+
+
+def _advice(lam, nve, n_atoms):
     if nve is not None and nve["stopped_at"] is not None:
         return ("NVE became unstable: run thermostatted MD only (`--ensemble langevin`), and check the "
                 "structure is inside the model's training distribution")
@@ -255,20 +267,26 @@ def _advice(lam, nve):
         return ("forces are measurably non-conservative (λ): use thermostatted MD (`--ensemble langevin`, friction "
                 "≳ 0.05 1/fs); do not use NVE energies or fluctuations")
     drift = abs(nve["drift_K_per_ps"]) if not math.isnan(nve["drift_K_per_ps"]) else math.inf
-    if lam < 0.01 and drift < 5.0:
-        return ("forces are close to conservative here: NVE is usable for short runs, but thermostatted MD "
-                "(Langevin) remains the safe default for direct forces")
+    noise = resolvable_drift(nve, n_atoms)
+    if lam < 0.01 and drift < noise:
+        return (f"forces are close to conservative here (λ < 0.01; the NVE drift is within what {n_atoms} atoms over "
+                f"{nve['fit_ps']:g} ps resolve, {noise:.3g} K/ps): NVE is usable for short runs, but thermostatted "
+                "MD (Langevin) remains the safe default for direct forces")
     return ("forces are measurably non-conservative: use thermostatted MD (`--ensemble langevin`, friction "
             "≳ 0.05 1/fs) so the thermostat removes the spurious heating; do not use NVE energies or fluctuations")
 
 
-_OPTIONS = ("h", "max_atoms", "nve_steps", "equilibrate_steps")
+_OPTIONS = ("h", "max_atoms", "nve_steps", "equilibrate_steps", "dt", "temperature", "seed")
 
 
-def _check_options(h, max_atoms, nve_steps, equilibrate_steps, names=_OPTIONS):
-    """Validated (h or None, max_atoms, nve_steps, equilibrate_steps) of :func:`check_conservation`;
-    ``names`` for messages (the command line's option names)."""
+def _check_options(h, max_atoms, nve_steps, equilibrate_steps, dt=0.5, temperature=300.0, seed=0, names=_OPTIONS):
+    """Validated (h or None, max_atoms, nve_steps, equilibrate_steps) of :func:`check_conservation`, which also
+    checks ``dt``, ``temperature`` and ``seed`` (before the Jacobian's force calls, not after them); ``names``
+    for messages (the command line's option names)."""
     try:
+        check_positive(dt, "`dt`")
+        check_number(temperature, "`temperature`", minimum=0.0)
+        check_int(seed, "`seed`", 0)
         h = None if h is None else _check_h(h)
         max_atoms = check_int(max_atoms, "`max_atoms`", 1)
         nve_steps = check_int(nve_steps, "`nve_steps`", 0, " (0 skips the NVE run)")
@@ -308,7 +326,8 @@ def check_conservation(model, atoms, *, h=None, max_atoms=DEFAULT_MAX_ATOMS, nve
     """
     from .model import resolve_model
 
-    h, max_atoms, nve_steps, equilibrate_steps = _check_options(h, max_atoms, nve_steps, equilibrate_steps)
+    h, max_atoms, nve_steps, equilibrate_steps = _check_options(h, max_atoms, nve_steps, equilibrate_steps, dt,
+                                                                temperature, seed)
     if not callable(model):
         model = resolve_model(model, device=device)
     fn = _force_fn(model, atoms, device)
@@ -326,7 +345,7 @@ def check_conservation(model, atoms, *, h=None, max_atoms=DEFAULT_MAX_ATOMS, nve
         "nve": nve,
         "net_force_eV_per_A": float(np.linalg.norm(f.sum(axis=0))),
         "rms_force_eV_per_A": float(np.sqrt((f ** 2).sum(axis=1).mean())) if len(f) else 0.0,
-        "advice": _advice(lam["lambda"], nve),
+        "advice": _advice(lam["lambda"], nve, len(atoms)),
     }
 
 
@@ -363,8 +382,9 @@ def main(argv=None) -> int:
 
     try:
         # bad options fail before the structure or the model is loaded
-        _check_options(args.h, args.max_atoms, args.nve_steps, args.equilibrate_steps,
-                       names=("--h", "--max-atoms", "--nve-steps", "--equilibrate-steps"))
+        _check_options(args.h, args.max_atoms, args.nve_steps, args.equilibrate_steps, args.dt, args.temperature,
+                       args.seed, names=("--h", "--max-atoms", "--nve-steps", "--equilibrate-steps", "--dt",
+                                         "--temperature", "--seed"))
         atoms = load_structure(args.structure, args.frame)
         model = resolve_model(args.model, device=args.device)
         model.require_forces()

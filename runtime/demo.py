@@ -94,8 +94,15 @@ def _load_frames(data, model_name):
     raise FileNotFoundError(f"`--data` {data!r} is neither a file nor a bundled data set (available: {names})")
 
 
+PLOTS = ("parity.png", "temperature.png")
+
+
 def _plots(outdir, ref, pred, symbols, md_log, dt_fs, target_t, scope="test"):
-    """parity.png and temperature.png; returns the file names written (or a note)."""
+    """parity.png and temperature.png; returns the file names written (or a note). Plots of an earlier demo in
+    ``outdir`` are removed first: a run without matplotlib must not leave another run's plots beside its report."""
+    for name in PLOTS:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(outdir, name))
     try:
         import matplotlib
 
@@ -238,6 +245,8 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
+    from fastfeat._validation import check_int, check_number, check_positive
+
     from ._structures import at_positions
     from .conservation import jacobian_asymmetry
     from .md import MDInstabilityError, run_md
@@ -249,6 +258,12 @@ def main(argv=None) -> int:
     try:
         if args.max_frames < 1:
             raise ValueError(f"`--max-frames` must be >= 1 (test frames used for accuracy), got {args.max_frames}")
+        # the MD options named as options, before the model loads and the accuracy runs
+        check_int(args.steps, "`--steps`", 1, " (the demo's MD steps)")
+        check_positive(args.dt, "`--dt`")
+        check_number(args.temperature, "`--temperature`", minimum=0.0)
+        check_positive(args.friction, "`--friction`")
+        check_int(args.seed, "`--seed`", 0)
         try:  # fail now, not after the run, if the directory cannot be written
             os.makedirs(args.out, exist_ok=True)
             tempfile.TemporaryFile(dir=args.out).close()

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -35,12 +33,12 @@ from fastfeat._io import check_output_path
 from fastfeat._validation import check_int, check_number, check_positive
 
 from ._integrator import kick_drift, max_abs, work_kick
+from ._interrupt import DeferredInterrupt, Interrupted
 
 __all__ = [
     "MolecularDynamics",
     "MDResult",
     "MDInstabilityError",
-    "MDInterrupted",
     "run_md",
     "maxwell_boltzmann",
     "kinetic_energy",
@@ -131,51 +129,6 @@ class MDInstabilityError(RuntimeError):
         self.step = step
         self.reason = reason
         self.result = result
-
-
-class MDInterrupted(KeyboardInterrupt):
-    """MD stopped by Ctrl-C (SIGINT) at the end of a step: the engine's state is that step's, its frame was
-    written to the trajectory and log, and ``run`` can be called again to go on as if uninterrupted.
-
-    Attributes
-    ----------
-    step : int
-        The last step completed (``result.steps_done``).
-    result : MDResult
-        State and log up to that step; ``result.stop_reason`` says it was interrupted.
-    """
-
-    def __init__(self, message, step, result):
-        super().__init__(message)
-        self.step = step
-        self.result = result
-
-
-class _DeferredInterrupt:
-    """Ctrl-C during an MD run: the first SIGINT asks the loop to stop at the end of the current step (a
-    consistent state, written out); a second one raises KeyboardInterrupt at once. Installed only where
-    Python's default SIGINT handler is in place, in the main thread (elsewhere a handler cannot be set)."""
-
-    def __init__(self):
-        self.requested = False
-        self._installed = False
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread() \
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
-        return self
-
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._installed:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-        return False
 
 
 @dataclass
@@ -321,7 +274,7 @@ def check_trajectory_path(path, what="trajectory `out`"):
     if not text.lower().endswith(TRAJECTORY_EXTENSIONS):
         ext = os.path.splitext(text)[1] or "no extension"
         raise ValueError(
-            f"{what} {text!r} must end in .extxyz or .xyz, got {ext}: the trajectory is written as extended XYZ "
+            f"{what} {text!r} must end in .extxyz or .xyz, got {ext}: it is written as extended XYZ "
             "text, and ASE reads a file in the format its extension names; nothing was run"
         )
     return text
@@ -569,7 +522,7 @@ class MolecularDynamics:
             trajectory and log hold everything up to the last good step.
             Initial forces that are NaN/inf or above ``max_force`` raise it
             before any file is written.
-        MDInterrupted
+        Interrupted
             Ctrl-C (SIGINT, in the main thread): the run stops at the end of
             the step in progress, writes that step's frame and log line and
             raises this ``KeyboardInterrupt``; the engine holds that step's
@@ -606,7 +559,7 @@ class MolecularDynamics:
             if log is not None:
                 logfh = _open_for_writing(os.fspath(log), "log")
             stream = sys.stderr if progress is True else (progress or None)
-            with _DeferredInterrupt() as interrupt:
+            with DeferredInterrupt() as interrupt:
                 return self._run(int(steps), int(every), writer, logfh, stream, interrupt)
         finally:
             if writer is not None:
@@ -780,7 +733,7 @@ class MolecularDynamics:
                     logfh.write(f"# {reason} after step {self.step}\n")
                 result = self._result(steps, wall, records, f, None, reason)
                 where = f"; its frame is the last in {writer.path!r}" if writer is not None else ""
-                raise MDInterrupted(f"MD interrupted after step {self.step}{where}", self.step, result)
+                raise Interrupted(f"MD interrupted after step {self.step}{where}", self.step, result)
             return self._result(steps, wall, records, f, None, None)
 
         # clean stop: restore and save the last good state (step k - 1)
@@ -874,7 +827,7 @@ def run_md(model, atoms, steps, *, dt=0.5, temperature=300.0, ensemble="langevin
         without stored momenta, or a model that does not predict forces.
     OSError
         ``out`` or ``log`` cannot be written.
-    MDInstabilityError, MDInterrupted
+    MDInstabilityError, Interrupted
         See :meth:`MolecularDynamics.run`.
     """
     from .model import _check_atoms, resolve_model

@@ -60,7 +60,8 @@ def main(argv=None) -> int:
 
     from ._structures import at_positions, load_structure
     from .extrapolation import report as report_extrapolation
-    from .md import MDInstabilityError, MDInterrupted, check_outputs, run_md
+    from ._interrupt import Interrupted
+    from .md import MDInstabilityError, check_outputs, run_md
     from .model import ModelLoadError, resolve_model
 
     try:
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             max_temperature=args.max_temperature, progress=not args.quiet,
             velocities="atoms" if args.keep_velocities else None, step=step, time_fs=time_fs,
         )
-    except MDInterrupted as exc:  # Ctrl-C: the run stopped at the end of a step and wrote it
+    except Interrupted as exc:  # Ctrl-C: the run stopped at the end of a step and wrote it
         print(f"fastfeat md: {exc}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:  # before the run (loading) or a second Ctrl-C

@@ -47,6 +47,7 @@ def main(argv=None) -> int:
     from .extrapolation import report as report_extrapolation
     from .md import check_distinct_outputs, check_outputs
     from .model import ModelLoadError, resolve_model
+    from ._interrupt import Interrupted
     from .relaxation import RelaxInstabilityError, relax
 
     try:
@@ -71,6 +72,14 @@ def main(argv=None) -> int:
         result = relax(model, atoms, fmax=args.fmax, steps=args.steps, maxstep=args.maxstep,
                        max_force=args.max_force, trajectory=args.trajectory, every=args.every, log=args.log,
                        progress=not args.quiet)
+    except Interrupted as exc:  # Ctrl-C: stopped at the end of a step, which is in the trajectory
+        print(f"fastfeat relax: {exc}", file=sys.stderr)
+        if args.out:
+            import ase.io
+
+            ase.io.write(args.out, exc.result.atoms, format="extxyz")
+            print(f"fastfeat relax: the structure of step {exc.step} (not converged) is in {args.out}", file=sys.stderr)
+        return 130
     except RelaxInstabilityError as exc:
         print(f"fastfeat relax: {exc}", file=sys.stderr)
         if exc.step:

@@ -32,6 +32,7 @@ import numpy as np
 
 from fastfeat._validation import check_int, check_positive
 
+from ._interrupt import DeferredInterrupt, Interrupted
 from .md import _host, _open_for_writing, check_outputs
 
 __all__ = ["relax", "RelaxResult", "RelaxInstabilityError", "FIRE_DEFAULTS"]
@@ -151,6 +152,10 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
         Non-finite forces, a component above ``max_force``, or a failing force call after the start.
         An exception of the first force call (the starting structure's fault, e.g. overlapping atoms)
         propagates as it is, before any file is written.
+    Interrupted
+        Ctrl-C (SIGINT, in the main thread): the relaxation stops at the end of the step in progress,
+        writes it to the trajectory and log, and raises this ``KeyboardInterrupt``, whose ``result`` holds
+        that step's structure. A second Ctrl-C stops at once.
     """
     from .model import _check_atoms, resolve_model
 
@@ -192,6 +197,7 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
         return raw, f
 
     def unusable(f):
+        """Why forces f (the raw ones: a constraint can zero a NaN on a fixed atom) are unusable, or None."""
         big = float(np.abs(f).max()) if f.size else 0.0
         if not math.isfinite(big):
             return "the forces are not finite (NaN or inf)"
@@ -202,7 +208,7 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
     records = {"step": [], "fmax": []}
     t0 = time.perf_counter()
     stream = (sys.stderr if progress is True else progress) if progress else None
-    traj_fh = log_fh = None
+    traj_fh = log_fh = interrupt = None
 
     def record(step, x, f, fm, dt_now):
         records["step"].append(step)
@@ -211,6 +217,7 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
             _write_frame(traj_fh, work, x, f, step, fm)
         if log_fh is not None:
             log_fh.write(f"{step} {fm:.6g} {dt_now:.6g}\n")
+            log_fh.flush()  # a run killed from outside leaves its log complete up to the last record
 
     def result(x, raw, f, nsteps, converged, stopped_at=None, reason=None):
         from ase.calculators.singlepoint import SinglePointCalculator
@@ -229,7 +236,7 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
     # an exception of this first call (the starting structure's fault, e.g. overlapping atoms) propagates
     x = work.get_positions()
     raw, f = forces_at(x)
-    bad = unusable(f)
+    bad = unusable(raw)
     if bad:
         res = result(x, raw, f, 0, False, 0, bad)
         raise RelaxInstabilityError(f"the forces of the starting structure are unusable: {bad}; nothing was written",
@@ -247,6 +254,7 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
         nsteps = 0
         converged = fm < fmax
         t_last = t0
+        interrupt = DeferredInterrupt().__enter__()  # left in `finally`
         while not converged and nsteps < steps:
             g = f.ravel()
             if vel is None:
@@ -276,7 +284,7 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
             nsteps += 1
             try:
                 raw, f = forces_at(x)
-                bad = unusable(f)
+                bad = unusable(raw)
             except Exception as exc:  # a failing call (a wrong shape too) ends the run cleanly
                 bad = f"the force call failed: {type(exc).__name__}: {exc}"
             if bad:  # clean stop: the last good structure back in place, written, returned with the error
@@ -297,12 +305,25 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
                 if now - t_last > 1.0:
                     t_last = now
                     print(f"\rrelax: step {nsteps}/{steps}, fmax {fm:.4g} eV/Å", end="", file=stream, flush=True)
+            if interrupt.requested and not converged and nsteps < steps:  # Ctrl-C: step nsteps is complete
+                if nsteps % every != 0:
+                    record(nsteps, x, f, fm, dt_now)
+                if log_fh is not None:
+                    log_fh.write(f"# interrupted (Ctrl-C) after step {nsteps}\n")
+                if stream is not None:
+                    print(file=stream)
+                res = result(x, raw, f, nsteps, False, None, "interrupted (Ctrl-C)")
+                where = f"; its structure is the last frame of {os.fspath(trajectory)!r}" if traj_fh is not None else ""
+                raise Interrupted(f"relaxation interrupted after step {nsteps} (fmax {fm:.4g} eV/Å){where}",
+                                  nsteps, res)
         if stream is not None:
             state = "converged" if converged else "not converged"
             print(f"\rrelax: step {nsteps}/{steps}, fmax {fm:.4g} eV/Å ({state}, target {fmax:g})",
                   file=stream, flush=True)
         return result(x, raw, f, nsteps, converged)
     finally:
+        if interrupt is not None:
+            interrupt.__exit__(None, None, None)
         for fh in (traj_fh, log_fh):
             if fh is not None:
                 fh.close()

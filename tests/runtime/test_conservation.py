@@ -293,3 +293,47 @@ def test_jacobian_block_is_compact():
         idx = _compact_block(periodic, 6, seed)
         gaps = np.sort(np.diff(np.sort(idx)))
         assert gaps[:-1].max() == 1 and gaps[-1] in (1, 25), idx
+
+
+def test_advice_does_not_read_thermal_noise_as_heating():
+    """Conservative EMT copper (λ ~ 1e-5) read -115 to +51 K/ps of NVE drift over 0.25 ps at 32 atoms: noise,
+    which the advice called 'measurably non-conservative' in 5 of 6 seeds."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    atoms = bulk("Cu", cubic=True).repeat(2)
+    atoms.rattle(0.05, seed=1)
+    work = atoms.copy()
+    work.calc = EMT()
+
+    def emt(x):
+        work.set_positions(x)
+        return work.get_forces()
+
+    for seed in (0, 1, 2):
+        report = conservation.check_conservation(emt, atoms, seed=seed, nve_steps=500, equilibrate_steps=200)
+        assert report["jacobian"]["lambda"] < 1e-3
+        assert report["advice"].startswith("forces are close to conservative"), (seed, report["nve"], report["advice"])
+    # the resolvable drift: 5 K/ps at least, else twice the equilibrium fluctuation of T over the fit window
+    nve = {"temperature_start_K": 300.0, "fit_ps": 0.25}
+    assert conservation.resolvable_drift(nve, 32) == pytest.approx(2 * 300 * np.sqrt(2 / 93) / 0.25)
+    assert conservation.resolvable_drift(nve, 10 ** 7) == 5.0
+    # a drift above it with a symmetric Jacobian is still called out
+    assert "non-conservative" in conservation._advice(1e-5, dict(nve, drift_K_per_ps=400.0, stopped_at=None), 32)
+
+
+def test_cli_checks_dt_temperature_seed_first(model_path, water_file, capsys, monkeypatch):
+    """--dt, --temperature and --seed were checked after the model loaded and the Jacobian ran, under their
+    Python names (and a negative seed with a small block gave numpy's message)."""
+    from fastfeat.runtime import model as model_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(model_module, "resolve_model", no_loading)
+    for opts, match in ((["--dt", "0"], "`--dt` must be a finite number > 0"),
+                        (["--temperature", "-1"], "`--temperature` must be a finite number >= 0"),
+                        (["--seed", "-1"], "`--seed` must be an int >= 0")):
+        assert conservation.main([str(model_path), str(water_file), "--max-atoms", "4", *opts]) == 2
+        err = capsys.readouterr().err
+        assert match in err and "`dt`" not in err, (opts, err)

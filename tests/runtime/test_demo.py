@@ -116,6 +116,45 @@ def test_demo_max_frames_validated(model_path, tmp_path, capsys):
     assert not (tmp_path / "d").exists()  # refused before anything is written
 
 
+def test_demo_md_options_validated_first(model_path, tmp_path, capsys):
+    """--steps, --dt, --temperature, --friction and --seed were checked by run_md after the model loaded and the
+    accuracy ran, under their Python names; --steps 0 wrote a report with 0 steps/s and a wrong extrapolation line."""
+    for opts, match in ((["--steps", "0"], "`--steps` must be an int >= 1"), (["--dt", "0"], "`--dt` must be a finite"),
+                        (["--temperature", "-1"], "`--temperature` must be a finite number >= 0"),
+                        (["--friction", "0"], "`--friction` must be a finite number > 0"),
+                        (["--seed", "-1"], "`--seed` must be an int >= 0")):
+        rc = demo.main(["--model", str(model_path), "--data", "x.extxyz", *opts, "--out", str(tmp_path / "d"),
+                        "--device", "cpu", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and match in err, (opts, err)
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_rerun_without_plots_removes_old_plots(model, model_path, tmp_path, monkeypatch):
+    """A second demo into the same folder without matplotlib left the first run's plots beside its report."""
+    atoms = random_water_box(seed=3)
+    atoms.calc = SinglePointCalculator(atoms, forces=model.forces(atoms))
+    data = tmp_path / "t.extxyz"
+    ase.io.write(data, [atoms])
+    out = tmp_path / "demo"
+    args = ["--model", str(model_path), "--data", str(data), "--steps", "20", "--out", str(out), "--device", "cpu",
+            "--quiet"]
+    assert demo.main(args) == 0 and (out / "parity.png").exists()
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert demo.main(args) == 0
+    assert not (out / "parity.png").exists() and not (out / "temperature.png").exists()
+    assert json.loads((out / "summary.json").read_text())["plots"] == []
+
+
 def test_demo_refuses_non_force_model(dipole_model_path, tmp_path, capsys):
     rc = demo.main(["--model", str(dipole_model_path), "--data", "x.extxyz", "--out", str(tmp_path / "d"),
                     "--device", "cpu", "--quiet"])

@@ -13,7 +13,7 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator as ASECalculator
 from ase.md.verlet import VelocityVerlet
 
-from fastfeat.runtime import MDInstabilityError, MDInterrupted, MolecularDynamics, run_md
+from fastfeat.runtime import MDInstabilityError, Interrupted, MolecularDynamics, run_md
 from fastfeat.runtime import md_cli
 from fastfeat.runtime.md import ExtxyzWriter, maxwell_boltzmann, temperature
 
@@ -830,7 +830,7 @@ def default_sigint():
 def test_ctrl_c_stops_at_the_end_of_a_step_and_can_go_on(default_sigint, tmp_path, ensemble):
     """Ctrl-C mid-step used to leave positions advanced into the next step, half-kicked velocities and the run's
     first forces in the engine, so that going on gave another trajectory. Now the step in progress completes, its
-    frame is written, MDInterrupted (a KeyboardInterrupt) is raised, and going on equals the uninterrupted run."""
+    frame is written, Interrupted (a KeyboardInterrupt) is raised, and going on equals the uninterrupted run."""
     _, x0, masses = _system(n=8)
     k = np.linspace(1.0, 4.0, 8)
     ref = MolecularDynamics(Harmonic(x0, k), x0 + 0.05, masses, ensemble=ensemble, dt=1.0, seed=1)
@@ -838,7 +838,7 @@ def test_ctrl_c_stops_at_the_end_of_a_step_and_can_go_on(default_sigint, tmp_pat
     f = _InterruptAt(x0, k, call=58)  # call 1: the starting forces; call 58: step 57's
     md = MolecularDynamics(f, x0 + 0.05, masses, ensemble=ensemble, dt=1.0, seed=1)
     traj, log = tmp_path / "t.extxyz", tmp_path / "md.log"
-    with pytest.raises(MDInterrupted, match="interrupted after step 57") as info:
+    with pytest.raises(Interrupted, match="interrupted after step 57") as info:
         md.run(100, every=10, trajectory=traj, log=log)
     assert isinstance(info.value, KeyboardInterrupt)
     assert info.value.step == 57 and md.step == 57 and info.value.result.steps_done == 57
@@ -861,7 +861,7 @@ def test_second_ctrl_c_interrupts_at_once(default_sigint):
     md = MolecularDynamics(_InterruptAt(x0, np.ones(4), call=5, count=2), x0, masses, dt=1.0)
     with pytest.raises(KeyboardInterrupt) as info:
         md.run(20)
-    assert not isinstance(info.value, MDInterrupted)
+    assert not isinstance(info.value, Interrupted)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -889,7 +889,7 @@ def test_md_cli_ctrl_c_exits_130(model_path, water_file, tmp_path, capsys, monke
     from fastfeat.runtime import md as md_module
 
     def interrupted(*args, **kwargs):
-        raise MDInterrupted("MD interrupted after step 7; its frame is the last in 't.extxyz'", 7, None)
+        raise Interrupted("MD interrupted after step 7; its frame is the last in 't.extxyz'", 7, None)
 
     monkeypatch.setattr(md_module, "run_md", interrupted)
     assert md_cli.main([str(model_path), str(water_file), "--steps", "20", "--quiet"]) == 130

@@ -304,3 +304,91 @@ def test_relax_cli_says_when_the_forces_grew(model_path, tmp_path, capsys, monke
     assert relax_cli.main([str(model_path), str(path), "--fmax", "0.01", "--steps", "200", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert f"the largest force grew from {start:.4g} to" in err and "non-conservative" in err
+
+
+@pytest.fixture
+def default_sigint():
+    """Python's own SIGINT handler, as in a script or a notebook (restored afterwards)."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_at_the_end_of_a_step(default_sigint, tmp_path):
+    """Ctrl-C raised a KeyboardInterrupt wherever it landed (a traceback from inside the featurizer, no --out).
+    Now the step in progress completes and is written, and Interrupted carries its structure."""
+    import os
+    import signal
+
+    from fastfeat.runtime import Interrupted
+
+    a = _rattled_cu()
+    emt = _emt_forces(a)
+    calls = [0]
+
+    def f(x):
+        calls[0] += 1
+        if calls[0] == 8:  # step 7's force call
+            os.kill(os.getpid(), signal.SIGINT)
+        return emt(x)
+
+    traj, log = tmp_path / "r.extxyz", tmp_path / "r.log"
+    with pytest.raises(Interrupted, match=r"relaxation interrupted after step 7 \(fmax") as info:
+        relax(f, a, fmax=1e-6, steps=500, trajectory=traj, log=log, every=5)
+    res = info.value.result
+    assert info.value.step == 7 and res.steps == 7 and not res.converged and res.stop_reason == "interrupted (Ctrl-C)"
+    ref = relax(_emt_forces(a), a, fmax=1e-6, steps=7)
+    np.testing.assert_array_equal(res.atoms.positions, ref.atoms.positions)
+    frames = ase.io.read(traj, index=":")
+    assert [fr.info["step"] for fr in frames] == [0, 5, 7]
+    assert open(log).read().splitlines()[-1] == "# interrupted (Ctrl-C) after step 7"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_nan_force_on_a_fixed_atom_is_unusable():
+    """FixAtoms zeroes the force of a fixed atom, NaN included: the relaxation 'converged' on NaN forces."""
+    a = _rattled_cu()
+    a.set_constraint(FixAtoms(indices=[0]))
+    emt = _emt_forces(a)
+    calls = [0]
+
+    def f(x):
+        calls[0] += 1
+        out = emt(x)
+        if calls[0] >= 3:
+            out[0] = np.nan
+        return out
+
+    with pytest.raises(RelaxInstabilityError, match="relaxation stopped at step 2: the forces are not finite"):
+        relax(f, a, fmax=0.01, steps=300)
+
+
+def test_relax_cli_ctrl_c_writes_out_and_exits_130(model_path, water_file, tmp_path, capsys, monkeypatch):
+    from fastfeat.runtime import Interrupted, relaxation
+
+    def interrupted(model, atoms, **kwargs):
+        res = relaxation.RelaxResult(atoms=atoms.copy(), converged=False, steps=4, fmax=1.0, forces=None, wall_s=0.1,
+                                     log={}, stopped_at=None, stop_reason="interrupted (Ctrl-C)")
+        raise Interrupted("relaxation interrupted after step 4 (fmax 1 eV/Å)", 4, res)
+
+    monkeypatch.setattr(relaxation, "relax", interrupted)
+    out = tmp_path / "out.extxyz"
+    assert relax_cli.main([str(model_path), str(water_file), "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "relaxation interrupted after step 4" in err and f"the structure of step 4 (not converged) is in {out}" in err
+    assert len(ase.io.read(out)) == len(ase.io.read(water_file))
+
+
+def test_commands_answer_ctrl_c_with_one_line(monkeypatch, capsys):
+    """A KeyboardInterrupt in any command: `fastfeat NAME: interrupted`, status 130, no traceback."""
+    from fastfeat import cli
+    from fastfeat.runtime import conservation
+
+    def stop(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conservation, "main", stop)
+    assert cli.main(["check-conservation", "peo", "peo"]) == 130
+    assert capsys.readouterr().err == "fastfeat check-conservation: interrupted\n"
