@@ -9,6 +9,16 @@ from the checkpoint; ``--epochs`` is then the new total, and changed
 ``--epochs``/``--lr`` re-plan the learning-rate schedule from the checkpoint's
 epoch on (see :func:`fastfeat.train.trainer.train_model`).
 
+A run stops after an epoch when its time limit is reached, when early stopping ends it, or on the
+first Ctrl-C (SIGINT) or SIGTERM: that epoch is checkpointed, the best epoch's model exported and
+``--history`` written in each case; after a signal the command says so in one line and exits with
+status 130 (SIGINT) or 143 (SIGTERM). A second Ctrl-C stops at once (one line naming the checkpoint,
+status 130, nothing exported). A resumed run that had stopped early trains no further epoch unless
+``patience`` is larger (or 0). An epoch whose training loss or validation RMSE is not finite stops
+the run with an error naming it (exit status 3; nothing exported, the checkpoint keeps the epochs
+before). An unreadable ``--resume`` checkpoint is an error naming the file (exit 2) before any
+feature is computed. The ``--history`` records number the epochs from 1, as ``best_epoch`` does.
+
 ``fastfeat evaluate MODEL DATA[:SPLIT] [--split test] [--json] [--plot parity.png]``
 prints force MAE/RMSE (overall and per element), relative RMSE and cosine
 similarity of an exported model (file or bundled name) on a data set.
@@ -118,7 +128,8 @@ def _train_parser():
                    help="continue from the checkpoint (same model settings); --epochs is the new total. With other "
                         "--epochs/--lr/schedule settings than the checkpoint's, the learning-rate schedule is "
                         "re-planned: each remaining epoch gets the rate a fresh run with the new settings would "
-                        "use at that epoch (plateau: restarts at --lr)")
+                        "use at that epoch (plateau: restarts at --lr). A run that had stopped early trains no "
+                        "further unless `patience` is larger (or 0)")
     p.add_argument("--history", help="write the per-epoch history as JSON here")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     return p
@@ -206,17 +217,54 @@ def prepare_features(data, cfg, *, spec_path=None, log=None, dist_ctx=None):
 
 def train_and_export(feats, spec, sha, out, cfg, *, checkpoint=None, resume=False, log=None, quiet=False,
                      dist_ctx=None):
-    """Train on precomputed features, report val/test metrics, export ONNX (main rank); returns a summary dict."""
-    from .evaluate import OnnxForceModel, force_metrics
-    from .export import export_onnx
-    from .trainer import Distributed, predict, train_model
+    """Train on precomputed features, report val/test metrics, export ONNX (main rank); returns a summary dict.
+
+    The first Ctrl-C (SIGINT) or SIGTERM during training or export stops the run at the end of the current
+    epoch, which is checkpointed; the best epoch's model is exported all the same and the summary says so
+    (``stopped`` "interrupted", ``interrupted`` the signal's name). A second one stops at once:
+    :class:`~fastfeat.train.trainer.TrainingInterrupted` (a KeyboardInterrupt) naming the checkpoint.
+    A diverged run raises :class:`~fastfeat.train.trainer.TrainingDiverged` and exports nothing.
+    """
+    from .trainer import DeferredStop, Distributed, TrainingDiverged, TrainingInterrupted, signal_name, train_model
 
     dctx = dist_ctx or Distributed()
     say = log if dctx.is_main else (lambda msg: None)
     t0 = time.perf_counter()
     checkpoint = checkpoint or f"{os.fspath(out)}.ckpt"
-    res = train_model(feats["train"], feats["val"], spec, cfg, checkpoint=checkpoint, resume=resume,
-                      data_sha=sha, log=(lambda m: None) if quiet else log, dist_ctx=dctx)
+    with DeferredStop() as stop:  # also covers the export: a first signal there lets it finish
+        try:
+            res = train_model(feats["train"], feats["val"], spec, cfg, checkpoint=checkpoint, resume=resume,
+                              data_sha=sha, log=(lambda m: None) if quiet else log, dist_ctx=dctx)
+        except (TrainingDiverged, TrainingInterrupted) as exc:
+            exc.args = (f"{exc.args[0]}; {_not_written(out)}",)
+            raise
+        try:
+            summary = _export(res, feats, spec, sha, out, cfg, dctx, say, t0)
+        except KeyboardInterrupt:  # a second signal during the export
+            if dctx.is_main and os.path.exists(f"{os.fspath(out)}.tmp"):
+                os.remove(f"{os.fspath(out)}.tmp")
+            raise TrainingInterrupted(
+                f"interrupted ({signal_name(stop.signum)}) while exporting: the checkpoint {checkpoint!r} holds the "
+                f"run; `--resume` exports its best epoch's model; {_not_written(out)}", stop.signum) from None
+        signum = stop.signum
+    if signum is not None:
+        summary["stopped"] = "interrupted"
+        summary["interrupted"] = signal_name(signum)
+        summary["exit_status"] = 128 + int(signum)
+    return summary
+
+
+def _not_written(out) -> str:
+    out = os.fspath(out)
+    return f"{out!r} was not written" + (" (the file there is an earlier export)" if os.path.exists(out) else "")
+
+
+def _export(res, feats, spec, sha, out, cfg, dctx, say, t0):
+    """Metrics of the trained model, and (main rank) its ONNX export checked against PyTorch; the summary dict."""
+    from .evaluate import OnnxForceModel, force_metrics
+    from .export import export_onnx
+    from .trainer import predict
+
     summary = {"best_epoch": res.best_epoch + 1, "epochs_run": len(res.history), "stopped": res.stopped,
                "train_seconds": time.perf_counter() - t0,
                "n_parameters": sum(p.numel() for p in res.model.parameters())}
@@ -264,6 +312,10 @@ def run_training(data, out, cfg, *, spec_path=None, checkpoint=None, resume=Fals
     from .trainer import Distributed
 
     check_outputs(out, cfg, checkpoint=checkpoint, resume=resume, history=history)
+    if resume:  # an unreadable checkpoint fails now, not after the features are computed
+        from .trainer import load_checkpoint
+
+        load_checkpoint(checkpoint or f"{os.fspath(out)}.ckpt")
 
     if log is None:
         def log(msg):
@@ -296,6 +348,7 @@ def train_main(argv) -> int:
         print(f"fastfeat train: error: {missing}", file=sys.stderr)
         return 2
     from .config import load_config
+    from .trainer import TrainingDiverged, TrainingInterrupted
 
     try:
         overrides = {k: getattr(args, k) for k in ("head", "epochs", "target", "forces_key", "batch_size", "lr", "seed",
@@ -303,12 +356,32 @@ def train_main(argv) -> int:
         cfg = load_config(args.config, **overrides)
         summary = run_training(args.data, args.out, cfg, spec_path=args.spec, checkpoint=args.checkpoint,
                                resume=args.resume, quiet=args.quiet, history=args.history)
+    except TrainingInterrupted as exc:  # a second Ctrl-C/SIGTERM: stopped at once, nothing exported
+        print(f"fastfeat train: {exc}", file=sys.stderr)
+        return exc.status
+    except KeyboardInterrupt:  # before training began (reading data, features)
+        print("fastfeat train: interrupted before training began; nothing was trained or exported",
+              file=sys.stderr)
+        return 130
+    except TrainingDiverged as exc:
+        print(f"fastfeat train: error: {exc}", file=sys.stderr)
+        return 3
     except (ValueError, TypeError, OSError) as exc:
         print(f"fastfeat train: error: {exc}", file=sys.stderr)
         return 2
-    if args.history and int(os.environ.get("RANK", "0")) == 0:
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if args.history and main_rank:
         with open(args.history, "w", encoding="utf-8") as fh:
             fh.write(json_text(summary, indent=1))
+    if summary.get("interrupted"):
+        if main_rank:
+            ckpt = args.checkpoint or f"{args.out}.ckpt"
+            last = summary["history"][-1]["epoch"] if summary["history"] else 0
+            print(f"fastfeat train: interrupted ({summary['interrupted']}) after epoch {last}: the best epoch's model "
+                  f"(epoch {summary['best_epoch']}) was exported to {args.out!r}"
+                  + (f" and the history to {args.history!r}" if args.history else "")
+                  + f"; `--resume` continues the run from {ckpt!r}", file=sys.stderr)
+        return summary["exit_status"]
     return 0
 
 

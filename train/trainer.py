@@ -15,7 +15,9 @@ from __future__ import annotations
 import copy
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -28,10 +30,151 @@ from .config import TrainConfig
 from .data import FeatureSet, atom_rows
 from .model import StaggeredNetwork
 
-__all__ = ["train_model", "check_features", "predict", "Distributed", "TrainResult"]
+__all__ = ["train_model", "check_features", "predict", "Distributed", "TrainResult", "TrainingDiverged",
+           "TrainingInterrupted", "CheckpointError", "load_checkpoint", "DeferredStop"]
 
 #: config keys that change which frames and targets a run trains and validates on
 _DATA_KEYS = ("seed", "val_fraction", "target", "forces_key")
+
+#: what a checkpoint written by :func:`train_model` holds (at least)
+_CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "scheduler", "best_state", "best_val", "best_epoch", "bad_epochs",
+                    "history", "hyperparameters")
+#: checkpoint format: 2 numbers the history records from 1 (format 1, without the key: from 0) and records
+#: why the run stopped (``stopped``)
+_CHECKPOINT_FORMAT = 2
+
+
+class TrainingDiverged(ValueError):
+    """The training loss or the validation RMSE of an epoch is not finite (NaN/inf): the run stops, nothing is
+    exported. ``epoch`` (1-based) is the epoch that diverged, ``best_epoch`` (1-based, 0 = none) the best epoch
+    that validated before it; the checkpoint, if any, still holds the run up to the epoch before."""
+
+    def __init__(self, message, epoch, best_epoch):
+        super().__init__(message)
+        self.epoch = epoch
+        self.best_epoch = best_epoch
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """A run stopped at once by a second Ctrl-C (or SIGTERM), or by a KeyboardInterrupt where no deferring
+    handler could be installed: nothing was exported. ``signum`` is the signal (None: unknown, a plain
+    KeyboardInterrupt), ``saved_epochs`` the epochs the checkpoint holds (0: none of this run), ``status``
+    the conventional exit status (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, message, signum=None, saved_epochs=0):
+        super().__init__(message)
+        self.signum = signum
+        self.saved_epochs = saved_epochs
+
+    @property
+    def status(self) -> int:
+        return 128 + int(self.signum or signal.SIGINT)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read as a fastfeat training checkpoint."""
+
+
+def load_checkpoint(path) -> dict:
+    """The checkpoint dict at ``path`` (read with ``weights_only=True``: tensors, dicts, lists, numbers and
+    strings only, no pickled code), its history numbered from 1 whatever the format that wrote it.
+
+    Raises
+    ------
+    CheckpointError
+        (a ValueError) naming the file, for a truncated, empty or foreign file (e.g. an .onnx model) or one
+        without the entries :func:`train_model` writes.
+    """
+    import torch
+
+    path = os.fspath(path)
+
+    def refuse(reason):
+        return CheckpointError(f"checkpoint {path!r} is not a readable fastfeat checkpoint (truncated or another "
+                               f"file?): {reason}")
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # EOFError, UnpicklingError, RuntimeError of a broken zip, OSError, ...
+        raise refuse(_load_failure(exc)) from None
+    if not isinstance(ck, dict):
+        raise refuse(f"it holds a {type(ck).__name__}, not a checkpoint dict")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ck]
+    if missing:
+        raise refuse(f"it lacks {', '.join(missing)}")
+    if ck.get("format", 1) < 2:  # history epochs of the first format count from 0
+        ck["history"] = [{**h, "epoch": h["epoch"] + 1} for h in ck["history"]]
+    return ck
+
+
+def _load_failure(exc) -> str:
+    """A short reason for a failed ``torch.load`` (its messages run to paragraphs of advice)."""
+    text = str(exc).strip()
+    if isinstance(exc, EOFError):
+        return "EOFError: the file ends early (empty or cut off)"
+    if "WeightsUnpickler error:" in text:  # a pickle of other objects (or no pickle at all)
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()
+        return "UnpicklingError: not a checkpoint of plain data" + (f" ({detail[0].strip()[:120]})" if detail else "")
+    first = text.splitlines()[0] if text else ""
+    first = first.split(". ", 1)[0].rstrip(".")
+    return type(exc).__name__ + (f": {first[:200]}" if first else "")
+
+
+_SIGNAL_NAMES = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM"}
+
+
+def signal_name(signum) -> str:
+    return _SIGNAL_NAMES.get(signum, "Ctrl-C") if signum else "Ctrl-C"
+
+
+class DeferredStop:
+    """Context manager: inside it, the first SIGINT (Ctrl-C) or SIGTERM sets ``signum`` (a training loop stops
+    at the end of the current epoch, as at its time limit); a second one raises KeyboardInterrupt at once.
+
+    The handlers are installed only in the main thread, for SIGINT only where Python's default handler
+    (``signal.default_int_handler``) is in place and for SIGTERM only where the default action (``SIG_DFL``)
+    is (elsewhere someone else handles them); they are restored on exit. Nested, the inner one is the outer
+    one: ``with DeferredStop() as stop`` gives the instance already active in the main thread.
+    """
+
+    _active = None
+
+    def __init__(self):
+        self.signum = None
+        self._saved = {}
+        self._nested = False
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if DeferredStop._active is not None:
+            self._nested = True
+            return DeferredStop._active
+        for signum, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(signum) is default:
+                signal.signal(signum, self._handler)
+                self._saved[signum] = default
+        DeferredStop._active = self
+        return self
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handler(self, signum, frame):
+        first = self.signum is None
+        self.signum = signum
+        if not first:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._nested or DeferredStop._active is not self:
+            return False
+        for signum, old in self._saved.items():
+            signal.signal(signum, old)
+        self._saved = {}
+        DeferredStop._active = None
+        return False
 
 
 class Distributed:
@@ -70,14 +213,21 @@ class Distributed:
 
 
 class TrainResult:
-    """Outcome of :func:`train_model`: best model, history, metrics."""
+    """Outcome of :func:`train_model`: best model, history, metrics.
 
-    def __init__(self, model, history, best_epoch, best_val, stopped):
+    ``history`` holds one record per epoch (``epoch`` counts from 1), ``best_epoch`` is the best epoch's index
+    into it (0-based: its record's ``epoch`` is ``best_epoch + 1``), ``stopped`` one of "epochs", "early
+    stopping", "time limit", "interrupted", ``signal`` the signal number of a Ctrl-C/SIGTERM that stopped
+    the run (None otherwise).
+    """
+
+    def __init__(self, model, history, best_epoch, best_val, stopped, signal=None):
         self.model = model
         self.history = history
         self.best_epoch = best_epoch
         self.best_val = best_val
         self.stopped = stopped
+        self.signal = signal
 
 
 def _tensors(fs: FeatureSet, dtype):
@@ -178,9 +328,18 @@ def _differences(old: dict, new: dict, prefix="") -> list:
 
 
 def _save(path, state):
+    """Write ``state`` to ``path`` through ``path.tmp`` (the old file stays whole until the new one is); the
+    temporary file does not outlive a failed or interrupted write."""
     tmp = f"{path}.tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def check_features(fs: FeatureSet, spec, what="features"):
@@ -205,21 +364,28 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
     cfg : TrainConfig
     checkpoint : str, optional
         Written after every epoch (main rank): model, optimiser, scheduler,
-        best weights, history. With ``resume=True`` training continues from it.
+        best weights, history, and why the run stopped (``stopped``). With
+        ``resume=True`` training continues from it. A ``CHECKPOINT.tmp`` left
+        by a killed write is removed.
     resume : bool
-        Continue from ``checkpoint``: its weights, optimiser moments, best
-        model, history and epoch count. The model settings must be those of
-        the checkpoint (ValueError naming each differing key). ``cfg.epochs``
-        is the new *total* (at least the epochs already run), so a finished
-        run can be extended. With the checkpoint's ``epochs``/``lr``/schedule
-        settings the run continues exactly as if it had not stopped; when they
-        differ the schedule is re-planned: a cosine (or constant) schedule
-        gives every remaining epoch the learning rate a run started with
-        ``cfg`` would use at that epoch (e.g. 2 epochs, then ``epochs=4``:
-        epoch 3 runs at ``(lr + lr·min_lr_ratio) / 2``), a plateau schedule
-        restarts at ``cfg.lr``. ``cfg.weight_decay`` always applies.
+        Continue from ``checkpoint`` (read by :func:`load_checkpoint`: an
+        unreadable file is a :class:`CheckpointError` naming it): its weights,
+        optimiser moments, best model, history and epoch count. The model
+        settings must be those of the checkpoint (ValueError naming each
+        differing key). ``cfg.epochs`` is the new *total* (at least the epochs
+        already run), so a finished run can be extended. With the checkpoint's
+        ``epochs``/``lr``/schedule settings the run continues exactly as if it
+        had not stopped; when they differ the schedule is re-planned: a cosine
+        (or constant) schedule gives every remaining epoch the learning rate a
+        run started with ``cfg`` would use at that epoch (e.g. 2 epochs, then
+        ``epochs=4``: epoch 3 runs at ``(lr + lr·min_lr_ratio) / 2``), a
+        plateau schedule restarts at ``cfg.lr``. ``cfg.weight_decay`` always
+        applies. A run that had stopped early (no improvement for ``patience``
+        epochs) runs no further epoch unless ``cfg.patience`` is larger (or 0):
+        it returns the best model, with a note; the epochs without improvement
+        are counted across the resume.
     data_sha : str
-        Hash of the training data; a checkpoint of other data is refused on resume.
+        Hash of the training + validation data; a checkpoint of other data is refused on resume.
     log : callable, optional
         Receives progress lines (main rank only); default prints to stderr.
     dist_ctx : Distributed, optional
@@ -227,7 +393,19 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
     Returns
     -------
     TrainResult
-        ``model`` holds the best (lowest validation RMSE) weights.
+        ``model`` holds the best (lowest validation RMSE) weights; ``history`` one record per epoch,
+        numbered from 1.
+
+    Raises
+    ------
+    TrainingDiverged
+        (a ValueError) when an epoch's training loss or validation RMSE is not finite: nothing is
+        returned, the checkpoint keeps the run up to the epoch before.
+    TrainingInterrupted
+        (a KeyboardInterrupt) on a second Ctrl-C/SIGTERM, or a KeyboardInterrupt where no handler could be
+        installed. The first Ctrl-C (SIGINT) or SIGTERM in the main thread only stops the run at the end of
+        the current epoch, like the time limit: ``stopped`` is then "interrupted" and ``signal`` the signal
+        (see :class:`DeferredStop`).
     """
     if train.n_structures == 0 or train.n_atoms == 0:
         raise ValueError("the training set is empty (no structures/atoms)")
@@ -242,6 +420,8 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
     say = log if dctx.is_main else (lambda msg: None)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if checkpoint and dctx.is_main and os.path.exists(f"{checkpoint}.tmp"):
+        os.remove(f"{checkpoint}.tmp")  # left by a write that was killed
     dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
     model = _build_model(cfg, spec, train)
     hp = model.hyperparameters()
@@ -258,10 +438,11 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
     judged = ema if ema is not None else model
     best_state = {k: v.clone() for k, v in model.state_dict().items()}
     history = []
+    stopped = "epochs"
     if resume:
         if not checkpoint or not os.path.exists(checkpoint):
             raise FileNotFoundError(f"`--resume` needs an existing checkpoint, got {checkpoint!r}")
-        ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        ck = load_checkpoint(checkpoint)
         if ck["hyperparameters"] != hp:
             diff = _differences(ck["hyperparameters"], hp) or ["(no single setting differs)"]
             raise ValueError(f"checkpoint {checkpoint!r} was written for a different model; cannot resume: "
@@ -300,82 +481,163 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
         best_state, best_val, best_epoch = ck["best_state"], ck["best_val"], ck["best_epoch"]
         bad_epochs, history = ck["bad_epochs"], ck["history"]
         say(f"resumed from {checkpoint} after epoch {start_epoch}")
-        if changed:
+        if cfg.patience and bad_epochs >= cfg.patience:
+            # stopped early (or would have, with this patience): an unchanged run trains no further
+            stopped = "early stopping"
+            was = old_cfg.get("patience")
+            how = ("stopped early" if ck.get("stopped", "early stopping") == "early stopping"
+                   else "meets early stopping with this `patience`")
+            say(f"note: the run in {checkpoint} {how} after epoch {start_epoch}: no improvement for "
+                f"{bad_epochs} epochs (patience {cfg.patience}"
+                + (f", was {was}" if was is not None and was != cfg.patience else "")
+                + f"); no further epoch is run, the best epoch ({best_epoch + 1}) is kept. A larger `patience` "
+                  "(or 0, off) continues it")
+        elif start_epoch >= cfg.epochs:
+            say(f"note: the run in {checkpoint} has run all {cfg.epochs} epochs; no further epoch is run, the best "
+                f"epoch ({best_epoch + 1}) is kept. A larger `--epochs` continues it")
+        elif changed:
             say("learning-rate schedule re-planned for "
                 + ", ".join(f"{k}={getattr(cfg, k)!r} (was {old_cfg[k]!r})" for k in changed)
                 + f": lr {opt.param_groups[0]['lr']:.2e} at epoch {start_epoch + 1}")
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{model!r}\ntrain: {train.n_structures} structures / {train.n_atoms} atoms; "
         f"val: {val.n_structures} / {val.n_atoms}; world size {dctx.world}; {n_params} parameters")
-    t_start = time.perf_counter()
-    stopped = "epochs"
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        perm = np.random.default_rng([cfg.seed, epoch]).permutation(train.n_structures)
-        sum_loss, n_batches = 0.0, 0
-        for b0 in range(0, len(perm), cfg.batch_size):
-            batch = perm[b0:b0 + cfg.batch_size]
-            n_global = int((train.offsets[batch + 1] - train.offsets[batch]).sum())
-            mine = batch[dctx.rank::dctx.world]
-            rows = torch.from_numpy(atom_rows(train.offsets, mine))
-            f = ddp(g_t.index_select(0, rows), v_t.index_select(0, rows), s_t.index_select(0, rows))
-            err = f - t_t.index_select(0, rows)
-            # mean over the global batch; DDP averages gradients over ranks, hence * world
-            loss = (err * err).sum() * (dctx.world / (3.0 * n_global))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema is not None:
-                _ema_update(ema, model, cfg.ema_decay)
-            sum_loss += float(loss.detach()) / dctx.world
-            n_batches += 1
-        (train_loss,) = dctx.all_sum([sum_loss])
-        train_loss /= max(n_batches, 1)
-        # validation: every rank takes a share of the structures; sums all-reduced
-        judged.eval()
-        mine = np.arange(val.n_structures)[dctx.rank::dctx.world]
-        with torch.no_grad():
-            rows = torch.from_numpy(atom_rows(val.offsets, mine))
-            err = judged(vg_t.index_select(0, rows), vv_t.index_select(0, rows), vs_t.index_select(0, rows)) \
-                - vt_t.index_select(0, rows)
-            sums = [float(err.abs().double().sum()), float((err.double() ** 2).sum()), 3.0 * len(rows)]
-        abs_sum, sq_sum, count = dctx.all_sum(sums)
-        val_mae, val_rmse = abs_sum / count, math.sqrt(sq_sum / count)
-        lr = opt.param_groups[0]["lr"]
-        if cfg.schedule == "plateau":
-            sched.step(val_rmse)
-        else:
-            sched.step()
-        improved = val_rmse < best_val * (1 - 1e-6)
-        if improved:
-            best_val, best_epoch, bad_epochs = val_rmse, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
-        else:
-            bad_epochs += 1
-        dt_epoch = time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_mse": train_loss, "val_mae": val_mae, "val_rmse": val_rmse,
-                        "lr": lr, "seconds": dt_epoch})
-        say(f"epoch {epoch + 1:4d}/{cfg.epochs}  loss {train_loss:.5g}  val MAE {val_mae:.4f}  "
-            f"val RMSE {val_rmse:.4f}  lr {lr:.2e}  {dt_epoch:.1f}s{'  *' if improved else ''}")
-        if checkpoint and dctx.is_main:
-            _save(checkpoint, {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "ema": None if ema is None else ema.state_dict(),
-                               "scheduler": sched.state_dict(), "best_state": best_state, "best_val": best_val,
-                               "best_epoch": best_epoch, "bad_epochs": bad_epochs, "history": history,
-                               "hyperparameters": hp, "config": cfg.to_dict(), "data_hash": data_sha})
-        if cfg.patience and bad_epochs >= cfg.patience:
-            stopped = "early stopping"
-            say(f"early stopping: no improvement for {cfg.patience} epochs (best epoch {best_epoch + 1})")
-            break
-        over = bool(cfg.time_limit) and time.perf_counter() - t_start > cfg.time_limit
-        if dctx.all_sum([float(over)])[0] > 0:  # every rank stops at the same epoch
-            stopped = "time limit"
-            say(f"time limit of {cfg.time_limit:g} s reached after epoch {epoch + 1}")
-            break
+    end_epoch = start_epoch if stopped == "early stopping" else cfg.epochs
+    saved_epochs = start_epoch if resume else 0  # epochs the checkpoint holds
+    with DeferredStop() as stop:
+        epoch = start_epoch
+        try:
+            t_start = time.perf_counter()
+            for epoch in range(start_epoch, end_epoch):
+                t0 = time.perf_counter()
+                model.train()
+                perm = np.random.default_rng([cfg.seed, epoch]).permutation(train.n_structures)
+                sum_loss, n_batches = 0.0, 0
+                for b0 in range(0, len(perm), cfg.batch_size):
+                    batch = perm[b0:b0 + cfg.batch_size]
+                    n_global = int((train.offsets[batch + 1] - train.offsets[batch]).sum())
+                    mine = batch[dctx.rank::dctx.world]
+                    rows = torch.from_numpy(atom_rows(train.offsets, mine))
+                    f = ddp(g_t.index_select(0, rows), v_t.index_select(0, rows), s_t.index_select(0, rows))
+                    err = f - t_t.index_select(0, rows)
+                    # mean over the global batch; DDP averages gradients over ranks, hence * world
+                    loss = (err * err).sum() * (dctx.world / (3.0 * n_global))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if cfg.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    if ema is not None:
+                        _ema_update(ema, model, cfg.ema_decay)
+                    sum_loss += float(loss.detach()) / dctx.world
+                    n_batches += 1
+                (train_loss,) = dctx.all_sum([sum_loss])
+                train_loss /= max(n_batches, 1)
+                # validation: every rank takes a share of the structures; sums all-reduced
+                judged.eval()
+                mine = np.arange(val.n_structures)[dctx.rank::dctx.world]
+                with torch.no_grad():
+                    rows = torch.from_numpy(atom_rows(val.offsets, mine))
+                    err = judged(vg_t.index_select(0, rows), vv_t.index_select(0, rows),
+                                 vs_t.index_select(0, rows)) - vt_t.index_select(0, rows)
+                    sums = [float(err.abs().double().sum()), float((err.double() ** 2).sum()), 3.0 * len(rows)]
+                abs_sum, sq_sum, count = dctx.all_sum(sums)
+                val_mae, val_rmse = abs_sum / count, math.sqrt(sq_sum / count)
+                lr = opt.param_groups[0]["lr"]
+                dt_epoch = time.perf_counter() - t0
+                if not (math.isfinite(train_loss) and math.isfinite(val_rmse)):  # the same on every rank
+                    say(f"epoch {epoch + 1:4d}/{cfg.epochs}  loss {train_loss:.5g}  val MAE {val_mae:.4f}  "
+                        f"val RMSE {val_rmse:.4f}  lr {lr:.2e}  {dt_epoch:.1f}s")
+                    raise _diverged(epoch, train_loss, val_rmse, cfg, lr, best_epoch, best_val, saved_epochs,
+                                    checkpoint)
+                if cfg.schedule == "plateau":
+                    sched.step(val_rmse)
+                else:
+                    sched.step()
+                improved = val_rmse < best_val * (1 - 1e-6)
+                if improved:
+                    best_val, best_epoch, bad_epochs = val_rmse, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in judged.state_dict().items()}
+                else:
+                    bad_epochs += 1
+                history.append({"epoch": epoch + 1, "train_mse": train_loss, "val_mae": val_mae,
+                                "val_rmse": val_rmse, "lr": lr, "seconds": dt_epoch})
+                say(f"epoch {epoch + 1:4d}/{cfg.epochs}  loss {train_loss:.5g}  val MAE {val_mae:.4f}  "
+                    f"val RMSE {val_rmse:.4f}  lr {lr:.2e}  {dt_epoch:.1f}s{'  *' if improved else ''}")
+                # why the run stops after this epoch (if it does): every rank decides the same
+                over = bool(cfg.time_limit) and time.perf_counter() - t_start > cfg.time_limit
+                n_over, n_signalled = dctx.all_sum([float(over), float(stop.requested)])
+                if cfg.patience and bad_epochs >= cfg.patience:
+                    stopped = "early stopping"
+                elif n_signalled > 0:
+                    stopped = "interrupted"
+                elif n_over > 0:
+                    stopped = "time limit"
+                elif epoch + 1 == cfg.epochs:
+                    stopped = "epochs"
+                else:
+                    stopped = None
+                if checkpoint and dctx.is_main:
+                    _save(checkpoint, {"format": _CHECKPOINT_FORMAT, "epoch": epoch, "model": model.state_dict(),
+                                       "optimizer": opt.state_dict(),
+                                       "ema": None if ema is None else ema.state_dict(),
+                                       "scheduler": sched.state_dict(), "best_state": best_state,
+                                       "best_val": best_val, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
+                                       "history": history, "hyperparameters": hp, "config": cfg.to_dict(),
+                                       "data_hash": data_sha, "stopped": stopped})
+                    saved_epochs = epoch + 1
+                if stopped == "early stopping":
+                    say(f"early stopping: no improvement for {bad_epochs} epochs (patience {cfg.patience}; "
+                        f"best epoch {best_epoch + 1})")
+                    break
+                if stopped == "interrupted":
+                    say(f"interrupted ({signal_name(stop.signum)}) after epoch {epoch + 1}: stopping; the best "
+                        f"epoch is {best_epoch + 1}")
+                    break
+                if stopped == "time limit":
+                    say(f"time limit of {cfg.time_limit:g} s reached after epoch {epoch + 1}")
+                    break
+            stopped = stopped or "epochs"
+        except TrainingDiverged:
+            raise
+        except KeyboardInterrupt as exc:  # a second Ctrl-C, or one where no handler could be installed
+            if isinstance(exc, TrainingInterrupted):
+                raise
+            raise _interrupted_now(stop.signum, epoch, saved_epochs, checkpoint if dctx.is_main else None) \
+                from None
+        signum = stop.signum
+    if signum is not None and stopped == "epochs":
+        stopped = "interrupted"  # the signal came after the last epoch's check; the run is complete all the same
     model.load_state_dict(best_state)
     model.eval()
     dctx.barrier()
-    return TrainResult(model, history, best_epoch, best_val, stopped)
+    return TrainResult(model, history, best_epoch, best_val, stopped, signal=signum)
+
+
+def _diverged(epoch, train_loss, val_rmse, cfg, lr, best_epoch, best_val, saved_epochs, checkpoint):
+    """The TrainingDiverged of 0-based ``epoch``."""
+    bad = [w for w, v in (("the training loss", train_loss), ("the validation RMSE", val_rmse)) if not math.isfinite(v)]
+    what = " and ".join(bad) + (" are" if len(bad) > 1 else " is")
+    msg = (f"training diverged in epoch {epoch + 1}: {what} not finite (loss {train_loss:.5g}, validation RMSE "
+           f"{val_rmse:.5g}, lr {lr:.2e}); try a smaller `--lr` (now {cfg.lr:g})"
+           + ("" if cfg.grad_clip else " or a `grad_clip` in the config") + "; no model was exported")
+    if best_epoch < 0:
+        msg += ": no epoch validated"
+    elif checkpoint and saved_epochs:
+        msg += (f"; the checkpoint {os.fspath(checkpoint)!r} keeps the run up to epoch {saved_epochs} (best epoch "
+                f"{best_epoch + 1}, validation RMSE {best_val:.4g}): `--resume` with a smaller `--lr` continues it "
+                "from there")
+    else:
+        msg += f" (the best epoch so far was {best_epoch + 1}, validation RMSE {best_val:.4g})"
+    return TrainingDiverged(msg, epoch + 1, best_epoch + 1)
+
+
+def _interrupted_now(signum, epoch, saved_epochs, checkpoint):
+    """The TrainingInterrupted of a KeyboardInterrupt during 0-based ``epoch`` (or the setup before it)."""
+    msg = f"interrupted ({signal_name(signum)}) during epoch {epoch + 1}"
+    if checkpoint and saved_epochs:
+        msg += (f": the checkpoint {os.fspath(checkpoint)!r} holds epochs 1-{saved_epochs}; `--resume` continues "
+                "the run (and exports its best epoch's model)")
+    else:
+        msg += ": no epoch of this run was completed; no checkpoint was written"
+    return TrainingInterrupted(msg, signum, saved_epochs)

@@ -53,7 +53,7 @@ def test_resume_continues_exactly(data, tmp_path, schedule, ema):
     train_model(tr, va, spec, cfg.replace(epochs=6, time_limit=1e-9), log=_quiet, checkpoint=ck)  # stops after 1 epoch
     assert torch.load(ck, weights_only=False)["epoch"] == 0
     resumed = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, resume=True)
-    assert [h["epoch"] for h in resumed.history] == list(range(6))
+    assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
     np.testing.assert_allclose([h["val_rmse"] for h in resumed.history], [h["val_rmse"] for h in full.history],
                                rtol=1e-6)
     for (k, x), y in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -143,7 +143,7 @@ def test_resume_with_more_epochs_replans_the_schedule(data, tmp_path):
 
     res = train_model(tr, va, spec, cfg.replace(epochs=4), log=log, checkpoint=ck, resume=True)
     lrs = [h["lr"] for h in res.history]
-    assert [h["epoch"] for h in res.history] == [0, 1, 2, 3]
+    assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
     np.testing.assert_allclose(lrs, [_cosine(3e-3, 0.01, 2, 0), _cosine(3e-3, 0.01, 2, 1),
                                      _cosine(3e-3, 0.01, 4, 2), _cosine(3e-3, 0.01, 4, 3)], rtol=1e-9)
     fresh = train_model(tr, va, spec, cfg.replace(epochs=4), log=_quiet)
