@@ -476,6 +476,8 @@ def evaluate_main(argv) -> int:
             raise ValueError(f"`--split` picks a split of a bundled data set, but `DATA` {args.data!r} is a file, "
                              "which is used whole; drop `--split`")
         data, split = data_split(args.data, args.split)
+        if args.plot and not os.path.splitext(os.path.basename(args.plot))[1].strip("."):
+            args.plot = args.plot.rstrip(".") + ".png"  # matplotlib writes PNG with that suffix added
         if args.plot:
             check_writable(args.plot, "`--plot`")
             _check_plot_format(args.plot)

@@ -364,6 +364,23 @@ def test_evaluate_accepts_name_split_and_checks_plot_first(tmp_path, capsys, mon
         assert err.startswith("fastfeat evaluate: error: ") and expected in err, err
 
 
+def test_evaluate_plot_without_suffix_is_png(tmp_path, capsys, monkeypatch):
+    """`--plot parity` writes (and checks, and reports) parity.png, the file matplotlib makes."""
+    import fastfeat.train.cli as train_cli
+    import fastfeat.train.evaluate as train_evaluate
+
+    written = []
+    monkeypatch.setattr(train_evaluate, "parity_plot", lambda *a, **k: written.append(a[4]))
+    monkeypatch.chdir(tmp_path)
+    assert cli(["evaluate", "peo", "peo:val", "--plot", "parity"]) == 0
+    assert written == ["parity.png"]
+    assert "parity plot: parity.png" in capsys.readouterr().out
+    monkeypatch.setattr(train_cli, "evaluate", _no_work)
+    assert cli(["evaluate", "peo", "peo", "--plot", str(tmp_path / "missing" / "parity")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write `--plot`" in err and "parity.png" in err, err
+
+
 def test_evaluate_unreadable_model(workdir, tmp_path, capsys):
     (tmp_path / "junk.onnx").write_text("junk")
     assert cli(["evaluate", str(tmp_path / "junk.onnx"), str(workdir / "syn.extxyz")]) == 2

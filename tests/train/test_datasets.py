@@ -1,5 +1,6 @@
 """Bundled GFN1-xTB reference data, the reader and the structure builders (fastfeat.train.datasets)."""
 
+import json
 import lzma
 import os
 import subprocess
@@ -252,7 +253,8 @@ def test_relaxation_keeps_documented_minimum_distance():
 def test_generator_script_plans_and_resumes(tmp_path):
     """Planning, merging and resuming without tblite: stored parts count as done work."""
     gen = pytest.importorskip("fastfeat.train.datasets.generate")
-    plans = gen.plan_trajectories("peo", 10, [300.0, 1000.0], 4, 3, tmp_path / "parts", seed=2)
+    # seed 0: the stored frames below (bundled trajectory 0) were made with it
+    plans = gen.plan_trajectories("peo", 10, [300.0, 1000.0], 4, 3, tmp_path / "parts", seed=0)
     assert [p.n_frames for p in plans] == [3, 3, 3, 3]
     assert [p.temperature for p in plans] == [300.0, 1000.0, 300.0, 1000.0]
     assert len({p.seed for p in plans}) == 4
@@ -462,3 +464,193 @@ def test_data_list_help_and_arguments(capsys):
     assert out.startswith("usage: fastfeat data list") and "frame and trajectory counts" in out and "peo:" not in out
     assert cli(["data", "list", "peo"]) == 2
     assert "takes no arguments, got peo" in capsys.readouterr().err
+
+
+def _peo_frames(n=2):
+    """Stored peo frames of one trajectory (system, seed, temperature, trajectory, step info)."""
+    frames = datasets.load("peo", split="all")
+    k = frames[0].info["trajectory"]
+    return [a for a in frames if a.info["trajectory"] == k][:n]
+
+
+def test_generate_refuses_output_of_other_settings(tmp_path, capsys):
+    """Stored frames made with another system, seed or temperature than planned for their trajectory are not
+    continued (li4p2o7-water used to append to peo atoms): exit 2 naming `--out`/the part file, nothing run."""
+    from fastfeat.cli import main as cli
+
+    frames = _peo_frames()
+    info = frames[0].info
+    k, seed, temp = int(info["trajectory"]), int(info["seed"]), float(info["temperature"])
+    base = ["--frames", "3", "--trajectories", "1", "--stride", "1", "--relax-steps", "0", "--workers", "1",
+            "--first-trajectory", str(k)]
+    out = tmp_path / "b.extxyz"
+    write(out, frames, format="extxyz")
+    good_seed = str((seed - k) // 1000)
+    assert 1000 * int(good_seed) + k == seed
+    for system, seed_arg, t, expected in [
+        ("li4p2o7-water", good_seed, temp, "system='peo'"),
+        ("peo", str(int(good_seed) + 1), temp, f"seed={seed},"),
+        ("peo", good_seed, temp + 100, f"temperature={temp:g} K"),
+    ]:
+        argv = [system, *base, "--seed", seed_arg, "--temperatures", f"{t:g}", "--out", str(out)]
+        assert cli(["data", "generate", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert "`--out` file" in err and "b.extxyz" in err and expected in err and "Traceback" not in err, err
+        assert not (tmp_path / "b.extxyz.parts").exists()
+    # the same check on part files (a resume with the parts present), named by path
+    parts = tmp_path / "b.extxyz.parts"
+    parts.mkdir()
+    write(parts / f"t{k:02d}.extxyz", frames, format="extxyz")
+    assert cli(["data", "generate", "li4p2o7-water", "--seed", good_seed, *base, "--temperatures", f"{temp:g}",
+                "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "part file" in err and f"t{k:02d}.extxyz" in err and "system='peo'" in err, err
+    gen = pytest.importorskip("fastfeat.train.datasets.generate")
+    (plan,) = gen.plan_trajectories("peo", 3, [temp + 1], 1, 1, parts, seed=int(good_seed), first_trajectory=k)
+    with pytest.raises(ValueError, match="part file"):
+        gen.run_trajectory(plan)
+
+
+def test_generate_refuses_foreign_or_broken_files(tmp_path, capsys):
+    """An --out that generate did not write (no `trajectory` info) or an unreadable part file: exit 2, no
+    traceback, nothing created (it used to give a KeyError and leave an empty .parts folder)."""
+    from ase.build import molecule
+    from fastfeat.cli import main as cli
+
+    args = ["peo", "--frames", "2", "--trajectories", "1", "--stride", "1", "--relax-steps", "0", "--workers", "1"]
+    out = tmp_path / "user.extxyz"
+    write(out, molecule("H2O"), format="extxyz")
+    assert cli(["data", "generate", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "`--out`" in err and "user.extxyz" in err and "not written by `fastfeat data generate`" in err, err
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["user.extxyz"]
+    (tmp_path / "text.extxyz").write_text("not a structure\nat all\n")
+    assert cli(["data", "generate", *args, "--out", str(tmp_path / "text.extxyz")]) == 2
+    err = capsys.readouterr().err
+    assert "text.extxyz" in err and "cannot be read as extxyz" in err, err
+    parts = tmp_path / "p"
+    parts.mkdir()
+    write(parts / "t00.extxyz", _peo_frames(1), format="extxyz")
+    full = (parts / "t00.extxyz").read_text()
+    (parts / "t00.extxyz").write_text(full[: len(full) // 2])  # truncated mid-frame
+    assert cli(["data", "generate", *args, "--out", str(tmp_path / "x.extxyz"), "--parts", str(parts)]) == 2
+    err = capsys.readouterr().err
+    assert "part file" in err and "t00.extxyz" in err and "cannot be read" in err, err
+    assert not (tmp_path / "x.extxyz").exists()
+    gen = pytest.importorskip("fastfeat.train.datasets.generate")
+    with pytest.raises(ValueError, match="not written by `fastfeat data generate`"):
+        gen._recover_parts(out, tmp_path / "q")
+    assert not (tmp_path / "q").exists()
+
+
+def test_generate_refuses_a_negative_seed_up_front(tmp_path, capsys):
+    from fastfeat.cli import main as cli
+
+    gen = pytest.importorskip("fastfeat.train.datasets.generate")
+    out = tmp_path / "sub" / "x.extxyz"
+    assert cli(["data", "generate", "peo", "--out", str(out), "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "`--seed` must be an int >= 0, got -1" in err and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="`seed` must be an int >= 0, got -3"):
+        gen.generate("peo", out, seed=-3)
+    assert not (tmp_path / "sub").exists()
+
+
+class _InProcessPool:
+    """Stands in for the spawn pool, so monkeypatched single points reach the work."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def imap_unordered(self, fn, jobs):
+        return map(fn, jobs)
+
+
+def _fake_relabel(monkeypatch, fail_steps=()):
+    import multiprocessing
+    import types
+
+    from fastfeat.train.datasets import relabel
+
+    calls = []
+
+    def label(atoms):
+        calls.append(atoms.info.get("step"))
+        if atoms.info.get("step") in fail_steps:
+            raise RuntimeError("SCF did not converge")
+        frame = atoms.copy()
+        frame.calc = SinglePointCalculator(frame, energy=1.0, forces=np.zeros((len(atoms), 3)))
+        frame.info["label"] = relabel.LABEL
+        return frame
+
+    monkeypatch.setattr(relabel, "label_frame", label)
+    monkeypatch.setattr(multiprocessing, "get_context", lambda *a: types.SimpleNamespace(Pool=_InProcessPool))
+    return relabel, calls
+
+
+def test_relabel_resumes_after_failed_frames_and_reports_them(tmp_path, monkeypatch):
+    """A failed frame counts as done on resume (it used to shift the index: steps [1, 2, 2, 3, 4], "5 of 5")."""
+    import io
+
+    relabel, calls = _fake_relabel(monkeypatch, fail_steps={3})
+    frames = []
+    for step in range(1, 6):
+        a = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74 + 0.01 * step]])
+        a.info.update(trajectory=0, step=step)
+        frames.append(a)
+    src = tmp_path / "in.extxyz"
+    write(src, frames, format="extxyz")
+    parts = tmp_path / "out.extxyz.relabel"
+    out = tmp_path / "out.extxyz"
+    # an interrupted run: steps 1-2 stored, 3 failed
+    path = parts / "t00.extxyz"
+    parts.mkdir()
+    from ase.io import read
+
+    relabel._relabel_part((read(src, ":")[:3], path, np.inf))
+    assert calls == [1, 2, 3] and (parts / "t00.failed").exists()
+    (parts / relabel.MANIFEST).write_text(json.dumps(relabel._source_record(src)))
+    stream = io.StringIO()
+    assert relabel.relabel(src, out, workers=1, stream=stream) == 4
+    assert calls == [1, 2, 3, 4, 5]
+    assert [a.info["step"] for a in datasets.read(out)] == [1, 2, 4, 5]
+    assert "wrote 4 of 5 frames" in stream.getvalue() and "1 failed" in stream.getvalue(), stream.getvalue()
+
+
+def test_relabel_refuses_a_folder_of_another_source(tmp_path, monkeypatch, capsys):
+    from fastfeat.cli import main as cli
+
+    relabel, calls = _fake_relabel(monkeypatch)
+    a_src, b_src = tmp_path / "a.extxyz", tmp_path / "b.extxyz"
+    write(a_src, [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])], format="extxyz")
+    write(b_src, [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.80]])], format="extxyz")
+    out = tmp_path / "out.extxyz"
+    assert relabel.relabel(a_src, out, workers=1) == 1
+    assert cli(["data", "relabel", str(b_src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "out.extxyz.relabel" in err and "another source" in err and "a.extxyz" in err, err
+    assert len(calls) == 1
+    # a folder with work but no record (an older run or another tool): refused too
+    (tmp_path / "out.extxyz.relabel" / relabel.MANIFEST).unlink()
+    with pytest.raises(ValueError, match="unknown source"):
+        relabel.relabel(a_src, out, workers=1)
+
+
+def test_relabel_frames_without_trajectory_or_step(tmp_path, monkeypatch):
+    """Frames without `trajectory`/`step` info are one trajectory, merged in source order (it used to be a
+    KeyError in merge_parts)."""
+    relabel, calls = _fake_relabel(monkeypatch)
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.70 + 0.02 * i]]) for i in range(3)]
+    src = tmp_path / "plain.extxyz"
+    write(src, frames, format="extxyz")
+    out = tmp_path / "out.extxyz"
+    assert relabel.relabel(src, out, workers=1) == 3
+    got = datasets.read(out)
+    assert [round(a.positions[1, 2], 2) for a in got] == [0.70, 0.72, 0.74]
+    assert all("trajectory" not in a.info for a in got)

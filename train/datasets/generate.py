@@ -53,21 +53,23 @@ log = logging.getLogger("fastfeat.data")
 #: how :func:`check_settings` names each setting: Python keywords, or the command's options
 PY_NAMES = {"n_frames": "`n_frames`", "temperatures": "`temperatures`", "n_trajectories": "`n_trajectories`",
             "stride": "`stride`", "workers": "`workers`", "time_limit": "`time_limit`",
-            "relax_steps": "`relax_steps`", "first_trajectory": "`first_trajectory`"}
+            "relax_steps": "`relax_steps`", "first_trajectory": "`first_trajectory`", "seed": "`seed`",
+            "out": "`out`", "parts": "`parts_dir`"}
 CLI_NAMES = {"n_frames": "`--frames`", "temperatures": "`--temperatures`", "n_trajectories": "`--trajectories`",
              "stride": "`--stride`", "workers": "`--workers`", "time_limit": "`--time-limit`",
-             "relax_steps": "`--relax-steps`", "first_trajectory": "`--first-trajectory`"}
+             "relax_steps": "`--relax-steps`", "first_trajectory": "`--first-trajectory`", "seed": "`--seed`",
+             "out": "`--out`", "parts": "`--parts`"}
 
 
 def check_settings(names=PY_NAMES, **values):
     """TypeError (not an int) or ValueError naming the setting and its value when a generator setting is out of range.
 
     Counts (``n_frames``, ``n_trajectories``, ``stride``, ``workers``) must be >= 1,
-    ``relax_steps`` and ``first_trajectory`` >= 0, every temperature a finite number > 0 K and
+    ``relax_steps``, ``first_trajectory`` and ``seed`` >= 0, every temperature a finite number > 0 K and
     ``time_limit`` (seconds) >= 0; ``None`` (workers, time_limit) and a time limit of 0 mean none.
     """
     for key, minimum in (("n_frames", 1), ("n_trajectories", 1), ("stride", 1), ("workers", 1), ("relax_steps", 0),
-                         ("first_trajectory", 0)):
+                         ("first_trajectory", 0), ("seed", 0)):
         if values.get(key) is not None:
             check_int(values[key], names[key], minimum)
     if "temperatures" in values:
@@ -158,6 +160,64 @@ def _read_frames(path):
     return read(text, index=":", format="extxyz")
 
 
+def _read_checked(path, what):
+    """Frames of ``path``; ValueError naming ``what`` and the file when it is not readable extxyz."""
+    try:
+        return _read_frames(path)
+    except Exception as exc:  # noqa: BLE001 -- ase raises many kinds on a malformed or truncated file
+        raise ValueError(f"{what} {str(path)!r} cannot be read as extxyz ({type(exc).__name__}: {exc}); "
+                         f"it is not (or no longer) a file written by `fastfeat data generate`") from None
+
+
+def _check_stored(frames, plan, where, names=PY_NAMES):
+    """ValueError when stored ``frames`` of ``plan``'s trajectory were made with another system, seed or
+    temperature (reusing them would mix data sets); ``where`` names the file they are in."""
+    for atoms in frames:
+        info = atoms.info
+        try:
+            same = (str(info["system"]) == plan.system and int(info["seed"]) == plan.seed
+                    and math.isclose(float(info["temperature"]), plan.temperature, rel_tol=1e-9))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{where} has frames of trajectory {plan.index} without `system`, `seed` or "
+                             f"`temperature` info: it was not written by `fastfeat data generate`; give another "
+                             f"{names['out']} (or {names['parts']})") from None
+        if not same:
+            raise ValueError(
+                f"{where} holds trajectory {plan.index} made with system={info['system']!r}, seed={info['seed']}, "
+                f"temperature={float(info['temperature']):g} K, but this command plans system={plan.system!r}, "
+                f"seed={plan.seed}, temperature={plan.temperature:g} K for it; give another {names['out']} "
+                f"(or {names['parts']}), or the settings it was made with; nothing was run")
+
+
+def _check_existing(out, parts_dir, plans, names=PY_NAMES):
+    """Before anything is created: the frames a run would continue (the part files, else ``out``) must be
+    readable, carry ``trajectory`` info and match the plans; returns ``out``'s frames when they are to be
+    recovered (no part files), else None."""
+    by_plan = {p.index: p for p in plans}
+    parts = sorted(parts_dir.glob("t*.extxyz")) if parts_dir.is_dir() else []
+    if parts:
+        for part in parts:
+            frames = _read_checked(part, "part file")
+            where = f"part file {str(part)!r}"
+            if any("trajectory" not in a.info for a in frames):
+                raise ValueError(f"{where} has frames without `trajectory` info: it was not written by "
+                                 f"`fastfeat data generate`; give another {names['parts']}")
+            for k in {int(a.info["trajectory"]) for a in frames}:
+                if k in by_plan:
+                    _check_stored([a for a in frames if int(a.info["trajectory"]) == k], by_plan[k], where, names)
+        return None
+    if not out.exists():
+        return None
+    frames = _read_checked(out, f"{names['out']} file")
+    if any("trajectory" not in a.info for a in frames):
+        raise ValueError(f"{names['out']} {str(out)!r} exists and has frames without `trajectory` info: it was not "
+                         f"written by `fastfeat data generate`; give a new output file (it would be replaced)")
+    for k, plan in by_plan.items():
+        _check_stored([a for a in frames if int(a.info["trajectory"]) == k], plan, f"{names['out']} file {str(out)!r}",
+                      names)
+    return frames
+
+
 def _calculator():
     from tblite.ase import TBLite
 
@@ -195,7 +255,8 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
     from ase.optimize import FIRE
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    done = _read_frames(plan.path) if plan.path.exists() else []
+    done = _read_checked(plan.path, "part file") if plan.path.exists() else []
+    _check_stored(done, plan, f"part file {str(plan.path)!r}")
     if len(done) >= plan.n_frames:
         return len(done)
     rng = np.random.default_rng([plan.seed, len(done)])
@@ -280,14 +341,22 @@ def _init_worker():
     os.environ["OMP_NUM_THREADS"] = "1"
 
 
-def _recover_parts(out: Path, parts_dir: Path):
-    """Split an existing merged output into per-trajectory part files (resume without parts)."""
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    if any(parts_dir.glob("t*.extxyz")) or not out.exists():
+def _recover_parts(out: Path, parts_dir: Path, frames=None):
+    """Split an existing merged output into per-trajectory part files (resume without parts).
+
+    ValueError (before anything is created) when ``out`` is unreadable or has frames without ``trajectory`` info.
+    """
+    if (parts_dir.is_dir() and any(parts_dir.glob("t*.extxyz"))) or not out.exists():
+        parts_dir.mkdir(parents=True, exist_ok=True)
         return
     from ase.io import write
 
-    frames = _read_frames(out)
+    if frames is None:
+        frames = _read_checked(out, "`out` file")
+        if any("trajectory" not in a.info for a in frames):
+            raise ValueError(f"`out` {str(out)!r} has frames without `trajectory` info: it was not written by "
+                             f"`fastfeat data generate`")
+    parts_dir.mkdir(parents=True, exist_ok=True)
     by_traj: dict[int, list] = {}
     for atoms in frames:
         by_traj.setdefault(int(atoms.info["trajectory"]), []).append(atoms)
@@ -298,15 +367,21 @@ def _recover_parts(out: Path, parts_dir: Path):
 
 
 def merge_parts(parts_dir: Path, out: Path) -> int:
-    """Merge the part files into ``out`` (ordered by trajectory, then step); returns frame count."""
+    """Merge the part files into ``out`` (ordered by trajectory, then step); returns frame count.
+
+    Frames without ``trajectory`` info count as trajectory 0, without ``step`` info their index in their
+    part file is the step (their order is kept).
+    """
     from ase.io import write
 
-    frames = []
+    frames, keys = [], []
     for part in sorted(parts_dir.glob("t*.extxyz")):
-        frames.extend(_read_frames(part))
+        for i, atoms in enumerate(_read_checked(part, "part file")):
+            frames.append(atoms)
+            keys.append((int(atoms.info.get("trajectory", 0)), int(atoms.info.get("step", i)), len(keys)))
     if not frames:
         return 0  # nothing to write: an empty output would only look like a data set
-    frames.sort(key=lambda a: (int(a.info["trajectory"]), int(a.info["step"])))
+    frames = [frames[key[2]] for key in sorted(keys)]
     tmp = out.with_name(".tmp-" + out.name)  # same suffix, so the same compression
     with _open_text(tmp, "wt") as fh:
         write(fh, frames, format="extxyz")
@@ -316,7 +391,7 @@ def merge_parts(parts_dir: Path, out: Path) -> int:
 
 def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_trajectories=5, stride=3,
              workers=None, seed=0, time_limit=None, relax_steps=30, parts_dir=None, stream=sys.stderr,
-             first_trajectory=0):
+             first_trajectory=0, names=PY_NAMES):
     """Generate (or resume) a reference data set; see the module docstring. Returns frames written.
 
     Raises
@@ -324,17 +399,21 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     ValueError
         A setting out of range (:func:`check_settings`, before anything is created), or a
         ``time_limit`` under :data:`START_MARGIN` seconds when every trajectory still to run is new
-        (none could store a frame).
+        (none could store a frame), or stored frames (``out`` or the part files) that are unreadable, lack
+        ``trajectory`` info (not written by this generator) or were made with another system, seed or
+        temperature than planned for their trajectory (also before anything is created). ``names``: how
+        messages name the settings (:data:`PY_NAMES` or :data:`CLI_NAMES`).
     """
     import multiprocessing as mp
 
     if system not in builders.BUILDERS:
         raise ValueError(f"`system` must be one of {sorted(builders.BUILDERS)}, got {system!r}")
     check_settings(n_frames=n_frames, temperatures=temperatures, n_trajectories=n_trajectories, stride=stride,
-                   workers=workers, time_limit=time_limit, relax_steps=relax_steps, first_trajectory=first_trajectory)
+                   workers=workers, time_limit=time_limit, relax_steps=relax_steps, first_trajectory=first_trajectory,
+                   seed=seed)
     out = Path(out)
     if out.is_dir():
-        raise ValueError(f"`out` {str(out)!r} is a folder; give the output file")
+        raise ValueError(f"{names['out']} {str(out)!r} is a folder; give the output file")
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".parts")
     short = bool(time_limit) and time_limit < START_MARGIN
     why = (f"time limit of {time_limit:g} s is under {START_MARGIN:g} s, the least a new trajectory is started "
@@ -342,9 +421,10 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     if short and not out.exists() and not any(parts_dir.glob("t*.extxyz")):  # nothing to continue
         raise ValueError(f"{why}: no trajectory could store a frame; give a longer time limit "
                          f"(>= {START_MARGIN:g} s) or none; nothing was run")
-    _recover_parts(out, parts_dir)
     plans = plan_trajectories(system, n_frames, list(temperatures), n_trajectories, stride, parts_dir, seed,
                               relax_steps, first_trajectory)
+    recovered = _check_existing(out, parts_dir, plans, names)
+    _recover_parts(out, parts_dir, recovered)
     workers = workers or os.cpu_count() or 1
     start = time.time()
     deadline = start + time_limit if time_limit else math.inf
@@ -443,7 +523,7 @@ def _generate_from_args(args) -> int:
     check_settings(CLI_NAMES, n_frames=args.frames, temperatures=args.temperatures,
                    n_trajectories=args.trajectories, stride=args.stride, workers=args.workers,
                    time_limit=args.time_limit, relax_steps=args.relax_steps,
-                   first_trajectory=args.first_trajectory)
+                   first_trajectory=args.first_trajectory, seed=args.seed)
     if os.path.isdir(args.out):
         raise ValueError(f"--out {args.out!r} is a folder; give the output file")
     if args.parts and os.path.exists(args.parts) and not os.path.isdir(args.parts):
@@ -451,7 +531,7 @@ def _generate_from_args(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     return generate(args.name, args.out, args.frames, args.temperatures, args.trajectories, args.stride,
                     args.workers, args.seed, args.time_limit, args.relax_steps, args.parts,
-                    first_trajectory=args.first_trajectory)
+                    first_trajectory=args.first_trajectory, names=CLI_NAMES)
 
 
 if __name__ == "__main__":

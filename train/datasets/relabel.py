@@ -8,7 +8,10 @@ energy and forces of every frame by such a single point and marks the frame with
 
 Work is split by trajectory over worker processes (``OMP_NUM_THREADS=1`` each); results are
 appended to ``<out>.relabel/t<k>.extxyz`` as they come, so an interrupted run resumes where it
-stopped. Frames whose single point fails are logged and dropped.
+stopped (frames already stored or failed are not recomputed). Frames whose single point fails are
+logged and dropped: they are kept in ``<out>.relabel/t<k>.failed`` and counted in the summary. The
+folder records the source it was made from (``source.json``: size and SHA-256 of the file); a folder
+made from another source is refused.
 
     fastfeat data relabel fastfeat/data/datasets/peo.extxyz.xz --out peo.extxyz.xz --workers 2
 """
@@ -16,6 +19,8 @@ stopped. Frames whose single point fails are logged and dropped.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import math
 import os
@@ -48,11 +53,16 @@ def label_frame(atoms):
     return frame
 
 
+def _n_frames(path):
+    return len(_read_frames(path)) if path.exists() else 0
+
+
 def _relabel_part(args):
     frames, path, deadline = args
     os.environ["OMP_NUM_THREADS"] = "1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    done = len(_read_frames(path)) if path.exists() else 0
+    # frames are done in order, each either stored or (failed) kept aside: both count as done
+    done = _n_frames(path) + _n_frames(path.with_suffix(".failed"))
     for k in range(done, len(frames)):
         if time.time() > deadline:
             break
@@ -65,10 +75,43 @@ def _relabel_part(args):
     return path
 
 
-def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=sys.stderr) -> int:
+MANIFEST = "source.json"
+
+
+def _source_record(source):
+    digest = hashlib.sha256()
+    with open(source, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"source": os.fspath(source), "bytes": os.path.getsize(source), "sha256": digest.hexdigest()}
+
+
+def _check_parts_dir(parts_dir, record, option):
+    """ValueError when ``parts_dir`` holds work from another source (or from an unknown one)."""
+    if not parts_dir.is_dir():
+        return
+    work = sorted(parts_dir.glob("t*.extxyz")) + sorted(parts_dir.glob("t*.failed"))
+    manifest = parts_dir / MANIFEST
+    if manifest.exists():
+        try:
+            stored = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            stored = {}
+        if (stored.get("sha256"), stored.get("bytes")) != (record["sha256"], record["bytes"]):
+            raise ValueError(f"{option} folder {str(parts_dir)!r} holds a relabelling of another source "
+                             f"({stored.get('source', 'unknown')!r}, other contents); remove it or give another "
+                             f"{option} folder; nothing was run")
+    elif work:
+        raise ValueError(f"{option} folder {str(parts_dir)!r} holds relabelled frames of an unknown source (no "
+                         f"{MANIFEST}); remove it or give another {option} folder; nothing was run")
+
+
+def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=sys.stderr, _parts_option="`parts_dir`"
+            ) -> int:
     """Relabel every frame of ``source`` into ``out`` (see the module docstring); returns frames written.
 
-    Frames without ``atoms.info["trajectory"]`` are treated as one trajectory.
+    Frames without ``atoms.info["trajectory"]`` are treated as one trajectory (id 0, ordered as in
+    ``source``). ValueError when the parts folder holds work from another source.
     """
     import multiprocessing as mp
 
@@ -86,7 +129,10 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=s
     # empty, unreadable or frameless files: ValueError naming the file
     frames = read_structures(source, format="extxyz", what="`source` file")
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".relabel")
+    record = _source_record(source)
+    _check_parts_dir(parts_dir, record, _parts_option)
     parts_dir.mkdir(parents=True, exist_ok=True)
+    (parts_dir / MANIFEST).write_text(json.dumps(record, indent=1) + "\n")
     by_traj: dict[int, list] = {}
     for atoms in frames:
         by_traj.setdefault(int(atoms.info.get("trajectory", 0)), []).append(atoms)
@@ -102,11 +148,16 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=s
         for path in pool.imap_unordered(_relabel_part, jobs):
             print(f"[relabel] {path.name} done, {time.time() - start:.0f} s", file=stream, flush=True)
     n = merge_parts(parts_dir, out)
+    failed = sum(_n_frames(path) for path in parts_dir.glob("t*.failed"))
+    why = (f"; {failed} failed (single point), dropped and kept in {parts_dir / 't*.failed'}" if failed else "")
+    missing = len(frames) - n - failed
+    if missing > 0:
+        why += f"; {missing} not done yet (the time limit stopped the run: the same command again continues it)"
     if n == 0:
-        print(f"[relabel] no frame was relabelled, {out} not written ({time.time() - start:.0f} s)",
+        print(f"[relabel] no frame was relabelled, {out} not written ({time.time() - start:.0f} s){why}",
               file=stream, flush=True)
         return 0
-    print(f"[relabel] wrote {n} of {len(frames)} frames to {out} ({time.time() - start:.0f} s)",
+    print(f"[relabel] wrote {n} of {len(frames)} frames to {out} ({time.time() - start:.0f} s){why}",
           file=stream, flush=True)
     return n
 
@@ -135,4 +186,5 @@ def _relabel_from_args(args) -> int:
         why = "is a folder" if os.path.isdir(args.source) else "does not exist"
         raise FileNotFoundError(f"`source` file {args.source!r} {why}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    return relabel(args.source, args.out, args.workers, args.time_limit, args.parts)
+    return relabel(args.source, args.out, args.workers, args.time_limit, args.parts,
+                   _parts_option="`--parts`")
