@@ -545,9 +545,10 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
                 val_mae, val_rmse = abs_sum / count, math.sqrt(sq_sum / count)
                 lr = opt.param_groups[0]["lr"]
                 dt_epoch = time.perf_counter() - t0
+                progress = (f"epoch {epoch + 1:4d}/{cfg.epochs}  loss {train_loss:.5g}  val MAE {val_mae:.4f}  "
+                            f"val RMSE {val_rmse:.4f}  lr {lr:.2e}  {dt_epoch:.1f}s")
                 if not (math.isfinite(train_loss) and math.isfinite(val_rmse)):  # the same on every rank
-                    say(f"epoch {epoch + 1:4d}/{cfg.epochs}  loss {train_loss:.5g}  val MAE {val_mae:.4f}  "
-                        f"val RMSE {val_rmse:.4f}  lr {lr:.2e}  {dt_epoch:.1f}s")
+                    say(progress)
                     raise _diverged(epoch, train_loss, val_rmse, cfg, lr, best_epoch, best_val, saved_epochs,
                                     checkpoint)
                 if cfg.schedule == "plateau":
@@ -562,8 +563,7 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
                     bad_epochs += 1
                 history.append({"epoch": epoch + 1, "train_mse": train_loss, "val_mae": val_mae,
                                 "val_rmse": val_rmse, "lr": lr, "seconds": dt_epoch})
-                say(f"epoch {epoch + 1:4d}/{cfg.epochs}  loss {train_loss:.5g}  val MAE {val_mae:.4f}  "
-                    f"val RMSE {val_rmse:.4f}  lr {lr:.2e}  {dt_epoch:.1f}s{'  *' if improved else ''}")
+                say(progress + ("  *" if improved else ""))
                 # why the run stops after this epoch (if it does): every rank decides the same
                 over = bool(cfg.time_limit) and time.perf_counter() - t_start > cfg.time_limit
                 n_over, n_signalled = dctx.all_sum([float(over), float(stop.requested)])
@@ -598,8 +598,6 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
                     say(f"time limit of {cfg.time_limit:g} s reached after epoch {epoch + 1}")
                     break
             stopped = stopped or "epochs"
-        except TrainingDiverged:
-            raise
         except KeyboardInterrupt as exc:  # a second Ctrl-C, or one where no handler could be installed
             if isinstance(exc, TrainingInterrupted):
                 raise

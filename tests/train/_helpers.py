@@ -16,6 +16,17 @@ def small_spec(species=("H", "O")):
                                 covariant=[(1.0, 1.0), (1.0, 2.0), (1.0, 3.0)])
 
 
+def quiet(msg):
+    """A training log that drops every line."""
+
+
+def random_train_val(n_train, n_val, seed=0):
+    """(small_spec(), training set, validation set) of random features, the sets drawn in turn from one seed."""
+    rng = np.random.default_rng(seed)
+    spec = small_spec()
+    return spec, random_features(spec, n_train, rng), random_features(spec, n_val, rng)
+
+
 def random_features(spec, n_structures, rng, atoms=(3, 8), basis_target=True):
     """FeatureSet with random invariants/covariants and a learnable covariant target."""
     counts = rng.integers(atoms[0], atoms[1], n_structures)

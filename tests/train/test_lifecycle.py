@@ -17,19 +17,13 @@ from fastfeat.train.evaluate import OnnxForceModel
 from fastfeat.train.trainer import (CheckpointError, TrainingDiverged, TrainingInterrupted, load_checkpoint,
                                     train_model)
 
-from ._helpers import random_features, small_spec
+from ._helpers import quiet, random_train_val, small_spec
 from ._synthetic import synthetic_frames
-
-
-def _quiet(msg):
-    pass
 
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(0)
-    spec = small_spec()
-    return spec, random_features(spec, 24, rng), random_features(spec, 6, rng)
+    return random_train_val(24, 6)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +94,7 @@ def test_diverged_epoch_stops_the_run_and_keeps_the_checkpoint(data, tmp_path, m
     with monkeypatch.context() as m:
         _nan_grads_from_epoch(m, 3, batches_per_epoch=3)
         with pytest.raises(TrainingDiverged) as info:
-            train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+            train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck)
     msg = str(info.value)
     assert isinstance(info.value, ValueError) and info.value.epoch == 3
     assert "training diverged in epoch 3" in msg and "smaller `--lr`" in msg, msg
@@ -108,7 +102,7 @@ def test_diverged_epoch_stops_the_run_and_keeps_the_checkpoint(data, tmp_path, m
     saved = load_checkpoint(ck)
     assert saved["epoch"] == 1 and [h["epoch"] for h in saved["history"]] == [1, 2]
     assert all(torch.isfinite(v).all() for v in saved["model"].values())
-    res = train_model(tr, va, spec, cfg.replace(lr=1e-3), log=_quiet, checkpoint=ck, resume=True)
+    res = train_model(tr, va, spec, cfg.replace(lr=1e-3), log=quiet, checkpoint=ck, resume=True)
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4, 5]
     assert all(np.isfinite(h["val_rmse"]) for h in res.history)
 
@@ -129,7 +123,7 @@ def test_resume_of_an_early_stopped_run_trains_no_further(data, tmp_path):
     spec, tr, va = data
     ck = str(tmp_path / "ck.pt")
     cfg = TrainConfig(epochs=50, batch_size=8, hidden=[8], lr=1e-9, patience=2, threads=1, schedule="constant")
-    first = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+    first = train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck)
     assert first.stopped == "early stopping" and len(first.history) == 3
     saved = load_checkpoint(ck)
     assert saved["stopped"] == "early stopping" and saved["bad_epochs"] == 2
@@ -142,7 +136,7 @@ def test_resume_of_an_early_stopped_run_trains_no_further(data, tmp_path):
             assert torch.equal(x, y), k
     assert load_checkpoint(ck)["epoch"] == 2
     # more epochs alone do not undo the early stop; a larger patience does, counting on from 2 epochs
-    assert len(train_model(tr, va, spec, cfg.replace(epochs=60), log=_quiet, checkpoint=ck,
+    assert len(train_model(tr, va, spec, cfg.replace(epochs=60), log=quiet, checkpoint=ck,
                            resume=True).history) == 3
     lines = []
     more = train_model(tr, va, spec, cfg.replace(patience=3), log=lines.append, checkpoint=ck, resume=True)
@@ -157,13 +151,13 @@ def test_first_signal_stops_at_the_end_of_the_epoch(data, tmp_path, monkeypatch,
     resumable exactly; the handlers are restored."""
     spec, tr, va = data
     cfg = TrainConfig(epochs=4, batch_size=8, hidden=[8], threads=1, patience=0)
-    full = train_model(tr, va, spec, cfg, log=_quiet)
+    full = train_model(tr, va, spec, cfg, log=quiet)
     ck = str(tmp_path / "ck.pt")
     (tmp_path / "ck.pt.tmp").write_bytes(b"")  # left by a killed write: removed
     with monkeypatch.context() as m:
         _signal_at(m, {6}, signum)
         try:
-            res = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+            res = train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck)
         except KeyboardInterrupt:  # would end the test session
             pytest.fail("the first signal interrupted the epoch")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -172,7 +166,7 @@ def test_first_signal_stops_at_the_end_of_the_epoch(data, tmp_path, monkeypatch,
     assert not (tmp_path / "ck.pt.tmp").exists()
     saved = load_checkpoint(ck)
     assert saved["epoch"] == 1 and saved["stopped"] == "interrupted"
-    resumed = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, resume=True)
+    resumed = train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck, resume=True)
     assert resumed.stopped == "epochs" and resumed.signal is None
     np.testing.assert_allclose([h["val_rmse"] for h in resumed.history], [h["val_rmse"] for h in full.history],
                                rtol=1e-6)
@@ -185,7 +179,7 @@ def test_second_sigint_stops_at_once(data, tmp_path, monkeypatch, default_handle
     with monkeypatch.context() as m:
         _signal_at(m, {6, 7})
         with pytest.raises(TrainingInterrupted) as info:
-            train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+            train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck)
     assert isinstance(info.value, KeyboardInterrupt) and info.value.status == 130
     msg = str(info.value)
     assert "during epoch 2" in msg and ck in msg and "holds epochs 1-1" in msg and "`--resume`" in msg, msg
@@ -208,7 +202,7 @@ def test_signals_handled_elsewhere_are_left_alone(data, monkeypatch):
         with monkeypatch.context() as m:
             _signal_at(m, {2}, signal.SIGINT)
             res = train_model(tr, va, spec, TrainConfig(epochs=2, batch_size=8, hidden=[8], threads=1),
-                              log=_quiet)
+                              log=quiet)
         assert seen == [signal.SIGINT] and res.stopped == "epochs" and res.signal is None
         assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
     finally:
@@ -234,7 +228,7 @@ def test_interrupted_checkpoint_write_leaves_no_tmp(data, tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch, "save", save)
     with pytest.raises(TrainingInterrupted, match="holds epochs 1-1"):
-        train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+        train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck)
     assert not os.path.exists(f"{ck}.tmp") and load_checkpoint(ck)["epoch"] == 0
 
 
@@ -291,7 +285,7 @@ def test_unreadable_checkpoint_is_one_error_before_the_features(data, workdir, t
 
     spec, tr, va = data
     good = tmp_path / "good.ckpt"
-    train_model(tr, va, spec, TrainConfig(epochs=1, hidden=[8], threads=1), log=_quiet, checkpoint=str(good))
+    train_model(tr, va, spec, TrainConfig(epochs=1, hidden=[8], threads=1), log=quiet, checkpoint=str(good))
     raw = good.read_bytes()
     (tmp_path / "truncated.ckpt").write_bytes(raw[: len(raw) // 2])
     (tmp_path / "empty.ckpt").write_bytes(b"")
@@ -316,7 +310,7 @@ def test_checkpoint_holds_plain_data_only(data, tmp_path):
     for schedule, ema in (("cosine", 0.0), ("plateau", 0.9), ("constant", 0.0)):
         ck = tmp_path / f"{schedule}.ckpt"
         train_model(tr, va, spec, TrainConfig(epochs=1, hidden=[8], threads=1, schedule=schedule, ema_decay=ema),
-                    log=_quiet, checkpoint=str(ck))
+                    log=quiet, checkpoint=str(ck))
         assert torch.load(ck, weights_only=True)["format"] == 2
 
 
@@ -327,12 +321,12 @@ def test_history_epochs_count_from_one(data, tmp_path):
     spec, tr, va = data
     cfg = TrainConfig(epochs=3, batch_size=8, hidden=[8], threads=1, patience=0)
     ck = str(tmp_path / "ck.pt")
-    res = train_model(tr, va, spec, cfg.replace(epochs=2), log=_quiet, checkpoint=ck)
+    res = train_model(tr, va, spec, cfg.replace(epochs=2), log=quiet, checkpoint=ck)
     assert [h["epoch"] for h in res.history] == [1, 2]
     assert res.history[res.best_epoch]["epoch"] == res.best_epoch + 1
     old = torch.load(ck, weights_only=True)
     del old["format"], old["stopped"]
     old["history"] = [{**h, "epoch": h["epoch"] - 1} for h in old["history"]]
     torch.save(old, ck)
-    res = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, resume=True)
+    res = train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck, resume=True)
     assert [h["epoch"] for h in res.history] == [1, 2, 3]

@@ -7,24 +7,18 @@ import torch
 from fastfeat.train.config import TrainConfig, load_config
 from fastfeat.train.trainer import predict, train_model
 
-from ._helpers import random_features, small_spec
-
-
-def _quiet(msg):
-    pass
+from ._helpers import quiet, random_features, random_train_val
 
 
 @pytest.fixture(scope="module")
 def data():
-    rng = np.random.default_rng(0)
-    spec = small_spec()
-    return spec, random_features(spec, 60, rng), random_features(spec, 10, rng)
+    return random_train_val(60, 10)
 
 
 def test_training_reduces_validation_error(data):
     spec, tr, va = data
     cfg = TrainConfig(head="basis", hidden=[32, 32], epochs=25, batch_size=4, threads=1, patience=0)
-    res = train_model(tr, va, spec, cfg, log=_quiet)
+    res = train_model(tr, va, spec, cfg, log=quiet)
     first, best = res.history[0]["val_rmse"], res.best_val
     ref_rms = float(np.sqrt((va.target**2).mean()))
     assert best < 0.3 * ref_rms, f"best val RMSE {best:.3f}, reference RMS {ref_rms:.3f}"
@@ -36,11 +30,11 @@ def test_training_reduces_validation_error(data):
 def test_same_seed_same_model(data):
     spec, tr, va = data
     cfg = TrainConfig(epochs=3, batch_size=8, hidden=[8], threads=1)
-    a = train_model(tr, va, spec, cfg, log=_quiet)
-    b = train_model(tr, va, spec, cfg, log=_quiet)
+    a = train_model(tr, va, spec, cfg, log=quiet)
+    b = train_model(tr, va, spec, cfg, log=quiet)
     for (k, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(x, y), k
-    c = train_model(tr, va, spec, cfg.replace(seed=1), log=_quiet)
+    c = train_model(tr, va, spec, cfg.replace(seed=1), log=quiet)
     assert not torch.equal(a.model.nets[0][0].weight, c.model.nets[0][0].weight)
 
 
@@ -48,11 +42,11 @@ def test_same_seed_same_model(data):
 def test_resume_continues_exactly(data, tmp_path, schedule, ema):
     spec, tr, va = data
     cfg = TrainConfig(epochs=6, batch_size=8, hidden=[8], threads=1, schedule=schedule, patience=0, ema_decay=ema)
-    full = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=str(tmp_path / "full.pt"))
+    full = train_model(tr, va, spec, cfg, log=quiet, checkpoint=str(tmp_path / "full.pt"))
     ck = str(tmp_path / "part.pt")
-    train_model(tr, va, spec, cfg.replace(epochs=6, time_limit=1e-9), log=_quiet, checkpoint=ck)  # stops after 1 epoch
+    train_model(tr, va, spec, cfg.replace(epochs=6, time_limit=1e-9), log=quiet, checkpoint=ck)  # stops after 1 epoch
     assert torch.load(ck, weights_only=False)["epoch"] == 0
-    resumed = train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, resume=True)
+    resumed = train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck, resume=True)
     assert [h["epoch"] for h in resumed.history] == list(range(1, 7))
     np.testing.assert_allclose([h["val_rmse"] for h in resumed.history], [h["val_rmse"] for h in full.history],
                                rtol=1e-6)
@@ -65,15 +59,15 @@ def test_weight_average(data, tmp_path):
     last weights, with ~1 still the initial ones; the best epoch's validation RMSE is that of the result."""
     spec, tr, va = data
     cfg = TrainConfig(head="basis", hidden=[16], epochs=4, batch_size=4, threads=1, patience=0, schedule="constant")
-    plain = train_model(tr, va, spec, cfg, log=_quiet)
-    tiny = train_model(tr, va, spec, cfg.replace(ema_decay=1e-9), log=_quiet)
+    plain = train_model(tr, va, spec, cfg, log=quiet)
+    tiny = train_model(tr, va, spec, cfg.replace(ema_decay=1e-9), log=quiet)
     for (k, x), y in zip(plain.model.state_dict().items(), tiny.model.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
-    frozen = train_model(tr, va, spec, cfg.replace(ema_decay=1 - 1e-9, epochs=1), log=_quiet)
-    init = train_model(tr, va, spec, cfg.replace(lr=1e-12, epochs=1), log=_quiet)
+    frozen = train_model(tr, va, spec, cfg.replace(ema_decay=1 - 1e-9, epochs=1), log=quiet)
+    init = train_model(tr, va, spec, cfg.replace(lr=1e-12, epochs=1), log=quiet)
     for (k, x), y in zip(init.model.state_dict().items(), frozen.model.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6, msg=k)
-    avg = train_model(tr, va, spec, cfg.replace(ema_decay=0.9), log=_quiet)
+    avg = train_model(tr, va, spec, cfg.replace(ema_decay=0.9), log=quiet)
     assert not torch.equal(avg.model.nets[0][0].weight, plain.model.nets[0][0].weight)
     rmse = np.sqrt(((predict(avg.model, va) - va.target) ** 2).mean())
     np.testing.assert_allclose(rmse, avg.best_val, rtol=1e-4)
@@ -81,22 +75,22 @@ def test_weight_average(data, tmp_path):
     assert avg.best_val == min(h["val_rmse"] for h in avg.history)
     assert avg.history[avg.best_epoch]["val_rmse"] == avg.best_val
     ck = str(tmp_path / "plain.pt")
-    train_model(tr, va, spec, cfg.replace(epochs=1), log=_quiet, checkpoint=ck)
+    train_model(tr, va, spec, cfg.replace(epochs=1), log=quiet, checkpoint=ck)
     with pytest.raises(ValueError, match="without `ema_decay`"):
-        train_model(tr, va, spec, cfg.replace(ema_decay=0.9), log=_quiet, checkpoint=ck, resume=True)
+        train_model(tr, va, spec, cfg.replace(ema_decay=0.9), log=quiet, checkpoint=ck, resume=True)
 
 
 def test_resume_refuses_other_model_or_data(data, tmp_path):
     spec, tr, va = data
     ck = str(tmp_path / "ck.pt")
     cfg = TrainConfig(epochs=1, hidden=[8], threads=1)
-    train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, data_sha="a" * 64)
+    train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck, data_sha="a" * 64)
     with pytest.raises(ValueError, match="different model"):
-        train_model(tr, va, spec, cfg.replace(hidden=[9]), log=_quiet, checkpoint=ck, resume=True)
+        train_model(tr, va, spec, cfg.replace(hidden=[9]), log=quiet, checkpoint=ck, resume=True)
     with pytest.raises(ValueError, match="other data"):
-        train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck, resume=True, data_sha="b" * 64)
+        train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck, resume=True, data_sha="b" * 64)
     with pytest.raises(FileNotFoundError, match="--resume"):
-        train_model(tr, va, spec, cfg, log=_quiet, checkpoint=str(tmp_path / "none.pt"), resume=True)
+        train_model(tr, va, spec, cfg, log=quiet, checkpoint=str(tmp_path / "none.pt"), resume=True)
 
 
 def test_resume_mismatch_names_the_differing_keys(data, tmp_path):
@@ -106,16 +100,16 @@ def test_resume_mismatch_names_the_differing_keys(data, tmp_path):
     spec, tr, va = data
     ck = str(tmp_path / "ck.pt")
     cfg = TrainConfig(epochs=1, hidden=[8], threads=1)
-    train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+    train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck)
     with pytest.raises(ValueError) as info:
-        train_model(tr, va, spec, cfg.replace(head="basis", hidden=[9]), log=_quiet, checkpoint=ck, resume=True)
+        train_model(tr, va, spec, cfg.replace(head="basis", hidden=[9]), log=quiet, checkpoint=ck, resume=True)
     msg = str(info.value)
     assert "head: 'projection' in the checkpoint, 'basis' now" in msg
     assert "hidden: [8] in the checkpoint, [9] now" in msg
     assert "radial" not in msg and len(msg) < 400, msg  # no spec JSON dumps
     other = fastfeat.FeatureSpec.from_dict({**spec.to_dict(), "cutoff": 4.5})
     with pytest.raises(ValueError, match=r"spec\.cutoff: 4\.0 in the checkpoint, 4\.5 now") as info:
-        train_model(tr, va, other, cfg, log=_quiet, checkpoint=ck, resume=True)
+        train_model(tr, va, other, cfg, log=quiet, checkpoint=ck, resume=True)
     assert len(str(info.value)) < 400
 
 
@@ -130,7 +124,7 @@ def test_resume_with_more_epochs_replans_the_schedule(data, tmp_path):
     spec, tr, va = data
     cfg = TrainConfig(epochs=2, batch_size=8, hidden=[8], threads=1, patience=0, lr=3e-3)
     ck = str(tmp_path / "ck.pt")
-    train_model(tr, va, spec, cfg, log=_quiet, checkpoint=ck)
+    train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck)
     saved = tmp_path / "saved.pt"
     saved.write_bytes((tmp_path / "ck.pt").read_bytes())
     lines = []
@@ -146,34 +140,34 @@ def test_resume_with_more_epochs_replans_the_schedule(data, tmp_path):
     assert [h["epoch"] for h in res.history] == [1, 2, 3, 4]
     np.testing.assert_allclose(lrs, [_cosine(3e-3, 0.01, 2, 0), _cosine(3e-3, 0.01, 2, 1),
                                      _cosine(3e-3, 0.01, 4, 2), _cosine(3e-3, 0.01, 4, 3)], rtol=1e-9)
-    fresh = train_model(tr, va, spec, cfg.replace(epochs=4), log=_quiet)
+    fresh = train_model(tr, va, spec, cfg.replace(epochs=4), log=quiet)
     np.testing.assert_allclose(lrs[2:], [h["lr"] for h in fresh.history][2:], rtol=1e-9)
     assert any("re-planned" in line and "epochs=4 (was 2)" in line for line in lines), lines
     # a re-planned run stopped after epoch 3 and resumed with its own settings goes on along the same curve
     (tmp_path / "ck.pt").write_bytes(mid.read_bytes())
-    again = train_model(tr, va, spec, cfg.replace(epochs=4), log=_quiet, checkpoint=ck, resume=True)
+    again = train_model(tr, va, spec, cfg.replace(epochs=4), log=quiet, checkpoint=ck, resume=True)
     np.testing.assert_allclose([h["lr"] for h in again.history], lrs, rtol=1e-9)
     # a new learning rate on resume is used (it was silently ignored)
     (tmp_path / "ck.pt").write_bytes(saved.read_bytes())
-    res = train_model(tr, va, spec, cfg.replace(epochs=4, lr=1e-5), log=_quiet, checkpoint=ck, resume=True)
+    res = train_model(tr, va, spec, cfg.replace(epochs=4, lr=1e-5), log=quiet, checkpoint=ck, resume=True)
     np.testing.assert_allclose([h["lr"] for h in res.history][2:],
                                [_cosine(1e-5, 0.01, 4, 2), _cosine(1e-5, 0.01, 4, 3)], rtol=1e-9)
     # constant and plateau schedules restart at the new rate
     for schedule in ("constant", "plateau"):
         ck2 = str(tmp_path / f"{schedule}.pt")
-        train_model(tr, va, spec, cfg.replace(schedule=schedule), log=_quiet, checkpoint=ck2)
-        res = train_model(tr, va, spec, cfg.replace(schedule=schedule, epochs=3, lr=1e-4), log=_quiet,
+        train_model(tr, va, spec, cfg.replace(schedule=schedule), log=quiet, checkpoint=ck2)
+        res = train_model(tr, va, spec, cfg.replace(schedule=schedule, epochs=3, lr=1e-4), log=quiet,
                           checkpoint=ck2, resume=True)
         assert res.history[2]["lr"] == pytest.approx(1e-4, rel=1e-12), schedule
     # `epochs` is the total: fewer than already run is refused
     with pytest.raises(ValueError, match=r"`epochs` must be at least the 4 epochs already run.*got 3"):
-        train_model(tr, va, spec, cfg.replace(epochs=3), log=_quiet, checkpoint=ck, resume=True)
+        train_model(tr, va, spec, cfg.replace(epochs=3), log=quiet, checkpoint=ck, resume=True)
 
 
 def test_early_stopping(data):
     spec, tr, va = data
     cfg = TrainConfig(epochs=200, batch_size=8, hidden=[8], lr=1e-9, patience=3, threads=1, schedule="constant")
-    res = train_model(tr, va, spec, cfg, log=_quiet)
+    res = train_model(tr, va, spec, cfg, log=quiet)
     assert res.stopped == "early stopping"
     assert len(res.history) < 200
 
@@ -189,9 +183,9 @@ def test_progress_lines(data):
 def test_empty_sets_are_refused(data):
     spec, tr, va = data
     with pytest.raises(ValueError, match="validation set is empty"):
-        train_model(tr, va.subset([]), spec, TrainConfig(epochs=1), log=_quiet)
+        train_model(tr, va.subset([]), spec, TrainConfig(epochs=1), log=quiet)
     with pytest.raises(ValueError, match="training set is empty"):
-        train_model(tr.subset([]), va, spec, TrainConfig(epochs=1), log=_quiet)
+        train_model(tr.subset([]), va, spec, TrainConfig(epochs=1), log=quiet)
 
 
 def test_features_of_another_spec_are_refused():
@@ -206,17 +200,17 @@ def test_features_of_another_spec_are_refused():
     cfg = TrainConfig(epochs=1, hidden=[4], threads=1)
     with pytest.raises(ValueError, match=r"training set: `covariant` must have shape \(N, n_covariant, 3\) = "
                                          r"\(\d+, 48, 3\) .*got \(\d+, 24, 3\); featurize with the model's"):
-        train_model(tr, va, other, cfg, log=_quiet)
+        train_model(tr, va, other, cfg, log=quiet)
     with pytest.raises(ValueError, match=r"training set: `invariant` must have shape \(N, n_invariant\) = "
                                          r"\(\d+, \d+\) .*; featurize with"):
-        train_model(tr, va, fastfeat.FeatureSpec.default(species[:2]), cfg, log=_quiet)
+        train_model(tr, va, fastfeat.FeatureSpec.default(species[:2]), cfg, log=quiet)
     with pytest.raises(ValueError, match=r"validation set: `covariant` .*= \(\d+, 24, 3\) .*got \(\d+, 48, 3\)"):
-        train_model(tr, random_features(other, 2, rng), made, cfg, log=_quiet)
+        train_model(tr, random_features(other, 2, rng), made, cfg, log=quiet)
     bad = va.subset(range(va.n_structures))
     bad.species[0] = 3
     with pytest.raises(ValueError, match=r"validation set: `species` holds 3 at atom 0, which is not an index into "
                                          r"the spec's species \['H', 'O', 'C'\] \(valid: 0 to 2\)"):
-        train_model(tr, bad, made, cfg, log=_quiet)
+        train_model(tr, bad, made, cfg, log=quiet)
 
 
 # ---------------------------------------------------------------------- config
