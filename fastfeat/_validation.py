@@ -55,6 +55,14 @@ def check_device(device):
         raise TypeError(f"`device` must be 'cpu' or 'cuda', got {type(device).__name__}")
     dev = device.lower()
     if dev.startswith("cuda:"):
+        index = dev[5:]
+        if not index.isdigit():
+            raise ValueError(f"`device` must be 'cpu', 'cuda' or 'cuda:0', got {device!r}")
+        if int(index) != 0:
+            # the kernels run in the current Numba/CuPy context and onnxruntime on device_id 0: the first visible
+            # GPU; serving another index would compute on device 0 while the name said otherwise
+            raise ValueError(f"`device` {device!r}: fastfeat runs on the first visible GPU ('cuda' or 'cuda:0'); "
+                             f"to use GPU {int(index)}, make it the first visible one: CUDA_VISIBLE_DEVICES={int(index)}")
         dev = "cuda"
     if dev not in ("cpu", "cuda"):
         raise ValueError(f"`device` must be 'cpu' or 'cuda', got {device!r}")

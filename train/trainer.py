@@ -276,6 +276,9 @@ def _scheduler(cfg: TrainConfig, opt):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
 
 
+#: training settings a resume may change (the later epochs use the new value), named in a note when it does
+_RESUME_NOTED_KEYS = ("batch_size", "dtype", "weight_decay", "grad_clip", "ema_decay")
+
 #: settings the learning-rate schedule depends on (besides the epoch), per schedule
 _SCHEDULE_KEYS = {"cosine": ("schedule", "lr", "min_lr_ratio", "epochs"),
                   "plateau": ("schedule", "lr", "min_lr_ratio", "plateau_factor", "plateau_patience"),
@@ -380,7 +383,8 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
         run started with ``cfg`` would use at that epoch (e.g. 2 epochs, then
         ``epochs=4``: epoch 3 runs at ``(lr + lr·min_lr_ratio) / 2``), a
         plateau schedule restarts at ``cfg.lr``. ``cfg.weight_decay`` always
-        applies. A run that had stopped early (no improvement for ``patience``
+        applies; a changed ``batch_size``, ``dtype``, ``weight_decay``, ``grad_clip`` or
+        ``ema_decay`` applies to the remaining epochs, with a note naming it. A run that had stopped early (no improvement for ``patience``
         epochs) runs no further epoch unless ``cfg.patience`` is larger (or 0):
         it returns the best model, with a note; the epochs without improvement
         are counted across the resume.
@@ -499,6 +503,11 @@ def train_model(train: FeatureSet, val: FeatureSet, spec, cfg: TrainConfig, *, c
             say("learning-rate schedule re-planned for "
                 + ", ".join(f"{k}={getattr(cfg, k)!r} (was {old_cfg[k]!r})" for k in changed)
                 + f": lr {opt.param_groups[0]['lr']:.2e} at epoch {start_epoch + 1}")
+        retuned = [k for k in _RESUME_NOTED_KEYS if k in old_cfg and old_cfg[k] != getattr(cfg, k)]
+        if retuned and stopped != "early stopping" and start_epoch < cfg.epochs:
+            say("note: the epochs from " + str(start_epoch + 1) + " train with changed settings: "
+                + ", ".join(f"{k} {getattr(cfg, k)!r} (was {old_cfg[k]!r})" for k in retuned)
+                + "; the epochs before were trained with the old ones")
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{model!r}\ntrain: {train.n_structures} structures / {train.n_atoms} atoms; "
         f"val: {val.n_structures} / {val.n_atoms}; world size {dctx.world}; {n_params} parameters")

@@ -50,6 +50,10 @@ def feat(**kw):
          "atoms 1 and 2 are at the same position"),
         (dict(device="tpu"), ValueError, "`device` must be 'cpu' or 'cuda', got 'tpu'"),
         (dict(device=0), TypeError, "`device` must be 'cpu' or 'cuda'"),
+        # another GPU than the first visible one was served by GPU 0 under its name
+        (dict(device="cuda:1"), ValueError, "`device` 'cuda:1': fastfeat runs on the first visible GPU.*"
+                                            "CUDA_VISIBLE_DEVICES=1"),
+        (dict(device="cuda:x"), ValueError, "`device` must be 'cpu', 'cuda' or 'cuda:0', got 'cuda:x'"),
         (dict(dtype=np.int32), TypeError, "`dtype` must be float32 or float64"),
         (dict(dtype=None), TypeError, "`dtype` must be float32 or float64, got None"),
         (dict(spec="spec"), TypeError, "`spec` must be a fastfeat.FeatureSpec"),

@@ -5,6 +5,7 @@ import lzma
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -352,6 +353,40 @@ def test_generator_ends_a_trajectory_below_the_minimum_distance(tmp_path, monkey
     (tmp_path / "parts").mkdir()
     assert gen.run_trajectory(plan) == stored
     assert len(datasets.read(plan.path)) == stored if plan.path.exists() else stored == 0
+
+
+def test_a_trajectory_ended_at_a_close_pair_stays_ended(tmp_path, monkeypatch, capsys, caplog):
+    """The end is recorded in the last stored frame (info "ended"): a resume does not run the trajectory on
+    (it used to, and the report called it INCOMPLETE and advised the same command again), and the report
+    names the ended trajectory instead."""
+    gen = pytest.importorskip("fastfeat.train.datasets.generate")
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    monkeypatch.setattr(gen.builders, "build", lambda system, rng: bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2))
+    monkeypatch.setattr(gen, "_calculator", EMT)
+    closest = iter([2.5, 2.5, 0.3])
+    monkeypatch.setattr(gen.builders, "min_pair_distance", lambda atoms: next(closest))
+    parts = tmp_path / "x.extxyz.parts"
+    (plan,) = gen.plan_trajectories("peo", 5, [300.0], 1, 2, parts, relax_steps=2)
+    parts.mkdir()
+    assert gen.run_trajectory(plan) == 2
+    frames = datasets.read(plan.path)
+    assert [a.info.get("ended") for a in frames[:-1]] == [None]
+    assert frames[-1].info["ended"].startswith("closest pair 0.300 A < 0.90 A (MIN_PAIR_DISTANCE) at step 6")
+    np.testing.assert_array_equal(frames[-1].get_forces(), datasets.read(plan.path)[-1].get_forces())
+    monkeypatch.setattr(gen, "_calculator", lambda: pytest.fail("an ended trajectory was run on"))
+    assert gen.run_trajectory(plan) == 2
+    assert gen.generate("peo", tmp_path / "x.extxyz", n_frames=5, temperatures=[300.0], n_trajectories=1,
+                        stride=2, relax_steps=2, stream=sys.stderr) == 2
+    err = capsys.readouterr().err
+    assert "0 of 1 trajectories to run" in err and "1 ended early" in err, err
+    assert "t00 ended for good after 2 frames: closest pair 0.300 A" in err and "INCOMPLETE" not in err, err
+    # too little time left to start: a warning says so (the run's summary pointed at warnings that were not there)
+    plan2 = gen.plan_trajectories("peo", 5, [300.0], 1, 2, parts, relax_steps=2, first_trajectory=1)[0]
+    with caplog.at_level("WARNING"):
+        assert gen.run_trajectory(plan2, deadline=time.time() + 30) == 0
+    assert "t01: not started: 30 s were left before the time limit, under the 60 s" in caplog.text
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -164,6 +164,29 @@ def test_resume_with_more_epochs_replans_the_schedule(data, tmp_path):
         train_model(tr, va, spec, cfg.replace(epochs=3), log=quiet, checkpoint=ck, resume=True)
 
 
+def test_resume_names_changed_training_settings(data, tmp_path):
+    """A resume may change batch size, precision, weight decay, clipping or averaging: the later epochs use the
+    new values (the loop reads them), and a note names each one (they used to change without a word)."""
+    spec, tr, va = data
+    cfg = TrainConfig(epochs=2, batch_size=8, hidden=[8], threads=1, patience=0, ema_decay=0.9)
+    ck = str(tmp_path / "ck.pt")
+    train_model(tr, va, spec, cfg, log=quiet, checkpoint=ck)
+    saved = (tmp_path / "ck.pt").read_bytes()
+    lines = []
+    train_model(tr, va, spec, cfg.replace(epochs=3, batch_size=4, grad_clip=1.0, ema_decay=0.5), log=lines.append,
+                checkpoint=ck, resume=True)
+    note = [line for line in lines if line.startswith("note: the epochs from 3 train with changed settings")]
+    assert len(note) == 1, lines
+    for part in ("batch_size 4 (was 8)", "grad_clip 1.0 (was 0.0)", "ema_decay 0.5 (was 0.9)"):
+        assert part in note[0], note
+    assert "weight_decay" not in note[0] and "dtype" not in note[0]
+    # unchanged settings: no note
+    (tmp_path / "ck.pt").write_bytes(saved)
+    lines = []
+    train_model(tr, va, spec, cfg.replace(epochs=3), log=lines.append, checkpoint=ck, resume=True)
+    assert not any("changed settings" in line for line in lines), lines
+
+
 def test_early_stopping(data):
     spec, tr, va = data
     cfg = TrainConfig(epochs=200, batch_size=8, hidden=[8], lr=1e-9, patience=3, threads=1, schedule="constant")

@@ -5,10 +5,11 @@ thermostat seed) and runs in its own worker process with ``OMP_NUM_THREADS=1``. 
 to ``<out>.parts/t<k>.extxyz`` as they are made (flushed per frame), with energy (eV), forces (eV/Å),
 momenta (so an interrupted trajectory continues from its last frame) and metadata in ``atoms.info``:
 ``system``, ``method`` ("GFN1-xTB"), ``temperature`` (K), ``seed``, ``step`` (MD step, 1 fs each),
-``trajectory`` (k). When the run ends (all trajectories complete, or the wall-clock limit is hit),
+``trajectory`` (k); a trajectory that reaches a pair closer than ``builders.MIN_PAIR_DISTANCE`` ends there
+for good, its last stored frame carrying ``ended`` (the reason). When the run ends (all trajectories complete, or the wall-clock limit is hit),
 the parts are merged, ordered by trajectory and step, into ``<out>`` (lzma-compressed when the name
 ends in ``.xz``). A later run with the same arguments resumes: complete trajectories are skipped,
-partial ones continue from their last frame; when the parts folder is absent the trajectories are
+partial ones continue from their last frame (ended ones do not); when the parts folder is absent the trajectories are
 recovered from ``<out>`` itself.
 
 Runnable without installing the package::
@@ -243,11 +244,33 @@ def _append(path, frame):
         os.fsync(fh.fileno())
 
 
+def _ended(frames) -> str:
+    """Why a trajectory ended before its planned frames ("" if it did not): ``info["ended"]`` of its last frame."""
+    return str(frames[-1].info.get("ended", "")) if frames else ""
+
+
+def _mark_ended(path: Path, why: str):
+    """Record in the last stored frame of a part file that its trajectory ends there (rewritten atomically)."""
+    from ase.io import write
+
+    frames = _read_frames(path)
+    frames[-1].info["ended"] = why
+    tmp = path.with_name(".tmp-" + path.name)
+    with open(tmp, "w") as fh:
+        write(fh, frames, format="extxyz")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
 def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=None) -> int:
     """Run (or continue) one trajectory; returns the number of frames stored in its part file.
 
     SCF failures (any exception from tblite) are logged; the MD restarts from the last good state
-    with fresh thermostat noise and a fresh calculator. Stops at ``deadline`` (``time.time()``).
+    with fresh thermostat noise and a fresh calculator. Stops at ``deadline`` (``time.time()``); a
+    trajectory not started, or stopped before its first frame, for lack of time says so in a warning.
+    A frame with a pair closer than :data:`MIN_PAIR_DISTANCE` ends the trajectory for good: the
+    last stored frame gets ``info["ended"]`` (the reason), and a resume does not continue it.
     """
     from ase import units
     from ase.md.langevin import Langevin
@@ -257,7 +280,7 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     done = _read_checked(plan.path, "part file") if plan.path.exists() else []
     _check_stored(done, plan, f"part file {str(plan.path)!r}")
-    if len(done) >= plan.n_frames:
+    if len(done) >= plan.n_frames or _ended(done):
         return len(done)
     rng = np.random.default_rng([plan.seed, len(done)])
     if done:
@@ -265,13 +288,17 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
         atoms.calc = None
         step = int(done[-1].info["step"])
     else:
+        if time.time() > deadline - START_MARGIN:  # not worth starting: nothing would be stored
+            log.warning("%s t%02d: not started: %.0f s were left before the time limit, under the %.0f s a new "
+                        "trajectory needs", plan.system, plan.index, max(deadline - time.time(), 0.0), START_MARGIN)
+            return 0
         atoms = builders.build(plan.system, np.random.default_rng(plan.seed))
         atoms.calc = _calculator()
-        if time.time() > deadline - START_MARGIN:  # not worth starting: nothing would be stored
-            return 0
         try:
             for _ in FIRE(atoms, logfile=None).irun(fmax=0.1, steps=plan.relax_steps):
                 if time.time() > deadline:
+                    log.warning("%s t%02d: the time limit came during the relaxation; no frame stored",
+                                plan.system, plan.index)
                     return 0
         except Exception as exc:  # noqa: BLE001 -- tblite raises plain exceptions on SCF failure
             log.warning("%s t%02d: relaxation failed (%s); starting MD from the last geometry",
@@ -304,9 +331,13 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
                 if closest < builders.MIN_PAIR_DISTANCE.get(plan.system, 0.0):
                     # new chemistry (li4p2o7: an O-O bond, 1.24 Å) or a collapse: the frame would
                     # break the data set's documented minimum distance, so the trajectory ends here
-                    log.warning("%s t%02d step %d: closest pair %.3f Å < %.2f Å (MIN_PAIR_DISTANCE); "
-                                "trajectory ended with %d frames", plan.system, plan.index, step, closest,
-                                builders.MIN_PAIR_DISTANCE[plan.system], n_stored)
+                    why = (f"closest pair {closest:.3f} A < {builders.MIN_PAIR_DISTANCE[plan.system]:.2f} A "
+                           f"(MIN_PAIR_DISTANCE) at step {step}")
+                    if n_stored:
+                        _mark_ended(plan.path, why)
+                    log.warning("%s t%02d: %s; trajectory ended with %d frames%s", plan.system, plan.index, why,
+                                n_stored, "" if n_stored else " (a rerun with this seed would end the same way: "
+                                "another seed or first trajectory gives another structure)")
                     return n_stored
                 _append(plan.path, _frame(atoms, energy, forces_nc, plan, step))
                 n_stored += 1
@@ -325,6 +356,8 @@ def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=No
             atoms.set_momenta(good_mom)
             step = good_step
             rng = np.random.default_rng([plan.seed, n_stored, failures, 7])
+    if n_stored == 0 and time.time() >= deadline:
+        log.warning("%s t%02d: the time limit came before the first frame; no frame stored", plan.system, plan.index)
     return n_stored
 
 
@@ -428,8 +461,9 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     workers = workers or os.cpu_count() or 1
     start = time.time()
     deadline = start + time_limit if time_limit else math.inf
-    counts = {p.index: (len(_read_frames(p.path)) if p.path.exists() else 0) for p in plans}
-    todo = [p for p in plans if counts[p.index] < p.n_frames]
+    stored = {p.index: (_read_frames(p.path) if p.path.exists() else []) for p in plans}
+    counts = {k: len(frames) for k, frames in stored.items()}
+    todo = [p for p in plans if counts[p.index] < p.n_frames and not _ended(stored[p.index])]
     new = [p for p in todo if counts[p.index] == 0]
     if short and new:
         if len(new) == len(todo):
@@ -463,15 +497,21 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
                     print(f"[{system}] trajectory {k} failed: {err}", file=stream, flush=True)
         manager.shutdown()
     n = merge_parts(parts_dir, out)
-    complete = sum(1 for p in plans if p.path.exists() and len(_read_frames(p.path)) >= p.n_frames)
+    stored = {p.index: (_read_frames(p.path) if p.path.exists() else []) for p in plans}
+    complete = sum(1 for p in plans if len(stored[p.index]) >= p.n_frames)
+    ended = {p.index: _ended(stored[p.index]) for p in plans
+             if len(stored[p.index]) < p.n_frames and _ended(stored[p.index])}
     if n == 0:
         print(f"[{system}] no frame was stored, {out} not written ({time.time() - start:.0f} s); "
               f"see the warnings above", file=stream, flush=True)
         return 0
-    print(f"[{system}] wrote {n} frames to {out} ({complete}/{len(plans)} trajectories complete, "
-          f"{time.time() - start:.0f} s)", file=stream, flush=True)
-    if complete < len(plans):
-        print(f"[{system}] INCOMPLETE: {len(plans) - complete} trajectories are missing or partial (the time "
+    print(f"[{system}] wrote {n} frames to {out} ({complete}/{len(plans)} trajectories complete"
+          + (f", {len(ended)} ended early" if ended else "") + f", {time.time() - start:.0f} s)", file=stream, flush=True)
+    for k, why in sorted(ended.items()):
+        print(f"[{system}] t{k:02d} ended for good after {len(stored[k])} frames: {why}; a rerun does not continue "
+              f"it (more frames: more trajectories, {names['n_trajectories']} or {names['first_trajectory']})", file=stream, flush=True)
+    if complete + len(ended) < len(plans):
+        print(f"[{system}] INCOMPLETE: {len(plans) - complete - len(ended)} trajectories are missing or partial (the time "
               f"limit, or a failure reported above, stopped them); the same command again continues them", file=stream, flush=True)
     return n
 
