@@ -6,12 +6,13 @@ All checking and device dispatch happen here; kernels live in _kernels/.
 from __future__ import annotations
 
 import functools
+import threading
 
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import _device, _fork
+from . import _device, _fork, _threads
 from ._box import CellTooSmallError
 from ._neighbors import bin_atoms, build_csr_cpu, one_shot_grid
 from ._spec import FeatureSpec
@@ -309,7 +310,8 @@ def featurize(atoms=None, spec=None, device="cpu", dtype=np.float32, *, position
             if len(structures) > 1:
                 raise type(exc)(f"structure {k}: {exc}") from None
             raise
-    return _featurize_prepared_cpu(cache, prepared, dtype)
+    with _threads.cpu_kernels():
+        return _featurize_prepared_cpu(cache, prepared, dtype)
 
 
 def _cells_cpu(params, pos, species, cell, pbc, g, v):
@@ -355,6 +357,8 @@ class Featurizer:
     atom has moved more than ``skin / 2`` since the last build, or the cell,
     periodicity or atom count changes. Output buffers are reused: the arrays
     returned by a call are overwritten by the next call (copy them to keep).
+    Not for several threads at once (a RuntimeError says so): make one per
+    thread; ``featurize`` and ``ForceModel`` may be shared.
 
     Parameters
     ----------
@@ -377,6 +381,7 @@ class Featurizer:
         self.n_rebuilds = 0
         self._key = None
         self._inputs = None  # raw (numbers, cell, pbc) of the last call and their validated forms
+        self._busy = threading.Lock()  # held during a call: one object, one thread at a time
         if self.device == "cuda":
             _device.require_cuda()
             from ._features_cuda import CudaFeaturizerState
@@ -420,10 +425,28 @@ class Featurizer:
     def __call__(self, positions, numbers=None, cell=None, pbc=None):
         # numbers defaults to None so that a call with an ase.Atoms gets check_positions' advice, not Python's
         # "missing argument"; None itself is refused by the checks
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(_threads.SHARED_FEATURIZER)
+        try:
+            return self._call(positions, numbers, cell, pbc)
+        finally:
+            self._busy.release()
+
+    def _call(self, positions, numbers, cell, pbc):
         if self.device == "cuda":
             return self._cuda(positions, numbers, cell, pbc, self)
         pos, species, cell, pbc = self._prepare(positions, numbers, cell, pbc)
-        return self._compute(pos, species, cell, pbc)
+        with _threads.cpu_kernels():
+            return self._compute(pos, species, cell, pbc)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_busy"]  # a lock does not pickle; a copy is not in use
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._busy = threading.Lock()
 
     def _call_same_system(self, positions, numbers, cell=None, pbc=None):
         """``self(positions, numbers, cell, pbc)`` where the caller guarantees that numbers, cell and pbc
@@ -454,7 +477,13 @@ class Featurizer:
             or not max_displacement2(positions, self._pos_ref) <= (0.5 * self.skin) ** 2
         ):
             return self(positions, numbers, cell, pbc)
-        return self._run_kernel(positions)
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError(_threads.SHARED_FEATURIZER)
+        try:
+            with _threads.cpu_kernels():
+                return self._run_kernel(positions)
+        finally:
+            self._busy.release()
 
     def _compute(self, pos, species, cell, pbc):
         n = pos.shape[0]

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _device, _fork
+from . import _device, _fork, _threads
 from ._box import assign_bins, bin_grid, bin_grids, candidates, pair_r2_limit
 from ._validation import check_cell, check_cutoff, check_pbc, check_positions, check_device
 
@@ -270,4 +270,5 @@ def neighbor_list(positions, cell=None, pbc=False, cutoff=None, *, sorted=False,
         raise TypeError("`positions` is a CUDA array but device='cpu'; pass a NumPy array or device='cuda'")
     positions = check_positions(positions)
     cell = check_cell(cell, pbc)
-    return build_cpu(positions, cell, pbc, cutoff, sorted=sorted)
+    with _threads.cpu_kernels():
+        return build_cpu(positions, cell, pbc, cutoff, sorted=sorted)

@@ -7,7 +7,7 @@ custom-op library is ever registered.
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import os
 import threading
 
@@ -132,13 +132,17 @@ class ForceModel:
     Pickling (``multiprocessing``, ``copy.deepcopy``, a pickled Calculator): a
     model pickles as a reference to its file (:attr:`path`) and is loaded again
     with the same device, threads and skin where it is unpickled, so the file
-    must be readable there. Workers started by ``fork`` after the parent computed
+    must be readable there, and unchanged: a file rewritten since the load (a
+    new ``fastfeat train --out`` at the same path) is refused with a
+    ModelLoadError, not served as this model. Workers started by ``fork`` after the parent computed
     forces cannot run the CPU kernels under GNU OpenMP (a RuntimeError says so):
     use the ``spawn`` or ``forkserver`` start method.
     """
 
-    def __init__(self, session, info: ModelInfo, path: str, device: str, skin: float, intra_op_threads=1):
+    def __init__(self, session, info: ModelInfo, path: str, device: str, skin: float, intra_op_threads=1,
+                 file_sha256=None):
         self._session = session
+        self._file_sha256 = file_sha256  # of the file as loaded: a copy (see __reduce__) must load the same file
         self._intra_op_threads = intra_op_threads
         self.info = info
         self.spec = info.spec
@@ -206,6 +210,7 @@ class ForceModel:
             opts.intra_op_num_threads = intra_op_threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
+        file_sha256 = _file_sha256(path)
         try:
             session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -220,13 +225,13 @@ class ForceModel:
         check_signature(session, info, path)
         # the absolute path: a model pickles as a reference to its file (see __reduce__), which must hold
         # after a change of working directory
-        return cls(session, info, os.path.abspath(path), dev, skin, intra_op_threads)
+        return cls(session, info, os.path.abspath(path), dev, skin, intra_op_threads, file_sha256)
 
     def __reduce__(self):
         # an onnxruntime session cannot be pickled: a model pickles (and deep-copies) as a reference to
         # its file and is loaded again, with the same device and options, where it is unpickled (e.g. in
         # the workers of a multiprocessing pool)
-        return _load_model, (self.path, self.device, self._intra_op_threads, self.skin)
+        return _load_model, (self.path, self.device, self._intra_op_threads, self.skin, self._file_sha256)
 
     @classmethod
     def pretrained(cls, name, device="cpu", **kwargs) -> "ForceModel":
@@ -319,11 +324,8 @@ class ForceModel:
                              tolerance)
 
     def _featurize(self, structures, device):
-        """``fastfeat.featurize`` with the model's spec and dtype; on the CPU under the lock that Numba's
-        workqueue threading layer needs when several threads featurize."""
-        lock = _WORKQUEUE_LOCK if device == "cpu" and _parallel_lock() is not None else contextlib.nullcontext()
-        with lock:
-            return fastfeat.featurize(structures, self.spec, device=device, dtype=self.dtype)
+        """``fastfeat.featurize`` with the model's spec and dtype (thread-safe: see ``fastfeat._threads``)."""
+        return fastfeat.featurize(structures, self.spec, device=device, dtype=self.dtype)
 
     def evaluator(self, numbers, cell, pbc) -> "ForceEvaluator":
         """A low-overhead force function for one fixed system (MD).
@@ -355,14 +357,33 @@ class ForceModel:
         """
         self.require_forces()
         _check_atoms(atoms, "atoms", "; for several structures use forces_batch(list_of_atoms)")
-        numbers, cell, pbc = atoms.numbers, atoms.cell.array, atoms.pbc
-        ev = getattr(self._local, "evaluator", None)
-        if ev is None or not ev.same_system(numbers, cell, pbc):
-            ev = self.evaluator(numbers, cell, pbc)
-            self._local.evaluator = ev
+        ev = self._thread_evaluator(atoms.numbers, atoms.cell.array, atoms.pbc)
         if self.device == "cuda":
             return ev(ev.xp.asarray(atoms.positions, dtype=np.float64)).get()
         return ev(atoms.positions).copy()
+
+    def _thread_evaluator(self, numbers, cell, pbc):
+        """This thread's evaluator for the system, kept among the last few systems the thread asked for (two
+        calculators alternating on different structures rebuilt everything on every call)."""
+        evs = getattr(self._local, "evaluators", None)
+        if evs is None:
+            evs = self._local.evaluators = []
+        for k, ev in enumerate(evs):
+            if ev.same_system(numbers, cell, pbc):
+                if k:
+                    evs.insert(0, evs.pop(k))
+                return ev
+        ev = self.evaluator(numbers, cell, pbc)
+        evs.insert(0, ev)
+        # at most _KEPT_EVALUATORS, and the older ones only while they are small: a stream of different
+        # large structures keeps one
+        atoms = 0
+        for k in range(1, len(evs)):
+            atoms += evs[k].n_atoms
+            if k >= _KEPT_EVALUATORS or atoms > _KEPT_ATOMS:
+                del evs[k:]
+                break
+        return ev
 
     def forces_batch(self, atoms_list) -> list:
         """Forces of several structures in one onnxruntime call.
@@ -460,15 +481,33 @@ class ForceModel:
         return RuntimeError(f"onnxruntime failed to run model {self.path!r} on {n_atoms} atoms: {exc}")
 
 
-def _load_model(path, device, intra_op_threads, skin):
-    """ForceModel.load with positional arguments (the unpickling of a ForceModel)."""
-    return ForceModel.load(path, device, intra_op_threads=intra_op_threads, skin=skin)
+#: per thread, ForceModel.forces keeps the evaluators of this many recent systems, the older ones while they
+#: hold at most _KEPT_ATOMS atoms together
+_KEPT_EVALUATORS = 4
+_KEPT_ATOMS = 20000
 
 
-#: serialises featurizer calls when Numba runs its "workqueue" threading layer, which aborts
-#: the process on concurrent parallel calls from two threads (the omp and tbb layers are safe)
-_WORKQUEUE_LOCK = threading.Lock()
-_UNKNOWN = object()
+def _load_model(path, device, intra_op_threads, skin, file_sha256=None):
+    """ForceModel.load with positional arguments (the unpickling of a ForceModel); ModelLoadError when the
+    file is no longer the one the pickled model was loaded from."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model file {path!r} does not exist: a copied or unpickled ForceModel (e.g. in a "
+                                f"worker process) loads its file again, so the file must stay where it was loaded")
+    model = ForceModel.load(path, device, intra_op_threads=intra_op_threads, skin=skin)
+    if file_sha256 is not None and model._file_sha256 != file_sha256:
+        raise ModelLoadError(
+            f"model file {path!r} changed since this model was loaded: a copied or unpickled ForceModel (e.g. in a "
+            f"worker process, or a deep copy of atoms with a Calculator) loads its file again and would now be "
+            f"another model; load the new file explicitly with ForceModel.load, or keep the original file")
+    return model
+
+
+def _file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _check_atoms(atoms, name, hint=""):
@@ -477,17 +516,6 @@ def _check_atoms(atoms, name, hint=""):
 
     if not isinstance(atoms, Atoms):
         raise TypeError(f"`{name}` must be one ase.Atoms, got {type(atoms).__name__}{hint}")
-
-
-def _parallel_lock():
-    """The lock featurizer calls must hold under Numba's layer, or None when calls may overlap."""
-    import numba
-
-    try:
-        layer = numba.threading_layer()
-    except ValueError:  # no parallel kernel has run yet
-        return _UNKNOWN
-    return _WORKQUEUE_LOCK if layer == "workqueue" else None
 
 
 def _check_positions_shape(positions, n_atoms):
@@ -554,7 +582,6 @@ class ForceEvaluator:
         self._io = self._session.io_binding()
         self._g = self._v = None
         self._bounds = None
-        self._lock = _parallel_lock() if self.device == "cpu" else None
         n = self.n_atoms
         if self.device == "cuda":
             cp = _cupy()
@@ -583,6 +610,11 @@ class ForceEvaluator:
     def n_rebuilds(self) -> int:
         """Neighbour-list builds of the featurizer so far."""
         return int(self._fz.n_rebuilds)
+
+    def __reduce__(self):
+        # the onnxruntime session and IOBinding cannot be pickled: a copy is a new evaluator of the same model
+        # (itself pickled as a reference to its file) and system, its neighbour list built at its first call
+        return ForceEvaluator, (self.model, self.numbers, self.cell, self.pbc)
 
     def same_system(self, numbers, cell, pbc) -> bool:
         """True when (numbers, cell, pbc) are this evaluator's."""
@@ -627,16 +659,10 @@ class ForceEvaluator:
             _check_positions_shape(positions, self.n_atoms)
         if self.n_atoms == 0:
             return self._out
-        lock = self._lock
         # numbers, cell and pbc are this evaluator's own read-only copies: the featurizer may skip their checks
+        # (under the lock Numba's workqueue layer needs, see fastfeat._threads)
         _, cell, pbc = self._system
-        if lock is None:
-            g, v = self._fz._call_same_system(positions, self._numbers_arg, cell, pbc)
-        else:
-            with _WORKQUEUE_LOCK:
-                g, v = self._fz._call_same_system(positions, self._numbers_arg, cell, pbc)
-            if lock is _UNKNOWN:
-                self._lock = _parallel_lock()
+        g, v = self._fz._call_same_system(positions, self._numbers_arg, cell, pbc)
         if g is not self._g or v is not self._v:
             self._rebind(g, v)
         if self._sync is not None:

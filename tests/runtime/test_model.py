@@ -602,6 +602,60 @@ def test_model_and_calculator_pickle_by_file_reference(model_path, water):
     assert pickle.loads(pickle.dumps(ForceModel.pretrained("peo"))).path == ForceModel.pretrained("peo").path
 
 
+def test_a_copy_refuses_a_model_file_rewritten_since_the_load(tmp_path, water):
+    """A copy or an unpickled model loads its file again: once the file at that path was replaced (a new
+    `fastfeat train --out` there) it silently became the other model (forces 2.2 eV/Å off); now it is refused,
+    and a removed file is named as the copy's."""
+    import copy
+    import pickle
+    import shutil
+
+    from fastfeat.runtime import Calculator
+
+    names = model_module.pretrained_names()
+    if not {"li4p2o7", "li4p2o7-water"} <= set(names):
+        pytest.skip("bundled li4p2o7 models not present")
+    path = tmp_path / "model.onnx"
+    shutil.copy(ForceModel.pretrained("li4p2o7").path, path)
+    m = ForceModel.load(path)
+    blob = pickle.dumps(m)
+    atoms = water.copy()
+    atoms.calc = Calculator(m)
+    shutil.copy(ForceModel.pretrained("li4p2o7-water").path, path)
+    for make in (lambda: pickle.loads(blob), lambda: copy.deepcopy(m), lambda: copy.deepcopy(atoms).calc.model):
+        with pytest.raises(ModelLoadError, match=r"model\.onnx' changed since this model was loaded"):
+            make()
+    shutil.copy(ForceModel.pretrained("li4p2o7").path, path)  # the same bytes again: fine
+    assert pickle.loads(blob).spec == m.spec
+    path.unlink()
+    with pytest.raises(FileNotFoundError, match="a copied or unpickled ForceModel .* loads its file again"):
+        pickle.loads(blob)
+
+
+def test_forces_keep_the_evaluators_of_alternating_systems(model, water):
+    """Two structures alternated through one model (two calculators sharing it) rebuilt evaluator, buffers and
+    neighbour list on every call; each now keeps its own, and the forces are those of a fresh model."""
+    small = water[:12]
+    ref_w, ref_s = ForceModel.load(model.path).forces(water), ForceModel.load(model.path).forces(small)
+    m = ForceModel.load(model.path)
+    for _ in range(3):
+        np.testing.assert_allclose(m.forces(water), ref_w, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(m.forces(small), ref_s, rtol=1e-6, atol=1e-6)
+    evs = m._local.evaluators
+    assert len(evs) == 2 and all(ev.n_rebuilds == 1 for ev in evs), [ev.n_rebuilds for ev in evs]
+
+
+def test_an_evaluator_pickles_as_a_new_evaluator_of_the_same_system(model, water):
+    import copy
+    import pickle
+
+    ev = model.evaluator(water.numbers, water.cell.array, water.pbc)
+    ref = ev(water.positions).copy()
+    for twin in (pickle.loads(pickle.dumps(ev)), copy.deepcopy(ev)):
+        assert twin is not ev and twin.same_system(water.numbers, water.cell.array, water.pbc)
+        np.testing.assert_array_equal(twin(water.positions), ref)
+
+
 def test_model_returning_another_shape_than_declared_is_named(model_path, water, tmp_path):
     """A file whose declared output is (n_atoms, 3) but whose graph computes (n_atoms, K): every way of
     running it raises a RuntimeError naming the model, none returns the wrong array."""
