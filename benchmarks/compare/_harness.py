@@ -7,7 +7,10 @@ Every comparison script is a module with ``run(quick: bool, threads: int) -> dic
 - ``title``: one line for the report,
 - ``rows``: measurements, one per (tool, task, structure); see :func:`row`,
 - ``ratios``: fastfeat speed-ups against peers, see :func:`ratio`,
-- ``notes``: list of strings (caveats, checks, skipped parts).
+- ``notes``: list of strings (caveats, checks, skipped parts),
+- ``error`` (optional): why the comparison failed (an agreement check, a contender that raised);
+  :func:`main_for` still writes the JSON (rows measured so far included) and exits 1, and
+  ``run_all`` reports the comparison FAILED.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import subprocess
 import sys
 
 _ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -24,7 +28,47 @@ if str(_ROOT) not in sys.path:  # allow `python benchmarks/compare/x.py`
 
 from benchmarks.common import interleaved_medians, machine_info, set_threads  # noqa: E402
 
-__all__ = ["row", "ratio", "main_for", "interleaved_medians", "set_threads", "write_report"]
+__all__ = ["row", "ratio", "main_for", "interleaved_medians", "set_threads", "write_report", "git_revision"]
+
+#: paths whose changes do not make the tree "dirty" for the record (the results themselves)
+_RESULTS_PREFIX = "benchmarks/results/"
+
+
+def _porcelain_paths(line):
+    """The path(s) of one ``git status --porcelain`` (v1) line: both sides of a rename."""
+    body = line[3:]
+    parts = body.split(" -> ") if " -> " in body else [body]
+    return [p.strip().strip('"') for p in parts]
+
+
+def git_revision(root=None):
+    """``{"commit": short hash or None, "dirty": bool or None}`` of the checkout at `root`.
+
+    ``dirty``: uncommitted changes (untracked files included) outside benchmarks/results/. None
+    where git or the repository is missing. Runs only read-only git commands
+    (``--no-optional-locks``: no index refresh written).
+    """
+    root = pathlib.Path(root or _ROOT)
+
+    def git(*args):
+        res = subprocess.run(["git", "--no-optional-locks", *args], cwd=root, capture_output=True, text=True,
+                             timeout=30)
+        if res.returncode != 0:
+            raise RuntimeError(res.stderr.strip())
+        return res.stdout
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD").strip() or None
+    except Exception:  # no git, not a repository
+        return {"commit": None, "dirty": None}
+    try:
+        status = git("status", "--porcelain", "--untracked-files=normal")
+        changed = [ln for ln in status.splitlines()
+                   if ln.strip() and not all(p.startswith(_RESULTS_PREFIX) for p in _porcelain_paths(ln))]
+        dirty = bool(changed)
+    except Exception:
+        dirty = None
+    return {"commit": commit, "dirty": dirty}
 
 
 def write_report(res, out, markdown):
@@ -58,7 +102,8 @@ def row(tool, task, structure, n_atoms, timing, throughput=None, unit=None, **ex
 def ratio(what, structure, n_atoms, fastfeat_s, peer_s, target=None, higher_is_better=True, **extra):
     """fastfeat speed-up peer_s / fastfeat_s (or any other dimensionless ratio with `value`)."""
     value = peer_s / fastfeat_s
-    out = {"what": what, "structure": structure, "n_atoms": int(n_atoms), "value": value, "target": target}
+    out = {"what": what, "structure": structure, "n_atoms": int(n_atoms), "value": value, "target": target,
+           "higher_is_better": bool(higher_is_better)}
     if target is not None:
         out["met"] = bool(value >= target) if higher_is_better else bool(value <= target)
     out.update(extra)
@@ -66,7 +111,10 @@ def ratio(what, structure, n_atoms, fastfeat_s, peer_s, target=None, higher_is_b
 
 
 def main_for(run, argv=None, description=""):
-    """Parse ``--quick --threads N --json PATH``, set thread counts, run, write JSON."""
+    """Parse ``--quick --threads N --json PATH``, set thread counts, run, write JSON.
+
+    Returns 0, or 1 when the result has an ``error`` (written to the JSON all the same).
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke test)")
     parser.add_argument("--threads", type=int, default=1, help="threads for every contender (default 1)")
@@ -78,6 +126,7 @@ def main_for(run, argv=None, description=""):
     result["threads"] = args.threads
     result["quick"] = args.quick
     result["machine"] = machine_info()
+    result["machine"].update(git_revision())
     text = json.dumps(result, indent=1, default=float)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -87,6 +136,9 @@ def main_for(run, argv=None, description=""):
         print(f"[{result['name']}] {r['what']} @ {r['n_atoms']} atoms: {r['value']:.3g}{tgt}", flush=True)
     for n in result["notes"]:
         print(f"[{result['name']}] note: {n}", flush=True)
+    if result.get("error"):
+        print(f"[{result['name']}] FAILED: {result['error']}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

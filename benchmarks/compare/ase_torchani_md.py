@@ -15,6 +15,11 @@ cell list, radial / angular cutoffs 5.2 / 3.5 Å like the fastfeat spec), per-el
 same width (AEV -> 64 -> 64 -> 1, SiLU), atomic energies summed, forces ``-dE/dr`` by one
 ``torch.autograd.grad`` per step (no double backward); random weights, float32.
 
+The two models do not see the same number of features: fastfeat's ``FeatureSpec.default(("H", "O"))``
+has 72 invariants (12 G2 per species, 16 G4 per species pair) + 16 covariant vectors, the peer's
+``like_1x(num_species=2)`` AEV has 128 (16 radial per species, 32 angular per species pair); the
+row is defined this way (each side with its own default-sized features), and the note says so.
+
 The ratio is atom-steps/s of fastfeat / atom-steps/s of ASE + TorchANI (issue #5: target 30); a
 second ratio, without target, uses fastfeat's MD loop time alone (``MDResult.wall_s``), since the
 ASE side's set-up (calculator, integrator) happens once, outside the timed calls.
@@ -158,7 +163,15 @@ def run(quick=False, threads=1):
     loop = float(np.median(ff_loop_s[1:]))  # timed rounds only
     ratios.append(ratio("MD atom-steps/s: fastfeat MD loop (run_md set-up excluded) / ASE + TorchANI-style", label, n,
                         loop, t["ase+torchani"]["median_s"]))
+    spec = model.spec
+    aev = peer.calc.aev
+    n_pairs = len(SPECIES) * (len(SPECIES) + 1) // 2
     notes = [
+        f"feature sizes differ: fastfeat FeatureSpec.default({SPECIES}) {spec.n_invariant} invariants "
+        f"({len(spec.radial)} G2 per species, {len(spec.angular)} G4 per species pair) + {spec.n_covariant} covariant "
+        f"vectors; TorchANI like_1x(num_species={len(SPECIES)}) AEV {aev.out_dim} "
+        f"({aev.radial_len // len(SPECIES)} radial per species, {aev.angular_len // n_pairs} angular per species pair); "
+        "both with hidden 64-64",
         f"{threads} thread(s) for both (torch.set_num_threads, onnxruntime intra-op threads, NUMBA_NUM_THREADS); "
         f"{repeats}×{steps} timed steps each after one untimed round; the time column is seconds per MD step",
         f"fastfeat timed end to end (run_md set-up included); its MD loop alone (MDResult.wall_s, median) "

@@ -5,8 +5,17 @@ compiled extensions), H C N O, float32, called as ``aev(species_idx, coords, cel
 The conservative path is forward + ``torch.autograd.grad((aev * w).sum(), coords)`` with a fixed
 random w (the vector-Jacobian product a network's dE/dAEV would need; the network itself is not
 timed). fastfeat: ``featurize(atoms, FeatureSpec.default(("H","C","N","O"), preset="ani1x"))``,
-float32: the same 384 invariants (16 G2 per species, 32 G4 per species pair, rc 5.2 / 3.5 Å)
-plus 64 covariant vectors, neighbour list included.
+float32: as many invariants as the AEV (384: 16 radial per species, 32 angular per species pair)
+with the same cutoffs (5.2 / 3.5 Å), but not the same functions: fastfeat's are Behler-Parrinello
+G2 / G4, ANI's angular terms are its modified angular functions (shifted angle θ_s, radial centre
+of the pair's mean distance), not G4; plus 64 covariant vectors, neighbour list included.
+
+Timing: at every size one untimed warm-up call of each contender (the first call at a size pays
+the first touch of fresh output memory, JIT aside), then timed rounds, interleaved: each round
+calls fastfeat ``ff_per_round`` times, then TorchANI forward, then forward + autograd. At 100 k
+atoms one TorchANI round takes ~2 min, so it gets 2 timed rounds (after its warm-up) while
+fastfeat, ~1 s a call, gets 3 per round (6 timed calls). Each row keeps its per-call times
+(``times_s``).
 """
 
 from __future__ import annotations
@@ -16,10 +25,34 @@ import sys
 
 import numpy as np
 
-from benchmarks.compare._harness import interleaved_medians, main_for, ratio, row
+from benchmarks.compare._harness import main_for, ratio, row
 
 TARGET_FORWARD = 30.0
 _Z_TO_ANI = {1: 0, 6: 1, 7: 2, 8: 3}
+
+
+def interleaved_rounds(fns, rounds, per_round=None, warmup=1):
+    """Like benchmarks.common.interleaved_medians, with `per_round[name]` calls of a contender per
+    round (default 1): the cheap contender gets more samples without more rounds of the costly ones.
+
+    Returns name -> {"median_s", "min_s", "repeats", "times_s", "warmup"}.
+    """
+    import statistics
+    import time
+
+    per_round = per_round or {}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(per_round.get(k, 1)):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "repeats": len(v), "times_s": v, "warmup": warmup}
+            for k, v in times.items()}
 
 
 def run(quick=False, threads=1):
@@ -34,11 +67,12 @@ def run(quick=False, threads=1):
     torch.set_num_interop_threads(1)
     spec = ani1x_spec()
     aev = AEVComputer.like_1x(neighborlist="cell_list")
-    # (size, repeats, warm-up rounds): at 100 k the JIT is warm from the 3 k part and TorchANI has
-    # nothing to warm up, so no untimed round there (one TorchANI autograd call takes ~1 min)
-    sizes = [(3000, 3, 1)] if quick else [(3000, 9, 1), (100000, 2, 0)]
-    rows, ratios, notes = [], [], []
-    for n_target, repeats, warmup in sizes:
+    # (size, timed rounds, fastfeat calls per round): one untimed warm-up round at every size (at
+    # 100 k fastfeat's first call pays the first touch of ~230 MB of fresh output: 1.8 s vs 1.1 s);
+    # one TorchANI round at 100 k takes ~2 min (forward ~33 s, autograd ~73 s), hence 2 rounds there
+    sizes = [(3000, 3, 1)] if quick else [(3000, 9, 1), (100000, 2, 3)]
+    rows, ratios, notes, timed = [], [], [], []
+    for n_target, rounds, ff_per_round in sizes:
         atoms = water_system(n_target)
         n = len(atoms)
         label = f"water {n}"
@@ -66,12 +100,17 @@ def run(quick=False, threads=1):
             assert out.shape[-1] == spec.n_invariant == 384, (out.shape, spec.n_invariant)
             ff()
             del out
-        t = interleaved_medians({"fastfeat": ff, "torchani forward": ani_forward,
-                                 "torchani forward+autograd": ani_forces}, repeats, warmup=warmup)
-        rows.append(row("fastfeat", "invariant+covariant (384 + 64×3)", label, n, t["fastfeat"], n / t["fastfeat"]["median_s"], "atoms/s"))
-        rows.append(row("torchani", "AEV forward (384)", label, n, t["torchani forward"], n / t["torchani forward"]["median_s"], "atoms/s"))
+        t = interleaved_rounds({"fastfeat": ff, "torchani forward": ani_forward,
+                                "torchani forward+autograd": ani_forces}, rounds, {"fastfeat": ff_per_round}, warmup=1)
+        timing = {k: {"times_s": v["times_s"], "warmup": v["warmup"]} for k, v in t.items()}
+        rows.append(row("fastfeat", "invariant+covariant (384 + 64×3)", label, n, t["fastfeat"], n / t["fastfeat"]["median_s"], "atoms/s",
+                        **timing["fastfeat"]))
+        rows.append(row("torchani", "AEV forward (384)", label, n, t["torchani forward"], n / t["torchani forward"]["median_s"], "atoms/s",
+                        **timing["torchani forward"]))
         rows.append(row("torchani", "AEV forward + autograd forces", label, n, t["torchani forward+autograd"],
-                        n / t["torchani forward+autograd"]["median_s"], "atoms/s"))
+                        n / t["torchani forward+autograd"]["median_s"], "atoms/s", **timing["torchani forward+autograd"]))
+        timed.append(f"{n} atoms: 1 warm-up call each, then {rounds} rounds (fastfeat {rounds * ff_per_round} timed calls, "
+                     f"TorchANI {rounds} each)")
         ratios.append(ratio("features speed-up vs TorchANI AEV forward", label, n, t["fastfeat"]["median_s"],
                             t["torchani forward"]["median_s"], TARGET_FORWARD))
         ratios.append(ratio("features speed-up vs TorchANI AEV forward+autograd (conservative path)", label, n,
@@ -79,8 +118,10 @@ def run(quick=False, threads=1):
     notes.append(
         f"{threads} thread(s) for both (torch.set_num_threads, NUMBA_NUM_THREADS); TorchANI float32 'pyaev' "
         "strategy with its cell_list neighbour list (compiled cuaev/cell_list extensions not installed); "
-        "fastfeat additionally computes 64 covariant vectors per atom"
+        "fastfeat additionally computes 64 covariant vectors per atom; same invariant count (384) and cutoffs, "
+        "different functions (ANI's angular terms are not Behler-Parrinello G4)"
     )
+    notes.append("timing: " + "; ".join(timed) + "; per-call times in the JSON rows (times_s)")
     return {"name": "torchani", "title": "Features vs TorchANI AEV", "rows": rows, "ratios": ratios, "notes": notes}
 
 

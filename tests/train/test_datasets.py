@@ -430,6 +430,29 @@ def test_generate_api_validates_and_zero_frames_is_an_error(tmp_path, capsys, mo
     assert "no frame was written" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["generate", "relabel"])
+def test_data_commands_without_tblite_say_how_to_install_it(tmp_path, capsys, monkeypatch, command):
+    """Without the [data] extra the workers failed one by one ("No module named 'tblite'") and left a parts folder;
+    now one line says what to install, exit 2, nothing created; --help still works."""
+    import importlib.util
+
+    from fastfeat.cli import main as cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tblite" else real(name, *a))
+    src = tmp_path / "in.extxyz"
+    src.write_text("")
+    args = ["peo"] if command == "generate" else [str(src)]
+    monkeypatch.chdir(tmp_path)
+    assert cli(["data", command, *args, "--out", "x.extxyz"]) == 2
+    err = capsys.readouterr().err
+    assert f'fastfeat data {command}: error: needs tblite (GFN1-xTB): pip install "fastfeat[data]"' in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]
+    with pytest.raises(SystemExit) as exc:
+        cli(["data", command, "--help"])
+    assert exc.value.code == 0
+
+
 def test_relabel_bad_source_is_a_clear_error(tmp_path, capsys):
     from fastfeat.cli import main as cli
     from fastfeat.train.datasets import relabel
