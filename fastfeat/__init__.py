@@ -6,10 +6,6 @@ hand-written Numba kernels for CPU and CUDA.
 
 __version__ = "0.1.0"
 
-from ._numba_cache import ensure_writable_cache as _ensure_writable_cache
-
-_ensure_writable_cache()  # before any kernel module is imported (cache=True needs a writable place)
-
 from ._spec import FeatureSpec, SPEC_FORMAT_VERSION
 from ._neighbors import NeighborList, neighbor_list
 from ._features import Features, Featurizer, featurize

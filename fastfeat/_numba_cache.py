@@ -4,8 +4,8 @@ Numba writes a kernel's cache beside its source (``__pycache__`` in the installe
 that folder is read-only, in the user's cache folder (``~/.cache/numba``). In a container run under
 an arbitrary user id, or as a system account, both can be unwritable, and Numba then refuses to
 compile any ``cache=True`` function ("cannot cache function ...: no locator available"). Before
-fastfeat's kernel modules are imported, :func:`ensure_writable_cache` checks for that case and only
-then points ``numba.config.CACHE_DIR`` at a private folder under the system's temporary folder. A
+fastfeat's kernel modules are imported (``fastfeat._kernels`` and the runtime's kernel modules call it
+first), :func:`ensure_writable_cache` checks for that case and only then points ``numba.config.CACHE_DIR`` at a private folder under the system's temporary folder. A
 ``NUMBA_CACHE_DIR`` the user set is always kept.
 """
 
@@ -45,14 +45,20 @@ def _private_temp_folder():
     return folder if _writable(folder) else None
 
 
+_checked = False
+
+
 def ensure_writable_cache():
     """Point Numba's cache at a private temporary folder when neither of its default places is writable.
 
-    Returns the folder chosen, or None when nothing was changed."""
+    Called where the kernel modules are imported (``fastfeat._kernels``, the runtime's integrator and range
+    kernels), once per process. Returns the folder chosen, or None when nothing was changed."""
+    global _checked
     import numba
 
-    if numba.config.CACHE_DIR:  # NUMBA_CACHE_DIR: the user's choice
+    if _checked or numba.config.CACHE_DIR:  # NUMBA_CACHE_DIR: the user's choice
         return None
+    _checked = True
     kernels = [os.path.join(_PACKAGE, "_kernels", "__pycache__"),
                os.path.join(os.path.dirname(_PACKAGE), "runtime", "__pycache__"),  # a source checkout's runtime/
                os.path.join(_PACKAGE, "runtime", "__pycache__")]  # an installed fastfeat.runtime

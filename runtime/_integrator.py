@@ -14,6 +14,10 @@ import math
 
 from numba import njit
 
+from fastfeat._numba_cache import ensure_writable_cache
+
+ensure_writable_cache()  # before the cache=True kernels below are decorated
+
 
 @njit(cache=True)
 def kick_drift(x, v, f, kick, x_prev, v_prev, dt, langevin, c1, noise, noise_scale):

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 from numba import njit
 
+from fastfeat._numba_cache import ensure_writable_cache
+
+ensure_writable_cache()  # before the cache=True kernels below are decorated
+
 
 @njit(cache=True)
 def count_outside(g, species, lo, hi):
