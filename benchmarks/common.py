@@ -289,7 +289,7 @@ def set_threads(n_threads):
         torch.set_num_threads(n)
 
 
-def interleaved_medians(fns, repeats, warmup=1):
+def interleaved_medians(fns, repeats, warmup=1, per_round=None):
     """Time several callables side by side: round-robin, one call each per round.
 
     Interleaving spreads the noise of a shared machine evenly over all contenders.
@@ -299,22 +299,27 @@ def interleaved_medians(fns, repeats, warmup=1):
     fns : dict of name -> zero-argument callable
     repeats : int, number of timed rounds
     warmup : int, untimed rounds first (JIT, caches, allocator)
+    per_round : dict of name -> int, optional
+        Calls of that contender per round (default 1): a cheap contender gets more samples
+        without more rounds of the costly ones.
 
     Returns
     -------
-    dict of name -> {"median_s", "min_s", "repeats", "times_s"}
+    dict of name -> {"median_s", "min_s", "repeats", "times_s", "warmup"}
     """
+    per_round = per_round or {}
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+            for _ in range(per_round.get(k, 1)):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
     return {
-        k: {"median_s": statistics.median(v), "min_s": min(v), "repeats": len(v), "times_s": v}
+        k: {"median_s": statistics.median(v), "min_s": min(v), "repeats": len(v), "times_s": v, "warmup": warmup}
         for k, v in times.items()
     }
 

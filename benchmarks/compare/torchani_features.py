@@ -25,34 +25,10 @@ import sys
 
 import numpy as np
 
-from benchmarks.compare._harness import main_for, ratio, row
+from benchmarks.compare._harness import interleaved_medians, main_for, ratio, row
 
 TARGET_FORWARD = 30.0
 _Z_TO_ANI = {1: 0, 6: 1, 7: 2, 8: 3}
-
-
-def interleaved_rounds(fns, rounds, per_round=None, warmup=1):
-    """Like benchmarks.common.interleaved_medians, with `per_round[name]` calls of a contender per
-    round (default 1): the cheap contender gets more samples without more rounds of the costly ones.
-
-    Returns name -> {"median_s", "min_s", "repeats", "times_s", "warmup"}.
-    """
-    import statistics
-    import time
-
-    per_round = per_round or {}
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, fn in fns.items():
-            for _ in range(per_round.get(k, 1)):
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "repeats": len(v), "times_s": v, "warmup": warmup}
-            for k, v in times.items()}
 
 
 def run(quick=False, threads=1):
@@ -100,8 +76,9 @@ def run(quick=False, threads=1):
             assert out.shape[-1] == spec.n_invariant == 384, (out.shape, spec.n_invariant)
             ff()
             del out
-        t = interleaved_rounds({"fastfeat": ff, "torchani forward": ani_forward,
-                                "torchani forward+autograd": ani_forces}, rounds, {"fastfeat": ff_per_round}, warmup=1)
+        t = interleaved_medians({"fastfeat": ff, "torchani forward": ani_forward,
+                                 "torchani forward+autograd": ani_forces}, rounds, warmup=1,
+                                per_round={"fastfeat": ff_per_round})
         timing = {k: {"times_s": v["times_s"], "warmup": v["warmup"]} for k, v in t.items()}
         rows.append(row("fastfeat", "invariant+covariant (384 + 64×3)", label, n, t["fastfeat"], n / t["fastfeat"]["median_s"], "atoms/s",
                         **timing["fastfeat"]))
