@@ -6,7 +6,6 @@ All checking and device dispatch happen here; kernels live in _kernels/.
 from __future__ import annotations
 
 import functools
-import threading
 
 from dataclasses import dataclass
 
@@ -381,7 +380,7 @@ class Featurizer:
         self.n_rebuilds = 0
         self._key = None
         self._inputs = None  # raw (numbers, cell, pbc) of the last call and their validated forms
-        self._busy = threading.Lock()  # held during a call: one object, one thread at a time
+        self._busy = _threads.InUse(_threads.SHARED_FEATURIZER)  # one object, one thread at a time
         if self.device == "cuda":
             _device.require_cuda()
             from ._features_cuda import CudaFeaturizerState
@@ -425,12 +424,8 @@ class Featurizer:
     def __call__(self, positions, numbers=None, cell=None, pbc=None):
         # numbers defaults to None so that a call with an ase.Atoms gets check_positions' advice, not Python's
         # "missing argument"; None itself is refused by the checks
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError(_threads.SHARED_FEATURIZER)
-        try:
+        with self._busy:
             return self._call(positions, numbers, cell, pbc)
-        finally:
-            self._busy.release()
 
     def _call(self, positions, numbers, cell, pbc):
         if self.device == "cuda":
@@ -438,15 +433,6 @@ class Featurizer:
         pos, species, cell, pbc = self._prepare(positions, numbers, cell, pbc)
         with _threads.cpu_kernels():
             return self._compute(pos, species, cell, pbc)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        del state["_busy"]  # a lock does not pickle; a copy is not in use
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._busy = threading.Lock()
 
     def _call_same_system(self, positions, numbers, cell=None, pbc=None):
         """``self(positions, numbers, cell, pbc)`` where the caller guarantees that numbers, cell and pbc
@@ -477,13 +463,8 @@ class Featurizer:
             or not max_displacement2(positions, self._pos_ref) <= (0.5 * self.skin) ** 2
         ):
             return self(positions, numbers, cell, pbc)
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError(_threads.SHARED_FEATURIZER)
-        try:
-            with _threads.cpu_kernels():
-                return self._run_kernel(positions)
-        finally:
-            self._busy.release()
+        with self._busy, _threads.cpu_kernels():
+            return self._run_kernel(positions)
 
     def _compute(self, pos, species, cell, pbc):
         n = pos.shape[0]

@@ -3,9 +3,10 @@
 Numba writes a kernel's cache beside its source (``__pycache__`` in the installed package) or, when
 that folder is read-only, in the user's cache folder (``~/.cache/numba``). In a container run under
 an arbitrary user id, or as a system account, both can be unwritable, and Numba then refuses to
-compile any ``cache=True`` function ("cannot cache function ...: no locator available"). Before
-fastfeat's kernel modules are imported (``fastfeat._kernels`` and the runtime's kernel modules call it
-first), :func:`ensure_writable_cache` checks for that case and only then points ``numba.config.CACHE_DIR`` at a private folder under the system's temporary folder. A
+compile any ``cache=True`` function ("cannot cache function ...: no locator available").
+:func:`ensure_writable_cache` runs before fastfeat's kernel modules are decorated (``fastfeat._kernels``
+and the runtime's kernel modules call it first): in that case only, it sets ``NUMBA_CACHE_DIR`` (the
+environment and ``numba.config``) to a private folder under the system's temporary folder. A
 ``NUMBA_CACHE_DIR`` the user set is always kept.
 """
 
@@ -75,5 +76,8 @@ def ensure_writable_cache():
         return None  # Numba's own fallback works
     folder = _private_temp_folder()
     if folder is not None:
+        # the environment too: Numba re-reads it (and resets CACHE_DIR) whenever a NUMBA_* variable changed
+        # since its last read, and worker processes inherit it
+        os.environ["NUMBA_CACHE_DIR"] = folder
         numba.config.CACHE_DIR = folder
     return folder

@@ -15,10 +15,11 @@ used by two threads at once is refused with :data:`SHARED_FEATURIZER` rather tha
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 
-__all__ = ["SHARED_FEATURIZER", "cpu_kernels"]
+__all__ = ["SHARED_FEATURIZER", "InUse", "cpu_kernels"]
 
 SHARED_FEATURIZER = (
     "this fastfeat.Featurizer is being called by another thread: a Featurizer keeps its neighbour list and "
@@ -27,6 +28,15 @@ SHARED_FEATURIZER = (
 )
 
 _LOCK = threading.RLock()  # re-entrant: a locked entry may call another (ForceModel -> featurize)
+
+
+def _new_lock_in_child():
+    # a child forked while another thread of the parent held the lock would wait for it forever
+    global _LOCK
+    _LOCK = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
 _FREE = contextlib.nullcontext()
 _serialise = None  # None: no parallel kernel has run yet, so the layer is not known
 
@@ -49,3 +59,26 @@ def cpu_kernels():
         if not _serialise:
             return _FREE
     return _LOCK
+
+
+class InUse:
+    """``with guard:`` around a call of an object that keeps per-call state: a second thread entering while
+    the first is inside gets a RuntimeError with ``message`` instead of sharing the state. Copies (pickle,
+    deepcopy) get a guard of their own."""
+
+    __slots__ = ("_lock", "message")
+
+    def __init__(self, message):
+        self._lock = threading.Lock()
+        self.message = message
+
+    def __enter__(self):
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError(self.message)
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+    def __reduce__(self):
+        return InUse, (self.message,)
+

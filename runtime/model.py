@@ -16,6 +16,7 @@ import onnxruntime as ort
 
 import fastfeat
 from fastfeat._io import MODELS_DIR, bundled_model_names, names_path
+from fastfeat._threads import InUse
 from fastfeat._validation import (
     check_cell,
     check_device,
@@ -481,6 +482,12 @@ class ForceModel:
         return RuntimeError(f"onnxruntime failed to run model {self.path!r} on {n_atoms} atoms: {exc}")
 
 
+SHARED_EVALUATOR = (
+    "this force evaluator is being called by another thread: it keeps its neighbour list, IOBinding and output "
+    "buffers between calls, so each thread needs its own (model.evaluator(...) per thread; ForceModel.forces "
+    "may be shared by threads)"
+)
+
 #: per thread, ForceModel.forces keeps the evaluators of this many recent systems, the older ones while they
 #: hold at most _KEPT_ATOMS atoms together
 _KEPT_EVALUATORS = 4
@@ -542,8 +549,9 @@ class ForceEvaluator:
     Made by :meth:`ForceModel.evaluator`. Holds a ``fastfeat.Featurizer``
     (neighbour list reused within the model's skin, rebuilt automatically),
     preallocated buffers and an onnxruntime IOBinding bound to them, so a
-    call costs the features, the network and little else. Not thread-safe:
-    use one evaluator per thread.
+    call costs the features, the network and little else. One evaluator per
+    thread: a call while another thread is inside one raises a RuntimeError
+    (``ForceModel.forces`` may be shared; it keeps one per thread).
 
     Parameters
     ----------
@@ -579,6 +587,7 @@ class ForceEvaluator:
         self._system = (self.numbers, self.cell, self.pbc)
         self._session = model._session
         self._fz = fastfeat.Featurizer(model.spec, device=self.device, dtype=dtype, skin=model.skin)
+        self._busy = InUse(SHARED_EVALUATOR)
         self._io = self._session.io_binding()
         self._g = self._v = None
         self._bounds = None
@@ -659,22 +668,23 @@ class ForceEvaluator:
             _check_positions_shape(positions, self.n_atoms)
         if self.n_atoms == 0:
             return self._out
-        # numbers, cell and pbc are this evaluator's own read-only copies: the featurizer may skip their checks
-        # (under the lock Numba's workqueue layer needs, see fastfeat._threads)
-        _, cell, pbc = self._system
-        g, v = self._fz._call_same_system(positions, self._numbers_arg, cell, pbc)
-        if g is not self._g or v is not self._v:
-            self._rebind(g, v)
-        if self._sync is not None:
-            self._sync()  # features come from other CUDA streams than onnxruntime's
-        try:
-            self._session.run_with_iobinding(self._io)
-        except Exception as exc:  # onnxruntime's own exception types
-            raise self.model._run_error(exc, self.n_atoms) from None
-        if self._same_dtype:
-            return self._f_model
-        self._out[...] = self._f_model
-        return self._out
+        with self._busy:  # features, IOBinding and output buffers are this call's until it returns
+            # numbers, cell and pbc are this evaluator's own read-only copies: the featurizer may skip their
+            # checks (under the lock Numba's workqueue layer needs, see fastfeat._threads)
+            _, cell, pbc = self._system
+            g, v = self._fz._call_same_system(positions, self._numbers_arg, cell, pbc)
+            if g is not self._g or v is not self._v:
+                self._rebind(g, v)
+            if self._sync is not None:
+                self._sync()  # features come from other CUDA streams than onnxruntime's
+            try:
+                self._session.run_with_iobinding(self._io)
+            except Exception as exc:  # onnxruntime's own exception types
+                raise self.model._run_error(exc, self.n_atoms) from None
+            if self._same_dtype:
+                return self._f_model
+            self._out[...] = self._f_model
+            return self._out
 
     def _rebind(self, g, v):
         xp = self.xp

@@ -9,50 +9,56 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CODE = r"""
-import importlib.util, os, sys
+# every writability probe (fastfeat's and Numba's both create a TemporaryFile) fails outside the private folder
+UNWRITABLE = r"""
+import os, sys, tempfile
+_real = tempfile.TemporaryFile
+def _probe(*args, dir=None, **kwargs):
+    if dir is not None and "fastfeat-numba-" not in str(dir):
+        raise PermissionError(13, "read-only (test)", str(dir))
+    return _real(*args, dir=dir, **kwargs)
+tempfile.TemporaryFile = _probe
+"""
+
+CODE = UNWRITABLE + r"""
+import fastfeat
+from ase.build import molecule
+spec = fastfeat.FeatureSpec.default(("H", "C", "O"))
+f = fastfeat.featurize(molecule("CH3CH2OH"), spec)
+os.environ["NUMBA_NUM_THREADS"] = "1"  # Numba re-reads its settings at the next compile: the folder must hold
+import fastfeat.runtime  # the runtime's kernel modules are decorated now, after that re-read
 import numba
-spec = importlib.util.spec_from_file_location("probe_cache", os.path.join({root!r}, "fastfeat", "_numba_cache.py"))
-nc = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nc)
-unwritable = sys.argv[1] == "none"
-real = nc._writable
-nc._writable = lambda folder: (not unwritable) and real(folder) if "fastfeat-numba-" not in folder else real(folder)
-chosen = nc.ensure_writable_cache()
-print("chosen", chosen)
-print("config", numba.config.CACHE_DIR)
-if chosen:
-    # what fastfeat/__init__ does first: afterwards the kernels compile and cache there
-    import fastfeat
-    from ase.build import molecule
-    f = fastfeat.featurize(molecule("CH3CH2OH"), fastfeat.FeatureSpec.default(("H", "C", "O")))
-    n = sum(len(files) for _, _, files in os.walk(chosen))
-    print("cached files", n, "rows", f.invariant.shape[0])
+folder = numba.config.CACHE_DIR
+n = sum(len(files) for _, _, files in os.walk(folder))
+print("folder", folder, "env", os.environ.get("NUMBA_CACHE_DIR"), "files", n, "rows", f.invariant.shape[0])
 """
 
 
-def _run(tmp_path, mode, **env_extra):
-    env = dict(os.environ, TMPDIR=str(tmp_path), NUMBA_NUM_THREADS="1", **env_extra)
+def _run(tmp_path, code, **env_extra):
+    env = dict(os.environ, TMPDIR=str(tmp_path), NUMBA_NUM_THREADS="2")
     env.pop("NUMBA_CACHE_DIR", None)
-    env.update({k: v for k, v in env_extra.items()})
-    proc = subprocess.run([sys.executable, "-c", CODE.format(root=str(ROOT)), mode], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=tmp_path)
+    env.update(env_extra)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
 
 def test_unwritable_defaults_get_a_private_temporary_cache(tmp_path):
-    out = _run(tmp_path, "none")
+    out = _run(tmp_path, CODE)
     folder = tmp_path / f"fastfeat-numba-{os.getuid()}"
-    assert f"chosen {folder}" in out and f"config {folder}" in out, out
+    assert f"folder {folder} env {folder}" in out, out
     assert (folder.stat().st_mode & 0o077) == 0  # closed to other users
-    n = int(out.split("cached files ")[1].split()[0])
+    n = int(out.split("files ")[1].split()[0])
     assert n > 0 and "rows 9" in out, out
 
 
 def test_writable_defaults_and_a_users_cache_dir_are_left_alone(tmp_path):
-    out = _run(tmp_path, "all")
-    assert "chosen None" in out, out
+    probe = "import numba, fastfeat._numba_cache as nc; print('chosen', nc.ensure_writable_cache(), " \
+            "'config', numba.config.CACHE_DIR)"
+    out = _run(tmp_path, probe)
+    assert "chosen None config \n" in out or out.strip() == "chosen None config", out
     mine = tmp_path / "mine"
-    out = _run(tmp_path, "none", NUMBA_CACHE_DIR=str(mine))
-    assert "chosen None" in out and f"config {mine}" in out, out
+    out = _run(tmp_path, UNWRITABLE + probe, NUMBA_CACHE_DIR=str(mine))
+    assert f"chosen None config {mine}" in out, out
+    assert not list(tmp_path.glob("fastfeat-numba-*"))

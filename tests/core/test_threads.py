@@ -80,15 +80,46 @@ def test_a_featurizer_in_use_by_another_thread_is_refused():
     a = _water_box(2)
     fz = fastfeat.Featurizer(SPEC, skin=0.5)
     ref = fz(a.positions, a.numbers, a.cell.array, a.pbc)[0].copy()
-    fz._busy.acquire()  # as while another thread is inside a call
+    fz._busy._lock.acquire()  # as while another thread is inside a call
     try:
         with pytest.raises(RuntimeError, match="being called by another thread.*each thread needs its own"):
             fz(a.positions, a.numbers, a.cell.array, a.pbc)
         with pytest.raises(RuntimeError, match="being called by another thread"):
             fz._call_same_system(a.positions, a.numbers, a.cell.array, a.pbc)  # the MD step's path
     finally:
-        fz._busy.release()
+        fz._busy._lock.release()
     np.testing.assert_array_equal(fz(a.positions, a.numbers, a.cell.array, a.pbc)[0], ref)
     # copies get a lock of their own and compute the same
     for other in (pickle.loads(pickle.dumps(fz)), copy.deepcopy(fz)):
         np.testing.assert_array_equal(other(a.positions, a.numbers, a.cell.array, a.pbc)[0], ref)
+
+
+def test_a_child_forked_while_another_thread_featurizes_can_featurize():
+    """Under the workqueue layer a child forked while another thread of the parent held the kernels' lock
+    inherited the lock held and waited for it forever; the child now starts with a free lock."""
+    code = """
+import os, signal, threading, time, numpy as np, fastfeat
+from fastfeat import _threads
+from ase.build import molecule
+spec = fastfeat.FeatureSpec.default(("H", "C", "O"))
+a = molecule("CH3CH2OH")
+ref = fastfeat.featurize(a, spec).invariant
+inside, leave = threading.Event(), threading.Event()
+def hold():  # a thread of the parent inside a CPU entry when the fork happens
+    with _threads.cpu_kernels():
+        inside.set(); leave.wait(30)
+t = threading.Thread(target=hold); t.start(); inside.wait(30)
+pid = os.fork()
+if pid == 0:
+    signal.alarm(60)
+    ok = np.array_equal(fastfeat.featurize(a, spec).invariant, ref)
+    os._exit(0 if ok else 3)
+leave.set(); t.join()
+_, status = os.waitpid(pid, 0)
+print("child", os.waitstatus_to_exitcode(status))
+"""
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().endswith("child 0"), proc.stdout + proc.stderr
+

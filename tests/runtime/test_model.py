@@ -656,6 +656,17 @@ def test_an_evaluator_pickles_as_a_new_evaluator_of_the_same_system(model, water
         np.testing.assert_array_equal(twin(water.positions), ref)
 
 
+def test_an_evaluator_in_use_by_another_thread_is_refused(model, water):
+    """The featurizer's guard covered only the features: a second thread could run onnxruntime on the shared
+    IOBinding and get the other thread's forces. The whole call is guarded now."""
+    ev = model.evaluator(water.numbers, water.cell.array, water.pbc)
+    ref = ev(water.positions).copy()
+    with ev._busy:  # as while another thread is inside a call
+        with pytest.raises(RuntimeError, match="force evaluator is being called by another thread.*its own"):
+            ev(water.positions)
+    np.testing.assert_array_equal(ev(water.positions), ref)
+
+
 def test_model_returning_another_shape_than_declared_is_named(model_path, water, tmp_path):
     """A file whose declared output is (n_atoms, 3) but whose graph computes (n_atoms, K): every way of
     running it raises a RuntimeError naming the model, none returns the wrong array."""

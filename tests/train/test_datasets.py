@@ -3,6 +3,7 @@
 import json
 import lzma
 import os
+import re
 import subprocess
 import sys
 import time
@@ -374,7 +375,7 @@ def test_a_trajectory_ended_at_a_close_pair_stays_ended(tmp_path, monkeypatch, c
     frames = datasets.read(plan.path)
     assert [a.info.get("ended") for a in frames[:-1]] == [None]
     assert frames[-1].info["ended"].startswith("closest pair 0.300 A < 0.90 A (MIN_PAIR_DISTANCE) at step 6")
-    np.testing.assert_array_equal(frames[-1].get_forces(), datasets.read(plan.path)[-1].get_forces())
+    assert frames[-1].info["step"] == 4 and frames[-1].info["trajectory"] == 0  # the rest of the frame kept
     monkeypatch.setattr(gen, "_calculator", lambda: pytest.fail("an ended trajectory was run on"))
     assert gen.run_trajectory(plan) == 2
     assert gen.generate("peo", tmp_path / "x.extxyz", n_frames=5, temperatures=[300.0], n_trajectories=1,
@@ -386,7 +387,7 @@ def test_a_trajectory_ended_at_a_close_pair_stays_ended(tmp_path, monkeypatch, c
     plan2 = gen.plan_trajectories("peo", 5, [300.0], 1, 2, parts, relax_steps=2, first_trajectory=1)[0]
     with caplog.at_level("WARNING"):
         assert gen.run_trajectory(plan2, deadline=time.time() + 30) == 0
-    assert "t01: not started: 30 s were left before the time limit, under the 60 s" in caplog.text
+    assert re.search(r"t01: not started: (29|30) s were left before the time limit, under the 60 s", caplog.text)
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -433,7 +434,8 @@ def test_generate_api_validates_and_zero_frames_is_an_error(tmp_path, capsys, mo
 @pytest.mark.parametrize("command", ["generate", "relabel"])
 def test_data_commands_without_tblite_say_how_to_install_it(tmp_path, capsys, monkeypatch, command):
     """Without the [data] extra the workers failed one by one ("No module named 'tblite'") and left a parts folder;
-    now one line says what to install, exit 2, nothing created; --help still works."""
+    now one line says what to install, exit 2, nothing created (after the settings and files are checked, so
+    their errors come first); --help still works."""
     import importlib.util
 
     from fastfeat.cli import main as cli
@@ -441,7 +443,7 @@ def test_data_commands_without_tblite_say_how_to_install_it(tmp_path, capsys, mo
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tblite" else real(name, *a))
     src = tmp_path / "in.extxyz"
-    src.write_text("")
+    write(src, [Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])], format="extxyz")
     args = ["peo"] if command == "generate" else [str(src)]
     monkeypatch.chdir(tmp_path)
     assert cli(["data", command, *args, "--out", "x.extxyz"]) == 2

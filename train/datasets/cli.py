@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 __all__ = ["main"]
@@ -34,12 +33,6 @@ def main(argv: list[str] | None = None) -> int:
         print(_USAGE, end="")
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    if command in ("generate", "relabel") and not {"-h", "--help"} & set(rest) \
-            and importlib.util.find_spec("tblite") is None:
-        # checked here, before any folder is made: the workers import it only at their first single point
-        print(f'fastfeat data {command}: error: needs tblite (GFN1-xTB): pip install "fastfeat[data]" (see README)',
-              file=sys.stderr)
-        return 2
     if command == "generate":
         from .generate import main as generate_main
 

@@ -22,6 +22,7 @@ or, installed, ``fastfeat data generate peo ...``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import io
 import logging
 import lzma
@@ -423,7 +424,7 @@ def merge_parts(parts_dir: Path, out: Path) -> int:
 
 
 def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_trajectories=5, stride=3,
-             workers=None, seed=0, time_limit=None, relax_steps=30, parts_dir=None, stream=sys.stderr,
+             workers=None, seed=0, time_limit=None, relax_steps=30, parts_dir=None, stream=None,
              first_trajectory=0, names=PY_NAMES):
     """Generate (or resume) a reference data set; see the module docstring. Returns frames written.
 
@@ -436,8 +437,12 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
         ``trajectory`` info (not written by this generator) or were made with another system, seed or
         temperature than planned for their trajectory (also before anything is created). ``names``: how
         messages name the settings (:data:`PY_NAMES` or :data:`CLI_NAMES`).
+    MissingTblite
+        (an ImportError) tblite is not installed; checked after the settings and files, before anything is created.
     """
     import multiprocessing as mp
+
+    stream = sys.stderr if stream is None else stream  # at call time: sys.stderr may be replaced
 
     if system not in builders.BUILDERS:
         raise ValueError(f"`system` must be one of {sorted(builders.BUILDERS)}, got {system!r}")
@@ -457,6 +462,7 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     plans = plan_trajectories(system, n_frames, list(temperatures), n_trajectories, stride, parts_dir, seed,
                               relax_steps, first_trajectory)
     recovered = _check_existing(out, parts_dir, plans, names)
+    require_tblite()
     _recover_parts(out, parts_dir, recovered)
     workers = workers or os.cpu_count() or 1
     start = time.time()
@@ -537,12 +543,24 @@ def build_parser(prog="fastfeat data generate"):
     return p
 
 
+class MissingTblite(ImportError):
+    """tblite (the ``[data]`` extra) is not installed; raised before anything is created."""
+
+
+def require_tblite():
+    """MissingTblite unless tblite can be imported (the workers import it only at their first single point,
+    so without this check every trajectory failed on its own and left its folder behind)."""
+    if importlib.util.find_spec("tblite") is None:
+        raise MissingTblite('needs tblite (GFN1-xTB): pip install "fastfeat[data]" (see README)')
+
+
 def run_command(prog, body) -> int:
     """Exit status of a data command: ``body()`` returns the frames written; 2 (message on stderr) for
-    bad settings or unusable files (ValueError/TypeError/OSError), 1 when no frame was written, else 0."""
+    bad settings, unusable files or a missing tblite (ValueError/TypeError/OSError/MissingTblite), 1 when
+    no frame was written, else 0."""
     try:
         n = body()
-    except (ValueError, TypeError, OSError) as exc:
+    except (ValueError, TypeError, OSError, MissingTblite) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     if n == 0:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .generate import CLI_NAMES, LABEL, _append, _calculator, _read_frames, check_settings, run_command
+from .generate import CLI_NAMES, LABEL, _append, _calculator, _read_frames, check_settings, require_tblite, run_command
 
 __all__ = ["LABEL", "label_frame", "main", "relabel"]
 
@@ -106,7 +106,7 @@ def _check_parts_dir(parts_dir, record, option):
                          f"{MANIFEST}); remove it or give another {option} folder; nothing was run")
 
 
-def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=sys.stderr, _parts_option="`parts_dir`"
+def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=None, _parts_option="`parts_dir`"
             ) -> int:
     """Relabel every frame of ``source`` into ``out`` (see the module docstring); returns frames written.
 
@@ -114,6 +114,8 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=s
     ``source``). ValueError when the parts folder holds work from another source.
     """
     import multiprocessing as mp
+
+    stream = sys.stderr if stream is None else stream  # at call time: sys.stderr may be replaced
 
     from .generate import merge_parts
 
@@ -131,6 +133,7 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=s
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".relabel")
     record = _source_record(source)
     _check_parts_dir(parts_dir, record, _parts_option)
+    require_tblite()
     parts_dir.mkdir(parents=True, exist_ok=True)
     (parts_dir / MANIFEST).write_text(json.dumps(record, indent=1) + "\n")
     by_traj: dict[int, list] = {}
