@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import json
 import lzma
@@ -21,7 +22,7 @@ import os
 from pathlib import Path
 
 __all__ = ["read_structures", "check_output_path", "names_path", "MODELS_DIR", "bundled_model_names",
-           "bundled_model_file", "json_ready", "json_text"]
+           "bundled_model_file", "json_ready", "json_text", "file_sha256"]
 
 _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 
@@ -209,3 +210,13 @@ def json_ready(obj):
 def json_text(obj, **kwargs):
     """``json.dumps(json_ready(obj), allow_nan=False, **kwargs)``: undefined values written as null."""
     return json.dumps(json_ready(obj), allow_nan=False, **kwargs)
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of the bytes of the file at ``path``, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+

@@ -18,9 +18,6 @@ import tempfile
 
 __all__ = ["ensure_writable_cache"]
 
-_PACKAGE = os.path.dirname(os.path.abspath(__file__))
-
-
 def _writable(folder):
     """True if a file can be created in ``folder`` (made if missing)."""
     try:
@@ -46,25 +43,16 @@ def _private_temp_folder():
     return folder if _writable(folder) else None
 
 
-_checked = False
-
-
-def ensure_writable_cache():
-    """Point Numba's cache at a private temporary folder when neither of its default places is writable.
-
-    Called where the kernel modules are imported (``fastfeat._kernels``, the runtime's integrator and range
-    kernels), once per process. Returns the folder chosen, or None when nothing was changed."""
-    global _checked
+def ensure_writable_cache(kernel_folder):
+    """Point Numba's cache at a private temporary folder when neither of its default places is writable for
+    the kernels of ``kernel_folder`` (the folder of the module about to decorate ``cache=True`` kernels: each
+    kernel module calls this first with its own folder). Returns the folder chosen, or None when nothing was
+    changed."""
     import numba
 
-    if _checked or numba.config.CACHE_DIR:  # NUMBA_CACHE_DIR: the user's choice
+    if numba.config.CACHE_DIR:  # NUMBA_CACHE_DIR: the user's choice, or an earlier call's
         return None
-    _checked = True
-    kernels = [os.path.join(_PACKAGE, "_kernels", "__pycache__"),
-               os.path.join(os.path.dirname(_PACKAGE), "runtime", "__pycache__"),  # a source checkout's runtime/
-               os.path.join(_PACKAGE, "runtime", "__pycache__")]  # an installed fastfeat.runtime
-    kernels = [k for k in kernels if os.path.isdir(os.path.dirname(k))]
-    if all(_writable(k) for k in kernels):
+    if _writable(os.path.join(kernel_folder, "__pycache__")):  # where Numba caches first
         return None
     try:
         from numba.misc.appdirs import AppDirs

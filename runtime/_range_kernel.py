@@ -8,11 +8,13 @@ extrapolation every record without featurizing again. NumPy reference:
 
 from __future__ import annotations
 
+import os
+
 from numba import njit
 
 from fastfeat._numba_cache import ensure_writable_cache
 
-ensure_writable_cache()  # before the cache=True kernels below are decorated
+ensure_writable_cache(os.path.dirname(os.path.abspath(__file__)))  # before the cache=True kernels below
 
 
 @njit(cache=True)

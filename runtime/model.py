@@ -7,7 +7,6 @@ custom-op library is ever registered.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 
@@ -15,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 import fastfeat
-from fastfeat._io import MODELS_DIR, bundled_model_names, names_path
+from fastfeat._io import MODELS_DIR, bundled_model_names, file_sha256, names_path
 from fastfeat._threads import InUse
 from fastfeat._validation import (
     check_cell,
@@ -211,7 +210,7 @@ class ForceModel:
             opts.intra_op_num_threads = intra_op_threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
-        file_sha256 = _file_sha256(path)
+        digest = file_sha256(path)
         try:
             session = ort.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -226,7 +225,7 @@ class ForceModel:
         check_signature(session, info, path)
         # the absolute path: a model pickles as a reference to its file (see __reduce__), which must hold
         # after a change of working directory
-        return cls(session, info, os.path.abspath(path), dev, skin, intra_op_threads, file_sha256)
+        return cls(session, info, os.path.abspath(path), dev, skin, intra_op_threads, digest)
 
     def __reduce__(self):
         # an onnxruntime session cannot be pickled: a model pickles (and deep-copies) as a reference to
@@ -508,13 +507,6 @@ def _load_model(path, device, intra_op_threads, skin, file_sha256=None):
             f"another model; load the new file explicitly with ForceModel.load, or keep the original file")
     return model
 
-
-def _file_sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_atoms(atoms, name, hint=""):

@@ -250,18 +250,27 @@ def _ended(frames) -> str:
     return str(frames[-1].info.get("ended", "")) if frames else ""
 
 
-def _mark_ended(path: Path, why: str):
-    """Record in the last stored frame of a part file that its trajectory ends there (rewritten atomically)."""
+def _replace_frames(path: Path, frames):
+    """Write ``frames`` to ``path`` through a synced temporary file beside it (same suffix, so the same
+    compression), then put it in place: a reader, or a run killed meanwhile, never finds half a file."""
     from ase.io import write
 
+    tmp = path.with_name(".tmp-" + path.name)
+    with _open_text(tmp, "wt") as fh:
+        write(fh, frames, format="extxyz")
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _mark_ended(path: Path, why: str):
+    """Record in the last stored frame of a part file that its trajectory ends there."""
     frames = _read_frames(path)
     frames[-1].info["ended"] = why
-    tmp = path.with_name(".tmp-" + path.name)
-    with open(tmp, "w") as fh:
-        write(fh, frames, format="extxyz")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    _replace_frames(path, frames)
 
 
 def run_trajectory(plan: TrajectoryPlan, deadline: float = math.inf, progress=None) -> int:
@@ -406,8 +415,6 @@ def merge_parts(parts_dir: Path, out: Path) -> int:
     Frames without ``trajectory`` info count as trajectory 0, without ``step`` info their index in their
     part file is the step (their order is kept).
     """
-    from ase.io import write
-
     frames, keys = [], []
     for part in sorted(parts_dir.glob("t*.extxyz")):
         for i, atoms in enumerate(_read_checked(part, "part file")):
@@ -415,11 +422,7 @@ def merge_parts(parts_dir: Path, out: Path) -> int:
             keys.append((int(atoms.info.get("trajectory", 0)), int(atoms.info.get("step", i)), len(keys)))
     if not frames:
         return 0  # nothing to write: an empty output would only look like a data set
-    frames = [frames[key[2]] for key in sorted(keys)]
-    tmp = out.with_name(".tmp-" + out.name)  # same suffix, so the same compression
-    with _open_text(tmp, "wt") as fh:
-        write(fh, frames, format="extxyz")
-    os.replace(tmp, out)
+    _replace_frames(out, [frames[key[2]] for key in sorted(keys)])
     return len(frames)
 
 

@@ -19,7 +19,6 @@ made from another source is refused.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -29,6 +28,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from fastfeat._io import file_sha256
 
 from .generate import CLI_NAMES, LABEL, _append, _calculator, _read_frames, check_settings, require_tblite, run_command
 
@@ -79,11 +80,7 @@ MANIFEST = "source.json"
 
 
 def _source_record(source):
-    digest = hashlib.sha256()
-    with open(source, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return {"source": os.fspath(source), "bytes": os.path.getsize(source), "sha256": digest.hexdigest()}
+    return {"source": os.fspath(source), "bytes": os.path.getsize(source), "sha256": file_sha256(source)}
 
 
 def _check_parts_dir(parts_dir, record, option):
