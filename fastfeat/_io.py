@@ -21,10 +21,32 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["read_structures", "check_output_path", "names_path", "MODELS_DIR", "bundled_model_names",
+__all__ = ["read_structures", "check_output_path", "check_extxyz_path", "EXTXYZ_EXTENSIONS", "names_path", "MODELS_DIR", "bundled_model_names",
            "bundled_model_file", "json_ready", "json_text", "file_sha256"]
 
 _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
+
+
+#: the names of files written as extended XYZ text (trajectories, generated data sets)
+EXTXYZ_EXTENSIONS = (".extxyz", ".xyz")
+
+
+def check_extxyz_path(path, what="output"):
+    """``path`` as a str if it ends in .extxyz or .xyz (any case), else ValueError naming ``what``.
+
+    The file is written as extended XYZ text; ``ase.io.read`` picks its reader from the extension,
+    so e.g. a ``.traj`` file would not read back.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a file path, got {type(path).__name__}")
+    text = os.fspath(path)
+    if not text.lower().endswith(EXTXYZ_EXTENSIONS):
+        ext = os.path.splitext(text)[1] or "no extension"
+        raise ValueError(
+            f"{what} {text!r} must end in .extxyz or .xyz, got {ext}: it is written as extended XYZ "
+            "text, and ASE reads a file in the format its extension names; nothing was run"
+        )
+    return text
 
 
 def check_output_path(path, what="output"):
@@ -101,10 +123,21 @@ def read_structures(path, index=":", format=None, what="structure file"):
             if not source.getvalue().strip():
                 source = None
         if source is not None:
-            out = ase.io.read(source, index=index, format=fmt)
-    except (IndexError, StopIteration):
+            if isinstance(index, int) and index < 0:
+                # ASE clamps a negative index past the first frame to frame 0: read the last -index frames
+                # (a slice) and refuse when there are fewer
+                tail = ase.io.read(source, index=slice(index, None), format=fmt)
+                if len(tail) < -index:
+                    raise IndexError(index)
+                out = tail[0]
+            else:
+                out = ase.io.read(source, index=index, format=fmt)
+    except (IndexError, StopIteration, AssertionError) as exc:
+        # single-frame readers (VASP POSCAR) assert index 0 instead of raising IndexError
         if isinstance(index, int):
             raise ValueError(_frame_message(what, path, source, fmt, index)) from None
+        if isinstance(exc, AssertionError):
+            raise ValueError(f"cannot read {what} {path!r}: AssertionError: {exc}") from None
         raise ValueError(f"cannot read {what} {path!r}: no structure found") from None
     except Exception as exc:  # ASE raises many types (XYZError, ParseError, KeyError, UnicodeDecodeError, ...)
         raise ValueError(f"cannot read {what} {path!r}: {type(exc).__name__}: {exc}") from None

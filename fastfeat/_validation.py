@@ -220,6 +220,35 @@ def check_positive(value, name, allow_inf=False) -> float:
     return x
 
 
+#: the shortest MD time step accepted, fs: anything shorter is a time step given in seconds (0.5e-15 for 0.5 fs)
+MIN_TIMESTEP_FS = 1e-3
+
+
+def check_timestep(value, name="`dt`") -> float:
+    """An MD time step in fs as a float: :func:`check_positive`, and at least :data:`MIN_TIMESTEP_FS` (a step in
+    seconds, e.g. 0.5e-15, ran without complaint at 0.000 ns/day)."""
+    x = check_positive(value, name)
+    if x < MIN_TIMESTEP_FS:
+        raise ValueError(f"{name} is in fs and must be >= {MIN_TIMESTEP_FS:g} fs, got {x:g}: a time step in seconds? "
+                         "give it in fs (e.g. 0.5)")
+    return x
+
+
+#: the strongest Langevin friction accepted, 1/fs (a velocity relaxation time of 0.1 fs, shorter than any MD step)
+MAX_FRICTION_PER_FS = 10.0
+
+
+def check_friction(value, name="`friction`") -> float:
+    """A Langevin friction in 1/fs as a float: :func:`check_positive`, and at most :data:`MAX_FRICTION_PER_FS` (a
+    friction in 1/s, e.g. 5e13, or in 1/ps, ran as a velocity re-draw every step without complaint)."""
+    x = check_positive(value, name)
+    if x > MAX_FRICTION_PER_FS:
+        raise ValueError(f"{name} is in 1/fs and must be <= {MAX_FRICTION_PER_FS:g} (a velocity relaxation time of "
+                         f"{1 / MAX_FRICTION_PER_FS:g} fs), got {x:g}: a friction in 1/ps or 1/s? give it in 1/fs "
+                         "(e.g. 0.05, a 20 fs relaxation time)")
+    return x
+
+
 def check_cutoff(cutoff, name="cutoff") -> float:
     return check_positive(cutoff, f"`{name}`")
 

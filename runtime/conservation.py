@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 from fastfeat._io import json_text
-from fastfeat._validation import check_int, check_number, check_positive
+from fastfeat._validation import check_int, check_number, check_positive, check_timestep
 
 __all__ = ["jacobian", "jacobian_asymmetry", "nve_drift", "check_conservation", "main"]
 
@@ -284,7 +284,7 @@ def _check_options(h, max_atoms, nve_steps, equilibrate_steps, dt=0.5, temperatu
     checks ``dt``, ``temperature`` and ``seed`` (before the Jacobian's force calls, not after them); ``names``
     for messages (the command line's option names)."""
     try:
-        check_positive(dt, "`dt`")
+        check_timestep(dt, "`dt`")
         check_number(temperature, "`temperature`", minimum=0.0)
         check_int(seed, "`seed`", 0)
         h = None if h is None else _check_h(h)

@@ -245,7 +245,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
 
-    from fastfeat._validation import check_int, check_number, check_positive
+    from fastfeat._validation import check_friction, check_int, check_number, check_positive, check_timestep
 
     from ._structures import at_positions
     from .conservation import jacobian_asymmetry
@@ -260,9 +260,9 @@ def main(argv=None) -> int:
             raise ValueError(f"`--max-frames` must be >= 1 (test frames used for accuracy), got {args.max_frames}")
         # the MD options named as options, before the model loads and the accuracy runs
         check_int(args.steps, "`--steps`", 1, " (the demo's MD steps)")
-        check_positive(args.dt, "`--dt`")
+        check_timestep(args.dt, "`--dt`")
         check_number(args.temperature, "`--temperature`", minimum=0.0)
-        check_positive(args.friction, "`--friction`")
+        check_friction(args.friction, "`--friction`")
         check_int(args.seed, "`--seed`", 0)
         try:  # fail now, not after the run, if the directory cannot be written
             os.makedirs(args.out, exist_ok=True)

@@ -29,8 +29,8 @@ import numpy as np
 from ase import units
 from ase.data import atomic_masses, atomic_numbers
 
-from fastfeat._io import check_output_path
-from fastfeat._validation import check_int, check_number, check_positive
+from fastfeat._io import EXTXYZ_EXTENSIONS, check_extxyz_path, check_output_path
+from fastfeat._validation import check_friction, check_int, check_number, check_positive, check_timestep
 
 from ._integrator import kick_drift, max_abs, work_kick
 from ._interrupt import DeferredInterrupt, Interrupted
@@ -56,7 +56,7 @@ ACCEL = units.fs ** 2
 KB = units.kB
 ENSEMBLES = ("langevin", "nve")
 #: extensions a trajectory may have: it is written as extended XYZ text (ASE picks the reader by extension)
-TRAJECTORY_EXTENSIONS = (".extxyz", ".xyz")
+TRAJECTORY_EXTENSIONS = EXTXYZ_EXTENSIONS
 
 
 # --------------------------------------------------------------------- helpers
@@ -263,21 +263,9 @@ class ExtxyzWriter:
 
 
 def check_trajectory_path(path, what="trajectory `out`"):
-    """``path`` as a str if it ends in .extxyz or .xyz (any case), else ValueError naming ``what``.
-
-    Trajectories are written as extended XYZ text; ``ase.io.read`` picks its
-    reader from the extension, so e.g. a ``.traj`` file would not read back.
-    """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{what} must be a file path, got {type(path).__name__}")
-    text = os.fspath(path)
-    if not text.lower().endswith(TRAJECTORY_EXTENSIONS):
-        ext = os.path.splitext(text)[1] or "no extension"
-        raise ValueError(
-            f"{what} {text!r} must end in .extxyz or .xyz, got {ext}: it is written as extended XYZ "
-            "text, and ASE reads a file in the format its extension names; nothing was run"
-        )
-    return text
+    """``path`` as a str if it ends in .extxyz or .xyz (any case), else ValueError naming ``what``
+    (:func:`fastfeat._io.check_extxyz_path`: trajectories are written as extended XYZ text)."""
+    return check_extxyz_path(path, what)
 
 
 def check_outputs(trajectory, log, trajectory_what="trajectory `out`", log_what="`log`"):
@@ -399,12 +387,12 @@ class MolecularDynamics:
         bad = np.flatnonzero(~((masses > 0) & np.isfinite(masses)))
         if len(bad):
             raise ValueError(f"`masses` must be finite and > 0 amu, got {masses[bad[0]]} for atom {int(bad[0])}")
-        check_positive(dt, "`dt`")
+        check_timestep(dt, "`dt`")
         check_number(temperature, "`temperature`", minimum=0.0)
         if ensemble not in ENSEMBLES:
             raise ValueError(f"`ensemble` must be one of {list(ENSEMBLES)}, got {ensemble!r}")
         if ensemble == "langevin":
-            check_positive(friction, "`friction`")
+            check_friction(friction, "`friction`")
         else:  # not used in NVE, but no nonsense either
             check_number(friction, "`friction`", minimum=0.0)
         check_positive(max_force, "`max_force`")

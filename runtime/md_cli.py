@@ -56,7 +56,7 @@ def _restart_clock(atoms):
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from fastfeat._validation import check_int, check_number, check_positive
+    from fastfeat._validation import check_friction, check_int, check_number, check_positive, check_timestep
 
     from ._structures import at_positions, load_structure
     from .extrapolation import report as report_extrapolation
@@ -69,10 +69,10 @@ def main(argv=None) -> int:
         # bad one fails before the model is loaded or anything runs
         check_int(args.steps, "--steps", 0)
         check_int(args.every, "--every", 1)
-        check_positive(args.dt, "--dt")
+        check_timestep(args.dt, "--dt")
         check_number(args.temperature, "--temperature", minimum=0.0)
         if args.ensemble == "langevin":
-            check_positive(args.friction, "--friction")
+            check_friction(args.friction, "--friction")
         else:
             check_number(args.friction, "--friction", minimum=0.0)
         check_int(args.seed, "--seed", 0)

@@ -57,6 +57,27 @@ def test_frame_out_of_range(files, tmp_path):
         read_structures(notes, index=0)
 
 
+def test_negative_frame_counts_from_the_end_and_is_refused_past_the_first(files, tmp_path):
+    """ASE clamps a negative index past the first frame to frame 0; a negative `--frame` too large must be
+    refused, not read as frame 0 (plain and compressed files)."""
+    for name in ("ok.extxyz", "ok.extxyz.xz"):
+        assert read_structures(files / name, index=-1).get_chemical_formula() == "CH4"
+        assert read_structures(files / name, index=-2).get_chemical_formula() == "H2O"
+        for index in (-3, -100):
+            with pytest.raises(ValueError, match=rf"has 2 frames, no frame {index}"):
+                read_structures(files / name, index=index)
+
+
+def test_single_frame_formats_refuse_a_second_frame_clearly(tmp_path):
+    """VASP's reader asserts on an index other than 0 (an AssertionError without a message)."""
+    poscar = tmp_path / "POSCAR"
+    ase.io.write(poscar, ase.build.bulk("Cu"), format="vasp")
+    assert len(read_structures(poscar, index=-1)) == 1
+    for index in (1, -2):
+        with pytest.raises(ValueError, match=rf"has 1 frame, no frame {index}"):
+            read_structures(poscar, index=index)
+
+
 def test_featurize_cli_adds_npz_suffix_and_rejects_bad_files(files, capsys):
     spec = fastfeat.FeatureSpec.default(("H", "C", "O"))
     (files / "spec.json").write_text(spec.to_json())

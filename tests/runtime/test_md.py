@@ -313,6 +313,13 @@ def test_argument_errors():
     # numpy's "expected non-negative integer" came from inside, naming nothing
     with pytest.raises(ValueError, match="`seed` must be an int >= 0, got -1"):
         MolecularDynamics(f, x0, masses, seed=-1)
+    # units: a time step in seconds and a friction in 1/s ran without complaint (0.000 ns/day; a velocity
+    # re-draw every step)
+    with pytest.raises(ValueError, match=r"`dt` is in fs and must be >= 0.001 fs, got 5e-16: a time step in seconds"):
+        MolecularDynamics(f, x0, masses, dt=0.5e-15)
+    with pytest.raises(ValueError, match=r"`friction` is in 1/fs and must be <= 10 .*got 5e\+13: a friction in 1/ps or 1/s"):
+        MolecularDynamics(f, x0, masses, friction=5e13)
+    MolecularDynamics(f, x0, masses, dt=1e-3, friction=10.0).run(1)  # the bounds themselves are accepted
     # friction is unused in NVE, but a negative one was a "math domain error" at run()
     with pytest.raises(ValueError, match="`friction` must be a finite number >= 0"):
         MolecularDynamics(f, x0, masses, ensemble="nve", friction=-1.0)
@@ -413,6 +420,8 @@ def test_md_cli_errors(model_path, water_file, tmp_path, capsys):
     # options are named as options, and refused before the model loads (no extrapolation report first)
     for opts, match in ((["--steps", "-1"], "--steps must be an int >= 0"), (["--every", "0"], "--every must be an int >= 1"),
                         (["--dt", "0"], "--dt must be a finite number > 0"),
+                        (["--dt", "0.5e-15"], "--dt is in fs and must be >= 0.001 fs, got 5e-16"),
+                        (["--friction", "5e13"], r"--friction is in 1/fs and must be <= 10 .*got 5e\+13"),
                         (["--temperature", "-5"], "--temperature must be a finite number >= 0"),
                         (["--friction", "0"], "--friction must be a finite number > 0"),
                         (["--max-force", "nan"], "--max-force must be a finite number > 0"),

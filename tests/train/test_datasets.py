@@ -151,6 +151,28 @@ def test_read_missing_forces_key_names_key_file_frame(tmp_path):
     assert "'REF_forces'" in msg and "noforces.extxyz" in msg and "frame 1" in msg
 
 
+def test_momenta_are_never_suggested_or_read_as_forces(tmp_path):
+    """A file with velocities but no forces: the hint must not send the user to `--forces-key momenta` (same
+    shape as forces), and that key is refused outright; a real force column is still suggested."""
+    path = tmp_path / "md.extxyz"
+    a, f, _e = _frames(n=1)[0]
+    a = a.copy()
+    a.calc = None
+    a.set_momenta(np.ones((len(a), 3)))
+    write(path, [a], format="extxyz")
+    with pytest.raises(ValueError, match="not found") as err:
+        datasets.read(path)
+    assert "momenta" not in str(err.value).split("results there")[1].split("]", 1)[1]
+    assert "--forces-key" not in str(err.value)
+    for key in ("momenta", "positions", "masses"):
+        with pytest.raises(ValueError, match=f"`forces_key` '{key}' is ASE's per-atom {key}, never forces"):
+            datasets.read(path, forces_key=key)
+    a.arrays["REF_forces"] = f
+    write(path, [a], format="extxyz")
+    with pytest.raises(ValueError, match=r"if the forces are one of \['REF_forces'\].*--forces-key REF_forces"):
+        datasets.read(path)
+
+
 def test_read_nan_forces_names_frame(tmp_path):
     path = tmp_path / "nan.extxyz"
     frames = []
@@ -453,6 +475,26 @@ def test_data_commands_without_tblite_say_how_to_install_it(tmp_path, capsys, mo
     with pytest.raises(SystemExit) as exc:
         cli(["data", command, "--help"])
     assert exc.value.code == 0
+
+
+@pytest.mark.parametrize("command", ["generate", "relabel"])
+def test_data_commands_refuse_an_output_that_would_not_read_back(tmp_path, capsys, monkeypatch, command):
+    """`--out g0.traj` ran minutes of xTB and wrote extxyz text that ASE then read as a .traj file (and failed);
+    the name is now checked before anything runs or is created, with the option named."""
+    from fastfeat.cli import main as cli
+    from fastfeat.train.datasets import relabel
+
+    src = tmp_path / "in.extxyz"
+    write(src, [Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])], format="extxyz")
+    monkeypatch.chdir(tmp_path)
+    args = ["peo"] if command == "generate" else [str(src)]
+    for name in ("g0.traj", "g0.extxyz.xz", "g0"):
+        assert cli(["data", command, *args, "--out", name]) == 2
+        err = capsys.readouterr().err
+        assert f"error: `--out` '{name}' must end in .extxyz or .xyz" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]
+    with pytest.raises(ValueError, match=r"`out` '.*x\.traj' must end in .extxyz or .xyz"):
+        relabel.relabel(src, tmp_path / "x.traj")
 
 
 def test_relabel_bad_source_is_a_clear_error(tmp_path, capsys):

@@ -42,7 +42,8 @@ if __package__ in (None, ""):  # run as a script: the sibling modules are top-le
 else:
     from . import builders
 
-from fastfeat._validation import check_int  # noqa: E402 (after the checkout is on sys.path)
+from fastfeat._io import check_extxyz_path  # noqa: E402 (after the checkout is on sys.path)
+from fastfeat._validation import check_int  # noqa: E402
 
 __all__ = ["METHOD", "TrajectoryPlan", "generate", "main", "plan_trajectories", "run_trajectory"]
 
@@ -455,6 +456,7 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{names['out']} {str(out)!r} is a folder; give the output file")
+    check_extxyz_path(out, names["out"])  # written as extxyz text: another extension would not read back
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".parts")
     short = bool(time_limit) and time_limit < START_MARGIN
     why = (f"time limit of {time_limit:g} s is under {START_MARGIN:g} s, the least a new trajectory is started "

@@ -73,6 +73,13 @@ def _frame_numbers(index):
     return lambda k: f"{k} of those selected by index={index!r}"
 
 
+#: ASE's own per-atom arrays (positions, momenta, ...): never the forces, so neither suggested nor accepted as
+#: `forces_key` (momenta have the forces' shape: a file without forces would otherwise train on them)
+_NOT_FORCES = frozenset({"numbers", "positions", "momenta", "masses", "tags", "initial_charges", "initial_magmoms",
+                         "velocities", "charges", "magmoms", "dipole", "stress", "stresses", "energies", "energy",
+                         "free_energy"})
+
+
 def read(path, forces_key: str = "forces", energy_key: str | None = None, index=":", format=None,
          what: str = "structure file") -> list:
     """Read frames with reference forces from extxyz or any format ``ase.io`` reads.
@@ -110,6 +117,11 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
         (the key and file are named).
     """
     path = os.fspath(path)
+    if not isinstance(forces_key, str):
+        raise TypeError(f"`forces_key` must be a str, got {type(forces_key).__name__} {forces_key!r}")
+    if forces_key in _NOT_FORCES:
+        raise ValueError(f"`forces_key` {forces_key!r} is ASE's per-atom {forces_key}, never forces: name the array "
+                         "or calculator result that holds the reference forces (eV/Å), e.g. 'forces' or 'REF_forces'")
     energy_required = energy_key is not None
     if energy_key is None:
         energy_key = "energy"
@@ -133,8 +145,9 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
             forces_nc = np.array(results[forces_key], dtype=np.float64)
         else:
             keys = sorted((set(atoms.arrays) | set(results)) - {"numbers", "positions"})
-            shaped = [k for k in keys  # the ones that could hold forces: one 3-vector per atom
-                      if np.shape(atoms.arrays[k] if k in atoms.arrays else results[k]) == (len(atoms), 3)]
+            shaped = [k for k in keys  # the ones that could hold forces: one 3-vector per atom, not ASE's own
+                      if k not in _NOT_FORCES
+                      and np.shape(atoms.arrays[k] if k in atoms.arrays else results[k]) == (len(atoms), 3)]
             hint = "" if not shaped else (f"; if the forces are one of {shaped}, name it with `forces_key` "
                                            f"(`--forces-key {shaped[0]}` on the command line)")
             raise ValueError(f"`forces_key` {forces_key!r} not found in frame {frame} of {path!r} "

@@ -103,8 +103,8 @@ def _check_parts_dir(parts_dir, record, option):
                          f"{MANIFEST}); remove it or give another {option} folder; nothing was run")
 
 
-def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=None, _parts_option="`parts_dir`"
-            ) -> int:
+def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=None, _parts_option="`parts_dir`",
+            _out_option="`out`") -> int:
     """Relabel every frame of ``source`` into ``out`` (see the module docstring); returns frames written.
 
     Frames without ``atoms.info["trajectory"]`` are treated as one trajectory (id 0, ordered as in
@@ -116,14 +116,15 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=N
 
     from .generate import merge_parts
 
-    from fastfeat._io import read_structures
+    from fastfeat._io import check_extxyz_path, read_structures
 
     source, out = Path(source), Path(out)
     if not source.is_file():
         why = "a folder" if source.is_dir() else "missing"
         raise ValueError(f"`source` must be an existing file, got {str(source)!r} ({why})")
     if out.is_dir():
-        raise ValueError(f"`out` {str(out)!r} is a folder; give the output file")
+        raise ValueError(f"{_out_option} {str(out)!r} is a folder; give the output file")
+    check_extxyz_path(out, _out_option)  # written as extxyz text: another extension would not read back
     check_settings(workers=workers, time_limit=time_limit)
     # empty, unreadable or frameless files: ValueError naming the file
     frames = read_structures(source, format="extxyz", what="`source` file")
@@ -187,4 +188,4 @@ def _relabel_from_args(args) -> int:
         raise FileNotFoundError(f"`source` file {args.source!r} {why}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     return relabel(args.source, args.out, args.workers, args.time_limit, args.parts,
-                   _parts_option="`--parts`")
+                   _parts_option="`--parts`", _out_option="`--out`")
