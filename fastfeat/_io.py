@@ -31,8 +31,9 @@ _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 EXTXYZ_EXTENSIONS = (".extxyz", ".xyz")
 
 
-def check_extxyz_path(path, what="output"):
-    """``path`` as a str if it ends in .extxyz or .xyz (any case), else ValueError naming ``what``.
+def check_extxyz_path(path, what="output", allow_xz=False):
+    """``path`` as a str if it ends in .extxyz or .xyz (any case; with ``allow_xz`` also followed by .xz, for
+    writers that compress such names), else ValueError naming ``what``.
 
     The file is written as extended XYZ text; ``ase.io.read`` picks its reader from the extension,
     so e.g. a ``.traj`` file would not read back.
@@ -40,10 +41,12 @@ def check_extxyz_path(path, what="output"):
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what} must be a file path, got {type(path).__name__}")
     text = os.fspath(path)
-    if not text.lower().endswith(EXTXYZ_EXTENSIONS):
+    name = text[:-3] if allow_xz and text.lower().endswith(".xz") else text
+    if not name.lower().endswith(EXTXYZ_EXTENSIONS):
         ext = os.path.splitext(text)[1] or "no extension"
+        endings = ".extxyz or .xyz" + (" (optionally followed by .xz)" if allow_xz else "")
         raise ValueError(
-            f"{what} {text!r} must end in .extxyz or .xyz, got {ext}: it is written as extended XYZ "
+            f"{what} {text!r} must end in {endings}, got {ext}: it is written as extended XYZ "
             "text, and ASE reads a file in the format its extension names; nothing was run"
         )
     return text

@@ -12,11 +12,19 @@ from pathlib import Path
 import fastfeat
 from fastfeat._io import names_path, read_structures
 
-__all__ = ["DATASETS_DIR", "bundled_dataset_names", "bundled_frames", "load_structure", "at_positions"]
+__all__ = ["DATASETS_DIR", "bundled_dataset_names", "bundled_frames", "load_structure", "at_positions", "periodicity"]
 
 #: folder of the bundled data sets (fastfeat/data/datasets/<name>.extxyz.xz)
 DATASETS_DIR = Path(fastfeat.__file__).resolve().parent / "data" / "datasets"
 SPLITS = ("train", "val", "test", "all")
+
+
+def periodicity(atoms) -> str:
+    """How the commands describe a structure's boundary conditions: "periodic in x y z", "periodic in x y", or, for
+    no periodic axis, "no periodic axis: an isolated cluster" (a plain .xyz file carries no cell: a periodic system
+    read from one is simulated as a cluster, which the header line then says)."""
+    axes = [c for c, p in zip("xyz", atoms.pbc) if p]
+    return f"periodic in {' '.join(axes)}" if axes else "no periodic axis: an isolated cluster"
 
 
 def bundled_dataset_names() -> list:

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from fastfeat._validation import check_friction, check_int, check_number, check_positive, check_timestep
 
-    from ._structures import at_positions, load_structure
+    from ._structures import at_positions, load_structure, periodicity
     from .extrapolation import report as report_extrapolation
     from ._interrupt import Interrupted
     from .md import MDInstabilityError, check_outputs, run_md
@@ -90,8 +90,8 @@ def main(argv=None) -> int:
         model.require_forces()
         if not args.quiet:
             print(f"fastfeat md: {model!r}", file=sys.stderr)
-            print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}), {args.steps} steps of {args.dt} fs, "
-                  f"{args.ensemble} at {args.temperature} K", file=sys.stderr)
+            print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}, {periodicity(atoms)}), {args.steps} steps of "
+                  f"{args.dt} fs, {args.ensemble} at {args.temperature} K", file=sys.stderr)
         report_extrapolation(model, atoms, "start", "fastfeat md", args.quiet)
         step, time_fs = _restart_clock(atoms) if args.keep_velocities else (0, 0.0)
         if step and not args.quiet:

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from fastfeat._validation import check_int, check_positive
 
-    from ._structures import load_structure
+    from ._structures import load_structure, periodicity
     from .extrapolation import report as report_extrapolation
     from .md import check_distinct_outputs, check_outputs
     from .model import ModelLoadError, resolve_model
@@ -66,7 +66,8 @@ def main(argv=None) -> int:
         model.require_forces()
         if not args.quiet:
             print(f"fastfeat relax: {model!r}", file=sys.stderr)
-            print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}), FIRE to fmax {args.fmax} eV/Å, "
+            print(f"  {len(atoms)} atoms ({atoms.get_chemical_formula()}, {periodicity(atoms)}), FIRE to fmax "
+                  f"{args.fmax} eV/Å, "
                   f"at most {args.steps} steps", file=sys.stderr)
         report_extrapolation(model, atoms, "start", "fastfeat relax", args.quiet)
         result = relax(model, atoms, fmax=args.fmax, steps=args.steps, maxstep=args.maxstep,

@@ -208,6 +208,8 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
     records = {"step": [], "fmax": []}
     t0 = time.perf_counter()
     stream = (sys.stderr if progress is True else progress) if progress else None
+    # a terminal gets one line rewritten in place; a file or pipe (a captured log) one line per report
+    cr, end = ("\r", "") if stream is not None and hasattr(stream, "isatty") and stream.isatty() else ("", "\n")
     traj_fh = log_fh = interrupt = None
 
     def record(step, x, f, fm, dt_now):
@@ -304,21 +306,21 @@ def relax(model, atoms, *, fmax=0.05, steps=1000, maxstep=FIRE_DEFAULTS["maxstep
                 now = time.perf_counter()
                 if now - t_last > 1.0:
                     t_last = now
-                    print(f"\rrelax: step {nsteps}/{steps}, fmax {fm:.4g} eV/Å", end="", file=stream, flush=True)
+                    print(f"{cr}relax: step {nsteps}/{steps}, fmax {fm:.4g} eV/Å", end=end, file=stream, flush=True)
             if interrupt.requested and not converged and nsteps < steps:  # Ctrl-C: step nsteps is complete
                 if nsteps % every != 0:
                     record(nsteps, x, f, fm, dt_now)
                 if log_fh is not None:
                     log_fh.write(f"# interrupted (Ctrl-C) after step {nsteps}\n")
-                if stream is not None:
-                    print(file=stream)
+                if stream is not None and cr:
+                    print(file=stream)  # ends the line rewritten in place
                 res = result(x, raw, f, nsteps, False, None, "interrupted (Ctrl-C)")
                 where = f"; its structure is the last frame of {os.fspath(trajectory)!r}" if traj_fh is not None else ""
                 raise Interrupted(f"relaxation interrupted after step {nsteps} (fmax {fm:.4g} eV/Å){where}",
                                   nsteps, res)
         if stream is not None:
             state = "converged" if converged else "not converged"
-            print(f"\rrelax: step {nsteps}/{steps}, fmax {fm:.4g} eV/Å ({state}, target {fmax:g})",
+            print(f"{cr}relax: step {nsteps}/{steps}, fmax {fm:.4g} eV/Å ({state}, target {fmax:g})",
                   file=stream, flush=True)
         return result(x, raw, f, nsteps, converged)
     finally:

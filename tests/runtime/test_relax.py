@@ -211,6 +211,30 @@ def test_result_carries_the_structure_not_the_input_frames_labels():
     np.testing.assert_allclose(r.forces, ref.get_forces(), rtol=0, atol=1e-10)
 
 
+def test_progress_rewrites_a_line_on_a_terminal_only(monkeypatch):
+    """A captured log got CR-joined lines (the progress always began with \\r and never ended a line)."""
+    import io
+
+    from fastfeat.runtime import relaxation
+
+    clock = iter(np.arange(0.0, 1e4, 2.0))  # 2 s per reading: a progress report at every step
+    monkeypatch.setattr(relaxation.time, "perf_counter", lambda: next(clock))
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    f = _emt_forces(_rattled_cu())
+    log, term = io.StringIO(), Terminal()
+    relax(f, _rattled_cu(), steps=4, fmax=1e-9, progress=log)
+    relax(f, _rattled_cu(), steps=4, fmax=1e-9, progress=term)
+    assert "\r" not in log.getvalue(), repr(log.getvalue())
+    lines = log.getvalue().splitlines()
+    assert len(lines) >= 4 and all(ln.startswith("relax: step ") for ln in lines), lines
+    assert lines[-1].endswith("(not converged, target 1e-09)"), lines
+    assert term.getvalue().count("\r") == len(lines) and term.getvalue().count("\n") == 1, repr(term.getvalue())
+
+
 def test_argument_errors(tmp_path, water):
     f = _emt_forces(_rattled_cu())
     a = _rattled_cu()

@@ -73,3 +73,25 @@ def test_load_bundled_dataset_split_all():
     np.testing.assert_allclose(load_structure("peo:all", len(frames) - 1).positions, frames[-1].positions)
     with pytest.raises(ValueError, match=r"`split` must be one of \['train', 'val', 'test', 'all'\], got 'tset'"):
         load_structure("peo:tset")
+
+
+def test_command_headers_say_whether_the_structure_is_periodic(model_path, water_file, tmp_path, capsys):
+    """A periodic system read from a plain .xyz (no cell) ran as a cluster with nothing said but extrapolation
+    warnings; the md and relax headers now state the boundary conditions."""
+    import ase.io
+    from ase import Atoms
+
+    from fastfeat.runtime import md_cli, relax_cli
+    from fastfeat.runtime._structures import periodicity
+
+    assert periodicity(Atoms("H", cell=[3, 3, 3], pbc=True)) == "periodic in x y z"
+    assert periodicity(Atoms("H", cell=[3, 3, 3], pbc=[True, False, True])) == "periodic in x z"
+    assert periodicity(Atoms("H")) == "no periodic axis: an isolated cluster"
+    cluster = tmp_path / "cluster.xyz"
+    ase.io.write(cluster, ase.io.read(water_file), format="xyz")  # plain xyz: the cell is lost
+    assert md_cli.main([str(model_path), str(water_file), "--steps", "1"]) == 0
+    assert ", periodic in x y z), 1 steps of 0.5 fs" in capsys.readouterr().err
+    assert md_cli.main([str(model_path), str(cluster), "--steps", "1"]) == 0
+    assert ", no periodic axis: an isolated cluster), 1 steps of 0.5 fs" in capsys.readouterr().err
+    assert relax_cli.main([str(model_path), str(cluster), "--steps", "1"]) in (0, 1)
+    assert ", no periodic axis: an isolated cluster), FIRE to fmax" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Bundled GFN1-xTB reference data, the reader and the structure builders (fastfeat.train.datasets)."""
 
+import io
 import json
 import lzma
 import os
@@ -488,13 +489,32 @@ def test_data_commands_refuse_an_output_that_would_not_read_back(tmp_path, capsy
     write(src, [Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])], format="extxyz")
     monkeypatch.chdir(tmp_path)
     args = ["peo"] if command == "generate" else [str(src)]
-    for name in ("g0.traj", "g0.extxyz.xz", "g0"):
+    for name in ("g0.traj", "g0.extxyz.gz", "g0", "g0.xz"):  # .xz (lzma) is what these writers compress
         assert cli(["data", command, *args, "--out", name]) == 2
         err = capsys.readouterr().err
-        assert f"error: `--out` '{name}' must end in .extxyz or .xyz" in err and "Traceback" not in err, err
+        assert f"error: `--out` '{name}' must end in .extxyz or .xyz (optionally followed by .xz)" in err, err
+        assert "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.extxyz"]
     with pytest.raises(ValueError, match=r"`out` '.*x\.traj' must end in .extxyz or .xyz"):
         relabel.relabel(src, tmp_path / "x.traj")
+
+
+def test_generate_interrupted_says_what_is_kept_and_how_to_continue(tmp_path, monkeypatch):
+    """Ctrl-C during the workers printed only "fastfeat data: interrupted"; the run now says that the stored frames
+    stay in the parts folder and that the same command continues, and the interrupt still ends the command."""
+    gen = pytest.importorskip("fastfeat.train.datasets.generate")
+    pytest.importorskip("tblite")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gen, "_run_pool", interrupted)
+    stream = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        gen.generate("peo", tmp_path / "x.extxyz", n_frames=2, n_trajectories=1, stream=stream)
+    text = stream.getvalue()
+    assert "[peo] interrupted: the frames stored so far (0 by the last progress report) stay in " in text, text
+    assert "x.extxyz.parts'; the same command again continues from them" in text, text
 
 
 def test_relabel_bad_source_is_a_clear_error(tmp_path, capsys):

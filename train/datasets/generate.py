@@ -444,8 +444,6 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     MissingTblite
         (an ImportError) tblite is not installed; checked after the settings and files, before anything is created.
     """
-    import multiprocessing as mp
-
     stream = sys.stderr if stream is None else stream  # at call time: sys.stderr may be replaced
 
     if system not in builders.BUILDERS:
@@ -456,7 +454,7 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     out = Path(out)
     if out.is_dir():
         raise ValueError(f"{names['out']} {str(out)!r} is a folder; give the output file")
-    check_extxyz_path(out, names["out"])  # written as extxyz text: another extension would not read back
+    check_extxyz_path(out, names["out"], allow_xz=True)  # written as extxyz text: another extension would not read back
     parts_dir = Path(parts_dir) if parts_dir else out.with_name(out.name + ".parts")
     short = bool(time_limit) and time_limit < START_MARGIN
     why = (f"time limit of {time_limit:g} s is under {START_MARGIN:g} s, the least a new trajectory is started "
@@ -486,27 +484,13 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
           f"{len(todo)} of {len(plans)} trajectories to run on {min(workers, max(len(todo), 1))} workers",
           file=stream, flush=True)
     if todo:
-        os.environ["OMP_NUM_THREADS"] = "1"
-        ctx = mp.get_context("spawn")
-        manager = ctx.Manager()
-        queue = manager.Queue()
-        with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
-            result = pool.map_async(_worker, [(p, deadline, queue) for p in todo], chunksize=1)
-            last = 0.0
-            total = sum(p.n_frames for p in plans)
-            while not result.ready():
-                while not queue.empty():
-                    _system, k, n = queue.get()
-                    counts[k] = n
-                if time.time() - last > 20.0:
-                    last = time.time()
-                    print(f"[{system}] {sum(counts.values())}/{total} frames, {time.time() - start:.0f} s, "
-                          + " ".join(f"t{k}:{n}" for k, n in sorted(counts.items())), file=stream, flush=True)
-                result.wait(1.0)
-            for k, n, err in result.get():
-                if err:
-                    print(f"[{system}] trajectory {k} failed: {err}", file=stream, flush=True)
-        manager.shutdown()
+        try:
+            _run_pool(system, plans, todo, workers, deadline, counts, start, stream)
+        except KeyboardInterrupt:  # Ctrl-C: the frames stored so far stay in the part files
+            print(f"[{system}] interrupted: the frames stored so far ({sum(counts.values())} by the last progress "
+                  f"report) stay in {str(parts_dir)!r}; the same command again continues from them", file=stream,
+                  flush=True)
+            raise
     n = merge_parts(parts_dir, out)
     stored = {p.index: (_read_frames(p.path) if p.path.exists() else []) for p in plans}
     complete = sum(1 for p in plans if len(stored[p.index]) >= p.n_frames)
@@ -527,10 +511,38 @@ def generate(system, out, n_frames=450, temperatures=(300.0, 600.0, 1000.0), n_t
     return n
 
 
+def _run_pool(system, plans, todo, workers, deadline, counts, start, stream):
+    """Run the trajectories `todo` in spawned worker processes, printing progress every 20 s; `counts`
+    (trajectory index -> frames stored) is updated as the workers report."""
+    import multiprocessing as mp
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    ctx = mp.get_context("spawn")
+    manager = ctx.Manager()
+    queue = manager.Queue()
+    with ctx.Pool(min(workers, len(todo)), initializer=_init_worker) as pool:
+        result = pool.map_async(_worker, [(p, deadline, queue) for p in todo], chunksize=1)
+        last = 0.0
+        total = sum(p.n_frames for p in plans)
+        while not result.ready():
+            while not queue.empty():
+                _system, k, n = queue.get()
+                counts[k] = n
+            if time.time() - last > 20.0:
+                last = time.time()
+                print(f"[{system}] {sum(counts.values())}/{total} frames, {time.time() - start:.0f} s, "
+                      + " ".join(f"t{k}:{n}" for k, n in sorted(counts.items())), file=stream, flush=True)
+            result.wait(1.0)
+        for k, n, err in result.get():
+            if err:
+                print(f"[{system}] trajectory {k} failed: {err}", file=stream, flush=True)
+    manager.shutdown()
+
+
 def build_parser(prog="fastfeat data generate"):
     p = argparse.ArgumentParser(prog=prog, description="Generate GFN1-xTB (tblite) reference frames by Langevin MD.")
     p.add_argument("name", choices=sorted(builders.BUILDERS), help="system to build")
-    p.add_argument("--frames", type=int, default=450, help="total frames wanted (split over trajectories)")
+    p.add_argument("--frames", type=int, default=450, help="total frames wanted, split over the trajectories (each runs ceil(frames / trajectories))")
     p.add_argument("--temperatures", type=float, nargs="+", default=[300.0, 600.0, 1000.0],
                    help="Langevin temperatures in K, cycled over the trajectories")
     p.add_argument("--trajectories", type=int, default=5, help="independent trajectories")

@@ -124,7 +124,7 @@ def relabel(source, out, workers=None, time_limit=None, parts_dir=None, stream=N
         raise ValueError(f"`source` must be an existing file, got {str(source)!r} ({why})")
     if out.is_dir():
         raise ValueError(f"{_out_option} {str(out)!r} is a folder; give the output file")
-    check_extxyz_path(out, _out_option)  # written as extxyz text: another extension would not read back
+    check_extxyz_path(out, _out_option, allow_xz=True)  # written as extxyz text: another extension would not read back
     check_settings(workers=workers, time_limit=time_limit)
     # empty, unreadable or frameless files: ValueError naming the file
     frames = read_structures(source, format="extxyz", what="`source` file")
