@@ -285,7 +285,8 @@ def species_index(numbers, table, n_atoms, species_names):
         z = int(numbers[bad])
         sym = SYMBOLS[z] if 0 < z < len(SYMBOLS) else str(z)
         raise ValueError(
-            f"atom {bad} is {sym} (Z={z}), which is not in the spec's species {list(species_names)}"
+            f"atom {bad} is {sym} (Z={z}), which is not in the spec's species {list(species_names)}: the feature spec "
+            "(and so any model built on it) knows only these elements"
         )
     return idx.astype(np.int32)
 

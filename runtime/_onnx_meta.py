@@ -25,6 +25,7 @@ Metadata (all strings)
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -153,7 +154,16 @@ def describe_unparsable(path, exc) -> str:
             what = "it is an ONNX model whose graph onnxruntime refuses (invalid or unsupported graph)"
     else:
         what = f"it is not an ONNX model (it starts with {head[:8]!r})"
+        name = os.path.basename(str(path)).lower()
+        if name.endswith(_STRUCTURE_SUFFIXES) or name.startswith(("poscar", "contcar")):
+            what += ("; it looks like a structure file: the commands take the model first, then the structure "
+                     "(fastfeat md MODEL STRUCTURE)")
     return f"model file {str(path)!r} could not be loaded by onnxruntime: {what}. onnxruntime said: {exc}"
+
+
+#: file names that are structures, not models (a hint for swapped MODEL and STRUCTURE arguments)
+_STRUCTURE_SUFFIXES = (".extxyz", ".xyz", ".extxyz.xz", ".xyz.xz", ".extxyz.gz", ".xyz.gz", ".cif", ".pdb", ".traj",
+                       ".vasp", ".xsf", ".res", ".gen")
 
 
 def _json_field(meta, key, path, expect):

@@ -70,6 +70,9 @@ def load_structure(text: str, frame: int = 0):
     ValueError
         The file cannot be read, or ``frame`` is out of range.
     """
+    if str(text).lower().endswith(".onnx"):
+        raise ValueError(f"structure {text!r} is an ONNX model file, not a structure: the commands take the model "
+                         "first, then the structure (fastfeat md MODEL STRUCTURE)")
     names = bundled_dataset_names()
     if names_path(text, names):
         return read_structures(text, index=frame)

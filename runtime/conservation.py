@@ -407,8 +407,9 @@ def main(argv=None) -> int:
         print(f"  NVE {nve['steps']} steps x {nve['dt_fs']} fs after {nve['equilibrate_steps']} Langevin steps: "
               f"T {_fmt(nve['temperature_start_K'], '.1f')} -> "
               f"{_fmt(nve['temperature_end_K'], '.1f')} K, drift {_fmt(nve['drift_K_per_ps'], '+.3g')} K/ps over the first "
-              f"{nve['fit_ps']:g} ps, T doubled "
-              + (f"after {nve['doubling_time_ps']:g} ps " if nve["doubling_time_ps"] is not None else "never ")
+              f"{nve['fit_ps']:g} ps, "
+              + (f"T doubled after {nve['doubling_time_ps']:g} ps " if nve["doubling_time_ps"] is not None
+                 else "T never doubled ")
               + f"(integration check: KE - work drifts {_fmt(nve['integration_drift_eV_per_atom_per_ps'], '+.2g')} "
                 "eV/atom/ps)"
               + (f"; STOPPED at step {nve['stopped_at']}: {nve['stop_reason']}" if nve["stopped_at"] is not None

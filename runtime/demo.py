@@ -240,9 +240,11 @@ def main(argv=None) -> int:
     p.add_argument("--friction", type=float, default=0.05, help="Langevin friction in 1/fs (default 0.05: direct forces heat, the thermostat must remove it)")
     p.add_argument("--max-frames", type=int, default=100, help="test frames used for accuracy, >= 1 (default 100)")
     p.add_argument("--out", default="fastfeat-demo", help="output directory (default fastfeat-demo)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where features and the network run (default auto: CUDA when a GPU and onnxruntime-gpu are "
+                        "present, else CPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial velocities and the Langevin noise (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
 
     from fastfeat._validation import check_friction, check_int, check_number, check_positive, check_timestep

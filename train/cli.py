@@ -492,7 +492,7 @@ def evaluate_main(argv) -> int:
     if args.json:
         print(json_text(metrics, indent=1))
     else:
-        print(f"{metrics['model']} ({metrics['head']} head) on {metrics['data']}: {metrics['n_structures']} structures")
+        print(f"{metrics['model']} ({metrics['head']} head) on {metrics['data']}: {metrics['n_structures']} structure{'s' if metrics['n_structures'] != 1 else ''}")
         print(format_metrics(metrics, unit))
         if args.plot:
             print(f"parity plot: {args.plot}")

@@ -40,7 +40,7 @@ def feat(**kw):
         (dict(pbc=np.ones((4, 4), bool)), ValueError, r"got an array of shape \(4, 4\)"),
         (dict(pbc=["yes", "no", "x"]), TypeError, r"`pbc` must contain booleans, got \['yes', 'no', 'x'\]"),
         (dict(pbc=[0, 1, 2]), TypeError, r"`pbc` must contain booleans, got \[0, 1, 2\]"),
-        (dict(numbers=np.array([8, 1, 6])), ValueError, r"atom 2 is C \(Z=6\), which is not in the spec's species"),
+        (dict(numbers=np.array([8, 1, 6])), ValueError, r"atom 2 is C \(Z=6\), which is not in the spec's species \['H', 'O'\]: the feature spec \(and so any model built on it\) knows only these"),
         (dict(numbers=np.array([8, 1])), ValueError, r"`numbers` must have shape \(3,\)"),
         (dict(numbers=np.array([8.0, 1.0, 1.0])), TypeError, "`numbers` must be an integer array"),
         (dict(numbers=np.array([8, 1, 500])), ValueError, "not an atomic number"),

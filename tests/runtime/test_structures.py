@@ -95,3 +95,17 @@ def test_command_headers_say_whether_the_structure_is_periodic(model_path, water
     assert ", no periodic axis: an isolated cluster), 1 steps of 0.5 fs" in capsys.readouterr().err
     assert relax_cli.main([str(model_path), str(cluster), "--steps", "1"]) in (0, 1)
     assert ", no periodic axis: an isolated cluster), FIRE to fmax" in capsys.readouterr().err
+
+
+def test_swapped_model_and_structure_arguments_are_named(model_path, water_file, capsys):
+    """`fastfeat md STRUCTURE MODEL` said only "not an ONNX model" (and a model as STRUCTURE gave ASE's
+    UnknownFileTypeError): both now say the model comes first."""
+    from fastfeat.runtime import ForceModel, ModelLoadError, md_cli
+
+    with pytest.raises(ValueError, match=r"is an ONNX model file, not a structure: the commands take the model first"):
+        load_structure(str(model_path))
+    with pytest.raises(ModelLoadError, match=r"not an ONNX model .*it looks like a structure file: the commands take the "
+                                             r"model first, then the structure"):
+        ForceModel.load(water_file)
+    assert md_cli.main([str(water_file), str(model_path), "--steps", "1"]) == 2  # the structure is read first
+    assert "is an ONNX model file, not a structure: the commands take the model first" in capsys.readouterr().err
