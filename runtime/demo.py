@@ -266,6 +266,9 @@ def main(argv=None) -> int:
         check_number(args.temperature, "`--temperature`", minimum=0.0)
         check_friction(args.friction, "`--friction`")
         check_int(args.seed, "`--seed`", 0)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise ValueError(f"`--out` {args.out!r} is a file: it names the folder the report is written into "
+                             "(report.md and its plots); give a folder; nothing was run")
         try:  # fail now, not after the run, if the directory cannot be written
             os.makedirs(args.out, exist_ok=True)
             tempfile.TemporaryFile(dir=args.out).close()

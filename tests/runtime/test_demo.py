@@ -104,6 +104,12 @@ def test_demo_unwritable_out_fails_first(model_path, tmp_path, capsys):
     target = "/sys/fastfeat-demo" if os.access(ro, os.W_OK) else str(ro / "demo")
     assert demo.main(["--model", str(model_path), "--data", "x.extxyz", "--out", target, "--quiet"]) == 2
     assert "cannot write to `--out`" in capsys.readouterr().err
+    # a file where the folder goes: "File exists" named nothing
+    report = tmp_path / "report.md"
+    report.write_text("mine\n")
+    assert demo.main(["--model", str(model_path), "--data", "x.extxyz", "--out", str(report), "--quiet"]) == 2
+    assert "report.md' is a file: it names the folder the report is written into" in capsys.readouterr().err
+    assert report.read_text() == "mine\n"
 
 
 def test_demo_max_frames_validated(model_path, tmp_path, capsys):
