@@ -18,6 +18,7 @@ Usage::
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -66,10 +67,19 @@ def main(argv=None):
     parser.add_argument("features", help=".npz written by `fastfeat featurize`")
     parser.add_argument("--out", help="save the forces (n_atoms, 3) as .npy")
     args = parser.parse_args(argv)
-    session, meta = load_model(args.model)
-    with np.load(args.features) as z:
-        features = {k: z[k] for k in z.files}
-    forces = predict_forces(session, meta, features)
+    if not os.path.isfile(args.model):
+        # a bundled model's file: python -c "import fastfeat.runtime as r; print(r.ForceModel.pretrained('peo').path)"
+        print(f"external_onnx.py: error: model {args.model!r} is not a file (give the .onnx file's path)",
+              file=sys.stderr)
+        return 2
+    try:
+        session, meta = load_model(args.model)
+        with np.load(args.features) as z:
+            features = {k: z[k] for k in z.files}
+        forces = predict_forces(session, meta, features)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:  # refused input, unreadable file: one line
+        print(f"external_onnx.py: error: {exc}", file=sys.stderr)
+        return 2
     offsets = features.get("offsets", np.array([0, len(forces)]))
     species = json.loads(meta["fastfeat.species"])
     unit = json.loads(meta["fastfeat.units"]).get("force", "")

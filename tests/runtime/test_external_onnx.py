@@ -77,4 +77,7 @@ def test_example_refuses_inputs_that_disagree(model_path, frames, tmp_path):
     for name, (change, match) in cases.items():
         np.savez(tmp_path / name, **{**feats, **change, "spec": feats["spec"]})
         proc = _example(model_path, tmp_path / name)
-        assert proc.returncode != 0 and match in proc.stderr, (name, proc.stderr)
+        assert proc.returncode == 2 and match in proc.stderr, (name, proc.stderr)
+        assert "Traceback" not in proc.stderr, proc.stderr  # one line, as the fastfeat commands
+    proc = _example("peo", npz)  # a bundled model's name is not a file here
+    assert proc.returncode == 2 and "model 'peo' is not a file" in proc.stderr, proc.stderr
