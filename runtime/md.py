@@ -57,6 +57,8 @@ KB = units.kB
 ENSEMBLES = ("langevin", "nve")
 #: extensions a trajectory may have: it is written as extended XYZ text (ASE picks the reader by extension)
 TRAJECTORY_EXTENSIONS = EXTXYZ_EXTENSIONS
+#: Langevin friction, 1/fs, unless given (see MolecularDynamics)
+DEFAULT_FRICTION = 0.05
 
 
 # --------------------------------------------------------------------- helpers
@@ -370,7 +372,7 @@ class MolecularDynamics:
     """
 
     def __init__(self, force_fn, positions, masses, *, dt=0.5, temperature=300.0, ensemble="langevin",
-                 friction=0.05, seed=0, velocities=None, remove_net_force=False, max_force=1000.0,
+                 friction=DEFAULT_FRICTION, seed=0, velocities=None, remove_net_force=False, max_force=1000.0,
                  max_temperature=None, symbols=None, cell=None, pbc=False, step=0, time_fs=0.0):
         if not callable(force_fn):
             raise TypeError(f"`force_fn` must be callable, got {type(force_fn).__name__}")
@@ -777,7 +779,7 @@ class MolecularDynamics:
 
 
 # ------------------------------------------------------------ convenience API
-def run_md(model, atoms, steps, *, dt=0.5, temperature=300.0, ensemble="langevin", friction=0.05, seed=0,
+def run_md(model, atoms, steps, *, dt=0.5, temperature=300.0, ensemble="langevin", friction=DEFAULT_FRICTION, seed=0,
            out=None, every=100, log=None, remove_net_force=False, max_force=1000.0, max_temperature=None,
            progress=False, velocities=None, device="cpu", step=0, time_fs=0.0) -> MDResult:
     """Run MD of ``atoms`` with a fastfeat model.

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
     p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
     p.add_argument("--ensemble", choices=("langevin", "nve"), default="langevin")
-    p.add_argument("--friction", type=float, default=0.05, help="Langevin friction in 1/fs (default 0.05: direct forces heat, the thermostat must remove it)")
+    p.add_argument("--friction", type=float, default=None, help="Langevin friction in 1/fs (default 0.05: direct forces heat, the thermostat must remove it; not used in NVE)")
     p.add_argument("--seed", type=int, default=0, help="seed of initial velocities and noise (>= 0, default 0; continued from a frame of step s with --keep-velocities, the noise is seeded from (seed, s): independent of the original run's)")
     p.add_argument("--out", default=None, help="trajectory file, extended XYZ: its name must end in .extxyz or .xyz")
     p.add_argument("--every", type=int, default=100, help="write trajectory/log every k steps (default 100)")
@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     from ._structures import at_positions, load_structure, periodicity
     from .extrapolation import report as report_extrapolation
     from ._interrupt import Interrupted
-    from .md import MDInstabilityError, check_outputs, run_md
+    from .md import DEFAULT_FRICTION, MDInstabilityError, check_outputs, run_md
     from .model import ModelLoadError, resolve_model
 
     try:
@@ -71,10 +71,16 @@ def main(argv=None) -> int:
         check_int(args.every, "--every", 1)
         check_timestep(args.dt, "--dt")
         check_number(args.temperature, "--temperature", minimum=0.0)
+        friction_given = args.friction is not None
+        if not friction_given:
+            args.friction = DEFAULT_FRICTION
         if args.ensemble == "langevin":
             check_friction(args.friction, "--friction")
         else:
             check_number(args.friction, "--friction", minimum=0.0)
+            if friction_given and args.friction > 0 and not args.quiet:  # silently ignored before
+                print(f"fastfeat md: note: --friction {args.friction:g} is not used with --ensemble nve (no thermostat)",
+                      file=sys.stderr)
         check_int(args.seed, "--seed", 0)
         check_positive(args.max_force, "--max-force")
         if args.max_temperature is not None:

@@ -437,6 +437,11 @@ def test_md_cli_errors(model_path, water_file, tmp_path, capsys):
     assert md_cli.main([str(model_path), str(water_file), "--steps", "2", "--friction", "0", "--ensemble", "nve",
                         "--quiet"]) == 0
     capsys.readouterr()
+    # a friction given with NVE was silently ignored: a note says so (none for the default)
+    assert md_cli.main([str(model_path), str(water_file), "--steps", "1", "--friction", "0.3", "--ensemble", "nve"]) == 0
+    assert "note: --friction 0.3 is not used with --ensemble nve" in capsys.readouterr().err
+    assert md_cli.main([str(model_path), str(water_file), "--steps", "1", "--ensemble", "nve"]) == 0
+    assert "--friction" not in capsys.readouterr().err
 
 
 class _ArrayModuleProxy:
