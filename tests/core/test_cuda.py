@@ -872,7 +872,8 @@ def _thread_safe_simulator_shared():
 
     def array(self, shape, dtype, alignment=None):
         if shape == 0:  # dynamic shared memory: one buffer, no race
-            return allocate(self, shape, dtype, alignment)
+            # `alignment` only where given: Numba's own (deprecated) simulator takes (shape, dtype) only
+            return allocate(self, shape, dtype) if alignment is None else allocate(self, shape, dtype, alignment)
         # the simulator keys static arrays by the calling line; keep that key (not this wrapper's line)
         frame = sys._getframe(1)
         caller = (frame.f_code.co_filename, frame.f_lineno)

@@ -554,3 +554,56 @@ def test_float32_features_radial_terms_rounded_angular_terms_close(preset):
             scale = np.abs(want).max(axis=0, keepdims=True)
             err = np.abs(got - want) / np.where(scale > 0, scale, 1.0)
             assert err.max() <= bound, f"{preset}: angular terms {err.max():.2g} of a column's scale"
+
+
+def test_nearly_regular_parameters_are_not_taken_for_ladders_or_eta_multiples():
+    """Grids that are only nearly equally spaced (r_s rounded to 1e-3 Å) and etas that are only nearly integer
+    multiples of the smallest (2.002): the kernel compilation must take them for what they are, not for a ladder or
+    for repeated squares (a tolerance of 1e-3 there gave errors of 3e-3 in G2/V and 2e-5 in G4; every other test spec
+    is exactly regular or clearly irregular)."""
+    shells = [(3.78, float(r)) for r in np.round(np.linspace(0.8, 4.8, 12), 3)]
+    spec = fastfeat.FeatureSpec(("H", "O"), 5.2, 3.5, radial=shells,
+                                angular=[(0.01, 1, 1), (0.02002, 2, -1), (0.04, 1, 1)], covariant=shells[::2])
+    rng = np.random.default_rng(5)
+    pos, Z, cell = random_structure(rng, 14, species=(1, 8), scale=5.0)
+    pbc = np.array([True, True, True])
+    G, V = features_ref(pos, Z, cell, pbc, spec)
+    f = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=pbc, spec=spec, dtype=np.float64)
+    g, v = fastfeat.Featurizer(spec, dtype=np.float64)(pos, Z, cell, pbc)
+    for got_g, got_v in ((f.invariant, f.covariant), (g, v)):
+        np.testing.assert_allclose(got_g, G, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(got_v, V, rtol=1e-10, atol=1e-12)
+
+
+def test_featurizer_rebuilds_when_species_change():
+    """Same positions, same atom count, other elements (H and O swapped): the list grouped by species must be
+    rebuilt, and the features are those of the new structure."""
+    spec = fastfeat.FeatureSpec.default(("H", "O"))
+    rng = np.random.default_rng(2)
+    pos, Z, cell = random_structure(rng, 12, species=(1, 8), scale=5.0)
+    Z2 = np.where(Z == 1, 8, 1)
+    fz = fastfeat.Featurizer(spec, dtype=np.float64)
+    fz(pos, Z, cell, True)
+    g, v = fz(pos, Z2, cell, True)
+    ref = fastfeat.featurize(positions=pos, numbers=Z2, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    assert fz.n_rebuilds == 2
+    np.testing.assert_allclose(g, ref.invariant, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(v, ref.covariant, rtol=1e-12, atol=1e-13)
+
+
+def test_float32_g4_with_a_large_eta_multiple_keeps_its_precision():
+    """float32 G4 takes one exp per eta: repeated squares of exp(-eta_0 r^2) (the float64 path) would carry the
+    rounding of the smallest eta into one 128 times as large (errors ~1e-5 of a column's scale instead of ~1e-6)."""
+    spec = fastfeat.FeatureSpec(("H", "O"), 4.0, 4.0, radial=[(1.0, 1.0)], angular=[(0.005, 1, 1), (0.64, 1, 1)],
+                                covariant=[(1.0, 1.0)])
+    rng = np.random.default_rng(3)
+    pos, Z, cell = random_structure(rng, 40, species=(1, 8), scale=7.0, min_dist=0.9)
+    f64 = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float64)
+    g32, _ = fastfeat.Featurizer(spec, dtype=np.float32)(pos, Z, cell, True)
+    f32 = fastfeat.featurize(positions=pos, numbers=Z, cell=cell, pbc=True, spec=spec, dtype=np.float32)
+    nr = spec.n_radial
+    want = f64.invariant[:, nr:]
+    scale = np.abs(want).max(axis=0, keepdims=True)
+    for got in (f32.invariant[:, nr:], g32[:, nr:]):
+        err = np.abs(got - want) / np.where(scale > 0, scale, 1.0)
+        assert err.max() <= 3e-6, err.max(axis=0)

@@ -113,8 +113,12 @@ def test_neighbor_list_matches_reference(s, frac):
     h = min(vol / np.linalg.norm(np.cross(cell[(a + 1) % 3], cell[(a + 2) % 3])) for a in range(3))
     cutoff = frac * h
     nl = fastfeat.neighbor_list(pos, cell, pbc, cutoff)
-    i, j, S, _ = neighbor_list_ref(pos, cell, pbc, cutoff)
-    assert pair_set(nl.i, nl.j, nl.shifts) == pair_set(i, j, S)
+    got = pair_set(nl.i, nl.j, nl.shifts)
+    # a pair at the cutoff to rounding (e.g. an image at exactly one cell height with frac = 1) may go either way:
+    # the reference sums in another order; every pair clearly inside must be there, none clearly outside
+    inside = pair_set(*neighbor_list_ref(pos, cell, pbc, cutoff * (1 - 1e-9))[:3])
+    reach = pair_set(*neighbor_list_ref(pos, cell, pbc, cutoff * (1 + 1e-9))[:3])
+    assert inside <= got <= reach, (sorted(inside - got)[:5], sorted(got - reach)[:5])
 
 
 @FAST
