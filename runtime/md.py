@@ -168,7 +168,8 @@ class MDResult:
         Step with bad forces, if the run stopped early.
     stop_reason : str or None
     n_rebuilds : int or None
-        Neighbour-list builds (when the force function reports them).
+        Neighbour-list builds during this call (when the force function reports them; the first call's count
+        includes the build for the initial forces).
     """
 
     steps_done: int
@@ -530,6 +531,8 @@ class MolecularDynamics:
         steps = check_int(steps, "`steps`", 0)
         every = check_int(every, "`every`", 1)
         check_outputs(trajectory, log, "`trajectory`")
+        # the force function counts its list builds over its life: a result reports those of this call
+        self._rebuilds0 = getattr(self.force_fn, "n_rebuilds", None)
         if self.f is None:
             # before any file is opened: a structure the model cannot start from leaves no empty trajectory
             # (an exception of this first call, e.g. overlapping atoms, concerns the input and propagates)
@@ -761,6 +764,9 @@ class MolecularDynamics:
 
     def _result(self, steps_run, wall, records, f, stopped_at, reason):
         nrb = getattr(self.force_fn, "n_rebuilds", None)
+        start = getattr(self, "_rebuilds0", None)
+        if nrb is not None and start is not None:
+            nrb = nrb - start
         return MDResult(
             steps_done=self.step,
             steps_run=steps_run,

@@ -294,6 +294,24 @@ def test_extxyz_round_trip(tmp_path):
     assert frames[2].info["time_fs"] == 1_000_000.5 and frames[2].info["temperature_K"] == 300.000001
 
 
+def test_continued_runs_report_their_own_list_rebuilds():
+    """MDResult.n_rebuilds of a second run() counted the force function's builds since its creation (a continued
+    benchmark read 3, 4, 6, 7, 8 builds per 20 steps where each call made 1-2)."""
+    _f, x0, masses = _system(n=4)
+
+    class Counting:
+        n_rebuilds = 0
+
+        def __call__(self, x):  # one "build" per force call
+            self.n_rebuilds += 1
+            return np.zeros_like(x)
+
+    md = MolecularDynamics(Counting(), x0, masses, ensemble="nve")
+    assert md.run(3).n_rebuilds == 4  # the initial forces, then one call per step
+    assert md.run(3).n_rebuilds == 3
+    assert md.run(0).n_rebuilds == 0
+
+
 def test_argument_errors():
     f, x0, masses = _system(n=4)
     with pytest.raises(ValueError, match="`ensemble` must be one of"):
