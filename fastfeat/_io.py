@@ -21,8 +21,8 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["read_structures", "check_output_path", "check_extxyz_path", "EXTXYZ_EXTENSIONS", "names_path", "MODELS_DIR", "bundled_model_names",
-           "bundled_model_file", "json_ready", "json_text", "file_sha256"]
+__all__ = ["read_structures", "check_output_path", "check_extxyz_path", "EXTXYZ_EXTENSIONS", "names_path",
+           "MODELS_DIR", "bundled_model_names", "bundled_model_file", "json_ready", "json_text", "file_sha256"]
 
 _OPENERS = {".xz": lzma.open, ".gz": gzip.open, ".bz2": bz2.open}
 

@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
 
-    from fastfeat._validation import check_friction, check_int, check_number, check_positive, check_timestep
+    from fastfeat._validation import check_friction, check_int, check_number, check_timestep
 
     from ._structures import at_positions
     from .conservation import jacobian_asymmetry

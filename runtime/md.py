@@ -453,6 +453,7 @@ class MolecularDynamics:
         self.step = step
         self._step0, self._time0 = step, time_fs  # the initial state's step and time (a restart's)
         self.work = 0.0  # work done by the forces since step 0 (eV), tracked in NVE
+        self._rebuilds0 = None  # the force function's list-build count when the current run() began
 
     # ---------------------------------------------------------------- helpers
     def _forces_into(self, out):
@@ -764,9 +765,8 @@ class MolecularDynamics:
 
     def _result(self, steps_run, wall, records, f, stopped_at, reason):
         nrb = getattr(self.force_fn, "n_rebuilds", None)
-        start = getattr(self, "_rebuilds0", None)
-        if nrb is not None and start is not None:
-            nrb = nrb - start
+        if nrb is not None and self._rebuilds0 is not None:
+            nrb = nrb - self._rebuilds0
         return MDResult(
             steps_done=self.step,
             steps_run=steps_run,

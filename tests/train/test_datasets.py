@@ -166,7 +166,7 @@ def test_momenta_are_never_suggested_or_read_as_forces(tmp_path):
     assert "momenta" not in str(err.value).split("results there")[1].split("]", 1)[1]
     assert "--forces-key" not in str(err.value)
     for key in ("momenta", "positions", "masses"):
-        with pytest.raises(ValueError, match=f"`forces_key` '{key}' is ASE's per-atom {key}, never forces"):
+        with pytest.raises(ValueError, match=f"`forces_key` '{key}' names one of ASE's own quantities, never the forces"):
             datasets.read(path, forces_key=key)
     a.arrays["REF_forces"] = f
     write(path, [a], format="extxyz")

@@ -120,8 +120,9 @@ def read(path, forces_key: str = "forces", energy_key: str | None = None, index=
     if not isinstance(forces_key, str):
         raise TypeError(f"`forces_key` must be a str, got {type(forces_key).__name__} {forces_key!r}")
     if forces_key in _NOT_FORCES:
-        raise ValueError(f"`forces_key` {forces_key!r} is ASE's per-atom {forces_key}, never forces: name the array "
-                         "or calculator result that holds the reference forces (eV/Å), e.g. 'forces' or 'REF_forces'")
+        raise ValueError(f"`forces_key` {forces_key!r} names one of ASE's own quantities, never the forces: name the "
+                         "array or calculator result that holds the reference forces (eV/Å), e.g. 'forces' or "
+                         "'REF_forces'")
     energy_required = energy_key is not None
     if energy_key is None:
         energy_key = "energy"
