@@ -29,7 +29,7 @@ import numpy as np
 from ase import units
 from ase.data import atomic_masses, atomic_numbers
 
-from fastfeat._io import EXTXYZ_EXTENSIONS, check_extxyz_path, check_output_path
+from fastfeat._io import check_extxyz_path, check_output_path
 from fastfeat._validation import check_friction, check_int, check_number, check_positive, check_timestep
 
 from ._integrator import kick_drift, max_abs, work_kick
@@ -55,8 +55,6 @@ ACCEL = units.fs ** 2
 #: Boltzmann constant, eV/K
 KB = units.kB
 ENSEMBLES = ("langevin", "nve")
-#: extensions a trajectory may have: it is written as extended XYZ text (ASE picks the reader by extension)
-TRAJECTORY_EXTENSIONS = EXTXYZ_EXTENSIONS
 #: Langevin friction, 1/fs, unless given (see MolecularDynamics)
 DEFAULT_FRICTION = 0.05
 
